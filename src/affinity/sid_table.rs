@@ -1,0 +1,365 @@
+//! The learned `sid → server` table: the heart of stickiness.
+//!
+//! Bounded (a flood of handshakes cannot grow it without limit) and self-cleaning: an
+//! entry lives while a request or a WebSocket tunnel of its session is in flight, and
+//! for one heartbeat (`pingInterval + pingTimeout` + margin) after the last one ends —
+//! exactly how long the server itself keeps a silent session. Entries also carry the
+//! session accounting (polling vs WebSocket) so placement sees live sessions, not
+//! connections.
+//!
+//! Sharded mutexes rather than a concurrent map crate: each operation is a short
+//! critical section on one of 64 shards, and the key is borrowed as `&str` for lookups
+//! so the request path does not allocate.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ahash::RandomState;
+use tokio::time::Instant;
+
+use crate::backends::ServerStats;
+use crate::engineio::Transport;
+
+const SHARDS: usize = 64;
+
+#[derive(Debug)]
+struct Entry {
+    server: Arc<ServerStats>,
+    ttl: Duration,
+    /// Requests and tunnels of this session in flight: while non-zero the entry never
+    /// expires (a long poll may be held for a whole `pingInterval`).
+    polls: u32,
+    tunnels: u32,
+    expires: Instant,
+}
+
+impl Entry {
+    fn transport(&self) -> Transport {
+        if self.tunnels > 0 {
+            Transport::WebSocket
+        } else {
+            Transport::Polling
+        }
+    }
+}
+
+type Shard = ahash::AHashMap<Arc<str>, Entry>;
+
+/// Why a sid could not be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    #[error("sid table is full ({0} sessions)")]
+    Full(usize),
+}
+
+#[derive(Debug)]
+pub struct SidTable {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    per_shard: usize,
+}
+
+/// What a lookup hands back: the session's server, pinned while the pin lives.
+#[derive(Debug)]
+pub struct SessionPin {
+    table: Arc<SidTable>,
+    sid: Arc<str>,
+    server: Arc<ServerStats>,
+    ttl: Duration,
+    kind: PinKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PinKind {
+    Poll,
+    Tunnel,
+}
+
+impl SessionPin {
+    pub fn server(&self) -> &Arc<ServerStats> {
+        &self.server
+    }
+
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    /// How long the session may stay silent (its heartbeat plus margin).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+impl Drop for SessionPin {
+    fn drop(&mut self) {
+        self.table.unpin(&self.sid, self.kind);
+    }
+}
+
+impl SidTable {
+    /// `capacity` sessions at most.
+    pub fn new(capacity: usize) -> Self {
+        SidTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: RandomState::new(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, sid: &str) -> MutexGuard<'_, Shard> {
+        let mut h = self.hasher.build_hasher();
+        sid.hash(&mut h);
+        let i = (h.finish() as usize) % SHARDS;
+        // A panic while holding the lock cannot leave an entry half-updated in a way
+        // that matters more than losing the table, so poisoning is ignored.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a session learned from a handshake response; `ttl` is how long it may
+    /// stay silent (its heartbeat plus a margin). A sid already present is re-pointed
+    /// (a server that reuses sids after a restart).
+    pub fn insert(
+        &self,
+        sid: &str,
+        server: Arc<ServerStats>,
+        ttl: Duration,
+    ) -> Result<(), InsertError> {
+        let now = Instant::now();
+        let mut shard = self.shard(sid);
+        if shard.len() >= self.per_shard && !shard.contains_key(sid) {
+            sweep_shard(&mut shard, now);
+            if shard.len() >= self.per_shard {
+                return Err(InsertError::Full(self.per_shard * SHARDS));
+            }
+        }
+        server.add_session(Transport::Polling, 1);
+        let entry = Entry {
+            server,
+            ttl,
+            polls: 0,
+            tunnels: 0,
+            expires: now + ttl,
+        };
+        if let Some(old) = shard.insert(sid.into(), entry) {
+            old.server.add_session(old.transport(), -1);
+        }
+        Ok(())
+    }
+
+    /// Finds a session for a polling request and pins it until the pin drops.
+    pub fn pin_poll(self: &Arc<Self>, sid: &str) -> Option<SessionPin> {
+        self.pin(sid, PinKind::Poll)
+    }
+
+    /// Finds a session for a WebSocket upgrade and pins it for the tunnel's life; the
+    /// session counts as WebSocket while any tunnel of it is open.
+    pub fn pin_tunnel(self: &Arc<Self>, sid: &str) -> Option<SessionPin> {
+        self.pin(sid, PinKind::Tunnel)
+    }
+
+    fn pin(self: &Arc<Self>, sid: &str, kind: PinKind) -> Option<SessionPin> {
+        let now = Instant::now();
+        let mut shard = self.shard(sid);
+        let key = Arc::clone(shard.get_key_value(sid)?.0);
+        let entry = shard.get_mut(sid)?;
+        if entry.polls == 0 && entry.tunnels == 0 && entry.expires <= now {
+            return None; // dead; the sweeper will count it out
+        }
+        let before = entry.transport();
+        match kind {
+            PinKind::Poll => entry.polls += 1,
+            PinKind::Tunnel => entry.tunnels += 1,
+        }
+        move_session(&entry.server, before, entry.transport());
+        Some(SessionPin {
+            table: Arc::clone(self),
+            sid: key,
+            server: Arc::clone(&entry.server),
+            ttl: entry.ttl,
+            kind,
+        })
+    }
+
+    fn unpin(&self, sid: &str, kind: PinKind) {
+        let mut shard = self.shard(sid);
+        let Some(entry) = shard.get_mut(sid) else {
+            return;
+        };
+        let before = entry.transport();
+        match kind {
+            PinKind::Poll => entry.polls = entry.polls.saturating_sub(1),
+            PinKind::Tunnel => entry.tunnels = entry.tunnels.saturating_sub(1),
+        }
+        move_session(&entry.server, before, entry.transport());
+        entry.expires = Instant::now() + entry.ttl;
+    }
+
+    /// Forgets a session whose server answered that it does not know it.
+    pub fn remove(&self, sid: &str) {
+        if let Some(entry) = self.shard(sid).remove(sid) {
+            entry.server.add_session(entry.transport(), -1);
+        }
+    }
+
+    /// The server a sid is pinned to, without pinning (for tests and status).
+    pub fn server_of(&self, sid: &str) -> Option<Arc<ServerStats>> {
+        self.shard(sid).get(sid).map(|e| Arc::clone(&e.server))
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every expired, unpinned session and counts it out of its server.
+    /// Returns how many were dropped.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        self.shards
+            .iter()
+            .map(|s| sweep_shard(&mut s.lock().unwrap_or_else(|e| e.into_inner()), now))
+            .sum()
+    }
+
+    /// Sweeps every `every` until the table is dropped by everyone else.
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(table) => {
+                        table.sweep();
+                    }
+                    None => return,
+                }
+            }
+        })
+    }
+}
+
+fn move_session(server: &ServerStats, from: Transport, to: Transport) {
+    if from != to {
+        server.add_session(from, -1);
+        server.add_session(to, 1);
+    }
+}
+
+fn sweep_shard(shard: &mut Shard, now: Instant) -> usize {
+    let before = shard.len();
+    shard.retain(|_, e| {
+        let alive = e.polls > 0 || e.tunnels > 0 || e.expires > now;
+        if !alive {
+            e.server.add_session(e.transport(), -1);
+        }
+        alive
+    });
+    before - shard.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(id: &str) -> Arc<ServerStats> {
+        Arc::new(ServerStats::new("b".into(), id.into()))
+    }
+
+    fn table(capacity: usize) -> Arc<SidTable> {
+        Arc::new(SidTable::new(capacity))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn learned_sid_finds_its_server_and_counts_as_polling() {
+        let t = table(100);
+        let s = stats("node-1");
+        t.insert("abc", s.clone(), Duration::from_secs(3)).unwrap();
+        let pin = t.pin_poll("abc").unwrap();
+        assert_eq!(pin.server().id.as_ref(), "node-1");
+        assert_eq!(s.sessions(Transport::Polling), 1);
+        assert!(t.pin_poll("nope").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_session_expires_after_its_ttl() {
+        let t = table(100);
+        let s = stats("node-1");
+        t.insert("abc", s.clone(), Duration::from_secs(3)).unwrap();
+        tokio::time::advance(Duration::from_millis(2900)).await;
+        assert_eq!(t.sweep(), 0);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(t.pin_poll("abc").is_none());
+        assert_eq!(t.sweep(), 1);
+        assert_eq!(s.load(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pinned_session_never_expires_and_heartbeat_restarts_at_unpin() {
+        let t = table(100);
+        let s = stats("node-1");
+        t.insert("abc", s.clone(), Duration::from_secs(3)).unwrap();
+        let pin = t.pin_poll("abc").unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(t.sweep(), 0);
+        drop(pin);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(t.sweep(), 0, "a full ttl starts when the last request ends");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(t.sweep(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tunnel_moves_the_session_to_websocket_and_back() {
+        let t = table(100);
+        let s = stats("node-1");
+        t.insert("abc", s.clone(), Duration::from_secs(3)).unwrap();
+        let tunnel = t.pin_tunnel("abc").unwrap();
+        assert_eq!(s.sessions(Transport::WebSocket), 1);
+        assert_eq!(s.sessions(Transport::Polling), 0);
+        let poll = t.pin_poll("abc").unwrap();
+        assert_eq!(s.sessions(Transport::WebSocket), 1, "still one session");
+        drop(poll);
+        drop(tunnel);
+        assert_eq!(s.sessions(Transport::Polling), 1);
+        assert_eq!(s.load(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_table_refuses_new_sids_but_reclaims_expired_ones() {
+        let t = table(SHARDS); // one per shard
+        let s = stats("node-1");
+        let mut refused = 0;
+        for i in 0..(SHARDS * 4) {
+            if t.insert(&format!("sid{i}"), s.clone(), Duration::from_secs(1)).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0);
+        assert!(t.len() <= SHARDS);
+        assert_eq!(s.sessions(Transport::Polling) as usize, t.len());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        t.insert("late", s.clone(), Duration::from_secs(1)).unwrap();
+        assert!(t.pin_poll("late").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reinserting_a_sid_moves_it_without_double_counting() {
+        let t = table(100);
+        let (a, b) = (stats("a"), stats("b"));
+        t.insert("x", a.clone(), Duration::from_secs(1)).unwrap();
+        t.insert("x", b.clone(), Duration::from_secs(1)).unwrap();
+        assert_eq!((a.load(), b.load()), (0, 1));
+        t.remove("x");
+        assert_eq!(b.load(), 0);
+        assert!(t.is_empty());
+    }
+}

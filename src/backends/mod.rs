@@ -1,0 +1,149 @@
+//! Per-server state that must outlive any one routing snapshot.
+//!
+//! A reload or a health flip replaces the snapshot, but a server that stays must keep
+//! its live session counts (placement reads them) and every session pinned to it. So
+//! counters live in an `Arc<ServerStats>` owned by the [`Registry`], keyed by
+//! (backend, server id), and each snapshot merely points at them.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ahash::AHashMap;
+
+use crate::engineio::Transport;
+
+/// Live counters of one server. Signed so that a decrement racing a reload can never
+/// wrap around; readers clamp at zero.
+#[derive(Debug)]
+pub struct ServerStats {
+    pub backend: Arc<str>,
+    pub id: Arc<str>,
+    polling: AtomicI64,
+    websocket: AtomicI64,
+    /// Handshakes placed on this server whose response has not come back yet. Counted
+    /// as load so a burst of simultaneous handshakes spreads instead of piling onto the
+    /// server that looked emptiest when the burst began.
+    pending: AtomicI64,
+}
+
+impl ServerStats {
+    pub fn new(backend: Arc<str>, id: Arc<str>) -> Self {
+        ServerStats {
+            backend,
+            id,
+            polling: AtomicI64::new(0),
+            websocket: AtomicI64::new(0),
+            pending: AtomicI64::new(0),
+        }
+    }
+
+    /// Live sessions using `transport` now.
+    pub fn sessions(&self, transport: Transport) -> u64 {
+        self.counter(transport).load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// What placement compares: live sessions plus handshakes in flight.
+    pub fn load(&self) -> u64 {
+        let sum = self.polling.load(Ordering::Relaxed)
+            + self.websocket.load(Ordering::Relaxed)
+            + self.pending.load(Ordering::Relaxed);
+        sum.max(0) as u64
+    }
+
+    pub fn add_session(&self, transport: Transport, delta: i64) {
+        self.counter(transport).fetch_add(delta, Ordering::Relaxed);
+    }
+
+    fn counter(&self, transport: Transport) -> &AtomicI64 {
+        match transport {
+            Transport::Polling => &self.polling,
+            Transport::WebSocket => &self.websocket,
+        }
+    }
+}
+
+/// Counts a session against its server for as long as the guard lives (a WebSocket
+/// tunnel without sid, a handshake in flight).
+#[derive(Debug)]
+pub struct SessionGuard {
+    stats: Arc<ServerStats>,
+    kind: GuardKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum GuardKind {
+    Session(Transport),
+    Pending,
+}
+
+impl SessionGuard {
+    pub fn session(stats: Arc<ServerStats>, transport: Transport) -> Self {
+        stats.add_session(transport, 1);
+        SessionGuard {
+            stats,
+            kind: GuardKind::Session(transport),
+        }
+    }
+
+    pub fn pending(stats: Arc<ServerStats>) -> Self {
+        stats.pending.fetch_add(1, Ordering::Relaxed);
+        SessionGuard {
+            stats,
+            kind: GuardKind::Pending,
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        match self.kind {
+            GuardKind::Session(t) => self.stats.add_session(t, -1),
+            GuardKind::Pending => {
+                self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Hands out the one `ServerStats` of each (backend, server id), so every snapshot built
+/// from any config version shares them.
+#[derive(Debug, Default)]
+pub struct Registry {
+    stats: Mutex<AHashMap<(Arc<str>, Arc<str>), Arc<ServerStats>>>,
+}
+
+impl Registry {
+    pub fn stats(&self, backend: &str, id: &str) -> Arc<ServerStats> {
+        let mut map = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let key: (Arc<str>, Arc<str>) = (backend.into(), id.into());
+        map.entry(key.clone())
+            .or_insert_with(|| Arc::new(ServerStats::new(key.0, key.1)))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_returns_the_same_counters_for_the_same_server() {
+        let reg = Registry::default();
+        let a = reg.stats("sockets", "node-1");
+        let _g = SessionGuard::session(a.clone(), Transport::WebSocket);
+        assert_eq!(reg.stats("sockets", "node-1").load(), 1);
+        assert_eq!(reg.stats("other", "node-1").load(), 0);
+    }
+
+    #[test]
+    fn guards_count_while_alive() {
+        let stats = Arc::new(ServerStats::new("b".into(), "s".into()));
+        let p = SessionGuard::pending(stats.clone());
+        let w = SessionGuard::session(stats.clone(), Transport::WebSocket);
+        assert_eq!(stats.load(), 2);
+        assert_eq!(stats.sessions(Transport::WebSocket), 1);
+        drop(p);
+        drop(w);
+        assert_eq!(stats.load(), 0);
+    }
+}

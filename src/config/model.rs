@@ -1,0 +1,215 @@
+//! The validated runtime configuration: what the rest of tether reads.
+//!
+//! Every value here has already been checked, defaulted and resolved (route → backend
+//! index, durations parsed, CIDRs parsed), so the request path never re-validates and
+//! never meets a string it has to interpret.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::Authority;
+use ipnet::IpNet;
+
+/// One whole, valid configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages (`None` when parsed from a string).
+    pub source: Option<PathBuf>,
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: Option<AdminConfig>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    pub limits: Limits,
+    /// First match wins. Never empty: a file without `routes` and one backend gets a
+    /// catch-all route to it.
+    pub routes: Vec<RouteConfig>,
+    /// In file order; `RouteConfig::backend` indexes this.
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub certificates: Vec<CertPair>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    /// When set, every admin request needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// Limits applied to client connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head accepted; larger gets 431. Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request head. Default 10 s.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    pub host: Option<HostMatch>,
+    /// `"/"` when the file gives none.
+    pub path_prefix: String,
+    /// Index into `Config::backends`.
+    pub backend: usize,
+}
+
+/// How a route matches the request's host (port stripped, compared case-insensitively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `example.com`, stored lower-case.
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: matches `a.example.com`, not `example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    pub servers: Vec<ServerConfig>,
+    pub balance: Balance,
+    pub placement: Placement,
+    pub hash_key: HashKey,
+    /// Bounded-load factor `c` of consistent hashing with bounded loads (> 1.0).
+    pub load_factor: f64,
+    pub cookie: Option<CookieConfig>,
+    pub sessions: SessionConfig,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Stable identity: hashing, cookies and counters are keyed by it, never by address.
+    pub id: String,
+    /// `host:port`; a host name is resolved at connect time.
+    pub addr: Authority,
+    /// Relative share of new sessions, 1..=1000. Default 1.
+    pub weight: u32,
+}
+
+/// Whether the backend keeps sessions on their server at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Engine.IO-aware affinity (sid, cookie, placement). The default.
+    Sticky,
+    /// Every request to the next server in turn, no affinity. Only for stateless HTTP
+    /// backends: Engine.IO polling breaks under it (kept so tests can prove they can tell).
+    RoundRobin,
+}
+
+/// How a new session (no sid, no valid cookie) chooses its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Fewest live sessions (handshakes in flight included) per unit of weight; ties
+    /// broken by the consistent-hash order of the hash key. The default.
+    LeastSessions,
+    /// Consistent hash of the hash key with bounded load.
+    Hash,
+}
+
+/// What a new session is hashed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client address (after trusted-proxy resolution). The default.
+    ClientIp,
+    /// A request header's value (lower-case name).
+    Header(http::HeaderName),
+    /// A query parameter's value.
+    Query(String),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieConfig {
+    /// Default `tether`.
+    pub name: String,
+    /// HMAC key; at least 16 bytes.
+    pub secret: Vec<u8>,
+    pub secure: bool,
+    pub same_site: SameSite,
+    /// `None`: a session cookie.
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Most sids remembered at once. Default 1,000,000.
+    pub capacity: usize,
+    /// Added to the session's `pingInterval + pingTimeout` to decide when a silent
+    /// session (or tunnel) is dead. Default 5 s.
+    pub idle_margin: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect to a server. Default 2 s.
+    pub connect: Duration,
+    /// Wait for a server's response head. Must outlast a long poll (`pingInterval`,
+    /// 25 s by default). Default 60 s.
+    pub response: Duration,
+    /// Idle limit of a WebSocket tunnel. `None` (the default, `auto`): the session's own
+    /// `pingInterval + pingTimeout + idle_margin`.
+    pub tunnel_idle: Option<Duration>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            capacity: 1_000_000,
+            idle_margin: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            response: Duration::from_secs(60),
+            tunnel_idle: None,
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! tether: a sticky-session-aware layer-7 load balancer for Socket.IO / Engine.IO.
+//!
+//! Module map, in the order a request meets them:
+//!
+//! - [`server`] binds the configured listeners and runs them; [`shutdown`] turns
+//!   signals into the one cancellation token that stops everything.
+//! - [`listener`] accepts connections (plain or TLS) and serves HTTP/1.1 on each.
+//! - [`proxy`] is the request path: route by host and path, pick a server, forward
+//!   the request over a pooled connection or relay a WebSocket tunnel, and rewrite
+//!   hop-by-hop and forwarding headers on the way.
+//! - [`engineio`] holds the protocol facts the proxy relies on: how a request is
+//!   recognised as Engine.IO, where its sid is, what the open packet says.
+//! - [`affinity`] keeps a client on its server: the learned sid table, the signed
+//!   cookie, the hash key of a new session, trusted-proxy client addresses.
+//! - [`balance`] places new sessions: consistent hashing with bounded load, and
+//!   least-sessions; fixed-seed hashing so every instance routes alike.
+//! - [`snapshot`] is the immutable routing snapshot behind one `ArcSwap`, and the
+//!   store of what outlives snapshots; [`backends`] holds the per-server counters
+//!   that survive a reload.
+//! - [`config`] turns a YAML file into a validated runtime config, or an error that
+//!   names file, line, column and key.
+//! - [`telemetry`] sets up logging.
+
+pub mod affinity;
+pub mod backends;
+pub mod balance;
+pub mod config;
+pub mod engineio;
+pub mod listener;
+pub mod proxy;
+pub mod server;
+pub mod shutdown;
+pub mod snapshot;
+pub mod telemetry;

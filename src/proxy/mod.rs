@@ -1,0 +1,355 @@
+//! The request path: route → pick a server → forward, per request.
+//!
+//! Routing is per request, never per client connection: one keep-alive connection
+//! carries requests of different sessions, and one session's requests arrive on
+//! different connections. The order of keys follows DESIGN.md: learned sid, then the
+//! signed cookie, then placement of a new session.
+
+pub mod body;
+pub mod headers;
+pub mod respond;
+pub mod tunnel;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::affinity::{self, client_ip, SessionPin};
+use crate::backends::SessionGuard;
+use crate::config::Balance;
+use crate::engineio::{self, EioQuery, Transport};
+use crate::snapshot::{Backend, Server, Snapshot, Store};
+
+pub use body::ProxyBody;
+use respond::ProxyError;
+use tunnel::IdleLimit;
+use upstream::Upstream;
+
+/// The most of a handshake response read before giving up on finding the open packet
+/// (it is the first packet and a few hundred bytes; the rest streams through untouched).
+const OPEN_PACKET_SCAN: usize = 64 * 1024;
+
+/// Engine.IO's default heartbeat (25 s + 20 s), used until a session says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(45);
+
+/// What the listener knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Shared by every connection of every listener.
+#[derive(Debug)]
+pub struct Proxy {
+    store: Arc<Store>,
+    upstream: Upstream,
+}
+
+/// Where a request goes, and what it holds while it runs.
+struct Target<'s> {
+    server: &'s Server,
+    /// The session's table entry, pinned while the request (or tunnel) runs.
+    pin: Option<SessionPin>,
+    /// A new session placed here: counted as load until its handshake answers.
+    pending: Option<SessionGuard>,
+    /// Whether the client already holds a cookie naming this server.
+    cookie_current: bool,
+}
+
+impl Proxy {
+    pub fn new(store: Arc<Store>) -> Self {
+        Proxy {
+            store,
+            upstream: Upstream::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Handles one request; every failure becomes a response, never a panic or a
+    /// dropped connection.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let snapshot = self.store.load_full();
+        match self.forward(&snapshot, req, conn).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.is_client_side() {
+                    tracing::debug!(peer = %conn.peer, error = %e, "request refused");
+                } else {
+                    tracing::warn!(peer = %conn.peer, error = %e, "request failed");
+                }
+                e.into_response()
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        snap: &Snapshot,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let host = request_host(&req);
+        let backend = snap
+            .route(host.as_deref(), req.uri().path())
+            .ok_or(ProxyError::NoRoute)?;
+        let client = client_ip::resolve(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
+        let upgrade = headers::is_websocket_upgrade(req.headers());
+        // A cheap clone (shared bytes), so the parsed query can borrow it while the
+        // request's headers are rewritten.
+        let uri = req.uri().clone();
+        let eio = uri.query().and_then(engineio::parse_query);
+
+        let target = self.pick(backend, &req, client, eio, upgrade)?;
+
+        let origin = headers::Origin {
+            peer: client_ip::canonical(conn.peer.ip()),
+            client,
+            peer_trusted: client_ip::is_trusted(conn.peer.ip(), &snap.trusted_proxies),
+            proto: if conn.tls { "https" } else { "http" },
+            host: host.as_deref(),
+        };
+        headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+        headers::set_forwarded(req.headers_mut(), &origin);
+        *req.version_mut() = Version::HTTP_11;
+
+        if upgrade {
+            return self.tunnel(backend, req, target).await;
+        }
+        let handshake = eio.is_some_and(|q| q.sid.is_none() && q.transport == Transport::Polling);
+        let resp = self
+            .upstream
+            .send(target.server, req, backend.timeouts.response)
+            .await?;
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        let body = if handshake && parts.status == StatusCode::OK && backend.balance == Balance::Sticky {
+            self.learn_sid(backend, target.server, body).await?
+        } else {
+            ProxyBody::Stream(body)
+        };
+        if backend.balance == Balance::Sticky && !target.cookie_current {
+            if let Some(signer) = &backend.cookie {
+                if let Ok(v) = HeaderValue::from_str(&signer.set_cookie(&target.server.id)) {
+                    parts.headers.append(header::SET_COOKIE, v);
+                }
+            }
+        }
+        drop(target);
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Chooses the server: learned sid, then cookie, then placement of a new session.
+    fn pick<'b>(
+        &self,
+        backend: &'b Backend,
+        req: &Request<Incoming>,
+        client: std::net::IpAddr,
+        eio: Option<EioQuery<'_>>,
+        upgrade: bool,
+    ) -> Result<Target<'b>, ProxyError> {
+        let new_target = |server: &'b Server, cookie_current| Target {
+            server,
+            pin: None,
+            pending: None,
+            cookie_current,
+        };
+        if backend.balance == Balance::RoundRobin {
+            let server = backend.next_round_robin().ok_or(ProxyError::NoServer)?;
+            return Ok(new_target(server, true));
+        }
+        let cookie_server = backend
+            .cookie
+            .as_ref()
+            .and_then(|c| c.read(req.headers()))
+            .and_then(|id| backend.server(id));
+
+        if let Some(sid) = eio.and_then(|q| q.sid) {
+            let pinned = if upgrade {
+                self.store.sids.pin_tunnel(sid)
+            } else {
+                self.store.sids.pin_poll(sid)
+            };
+            if let Some(pin) = pinned {
+                let stats = pin.server();
+                let server = (*stats.backend == *backend.name)
+                    .then(|| backend.server(&stats.id))
+                    .flatten()
+                    .filter(|s| s.serves_pinned())
+                    .ok_or(ProxyError::SessionUnknown)?;
+                let cookie_current = cookie_server.is_some_and(|c| c.id == server.id);
+                return Ok(Target {
+                    server,
+                    pin: Some(pin),
+                    pending: None,
+                    cookie_current,
+                });
+            }
+            // Not learned here (tether restarted, or another instance learned it): the
+            // cookie still knows the server. Without one, the session is lost to us.
+            let server = cookie_server
+                .filter(|s| s.serves_pinned())
+                .ok_or(ProxyError::SessionUnknown)?;
+            return Ok(new_target(server, true));
+        }
+
+        if let Some(server) = cookie_server.filter(|s| s.accepts_new_sessions()) {
+            return Ok(new_target(server, true));
+        }
+        let key = affinity::hash_key(&backend.hash_key, req.uri(), req.headers(), client);
+        let server = backend.place(key).ok_or(ProxyError::NoServer)?;
+        let mut target = new_target(server, false);
+        if eio.is_some() {
+            target.pending = Some(SessionGuard::pending(Arc::clone(&server.stats)));
+        }
+        Ok(target)
+    }
+
+    /// Reads the start of a handshake response for the open packet and records
+    /// `sid → server`. The bytes read go out first; the rest streams.
+    async fn learn_sid(
+        &self,
+        backend: &Backend,
+        server: &Server,
+        mut body: Incoming,
+    ) -> Result<ProxyBody, ProxyError> {
+        let mut buf = BytesMut::new();
+        while buf.len() < OPEN_PACKET_SCAN && engineio::parse_open_packet(&buf).is_none() {
+            match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(ProxyError::Upstream {
+                        server: server.id.to_string(),
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
+        let prefix: Bytes = buf.freeze();
+        match engineio::parse_open_packet(&prefix) {
+            Some(open) => {
+                let ttl = open.heartbeat() + backend.idle_margin;
+                if let Err(e) = self
+                    .store
+                    .sids
+                    .insert(open.sid, Arc::clone(&server.stats), ttl)
+                {
+                    tracing::warn!(error = %e, "session not recorded; it relies on cookie or hash");
+                }
+            }
+            None => tracing::debug!(server = %server.id, "handshake response without open packet"),
+        }
+        Ok(ProxyBody::Prefixed(Some(prefix), body))
+    }
+
+    /// Forwards a WebSocket upgrade and, on 101, relays the tunnel in its own task.
+    async fn tunnel(
+        &self,
+        backend: &Backend,
+        mut req: Request<Incoming>,
+        target: Target<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let client_side = hyper::upgrade::on(&mut req);
+        let mut resp = self
+            .upstream
+            .send_upgrade(
+                target.server,
+                req,
+                backend.timeouts.connect,
+                backend.timeouts.response,
+            )
+            .await?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (parts, body) = resp.into_parts();
+            return Ok(Response::from_parts(parts, ProxyBody::Stream(body)));
+        }
+        let server_side = hyper::upgrade::on(&mut resp);
+        let idle = match (backend.timeouts.tunnel_idle, &target.pin) {
+            (Some(fixed), _) => IdleLimit::Fixed(fixed),
+            (None, Some(pin)) => IdleLimit::Fixed(pin.ttl()),
+            (None, None) => IdleLimit::FromOpenPacket {
+                margin: backend.idle_margin,
+                fallback: DEFAULT_HEARTBEAT + backend.idle_margin,
+            },
+        };
+        // A tunnel without sid is a WebSocket-only session: count it while it lives.
+        // One with a sid is counted through its pinned table entry.
+        let session = match target.pin {
+            Some(pin) => TunnelSession::Pinned(pin),
+            None => TunnelSession::Counted(SessionGuard::session(
+                Arc::clone(&target.server.stats),
+                Transport::WebSocket,
+            )),
+        };
+        drop(target.pending);
+        let server_id = Arc::clone(&target.server.id);
+        tokio::spawn(async move {
+            let (client, server) = match tokio::join!(client_side, server_side) {
+                (Ok(c), Ok(s)) => (c, s),
+                (c, s) => {
+                    tracing::debug!(server = %server_id, client_ok = c.is_ok(), server_ok = s.is_ok(), "upgrade did not complete");
+                    return;
+                }
+            };
+            let end = tunnel::relay(client, server, idle).await;
+            tracing::debug!(server = %server_id, ?end, "tunnel closed");
+            drop(session);
+        });
+        let (mut parts, _) = resp.into_parts();
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        Ok(Response::from_parts(parts, ProxyBody::empty()))
+    }
+}
+
+/// Keeps a tunnel's session counted for as long as the tunnel task owns it.
+#[allow(dead_code)] // held for its Drop
+enum TunnelSession {
+    Pinned(SessionPin),
+    Counted(SessionGuard),
+}
+
+/// The request's host without port: from the absolute URI, else the `Host` header.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    Some(strip_port(raw).to_owned())
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_is_stripped() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("a:b"), "a:b");
+    }
+}

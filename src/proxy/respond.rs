@@ -1,0 +1,100 @@
+//! Answers tether gives itself, and the typed errors that produce them.
+//!
+//! Each error knows whose fault it is (client, upstream, tether) so it maps to one
+//! status code and one log level, and no network input ever turns into a panic.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ProxyBody;
+use crate::engineio;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("the session's server is gone")]
+    SessionUnknown,
+    #[error("no server can take a new session")]
+    NoServer,
+    #[error("connecting to {server}: {source}")]
+    Connect {
+        server: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {server}: timed out")]
+    ConnectTimeout { server: String },
+    #[error("{server} did not answer in time")]
+    ResponseTimeout { server: String },
+    #[error("talking to {server}: {source}")]
+    Upstream {
+        server: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::SessionUnknown | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// Whether the client caused it (logged at debug) or something behind tether did
+    /// (logged at warn).
+    pub fn is_client_side(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::NoRoute | ProxyError::SessionUnknown | ProxyError::BadRequest(_)
+        )
+    }
+
+    /// The response the client gets. Engine.IO clients get Engine.IO's own JSON body
+    /// for a lost session, because that is what makes them re-handshake at once.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let (content_type, body) = match self {
+            ProxyError::SessionUnknown => ("application/json", engineio::SESSION_UNKNOWN_BODY.to_owned()),
+            ProxyError::BadRequest(_) => ("application/json", engineio::BAD_REQUEST_BODY.to_owned()),
+            other => ("text/plain; charset=utf-8", format!("{other}\n")),
+        };
+        let mut resp = Response::new(ProxyBody::text(body));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn lost_session_gets_engine_io_own_error() {
+        let resp = ProxyError::SessionUnknown.into_response();
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"code":1,"message":"Session ID unknown"}"#);
+    }
+
+    #[test]
+    fn unavailable_says_when_to_retry() {
+        let resp = ProxyError::NoServer.into_response();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "1");
+    }
+}

@@ -1,0 +1,115 @@
+//! The WebSocket tunnel: bytes both ways until either side is gone.
+//!
+//! A WebSocket session ends when either peer goes, so when one direction ends (close,
+//! reset, error) the other is shut down at once: the client reconnects now instead of
+//! waiting a ping timeout to notice. A tunnel silent for longer than the session's own
+//! heartbeat (`pingInterval + pingTimeout`, plus a margin) is dead — Engine.IO pings
+//! every `pingInterval` — so tether closes it without anyone tuning a read timeout.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::engineio;
+
+const BUF: usize = 8 * 1024;
+
+/// How long the tunnel may stay silent.
+#[derive(Debug, Clone, Copy)]
+pub enum IdleLimit {
+    /// Configured, or known from the session's handshake.
+    Fixed(Duration),
+    /// A WebSocket-only session: learn the heartbeat from the open packet in the
+    /// server's first frame; until then (or if it cannot be read) use `fallback`.
+    FromOpenPacket { margin: Duration, fallback: Duration },
+}
+
+/// Why a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    ClientClosed,
+    ServerClosed,
+    Idle,
+}
+
+/// Relays between the client and the server until one side ends or the tunnel idles.
+pub async fn relay(client: Upgraded, server: Upgraded, idle: IdleLimit) -> TunnelEnd {
+    let (mut client_rd, mut client_wr) = tokio::io::split(TokioIo::new(client));
+    let (mut server_rd, mut server_wr) = tokio::io::split(TokioIo::new(server));
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let (limit_ms, learn_margin) = match idle {
+        IdleLimit::Fixed(d) => (d, None),
+        IdleLimit::FromOpenPacket { margin, fallback } => (fallback, Some(margin)),
+    };
+    let limit_ms = AtomicU64::new(limit_ms.as_millis() as u64);
+
+    let end = {
+        let up = copy(&mut client_rd, &mut server_wr, start, &last, None);
+        let down = copy(
+            &mut server_rd,
+            &mut client_wr,
+            start,
+            &last,
+            learn_margin.map(|m| (m, &limit_ms)),
+        );
+        let watchdog = watchdog(start, &last, &limit_ms);
+        tokio::select! {
+            _ = up => TunnelEnd::ClientClosed,
+            _ = down => TunnelEnd::ServerClosed,
+            _ = watchdog => TunnelEnd::Idle,
+        }
+    };
+    // Best effort: a FIN to both sides now, whatever state they are in; dropping the
+    // halves afterwards closes the sockets.
+    let grace = Duration::from_secs(1);
+    let _ = tokio::time::timeout(grace, client_wr.shutdown()).await;
+    let _ = tokio::time::timeout(grace, server_wr.shutdown()).await;
+    end
+}
+
+/// Copies until EOF or error, stamping `last` with each chunk. With `learn`, the first
+/// chunk is read for an open packet whose heartbeat (+ margin) becomes the idle limit.
+async fn copy<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    start: Instant,
+    last: &AtomicU64,
+    mut learn: Option<(Duration, &AtomicU64)>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = [0u8; BUF];
+    loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if let Some((margin, limit)) = learn.take() {
+            if let Some(open) = engineio::parse_ws_open_frame(&buf[..n]) {
+                let ms = (open.heartbeat() + margin).as_millis() as u64;
+                limit.store(ms, Ordering::Relaxed);
+            }
+        }
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if wr.write_all(&buf[..n]).await.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn watchdog(start: Instant, last: &AtomicU64, limit: &AtomicU64) {
+    loop {
+        let deadline = start
+            + Duration::from_millis(last.load(Ordering::Relaxed) + limit.load(Ordering::Relaxed));
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}

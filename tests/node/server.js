@@ -1,0 +1,257 @@
+#!/usr/bin/env node
+// One Socket.IO 4.8 cluster node, used as a real backend peer by tether's tests.
+//
+//   node server.js --id node-1 [--redis-socket /path/redis.sock | --redis-url redis://...]
+//                  [--path /socket.io/] [--redis-key socket.io] [--cookie NAME]
+//                  [--ping-interval MS] [--ping-timeout MS] [--ignore-stdin]
+//
+// Listens on 127.0.0.1 port 0 and prints exactly one line on stdout once ready:
+//   {"event":"listening","port":<n>,"id":"<id>"}
+// Everything else (errors, diagnostics) goes to stderr.
+//
+// It exits on SIGTERM/SIGINT and when its stdin reaches EOF, so a harness that dies takes
+// its nodes with it (pass --ignore-stdin when starting it by hand with stdin on /dev/null).
+"use strict";
+
+const http = require("http");
+const { Server } = require("socket.io");
+
+function usage(msg) {
+  if (msg) process.stderr.write(`server.js: ${msg}\n`);
+  process.stderr.write(
+    "usage: node server.js --id ID [--redis-socket PATH | --redis-url URL] [--path /socket.io/]\n" +
+      "                      [--redis-key KEY] [--cookie NAME] [--ping-interval MS] [--ping-timeout MS]\n" +
+      "                      [--ignore-stdin]\n"
+  );
+  process.exit(2);
+}
+
+function parseArgs(argv) {
+  const opts = { id: null, redisSocket: null, redisUrl: null, path: "/socket.io/", redisKey: null, cookie: null,
+    pingInterval: null, pingTimeout: null, ignoreStdin: false };
+  const valued = {
+    "--id": "id", "--redis-socket": "redisSocket", "--redis-url": "redisUrl", "--path": "path",
+    "--redis-key": "redisKey", "--cookie": "cookie", "--ping-interval": "pingInterval", "--ping-timeout": "pingTimeout",
+  };
+  for (let i = 0; i < argv.length; i++) {
+    let arg = argv[i];
+    let value;
+    const eq = arg.indexOf("=");
+    if (arg.startsWith("--") && eq > 0) {
+      value = arg.slice(eq + 1);
+      arg = arg.slice(0, eq);
+    }
+    if (arg === "--ignore-stdin") { opts.ignoreStdin = true; continue; }
+    if (arg === "--help" || arg === "-h") usage();
+    const key = valued[arg];
+    if (!key) usage(`unknown argument ${JSON.stringify(arg)}`);
+    if (value === undefined) {
+      if (i + 1 >= argv.length) usage(`${arg} needs a value`);
+      value = argv[++i];
+    }
+    opts[key] = value;
+  }
+  if (!opts.id) usage("--id is required");
+  if (opts.redisSocket && opts.redisUrl) usage("give at most one of --redis-socket and --redis-url");
+  if (!opts.path.startsWith("/")) usage("--path must start with /");
+  for (const k of ["pingInterval", "pingTimeout"]) {
+    if (opts[k] !== null) {
+      const n = Number(opts[k]);
+      if (!Number.isInteger(n) || n <= 0) usage(`--${k === "pingInterval" ? "ping-interval" : "ping-timeout"} must be a positive integer`);
+      opts[k] = n;
+    }
+  }
+  return opts;
+}
+
+const opts = parseArgs(process.argv.slice(2));
+const ID = opts.id;
+
+function logErr(...parts) {
+  const msg = parts.map((p) => (p instanceof Error ? p.stack || p.message : typeof p === "string" ? p : JSON.stringify(p)));
+  process.stderr.write(`[${ID}] ${msg.join(" ")}\n`);
+}
+
+process.on("unhandledRejection", (err) => logErr("unhandled rejection:", err));
+process.on("uncaughtException", (err) => logErr("uncaught exception:", err));
+// Never die on a closed stdout/stderr pipe.
+process.stdout.on("error", () => {});
+process.stderr.on("error", () => {});
+
+const ioPath = opts.path.replace(/\/+$/, "") || "/";
+
+const httpServer = http.createServer((req, res) => {
+  // socket.io/engine.io requests never reach here: engine.io intercepts its path first.
+  const url = (req.url || "/").split("?")[0];
+  if (req.method === "GET" || req.method === "HEAD") {
+    if (url === "/health") {
+      res.writeHead(200, { "content-type": "text/plain", "x-node-id": ID });
+      return void res.end(req.method === "HEAD" ? undefined : "ok");
+    }
+    if (url === "/whoami-http") {
+      res.writeHead(200, { "content-type": "text/plain", "x-node-id": ID });
+      return void res.end(req.method === "HEAD" ? undefined : ID);
+    }
+  }
+  res.writeHead(404, { "content-type": "text/plain", "x-node-id": ID });
+  res.end("not found");
+});
+httpServer.on("clientError", (err, socket) => {
+  if (err.code !== "ECONNRESET") logErr("http clientError:", err.code || err.message);
+  if (socket.writable) socket.end("HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n");
+  else socket.destroy();
+});
+
+const serverOpts = { path: ioPath, serveClient: false };
+if (opts.cookie) serverOpts.cookie = { name: opts.cookie, path: "/", httpOnly: true, sameSite: "lax" };
+if (opts.pingInterval) serverOpts.pingInterval = opts.pingInterval;
+if (opts.pingTimeout) serverOpts.pingTimeout = opts.pingTimeout;
+const io = new Server(httpServer, serverOpts);
+
+// What the node saw on the latest request of each Engine.IO session, per transport (the
+// WebSocket handshake, or the latest polling request), so `whoami` can tell a test which source
+// address and cookies reached the backend on the transport the session is using now.
+const lastSeen = new Map(); // sid -> { polling: { address, cookie }, websocket: { address, cookie } }
+
+io.engine.on("initial_headers", (headers) => {
+  headers["x-node-id"] = ID;
+});
+io.engine.on("headers", (headers, req) => {
+  headers["x-node-id"] = ID;
+  const sid = req._query && req._query.sid;
+  if (sid && io.engine.clients[sid]) {
+    const transport = req._query.transport === "websocket" ? "websocket" : "polling";
+    const entry = lastSeen.get(sid) || {};
+    entry[transport] = { address: req.socket && req.socket.remoteAddress, cookie: req.headers.cookie || null };
+    lastSeen.set(sid, entry);
+  }
+});
+io.engine.on("connection", (rawSocket) => {
+  rawSocket.once("close", () => lastSeen.delete(rawSocket.id));
+});
+io.engine.on("connection_error", (err) => {
+  const req = err.req || {};
+  logErr(`engine connection_error code=${err.code} message=${JSON.stringify(err.message)} ` +
+    `method=${req.method} url=${JSON.stringify(req.url)}`);
+});
+
+io.on("connection", (socket) => {
+  socket.on("whoami", (...args) => {
+    const ack = args[args.length - 1];
+    if (typeof ack !== "function") return;
+    const seen = (lastSeen.get(socket.conn.id) || {})[socket.conn.transport.name] || {};
+    ack({
+      node: ID,
+      transport: socket.conn.transport.name,
+      sid: socket.conn.id,
+      handshakeAddress: socket.handshake.address,
+      address: seen.address || socket.conn.remoteAddress,
+      cookie: seen.cookie || null,
+    });
+  });
+  socket.on("echo", (payload, ack) => {
+    if (typeof ack === "function") ack(payload);
+  });
+  socket.on("broadcast", (payload) => {
+    io.emit("bcast", payload);
+  });
+  socket.on("join", (room, ack) => {
+    if (typeof room === "string" || typeof room === "number") socket.join(String(room));
+    if (typeof ack === "function") ack(typeof room === "string" || typeof room === "number");
+  });
+  socket.on("to-room", (msg) => {
+    if (msg && (typeof msg.room === "string" || typeof msg.room === "number")) {
+      io.to(String(msg.room)).emit("room", msg.payload);
+    }
+  });
+  socket.on("error", (err) => logErr("socket error:", err));
+});
+
+let redisClients = [];
+
+async function setupRedis() {
+  if (!opts.redisSocket && !opts.redisUrl) return;
+  const { createClient } = require("redis");
+  const { createAdapter } = require("@socket.io/redis-adapter");
+  const clientOpts = opts.redisSocket
+    ? { socket: { path: opts.redisSocket, reconnectStrategy: (n) => Math.min(50 * (n + 1), 1000) } }
+    : { url: opts.redisUrl, socket: { reconnectStrategy: (n) => Math.min(50 * (n + 1), 1000) } };
+  const pub = createClient(clientOpts);
+  const sub = pub.duplicate();
+  redisClients = [pub, sub];
+  let lastLogged = 0;
+  for (const [name, client] of [["pub", pub], ["sub", sub]]) {
+    client.on("error", (err) => {
+      // node-redis reconnects by itself; rate-limit the noise while redis is away.
+      const now = Date.now();
+      if (now - lastLogged > 1000) {
+        lastLogged = now;
+        logErr(`redis ${name} error:`, err && err.message ? err.message : String(err));
+      }
+    });
+  }
+  const connectTimeoutMs = 15000;
+  let timer;
+  await Promise.race([
+    Promise.all([pub.connect(), sub.connect()]),
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`redis not reachable within ${connectTimeoutMs} ms`)), connectTimeoutMs);
+    }),
+  ]).finally(() => clearTimeout(timer));
+  const adapterOpts = {};
+  if (opts.redisKey) adapterOpts.key = opts.redisKey;
+  io.adapter(createAdapter(pub, sub, adapterOpts));
+}
+
+let shuttingDown = false;
+function shutdown(why, code = 0) {
+  if (shuttingDown) return;
+  shuttingDown = true;
+  if (why) logErr(`shutting down (${why})`);
+  // Hard stop whatever happens below.
+  setTimeout(() => process.exit(code), 2000).unref();
+  try { process.stdin.destroy(); } catch (_) {}
+  const within = (p, ms) => Promise.race([p, new Promise((resolve) => setTimeout(resolve, ms))]);
+  (async () => {
+    try {
+      // Disconnects every socket, closes the adapter (redis unsubscribes) and the HTTP server.
+      await within(io.close(), 1000);
+    } catch (err) {
+      logErr("io.close:", err);
+    }
+    try { httpServer.closeAllConnections(); } catch (_) {}
+    // QUIT lets the adapter's pending UNSUBSCRIBEs finish instead of rejecting them.
+    await within(Promise.allSettled(redisClients.map((c) => (c.isOpen ? c.quit() : Promise.resolve()))), 500);
+  })()
+    .catch((err) => logErr("shutdown:", err))
+    .finally(() => process.exit(code));
+}
+
+process.on("SIGTERM", () => shutdown(null));
+process.on("SIGINT", () => shutdown(null));
+process.on("SIGHUP", () => shutdown("SIGHUP"));
+if (!opts.ignoreStdin) {
+  process.stdin.on("end", () => shutdown("stdin closed"));
+  process.stdin.on("close", () => shutdown("stdin closed"));
+  process.stdin.on("error", () => shutdown("stdin error"));
+  process.stdin.on("data", () => {}); // drain whatever the harness writes
+  process.stdin.resume();
+}
+
+(async () => {
+  try {
+    await setupRedis();
+  } catch (err) {
+    logErr("startup failed:", err);
+    return shutdown("startup failure", 1);
+  }
+  if (shuttingDown) return;
+  httpServer.once("error", (err) => {
+    logErr("listen failed:", err);
+    shutdown("listen failure", 1);
+  });
+  httpServer.listen(0, "127.0.0.1", () => {
+    const { port } = httpServer.address();
+    process.stdout.write(JSON.stringify({ event: "listening", port, id: ID }) + "\n");
+  });
+})();
