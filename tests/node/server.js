@@ -3,7 +3,7 @@
 //
 //   node server.js --id node-1 [--redis-socket /path/redis.sock | --redis-url redis://...]
 //                  [--path /socket.io/] [--redis-key socket.io] [--cookie NAME]
-//                  [--ping-interval MS] [--ping-timeout MS] [--ignore-stdin]
+//                  [--ping-interval MS] [--ping-timeout MS] [--ignore-stdin] [--port P (default 0)]
 //
 // Listens on 127.0.0.1 port 0 and prints exactly one line on stdout once ready:
 //   {"event":"listening","port":<n>,"id":"<id>"}
@@ -21,17 +21,18 @@ function usage(msg) {
   process.stderr.write(
     "usage: node server.js --id ID [--redis-socket PATH | --redis-url URL] [--path /socket.io/]\n" +
       "                      [--redis-key KEY] [--cookie NAME] [--ping-interval MS] [--ping-timeout MS]\n" +
-      "                      [--ignore-stdin]\n"
+      "                      [--ignore-stdin] [--port P]\n"
   );
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const opts = { id: null, redisSocket: null, redisUrl: null, path: "/socket.io/", redisKey: null, cookie: null,
-    pingInterval: null, pingTimeout: null, ignoreStdin: false };
+    pingInterval: null, pingTimeout: null, ignoreStdin: false, port: 0 };
   const valued = {
     "--id": "id", "--redis-socket": "redisSocket", "--redis-url": "redisUrl", "--path": "path",
     "--redis-key": "redisKey", "--cookie": "cookie", "--ping-interval": "pingInterval", "--ping-timeout": "pingTimeout",
+    "--port": "port",
   };
   for (let i = 0; i < argv.length; i++) {
     let arg = argv[i];
@@ -54,6 +55,8 @@ function parseArgs(argv) {
   if (!opts.id) usage("--id is required");
   if (opts.redisSocket && opts.redisUrl) usage("give at most one of --redis-socket and --redis-url");
   if (!opts.path.startsWith("/")) usage("--path must start with /");
+  opts.port = Number(opts.port);
+  if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) usage("--port must be 0..65535");
   for (const k of ["pingInterval", "pingTimeout"]) {
     if (opts[k] !== null) {
       const n = Number(opts[k]);
@@ -250,7 +253,7 @@ if (!opts.ignoreStdin) {
     logErr("listen failed:", err);
     shutdown("listen failure", 1);
   });
-  httpServer.listen(0, "127.0.0.1", () => {
+  httpServer.listen(opts.port, "127.0.0.1", () => {
     const { port } = httpServer.address();
     process.stdout.write(JSON.stringify({ event: "listening", port, id: ID }) + "\n");
   });
