@@ -132,12 +132,25 @@ impl Proxy {
             .await?;
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
+        // A session found through its cookie (tether restarted, or another instance
+        // learned it) and accepted by the server is learned again here, so its later
+        // requests need no cookie.
+        if let Some(sid) = eio.and_then(|q| q.sid) {
+            let sticky = backend.balance == Balance::Sticky;
+            if sticky && target.pin.is_none() && parts.status == StatusCode::OK {
+                let ttl = DEFAULT_HEARTBEAT + backend.idle_margin;
+                let _ = self.store.sids.insert(sid, Arc::clone(&target.server.stats), ttl);
+            }
+        }
         let body = if handshake && parts.status == StatusCode::OK && backend.balance == Balance::Sticky {
             self.learn_sid(backend, target.server, body).await?
         } else {
             ProxyBody::Stream(body)
         };
-        if backend.balance == Balance::Sticky && !target.cookie_current {
+        // Only a session placed by this request gets a cookie: requests of a pinned
+        // session from a client that keeps no cookies would otherwise be told again and
+        // again.
+        if backend.balance == Balance::Sticky && !target.cookie_current && target.pin.is_none() {
             if let Some(signer) = &backend.cookie {
                 if let Ok(v) = HeaderValue::from_str(&signer.set_cookie(&target.server.id)) {
                     parts.headers.append(header::SET_COOKIE, v);
