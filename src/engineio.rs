@@ -79,8 +79,7 @@ pub fn parse_query(query: &str) -> Option<EioQuery<'_>> {
 fn valid_sid(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
 }
 
@@ -128,8 +127,7 @@ fn memchr_open(packet: &[u8]) -> Option<usize> {
         return Some(0);
     }
     let colon = packet.iter().take(12).position(|b| *b == b':')?;
-    if packet[..colon].iter().all(u8::is_ascii_digit) && packet[colon + 1..].starts_with(b"0{")
-    {
+    if packet[..colon].iter().all(u8::is_ascii_digit) && packet[colon + 1..].starts_with(b"0{") {
         Some(colon + 1)
     } else {
         None
@@ -259,7 +257,8 @@ mod tests {
 
     #[test]
     fn v3_length_prefixed_open_packet() {
-        let body = br#"96:0{"sid":"xyz","upgrades":[],"pingInterval":25000,"pingTimeout":5000}2:40"#;
+        let body =
+            br#"96:0{"sid":"xyz","upgrades":[],"pingInterval":25000,"pingTimeout":5000}2:40"#;
         // v3 puts the next packet right after the JSON; the scanner stops at the object.
         let open = parse_open_packet(&body[..body.len() - 4]).unwrap();
         assert_eq!(open.sid, "xyz");

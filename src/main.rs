@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 const DEFAULT_CONFIG: &str = "conf/tether.yaml";
 
 #[derive(Parser)]
-#[command(name = "tether", version, about = "A sticky-session load balancer for Socket.IO / Engine.IO clusters")]
+#[command(
+    name = "tether",
+    version,
+    about = "A sticky-session load balancer for Socket.IO / Engine.IO clusters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,7 +59,11 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
         config.listeners.len(),
         config.routes.len(),
         config.backends.len(),
-        config.backends.iter().map(|b| b.servers.len()).sum::<usize>()
+        config
+            .backends
+            .iter()
+            .map(|b| b.servers.len())
+            .sum::<usize>()
     );
     Ok(())
 }

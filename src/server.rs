@@ -91,11 +91,7 @@ impl Tether {
         let proxy = Arc::new(Proxy::new(Arc::clone(&self.store)));
         let sweeper = self.store.sids.spawn_sweeper(SWEEP_EVERY);
         let mut tasks = tokio::task::JoinSet::new();
-        for (addr, (socket, tls)) in self
-            .local_addrs()
-            .into_iter()
-            .zip(self.listeners.into_iter())
-        {
+        for (addr, (socket, tls)) in self.local_addrs().into_iter().zip(self.listeners) {
             tracing::info!(%addr, tls = tls.is_some(), "listening");
             tasks.spawn(listener::serve(
                 socket,

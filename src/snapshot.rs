@@ -18,7 +18,7 @@ use crate::affinity::{CookieSigner, SidTable};
 use crate::backends::{Registry, ServerStats};
 use crate::balance::{pick_hash_bounded, pick_least, Ring};
 use crate::config::{
-    Balance, BackendConfig, Config, HashKey, HostMatch, Limits, Placement, Timeouts,
+    BackendConfig, Balance, Config, HashKey, HostMatch, Limits, Placement, Timeouts,
 };
 
 #[derive(Debug)]

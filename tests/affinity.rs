@@ -21,7 +21,12 @@ async fn nodes(n: usize) -> Vec<NodeServer> {
 }
 
 /// POSTs a pong packet (`3`) for `sid`: 200 `ok` only from the node that owns it.
-async fn post_pong(tether: &TetherHandle, from: Option<IpAddr>, sid: &str, extra: &str) -> RawResponse {
+async fn post_pong(
+    tether: &TetherHandle,
+    from: Option<IpAddr>,
+    sid: &str,
+    extra: &str,
+) -> RawResponse {
     let path = eio_path(Some(sid));
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: 1\r\n{extra}\r\n3"
@@ -42,7 +47,11 @@ async fn learned_sid_pins_requests_whatever_their_source_address_or_connection()
     for (i, sid) in sessions.iter().enumerate() {
         for from in [ip(100), ip(101 + i as u8), None] {
             let r = post_pong(&tether, from, sid, "").await;
-            assert_eq!((r.status, r.text().as_str()), (200, "ok"), "sid {sid} from {from:?}");
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (200, "ok"),
+                "sid {sid} from {from:?}"
+            );
         }
     }
     tether.stop().await;
@@ -52,7 +61,10 @@ async fn learned_sid_pins_requests_whatever_their_source_address_or_connection()
 async fn unknown_sid_gets_engine_io_session_unknown_at_once() {
     let nodes = nodes(1).await;
     let tether = TetherHandle::start(&config_for(&nodes, "")).await;
-    for path in [eio_path(Some("neverissued123456789")), eio_path(Some("%zz%00"))] {
+    for path in [
+        eio_path(Some("neverissued123456789")),
+        eio_path(Some("%zz%00")),
+    ] {
         let r = get(tether.addr, None, &path, &[]).await;
         assert_eq!(r.status, 400);
         assert_eq!(r.text(), r#"{"code":1,"message":"Session ID unknown"}"#);
@@ -63,11 +75,17 @@ async fn unknown_sid_gets_engine_io_session_unknown_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_cookie_keeps_a_polling_session_across_a_tether_restart() {
     let nodes = nodes(3).await;
-    let config = config_for(&nodes, "cookie:\n  secret: \"restart-test-secret-0123456789\"");
+    let config = config_for(
+        &nodes,
+        "cookie:\n  secret: \"restart-test-secret-0123456789\"",
+    );
     let first = TetherHandle::start(&config).await;
     let hs = get(first.addr, None, &eio_path(None), &[]).await;
     let sid = hs.sid();
-    let set_cookie = hs.header("set-cookie").expect("handshake sets the tether cookie").to_owned();
+    let set_cookie = hs
+        .header("set-cookie")
+        .expect("handshake sets the tether cookie")
+        .to_owned();
     assert!(set_cookie.starts_with("tether="), "{set_cookie}");
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
     first.stop().await;
@@ -75,7 +93,10 @@ async fn signed_cookie_keeps_a_polling_session_across_a_tether_restart() {
     // A new tether has an empty sid table: only the cookie knows the server.
     let second = TetherHandle::start(&config).await;
     let with_cookie = post_pong(&second, None, &sid, &format!("Cookie: {cookie}\r\n")).await;
-    assert_eq!((with_cookie.status, with_cookie.text().as_str()), (200, "ok"));
+    assert_eq!(
+        (with_cookie.status, with_cookie.text().as_str()),
+        (200, "ok")
+    );
     let without = post_pong(&second, None, &sid, "").await;
     assert_eq!(without.status, 400);
     // A client cannot name a server by editing the cookie.
@@ -102,6 +123,10 @@ async fn hash_placement_maps_source_addresses_alike_across_a_restart() {
         maps.push(map);
     }
     let distinct: std::collections::BTreeSet<_> = maps[0].values().collect();
-    assert!(distinct.len() == 3, "40 addresses should reach all 3 nodes: {:?}", maps[0]);
+    assert!(
+        distinct.len() == 3,
+        "40 addresses should reach all 3 nodes: {:?}",
+        maps[0]
+    );
     assert_eq!(maps[0], maps[1], "placement changed across a restart");
 }

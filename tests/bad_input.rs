@@ -6,7 +6,12 @@ use support::*;
 
 async fn still_serves(tether: &TetherHandle) {
     let hs = get(tether.addr, None, &eio_path(None), &[]).await;
-    assert_eq!(hs.status, 200, "a good handshake after bad input: {}", hs.text());
+    assert_eq!(
+        hs.status,
+        200,
+        "a good handshake after bad input: {}",
+        hs.text()
+    );
     assert!(hs.text().starts_with("0{\"sid\":"));
 }
 
@@ -14,7 +19,11 @@ async fn still_serves(tether: &TetherHandle) {
 async fn bad_requests_get_clear_answers_and_the_proxy_keeps_serving() {
     let node = NodeServer::spawn("node-1", None, &[]).await;
     let routes = "routes:\n  - { path_prefix: \"/socket.io/\", backend: sockets }\n";
-    let yaml = config_for(std::slice::from_ref(&node), "").replacen("backends:", &format!("{routes}backends:"), 1);
+    let yaml = config_for(std::slice::from_ref(&node), "").replacen(
+        "backends:",
+        &format!("{routes}backends:"),
+        1,
+    );
     let tether = TetherHandle::start(&yaml).await;
 
     // Malformed query strings: not Engine.IO, or a sid that cannot be one.
@@ -25,11 +34,24 @@ async fn bad_requests_get_clear_answers_and_the_proxy_keeps_serving() {
     ] {
         let r = get(tether.addr, None, path, &[]).await;
         assert_eq!(r.status, 400, "{path}: {}", r.text());
-        assert!(r.text().contains("Session ID unknown"), "{path}: {}", r.text());
+        assert!(
+            r.text().contains("Session ID unknown"),
+            "{path}: {}",
+            r.text()
+        );
         still_serves(&tether).await;
     }
-    let r = get(tether.addr, None, "/socket.io/?EIO=9&transport=polling", &[]).await;
-    assert_eq!(r.status, 400, "the node refuses an unsupported protocol version");
+    let r = get(
+        tether.addr,
+        None,
+        "/socket.io/?EIO=9&transport=polling",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.status, 400,
+        "the node refuses an unsupported protocol version"
+    );
     still_serves(&tether).await;
 
     // A path no route serves.

@@ -29,7 +29,10 @@ async fn polling_first_swarm_passes_and_spreads_evenly_from_one_ip() {
     let report = swarm(json!({ "url": tether.url(), "clients": CLIENTS })).await;
     assert_all_passed(&report, CLIENTS, true);
     let ratio = max_over_mean(&report, 3);
-    println!("default placement, {CLIENTS} clients from 127.0.0.1: perNode {} max/mean {ratio:.3}", report["perNode"]);
+    println!(
+        "default placement, {CLIENTS} clients from 127.0.0.1: perNode {} max/mean {ratio:.3}",
+        report["perNode"]
+    );
     assert!(ratio <= 1.15, "max/mean {ratio} > 1.15: {report}");
     tether.stop().await;
 }
@@ -46,7 +49,10 @@ async fn round_robin_config_breaks_the_same_swarm() {
         || n("connected") < CLIENTS
         || n("upgraded") < CLIENTS
         || n("disconnects") > 0;
-    assert!(failed, "a non-sticky proxy must break polling-first Socket.IO: {report}");
+    assert!(
+        failed,
+        "a non-sticky proxy must break polling-first Socket.IO: {report}"
+    );
     tether.stop().await;
 }
 
@@ -57,7 +63,8 @@ async fn websocket_only_polling_only_and_cookie_clients_pass() {
     let cookie = "cookie:\n  secret: \"integration-test-secret-0123456789\"";
     let tether = TetherHandle::start(&cluster.config(cookie)).await;
 
-    let ws = swarm(json!({ "url": tether.url(), "clients": 100, "transports": ["websocket"] })).await;
+    let ws =
+        swarm(json!({ "url": tether.url(), "clients": 100, "transports": ["websocket"] })).await;
     assert_all_passed(&ws, 100, true);
     assert_eq!(ws["finalTransports"]["websocket"], 100, "{ws}");
 
@@ -68,7 +75,8 @@ async fn websocket_only_polling_only_and_cookie_clients_pass() {
     assert_all_passed(&polling, 100, false);
     assert_eq!(polling["finalTransports"]["polling"], 100, "{polling}");
 
-    let creds = swarm(json!({ "url": tether.url(), "clients": 100, "withCredentials": true })).await;
+    let creds =
+        swarm(json!({ "url": tether.url(), "clients": 100, "withCredentials": true })).await;
     assert_all_passed(&creds, 100, true);
     tether.stop().await;
 }

@@ -20,7 +20,10 @@ async fn server_death_closes_the_client_side_at_once() {
     node.signal("KILL");
     // Engine.IO's default heartbeat is 45 s; the client must learn far sooner.
     let closed = wait_closed(&mut ws, Duration::from_secs(5)).await;
-    assert!(closed.is_some(), "client side still open 5 s after the server died");
+    assert!(
+        closed.is_some(),
+        "client side still open 5 s after the server died"
+    );
     tether.stop().await;
 }
 
@@ -31,21 +34,37 @@ async fn client_close_ends_the_session_on_its_server() {
     let mut ws = ws_connect(tether.addr, WS_ONLY).await;
     ws_read_text(&mut ws).await;
     let stats = tether.store.load().backends[0].servers[0].stats.clone();
-    assert_eq!(stats.sessions(Transport::WebSocket), 1, "a WebSocket-only session is counted");
+    assert_eq!(
+        stats.sessions(Transport::WebSocket),
+        1,
+        "a WebSocket-only session is counted"
+    );
     drop(ws);
     let mut waited = Duration::ZERO;
     while stats.sessions(Transport::WebSocket) > 0 && waited < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;
         waited += Duration::from_millis(20);
     }
-    assert_eq!(stats.sessions(Transport::WebSocket), 0, "tunnel not torn down after the client left");
+    assert_eq!(
+        stats.sessions(Transport::WebSocket),
+        0,
+        "tunnel not torn down after the client left"
+    );
     tether.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_tunnel_closes_after_the_sessions_own_heartbeat() {
-    let node = NodeServer::spawn("node-1", None, &["--ping-interval", "300", "--ping-timeout", "200"]).await;
-    let yaml = config_for(std::slice::from_ref(&node), "sessions:\n  idle_margin: 200ms");
+    let node = NodeServer::spawn(
+        "node-1",
+        None,
+        &["--ping-interval", "300", "--ping-timeout", "200"],
+    )
+    .await;
+    let yaml = config_for(
+        std::slice::from_ref(&node),
+        "sessions:\n  idle_margin: 200ms",
+    );
     let tether = TetherHandle::start(&yaml).await;
     let mut ws = ws_connect(tether.addr, WS_ONLY).await;
     let open = ws_read_text(&mut ws).await;
@@ -54,8 +73,12 @@ async fn silent_tunnel_closes_after_the_sessions_own_heartbeat() {
     node.signal("STOP");
     let closed = wait_closed(&mut ws, Duration::from_secs(10)).await;
     node.signal("CONT");
-    let after = closed.expect("a silent tunnel must be closed after pingInterval + pingTimeout + margin");
-    assert!(after >= Duration::from_millis(300), "closed too early: {after:?}");
+    let after =
+        closed.expect("a silent tunnel must be closed after pingInterval + pingTimeout + margin");
+    assert!(
+        after >= Duration::from_millis(300),
+        "closed too early: {after:?}"
+    );
     println!("silent tunnel closed after {after:?} (heartbeat 500 ms + margin 200 ms)");
     tether.stop().await;
 }

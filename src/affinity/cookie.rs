@@ -148,8 +148,13 @@ mod tests {
         let s = signer("sockets");
         let mut h = HeaderMap::new();
         h.append("cookie", "a=1; b=2".parse().unwrap());
-        h.append("cookie", format!("x=y; tether={}", s.sign("n3")).parse().unwrap());
+        h.append(
+            "cookie",
+            format!("x=y; tether={}", s.sign("n3")).parse().unwrap(),
+        );
         assert_eq!(s.read(&h), Some("n3"));
-        assert!(s.set_cookie("n3").ends_with("; Path=/; HttpOnly; SameSite=None; Secure"));
+        assert!(s
+            .set_cookie("n3")
+            .ends_with("; Path=/; HttpOnly; SameSite=None; Secure"));
     }
 }

@@ -23,7 +23,10 @@ pub fn hash_key(key: &HashKey, uri: &Uri, headers: &HeaderMap, client: IpAddr) -
     let found = match key {
         HashKey::ClientIp => None,
         HashKey::Header(name) => headers.get(name).map(|v| v.as_bytes()),
-        HashKey::Query(name) => uri.query().and_then(|q| query_value(q, name)).map(str::as_bytes),
+        HashKey::Query(name) => uri
+            .query()
+            .and_then(|q| query_value(q, name))
+            .map(str::as_bytes),
         HashKey::Cookie(name) => cookie::cookie_value(headers, name).map(str::as_bytes),
     };
     match found {
@@ -55,7 +58,10 @@ mod tests {
     fn parts(uri: &str, headers: &[(&str, &str)]) -> (Uri, HeaderMap) {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
-            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         (uri.parse().unwrap(), h)
     }
@@ -66,7 +72,10 @@ mod tests {
         let (u, h) = parts("/s/?EIO=4&transport=polling&token=abc", &[("x-user", "u1")]);
         let key = |k: HashKey| hash_key(&k, &u, &h, ip);
         assert_eq!(key(HashKey::Query("token".into())), placement_hash(b"abc"));
-        assert_eq!(key(HashKey::Header("x-user".parse().unwrap())), placement_hash(b"u1"));
+        assert_eq!(
+            key(HashKey::Header("x-user".parse().unwrap())),
+            placement_hash(b"u1")
+        );
         assert_eq!(key(HashKey::Cookie("uid".into())), ip_hash(ip));
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         assert_eq!(ip_hash(mapped), ip_hash(ip));

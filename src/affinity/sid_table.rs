@@ -11,7 +11,6 @@
 //! critical section on one of 64 shards, and the key is borrowed as `&str` for lookups
 //! so the request path does not allocate.
 
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -108,9 +107,7 @@ impl SidTable {
     }
 
     fn shard(&self, sid: &str) -> MutexGuard<'_, Shard> {
-        let mut h = self.hasher.build_hasher();
-        sid.hash(&mut h);
-        let i = (h.finish() as usize) % SHARDS;
+        let i = (self.hasher.hash_one(sid) as usize) % SHARDS;
         // A panic while holding the lock cannot leave an entry half-updated in a way
         // that matters more than losing the table, so poisoning is ignored.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
@@ -339,7 +336,9 @@ mod tests {
         let s = stats("node-1");
         let mut refused = 0;
         for i in 0..(SHARDS * 4) {
-            if t.insert(&format!("sid{i}"), s.clone(), Duration::from_secs(1)).is_err() {
+            if t.insert(&format!("sid{i}"), s.clone(), Duration::from_secs(1))
+                .is_err()
+            {
                 refused += 1;
             }
         }

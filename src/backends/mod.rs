@@ -107,9 +107,12 @@ impl Drop for SessionGuard {
 
 /// Hands out the one `ServerStats` of each (backend, server id), so every snapshot built
 /// from any config version shares them.
+/// (backend name, server id): a server's identity across config versions.
+type ServerKey = (Arc<str>, Arc<str>);
+
 #[derive(Debug, Default)]
 pub struct Registry {
-    stats: Mutex<AHashMap<(Arc<str>, Arc<str>), Arc<ServerStats>>>,
+    stats: Mutex<AHashMap<ServerKey, Arc<ServerStats>>>,
 }
 
 impl Registry {

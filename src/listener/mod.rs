@@ -65,10 +65,15 @@ pub async fn serve(
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tracker.spawn(async move {
-                    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
                     match handshake.await {
-                        Ok(Ok(tls_stream)) => serve_conn(tls_stream, conn, proxy, limits, stop).await,
-                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Ok(Ok(tls_stream)) => {
+                            serve_conn(tls_stream, conn, proxy, limits, stop).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
                     }
                 });
@@ -77,7 +82,10 @@ pub async fn serve(
     }
     drop(listener);
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::info!("connections still open after the shutdown grace; closing them");
     }
 }

@@ -150,7 +150,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -172,7 +175,10 @@ mod tests {
 
     #[test]
     fn websocket_upgrade_survives_stripping() {
-        let mut h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        let mut h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         assert!(is_websocket_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["connection"], "upgrade");

@@ -139,14 +139,18 @@ impl Proxy {
             let sticky = backend.balance == Balance::Sticky;
             if sticky && target.pin.is_none() && parts.status == StatusCode::OK {
                 let ttl = DEFAULT_HEARTBEAT + backend.idle_margin;
-                let _ = self.store.sids.insert(sid, Arc::clone(&target.server.stats), ttl);
+                let _ = self
+                    .store
+                    .sids
+                    .insert(sid, Arc::clone(&target.server.stats), ttl);
             }
         }
-        let body = if handshake && parts.status == StatusCode::OK && backend.balance == Balance::Sticky {
-            self.learn_sid(backend, target.server, body).await?
-        } else {
-            ProxyBody::Stream(body)
-        };
+        let body =
+            if handshake && parts.status == StatusCode::OK && backend.balance == Balance::Sticky {
+                self.learn_sid(backend, target.server, body).await?
+            } else {
+                ProxyBody::Stream(body)
+            };
         // Only a session placed by this request gets a cookie: requests of a pinned
         // session from a client that keeps no cookies would otherwise be told again and
         // again.
@@ -323,7 +327,9 @@ impl Proxy {
             drop(session);
         });
         let (mut parts, _) = resp.into_parts();
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
 }

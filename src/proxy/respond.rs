@@ -61,8 +61,13 @@ impl ProxyError {
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
         let (content_type, body) = match self {
-            ProxyError::SessionUnknown => ("application/json", engineio::SESSION_UNKNOWN_BODY.to_owned()),
-            ProxyError::BadRequest(_) => ("application/json", engineio::BAD_REQUEST_BODY.to_owned()),
+            ProxyError::SessionUnknown => (
+                "application/json",
+                engineio::SESSION_UNKNOWN_BODY.to_owned(),
+            ),
+            ProxyError::BadRequest(_) => {
+                ("application/json", engineio::BAD_REQUEST_BODY.to_owned())
+            }
             other => ("text/plain; charset=utf-8", format!("{other}\n")),
         };
         let mut resp = Response::new(ProxyBody::text(body));

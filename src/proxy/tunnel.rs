@@ -25,7 +25,10 @@ pub enum IdleLimit {
     Fixed(Duration),
     /// A WebSocket-only session: learn the heartbeat from the open packet in the
     /// server's first frame; until then (or if it cannot be read) use `fallback`.
-    FromOpenPacket { margin: Duration, fallback: Duration },
+    FromOpenPacket {
+        margin: Duration,
+        fallback: Duration,
+    },
 }
 
 /// Why a tunnel ended.

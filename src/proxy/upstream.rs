@@ -78,7 +78,12 @@ impl Upstream {
                 .await
             {
                 Err(_) => return Err(ProxyError::ConnectTimeout { server: id() }),
-                Ok(Err(source)) => return Err(ProxyError::Connect { server: id(), source }),
+                Ok(Err(source)) => {
+                    return Err(ProxyError::Connect {
+                        server: id(),
+                        source,
+                    })
+                }
                 Ok(Ok(s)) => s,
             };
         let _ = stream.set_nodelay(true);

@@ -154,7 +154,10 @@ pub fn config_for(nodes: &[NodeServer], backend_extra: &str) -> String {
     }
     yaml.push_str("    servers:\n");
     for n in nodes {
-        yaml.push_str(&format!("      - {{ id: {}, addr: \"{}\" }}\n", n.id, n.addr));
+        yaml.push_str(&format!(
+            "      - {{ id: {}, addr: \"{}\" }}\n",
+            n.id, n.addr
+        ));
     }
     yaml
 }
@@ -216,16 +219,27 @@ pub async fn swarm(options: serde_json::Value) -> serde_json::Value {
         .await
         .expect("node swarm");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
-        panic!("swarm printed no report (status {:?}):\n{stdout}", out.status)
-    });
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "swarm printed no report (status {:?}):\n{stdout}",
+                out.status
+            )
+        });
     serde_json::from_str(last).expect("swarm report is JSON")
 }
 
 /// max/mean of the per-node counts in a swarm report.
 pub fn max_over_mean(report: &serde_json::Value, nodes: usize) -> f64 {
     let per: Vec<f64> = (1..=nodes)
-        .map(|i| report["perNode"][format!("node-{i}")].as_f64().unwrap_or(0.0))
+        .map(|i| {
+            report["perNode"][format!("node-{i}")]
+                .as_f64()
+                .unwrap_or(0.0)
+        })
         .collect();
     let total: f64 = per.iter().sum();
     let max = per.iter().cloned().fold(0.0, f64::max);
@@ -277,11 +291,17 @@ pub async fn raw_exchange(addr: SocketAddr, from: Option<IpAddr>, request: &[u8]
     stream.write_all(request).await.expect("write");
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
-    parse_response(&buf).unwrap_or_else(|| panic!("unparsable response: {:?}", String::from_utf8_lossy(&buf)))
+    parse_response(&buf)
+        .unwrap_or_else(|| panic!("unparsable response: {:?}", String::from_utf8_lossy(&buf)))
 }
 
 /// `GET path` with extra header lines, from `from`.
-pub async fn get(addr: SocketAddr, from: Option<IpAddr>, path: &str, headers: &[(&str, &str)]) -> RawResponse {
+pub async fn get(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> RawResponse {
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -306,14 +326,19 @@ pub fn parse_response(buf: &[u8]) -> Option<RawResponse> {
     if chunked {
         body = dechunk(&body);
     }
-    Some(RawResponse { status, headers, body })
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(nl) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = std::str::from_utf8(&data[..nl]).unwrap_or("0");
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
         if size == 0 || data.len() < nl + 2 + size {
             break;
         }
@@ -339,12 +364,19 @@ pub async fn ws_connect(addr: SocketAddr, path: &str) -> TcpStream {
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
-    stream.write_all(req.as_bytes()).await.expect("write upgrade");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("write upgrade");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         let n = stream.read(&mut byte).await.expect("read head");
-        assert!(n == 1, "connection closed during upgrade: {:?}", String::from_utf8_lossy(&head));
+        assert!(
+            n == 1,
+            "connection closed during upgrade: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head);

@@ -1,0 +1,295 @@
+//! Config errors that point at the line to fix.
+//!
+//! Every error that comes from the file's content carries `file:line:column` and the key
+//! path, because `tether check`, a failed reload in the log and `/status` are all read by
+//! someone who then opens an editor at that line.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::locate::{self, KeyPath, Pos};
+
+/// `file:line:column`, 1-based, the form editors and terminals turn into links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Location {
+    pub(crate) fn new(file: &std::path::Path, pos: Pos) -> Self {
+        Location {
+            file: file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all (missing, unreadable, not a file, too big).
+    #[error("{}: cannot read the config file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not well-formed YAML (or not UTF-8).
+    #[error("{at}: {message}")]
+    Syntax { at: Location, message: String },
+    /// Well-formed YAML of the wrong shape: unknown or missing key, wrong type.
+    #[error("{at}: {}{message}", key_prefix(.key))]
+    Schema {
+        at: Location,
+        key: String,
+        message: String,
+    },
+    /// The right shape, but a value that cannot work: bad address, unknown backend, ...
+    #[error("{at}: {}{message}", key_prefix(.key))]
+    Invalid {
+        at: Location,
+        key: String,
+        message: String,
+    },
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+impl ConfigError {
+    /// Where in the file, when the error is about its content.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Syntax { at, .. }
+            | ConfigError::Schema { at, .. }
+            | ConfigError::Invalid { at, .. } => Some(at),
+        }
+    }
+
+    /// The key path (`backends.sockets.servers[1].addr`), when one is known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Schema { key, .. } | ConfigError::Invalid { key, .. } => {
+                Some(key.as_str()).filter(|k| !k.is_empty())
+            }
+            _ => None,
+        }
+    }
+
+    /// Turns a serde_yaml error into one that names the key path, and for unknown keys the
+    /// allowed ones.
+    ///
+    /// serde_yaml knows both the path and the position but only exposes them through its
+    /// message (`path: msg at line L column C`), so the message is taken apart here. Only
+    /// the wording of serde's own derive messages is relied on; anything unrecognised is
+    /// passed through unchanged, so a future serde_yaml costs polish, not information.
+    pub(crate) fn from_serde(
+        err: &serde_yaml::Error,
+        text: &str,
+        origin: &std::path::Path,
+    ) -> Self {
+        let pos = err.location().map_or(Pos::START, |l| Pos {
+            line: l.line().max(1),
+            column: l.column().max(1),
+        });
+        let at = Location::new(origin, pos);
+        let mut full = err.to_string();
+        let mark = format!(" at line {} column {}", pos.line, pos.column);
+        if let Some(i) = full.find(&mark) {
+            full.replace_range(i..i + mark.len(), "");
+        } else if let Some(i) = full.find(" at position ") {
+            let digits = full[i + 13..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            full.replace_range(i..i + 13 + digits, "");
+        }
+        match split_path(&full) {
+            (Some(path), msg) => shape_error(at, path, msg, text),
+            (None, msg) if is_shape_message(msg) => shape_error(at, "", msg, text),
+            (None, msg) => ConfigError::Syntax {
+                at,
+                message: format!("invalid YAML: {msg}"),
+            },
+        }
+    }
+}
+
+fn shape_error(mut at: Location, path: &str, msg: &str, text: &str) -> ConfigError {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    if let Some(field) = backquoted_after(msg, "unknown field ") {
+        let allowed = backquoted_list(&msg[msg.find(", ").unwrap_or(msg.len())..]);
+        let mut message = format!("unknown key `{field}`");
+        if let Some(near) = closest(field, &allowed) {
+            message.push_str(&format!(" (did you mean `{near}`?)"));
+        }
+        if allowed.is_empty() {
+            message.push_str("; this map takes no keys");
+        } else {
+            message.push_str(&format!("; allowed keys here: {}", allowed.join(", ")));
+        }
+        return schema(at, join(field), message);
+    }
+    if let Some(field) = backquoted_after(msg, "missing field ") {
+        return schema(at, join(field), "required key is missing".to_owned());
+    }
+    let duplicate = backquoted_after(msg, "duplicate field ")
+        .or_else(|| backquoted_after(msg, "duplicate key "));
+    if let Some(field) = duplicate {
+        if let Some(p) = locate::locate_duplicate_key(text, &parse_path(path), field) {
+            at.line = p.line;
+            at.column = p.column;
+        }
+        return schema(at, join(field), "key given twice; keep one".to_owned());
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant ") {
+        return schema(at, path.to_owned(), format!("unknown value {rest}"));
+    }
+    schema(at, path.to_owned(), msg.to_owned())
+}
+
+fn schema(at: Location, key: String, message: String) -> ConfigError {
+    ConfigError::Schema { at, key, message }
+}
+
+/// Messages serde's derive produces while checking shape; anything else without a path is
+/// the YAML parser's.
+fn is_shape_message(msg: &str) -> bool {
+    [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown field",
+        "unknown variant",
+        "missing field",
+        "duplicate field",
+        "duplicate key",
+    ]
+    .iter()
+    .any(|p| msg.starts_with(p))
+}
+
+/// `listeners[0].tls: unknown field ...` → (`listeners[0].tls`, `unknown field ...`).
+/// A path never contains spaces in this schema before `: `, while every message does.
+fn split_path(full: &str) -> (Option<&str>, &str) {
+    match full.split_once(": ") {
+        Some((p, rest)) if !p.is_empty() && !p.contains(char::is_whitespace) => (Some(p), rest),
+        _ => (None, full),
+    }
+}
+
+/// Inverse of `KeyPath`'s display, good enough for serde's paths (used only to locate).
+fn parse_path(s: &str) -> KeyPath {
+    let mut path = KeyPath::root();
+    for part in s.split('.') {
+        let (name, mut idx) = part.split_once('[').map_or((part, ""), |(n, i)| (n, i));
+        if !name.is_empty() {
+            path = path.key(name);
+        }
+        while let Some((n, rest)) = idx.split_once(']') {
+            if let Ok(n) = n.parse() {
+                path = path.index(n);
+            }
+            idx = rest.trim_start_matches('[');
+        }
+    }
+    path
+}
+
+fn backquoted_after<'a>(msg: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = msg.strip_prefix(prefix)?.strip_prefix('`')?;
+    rest.split_once('`').map(|(name, _)| name)
+}
+
+fn backquoted_list(s: &str) -> Vec<&str> {
+    s.split('`').skip(1).step_by(2).collect()
+}
+
+/// The allowed key a typo most likely meant: edit distance at most 2 (or a third of it).
+fn closest<'a>(got: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    let limit = (got.chars().count() / 3).clamp(1, 2);
+    allowed
+        .iter()
+        .map(|a| (edit_distance(got, a), *a))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typo_suggestion_picks_the_nearest_allowed_key() {
+        assert_eq!(closest("bnd", &["bind", "tls"]), Some("bind"));
+        assert_eq!(
+            closest("placment", &["balance", "placement"]),
+            Some("placement")
+        );
+        assert_eq!(closest("zzzzzz", &["bind", "tls"]), None);
+    }
+
+    #[test]
+    fn serde_paths_parse_back_into_key_paths() {
+        let p = parse_path("backends.sockets.servers[1][2].addr");
+        assert_eq!(p.to_string(), "backends.sockets.servers[1][2].addr");
+    }
+
+    #[test]
+    fn message_without_path_is_not_split() {
+        assert_eq!(split_path("invalid type: map").0, None);
+        assert_eq!(
+            split_path("a.b[0]: invalid type: map"),
+            (Some("a.b[0]"), "invalid type: map")
+        );
+    }
+
+    #[test]
+    fn read_error_names_the_file() {
+        let e = ConfigError::Read {
+            path: "conf/x.yaml".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert!(e
+            .to_string()
+            .starts_with("conf/x.yaml: cannot read the config file: "));
+        assert!(e.location().is_none());
+    }
+}

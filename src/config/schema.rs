@@ -1,0 +1,448 @@
+//! The file's shape, as serde sees it.
+//!
+//! These structs mirror the YAML one to one so that serde_yaml can reject unknown keys
+//! (`deny_unknown_fields` everywhere: a misspelt key silently falling back to its default
+//! is the worst kind of config bug) and wrong types, with a position. Values that need
+//! interpreting (addresses, durations, CIDRs) stay strings here; `validate` gives them
+//! meaning, so that every semantic rule lives in one place.
+//!
+//! Defaults of `limits`, `sessions` and `timeouts` belong to the runtime types'
+//! `Default` impls in `model.rs`; the others are the constants in [`defaults`].
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// Defaults with no runtime `Default` to live in.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const PATH_PREFIX: &str = "/";
+    pub const LOAD_FACTOR: f64 = 1.25;
+    pub const WEIGHT: u64 = 1;
+    pub const COOKIE_NAME: &str = "tether";
+    pub const HEALTH_PATH: &str = "/health";
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const HEALTH_RISE: u64 = 2;
+    pub const HEALTH_FALL: u64 = 3;
+}
+
+/// The whole file. `listeners` and `backends` are required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// At least one.
+    pub listeners: Vec<RawListener>,
+    /// Absent: no admin listener.
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    /// CIDRs or bare IPs. Default `[]`: forwarding headers are never believed.
+    #[serde(default)]
+    pub trusted_proxies: Option<Vec<String>>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    /// May be omitted only when there is exactly one backend (a catch-all route to it).
+    #[serde(default)]
+    pub routes: Option<Vec<RawRoute>>,
+    /// Name → backend, in file order.
+    pub backends: Backends,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// `ip:port`; port 0 picks a free port (tests).
+    pub bind: String,
+    /// Absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// At least one; chosen by SNI. Paths only: files are read by the listener.
+    pub certificates: Vec<RawCertPair>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `ip:port`.
+    pub bind: String,
+    /// Absent: no authentication (keep the admin bind on loopback then).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Default 16384; 1024..=1048576.
+    #[serde(default)]
+    pub max_header_bytes: Option<u64>,
+    /// Default 10s.
+    #[serde(default)]
+    pub header_read_timeout: Option<DurationSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Absent: any host. `*.example.com` matches subdomains only.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Default `/`.
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    /// Name of a backend.
+    pub backend: String,
+}
+
+/// Backends in the order the file lists them: route indexes, the admin page and any
+/// "first backend" tie-break all follow the file, never a hash map's order.
+#[derive(Debug, Default)]
+pub struct Backends(pub Vec<(String, RawBackend)>);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    /// Default `sticky`.
+    #[serde(default)]
+    pub balance: RawBalance,
+    /// Default `least_sessions`.
+    #[serde(default)]
+    pub placement: RawPlacement,
+    /// Default `client_ip`.
+    #[serde(default)]
+    pub hash_key: RawHashKey,
+    /// Default 1.25; > 1.0 and <= 10.
+    #[serde(default = "default_load_factor")]
+    pub load_factor: f64,
+    /// Absent: no affinity cookie is set.
+    #[serde(default)]
+    pub cookie: Option<RawCookie>,
+    #[serde(default)]
+    pub sessions: Option<RawSessions>,
+    #[serde(default)]
+    pub timeouts: Option<RawTimeouts>,
+    /// At least one.
+    pub servers: Vec<RawServer>,
+    /// Absent: no active health checks.
+    #[serde(default)]
+    pub health: Option<RawHealth>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBalance {
+    #[default]
+    Sticky,
+    RoundRobin,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawPlacement {
+    #[default]
+    LeastSessions,
+    Hash,
+}
+
+/// `client_ip`, or a one-key map `{ header: NAME }`, `{ query: NAME }`, `{ cookie: NAME }`.
+/// Hand-written because serde_yaml spells enum variants as tags (`!header X`), which
+/// nobody would guess.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum RawHashKey {
+    #[default]
+    ClientIp,
+    Header(String),
+    Query(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCookie {
+    /// Default `tether`.
+    #[serde(default = "default_cookie_name")]
+    pub name: String,
+    /// Required; at least 16 bytes.
+    pub secret: String,
+    /// Default false.
+    #[serde(default)]
+    pub secure: bool,
+    /// Default `lax`; `none` requires `secure: true`.
+    #[serde(default)]
+    pub same_site: RawSameSite,
+    /// Default null: a session cookie.
+    #[serde(default)]
+    pub max_age: Option<DurationSpec>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSameSite {
+    #[default]
+    Lax,
+    Strict,
+    None,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSessions {
+    /// Default 1000000.
+    #[serde(default)]
+    pub capacity: Option<u64>,
+    /// Default 5s.
+    #[serde(default)]
+    pub idle_margin: Option<DurationSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// Default 2s.
+    #[serde(default)]
+    pub connect: Option<DurationSpec>,
+    /// Default 60s.
+    #[serde(default)]
+    pub response: Option<DurationSpec>,
+    /// Default `auto`.
+    #[serde(default)]
+    pub tunnel_idle: Option<DurationSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Unique within the backend; `[A-Za-z0-9._-]`.
+    pub id: String,
+    /// `host:port`.
+    pub addr: String,
+    /// Default 1; 1..=1000.
+    #[serde(default = "default_weight")]
+    pub weight: u64,
+}
+
+/// Accepted and checked now so files written today keep working when active health checks
+/// land; nothing reads it yet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Default `/health`.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Default 2s.
+    #[serde(default)]
+    pub interval: Option<DurationSpec>,
+    /// Default 1s.
+    #[serde(default)]
+    pub timeout: Option<DurationSpec>,
+    /// Default 2: consecutive passes to mark a server up.
+    #[serde(default = "default_rise")]
+    pub rise: u64,
+    /// Default 3: consecutive failures to mark it down.
+    #[serde(default = "default_fall")]
+    pub fall: u64,
+}
+
+/// A duration as written: a bare integer (seconds) or text such as `500ms`, `2s`, `1m`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DurationSpec {
+    Seconds(u64),
+    Text(String),
+}
+
+fn default_path_prefix() -> String {
+    defaults::PATH_PREFIX.to_owned()
+}
+fn default_load_factor() -> f64 {
+    defaults::LOAD_FACTOR
+}
+fn default_weight() -> u64 {
+    defaults::WEIGHT
+}
+fn default_cookie_name() -> String {
+    defaults::COOKIE_NAME.to_owned()
+}
+fn default_health_path() -> String {
+    defaults::HEALTH_PATH.to_owned()
+}
+fn default_rise() -> u64 {
+    defaults::HEALTH_RISE
+}
+fn default_fall() -> u64 {
+    defaults::HEALTH_FALL
+}
+
+impl<'de> Deserialize<'de> for DurationSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DurationSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as 500ms, 2s, 1m or a whole number of seconds")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationSpec, E> {
+                Ok(DurationSpec::Seconds(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationSpec, E> {
+                u64::try_from(v)
+                    .map(DurationSpec::Seconds)
+                    .map_err(|_| E::custom(format!("invalid duration {v}: it cannot be negative")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationSpec, E> {
+                Err(E::custom(format!(
+                    "invalid duration {v}: a bare number means whole seconds; write e.g. 1500ms"
+                )))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationSpec, E> {
+                Ok(DurationSpec::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawHashKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawHashKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`client_ip` or a map with one of `header`, `query`, `cookie`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawHashKey, E> {
+                match v {
+                    "client_ip" => Ok(RawHashKey::ClientIp),
+                    other => Err(E::custom(format!(
+                        "unknown hash_key `{other}`; expected `client_ip`, \
+                         {{ header: NAME }}, {{ query: NAME }} or {{ cookie: NAME }}"
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHashKey, A::Error> {
+                let Some((kind, name)) = map.next_entry::<String, String>()? else {
+                    return Err(de::Error::custom(
+                        "empty hash_key map; expected one of `header`, `query`, `cookie`",
+                    ));
+                };
+                if map.next_key::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::custom(
+                        "hash_key takes exactly one of `header`, `query`, `cookie`",
+                    ));
+                }
+                match kind.as_str() {
+                    "header" => Ok(RawHashKey::Header(name)),
+                    "query" => Ok(RawHashKey::Query(name)),
+                    "cookie" => Ok(RawHashKey::Cookie(name)),
+                    _ => Err(de::Error::unknown_field(
+                        &kind,
+                        &["header", "query", "cookie"],
+                    )),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Backends {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Backends;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of backend name to backend")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Backends, A::Error> {
+                let mut out: Vec<(String, RawBackend)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if out.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format!("duplicate key `{name}`")));
+                    }
+                    let backend = map.next_value()?;
+                    out.push((name, backend));
+                }
+                Ok(Backends(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Result<RawConfig, String> {
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    const HEAD: &str = "listeners: [{ bind: \"0.0.0.0:0\" }]\n";
+
+    fn backend_with(extra: &str) -> RawBackend {
+        let text = format!("{HEAD}backends:\n  b:\n    servers: []\n{extra}");
+        let mut cfg = raw(&text).expect("parses");
+        cfg.backends.0.remove(0).1
+    }
+
+    #[test]
+    fn backends_keep_file_order() {
+        let text = format!("{HEAD}backends:\n  zeta: {{ servers: [] }}\n  alpha: {{ servers: [] }}\n  mid: {{ servers: [] }}\n");
+        let names: Vec<_> = raw(&text)
+            .unwrap()
+            .backends
+            .0
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["zeta", "alpha", "mid"]);
+    }
+
+    #[test]
+    fn hash_key_accepts_every_documented_form() {
+        assert_eq!(backend_with("").hash_key, RawHashKey::ClientIp);
+        assert_eq!(
+            backend_with("    hash_key: client_ip\n").hash_key,
+            RawHashKey::ClientIp
+        );
+        let h = backend_with("    hash_key: { header: X-User-Id }\n").hash_key;
+        assert_eq!(h, RawHashKey::Header("X-User-Id".into()));
+        let q = backend_with("    hash_key:\n      query: token\n").hash_key;
+        assert_eq!(q, RawHashKey::Query("token".into()));
+        let c = backend_with("    hash_key: { cookie: uid }\n").hash_key;
+        assert_eq!(c, RawHashKey::Cookie("uid".into()));
+    }
+
+    #[test]
+    fn durations_accept_integers_and_text() {
+        let t = backend_with("    timeouts: { connect: 3, response: 1m, tunnel_idle: auto }\n")
+            .timeouts
+            .unwrap();
+        assert_eq!(t.connect, Some(DurationSpec::Seconds(3)));
+        assert_eq!(t.response, Some(DurationSpec::Text("1m".into())));
+        assert_eq!(t.tunnel_idle, Some(DurationSpec::Text("auto".into())));
+    }
+
+    #[test]
+    fn negative_and_fractional_durations_are_shape_errors() {
+        let text =
+            format!("{HEAD}backends:\n  b:\n    servers: []\n    timeouts: {{ connect: -1 }}\n");
+        assert!(raw(&text).unwrap_err().contains("cannot be negative"));
+        let text =
+            format!("{HEAD}backends:\n  b:\n    servers: []\n    timeouts: {{ connect: 1.5 }}\n");
+        assert!(raw(&text).unwrap_err().contains("1500ms"));
+    }
+}

@@ -1,0 +1,655 @@
+//! Raw schema → runtime [`Config`]: every rule about what values mean.
+//!
+//! Problems are reported as a key path plus a message; `mod.rs` turns the path into a
+//! line and column only when there is a problem, so validation itself never touches text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::Authority;
+use ipnet::IpNet;
+
+use super::locate::KeyPath;
+use super::model::*;
+use super::schema::*;
+
+/// Longest duration accepted anywhere: far beyond any sane timeout, and small enough that
+/// `Instant + duration` can never overflow downstream.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The sid table is sized from `capacity`; this keeps a typo from reserving terabytes.
+const MAX_SESSIONS: u64 = 100_000_000;
+
+/// One thing wrong with a config.
+#[derive(Debug)]
+pub(crate) struct Problem {
+    /// The key the message is about.
+    pub key: KeyPath,
+    pub message: String,
+    /// Where to point instead of `key`, when `key` is absent from the file.
+    pub at: Option<KeyPath>,
+}
+
+type R<T> = Result<T, Problem>;
+
+fn bad<T>(key: &KeyPath, message: impl Into<String>) -> R<T> {
+    Err(Problem {
+        key: key.clone(),
+        message: message.into(),
+        at: None,
+    })
+}
+
+pub(crate) fn validate(raw: RawConfig) -> R<Config> {
+    let root = KeyPath::root();
+    let listeners = listeners(raw.listeners, &root.key("listeners"))?;
+    let admin = match raw.admin {
+        None => None,
+        Some(a) => Some(admin(a, &root.key("admin"), &listeners)?),
+    };
+    let trusted_proxies = raw
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| cidr(s, &root.key("trusted_proxies").index(i)))
+        .collect::<R<Vec<_>>>()?;
+    let limits = limits(raw.limits.unwrap_or_default(), &root.key("limits"))?;
+    let backends = backends(raw.backends, &root.key("backends"))?;
+    let routes = routes(raw.routes, &backends, &root.key("routes"))?;
+    Ok(Config {
+        source: None,
+        listeners,
+        admin,
+        trusted_proxies,
+        limits,
+        routes,
+        backends,
+    })
+}
+
+fn listeners(raw: Vec<RawListener>, path: &KeyPath) -> R<Vec<ListenerConfig>> {
+    if raw.is_empty() {
+        return bad(
+            path,
+            "at least one listener is needed, e.g. - bind: \"0.0.0.0:8080\"",
+        );
+    }
+    let mut out: Vec<ListenerConfig> = Vec::with_capacity(raw.len());
+    for (i, l) in raw.into_iter().enumerate() {
+        let p = path.index(i);
+        let bind = bind_addr(&l.bind, &p.key("bind"))?;
+        if let Some(j) = out.iter().position(|o| binds_clash(o.bind, bind)) {
+            return bad(
+                &p.key("bind"),
+                format!("{bind} is already bound by listeners[{j}]; each listener needs its own address"),
+            );
+        }
+        let tls = match l.tls {
+            None => None,
+            Some(t) => Some(tls(t, &p.key("tls"))?),
+        };
+        out.push(ListenerConfig { bind, tls });
+    }
+    Ok(out)
+}
+
+/// Two sockets that the kernel would refuse to bind together. Port 0 never clashes: each
+/// gets its own free port.
+fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn tls(raw: RawTls, path: &KeyPath) -> R<TlsConfig> {
+    let p = path.key("certificates");
+    if raw.certificates.is_empty() {
+        return bad(&p, "tls needs at least one { cert: FILE, key: FILE } pair");
+    }
+    let mut certificates = Vec::with_capacity(raw.certificates.len());
+    for (i, c) in raw.certificates.into_iter().enumerate() {
+        for (name, value) in [("cert", &c.cert), ("key", &c.key)] {
+            if value.trim().is_empty() {
+                return bad(&p.index(i).key(name), "empty path; give a PEM file");
+            }
+        }
+        certificates.push(CertPair {
+            cert: PathBuf::from(c.cert),
+            key: PathBuf::from(c.key),
+        });
+    }
+    Ok(TlsConfig { certificates })
+}
+
+fn admin(raw: RawAdmin, path: &KeyPath, listeners: &[ListenerConfig]) -> R<AdminConfig> {
+    let bind = bind_addr(&raw.bind, &path.key("bind"))?;
+    if let Some(j) = listeners.iter().position(|l| binds_clash(l.bind, bind)) {
+        return bad(
+            &path.key("bind"),
+            format!("{bind} is already bound by listeners[{j}]"),
+        );
+    }
+    if let Some(t) = &raw.token {
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return bad(
+                &path.key("token"),
+                "the token must be non-empty printable ASCII without spaces (it travels in an Authorization header); remove the key for no token",
+            );
+        }
+    }
+    Ok(AdminConfig {
+        bind,
+        token: raw.token,
+    })
+}
+
+fn bind_addr(s: &str, path: &KeyPath) -> R<SocketAddr> {
+    s.parse().or_else(|_| {
+        bad(
+            path,
+            format!("invalid address {s:?}: expected ip:port such as 0.0.0.0:8080 or [::]:8080 (host names are not resolved for binds)"),
+        )
+    })
+}
+
+/// A bare IP means just that host; a CIDR with host bits set is taken as its network.
+fn cidr(s: &str, path: &KeyPath) -> R<IpNet> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    match s.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(IpNet::from(ip)),
+        Err(_) => bad(
+            path,
+            format!("invalid CIDR {s:?}: expected an IP (10.0.0.1, ::1) or a network (10.0.0.0/8, fd00::/8)"),
+        ),
+    }
+}
+
+fn limits(raw: RawLimits, path: &KeyPath) -> R<Limits> {
+    let d = Limits::default();
+    let max_header_bytes = match raw.max_header_bytes {
+        None => d.max_header_bytes,
+        Some(n @ 1024..=1_048_576) => n as usize,
+        Some(n) => {
+            return bad(
+                &path.key("max_header_bytes"),
+                format!("{n} is out of range 1024..=1048576"),
+            )
+        }
+    };
+    let header_read_timeout = positive(
+        raw.header_read_timeout,
+        d.header_read_timeout,
+        &path.key("header_read_timeout"),
+    )?;
+    Ok(Limits {
+        max_header_bytes,
+        header_read_timeout,
+    })
+}
+
+fn routes(
+    raw: Option<Vec<RawRoute>>,
+    backends: &[BackendConfig],
+    path: &KeyPath,
+) -> R<Vec<RouteConfig>> {
+    let Some(raw) = raw else {
+        if let [_] = backends {
+            return Ok(vec![RouteConfig {
+                host: None,
+                path_prefix: "/".to_owned(),
+                backend: 0,
+            }]);
+        }
+        let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+        return Err(Problem {
+            key: path.clone(),
+            message: format!(
+                "missing: with {} backends ({}) tether cannot guess which one a request goes to; add routes, e.g. - {{ path_prefix: \"/\", backend: {} }}",
+                names.len(),
+                names.join(", "),
+                names.first().unwrap_or(&"NAME"),
+            ),
+            at: Some(KeyPath::root().key("backends")),
+        });
+    };
+    if raw.is_empty() {
+        return bad(path, "empty: no request could be routed; list at least one route (or, with one backend, remove the key)");
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let p = path.index(i);
+        let Some(backend) = backends.iter().position(|b| b.name == r.backend) else {
+            let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+            return bad(
+                &p.key("backend"),
+                format!(
+                    "unknown backend `{}`; defined backends: {}",
+                    r.backend,
+                    names.join(", ")
+                ),
+            );
+        };
+        if !r.path_prefix.starts_with('/')
+            || r.path_prefix
+                .contains(|c: char| c.is_whitespace() || c == '?' || c == '#')
+        {
+            return bad(
+                &p.key("path_prefix"),
+                format!("invalid path prefix {:?}: it must start with \"/\" and hold no spaces, '?' or '#'", r.path_prefix),
+            );
+        }
+        let host = match r.host {
+            None => None,
+            Some(h) => Some(host_match(&h, &p.key("host"))?),
+        };
+        out.push(RouteConfig {
+            host,
+            path_prefix: r.path_prefix,
+            backend,
+        });
+    }
+    Ok(out)
+}
+
+fn host_match(h: &str, path: &KeyPath) -> R<HostMatch> {
+    let lower = h.to_ascii_lowercase();
+    let (suffix, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let is_ipv6 = name.starts_with('[')
+        && name.ends_with(']')
+        && name[1..name.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok();
+    let is_name = !name.is_empty()
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !(is_name || (is_ipv6 && !suffix)) {
+        return bad(
+            path,
+            format!("invalid host {h:?}: expected a name such as example.com or *.example.com, without port or scheme; omit host to match any"),
+        );
+    }
+    Ok(if suffix {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name.to_owned())
+    })
+}
+
+fn backends(raw: Backends, path: &KeyPath) -> R<Vec<BackendConfig>> {
+    if raw.0.is_empty() {
+        return bad(path, "at least one backend is needed");
+    }
+    raw.0
+        .into_iter()
+        .map(|(name, b)| {
+            let p = path.key(&name);
+            if !is_ident(&name) {
+                return bad(&p, format!("invalid backend name {name:?}: use letters, digits, '.', '_' or '-' (it appears in admin URLs and metrics)"));
+            }
+            backend(name, b, &p)
+        })
+        .collect()
+}
+
+fn backend(name: String, raw: RawBackend, path: &KeyPath) -> R<BackendConfig> {
+    let servers = servers(raw.servers, &path.key("servers"))?;
+    let lf = raw.load_factor;
+    // Written so that NaN fails too.
+    if !(lf > 1.0 && lf <= 10.0) {
+        return bad(
+            &path.key("load_factor"),
+            format!("{lf} is out of range: it must be > 1.0 and <= 10 (1.25 is usual)"),
+        );
+    }
+    let hash_key = hash_key(raw.hash_key, &path.key("hash_key"))?;
+    let cookie = match raw.cookie {
+        None => None,
+        Some(c) => Some(cookie(c, &path.key("cookie"))?),
+    };
+    let sessions = sessions(raw.sessions.unwrap_or_default(), &path.key("sessions"))?;
+    let timeouts = timeouts(raw.timeouts.unwrap_or_default(), &path.key("timeouts"))?;
+    if let Some(h) = raw.health {
+        health(h, &path.key("health"))?; // later: health checks (store it in the model)
+    }
+    Ok(BackendConfig {
+        name,
+        servers,
+        balance: match raw.balance {
+            RawBalance::Sticky => Balance::Sticky,
+            RawBalance::RoundRobin => Balance::RoundRobin,
+        },
+        placement: match raw.placement {
+            RawPlacement::LeastSessions => Placement::LeastSessions,
+            RawPlacement::Hash => Placement::Hash,
+        },
+        hash_key,
+        load_factor: lf,
+        cookie,
+        sessions,
+        timeouts,
+    })
+}
+
+fn servers(raw: Vec<RawServer>, path: &KeyPath) -> R<Vec<ServerConfig>> {
+    if raw.is_empty() {
+        return bad(
+            path,
+            "at least one server is needed, e.g. - { id: node-1, addr: \"127.0.0.1:3001\" }",
+        );
+    }
+    let mut out: Vec<ServerConfig> = Vec::with_capacity(raw.len());
+    for (i, s) in raw.into_iter().enumerate() {
+        let p = path.index(i);
+        if !is_ident(&s.id) {
+            return bad(
+                &p.key("id"),
+                format!(
+                    "invalid server id {:?}: use letters, digits, '.', '_' or '-'",
+                    s.id
+                ),
+            );
+        }
+        if let Some(j) = out.iter().position(|o| o.id == s.id) {
+            return bad(&p.key("id"), format!("duplicate server id `{}` (also servers[{j}]); ids must be unique within a backend", s.id));
+        }
+        let addr = authority(&s.addr, &p.key("addr"))?;
+        if !(1..=1000).contains(&s.weight) {
+            return bad(
+                &p.key("weight"),
+                format!("{} is out of range 1..=1000", s.weight),
+            );
+        }
+        out.push(ServerConfig {
+            id: s.id,
+            addr,
+            weight: s.weight as u32,
+        });
+    }
+    Ok(out)
+}
+
+fn authority(s: &str, path: &KeyPath) -> R<Authority> {
+    let err = |why: &str| bad(path, format!("invalid address {s:?}: {why}"));
+    if s.contains("://") {
+        return err("expected host:port without a scheme, e.g. 127.0.0.1:3001");
+    }
+    let Ok(a) = s.parse::<Authority>() else {
+        return err("expected host:port, e.g. 127.0.0.1:3001 or node-1.internal:3000");
+    };
+    if s.contains('@') || a.host().is_empty() {
+        return err("expected host:port, e.g. 127.0.0.1:3001");
+    }
+    match a.port_u16() {
+        None => err("expected host:port (the port is missing)"),
+        Some(0) => err("port 0 cannot be connected to"),
+        Some(_) => Ok(a),
+    }
+}
+
+fn hash_key(raw: RawHashKey, path: &KeyPath) -> R<HashKey> {
+    Ok(match raw {
+        RawHashKey::ClientIp => HashKey::ClientIp,
+        RawHashKey::Header(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) => HashKey::Header(name),
+            Err(_) => return bad(&path.key("header"), format!("invalid header name {h:?}")),
+        },
+        RawHashKey::Query(q) if !q.is_empty() => HashKey::Query(q),
+        RawHashKey::Query(_) => return bad(&path.key("query"), "empty query parameter name"),
+        RawHashKey::Cookie(c) if is_token(&c) => HashKey::Cookie(c),
+        RawHashKey::Cookie(c) => {
+            return bad(&path.key("cookie"), format!("invalid cookie name {c:?}"))
+        }
+    })
+}
+
+fn cookie(raw: RawCookie, path: &KeyPath) -> R<CookieConfig> {
+    if !is_token(&raw.name) {
+        return bad(
+            &path.key("name"),
+            format!(
+                "invalid cookie name {:?}: use letters, digits and !#$%&'*+-.^_`|~",
+                raw.name
+            ),
+        );
+    }
+    if raw.secret.len() < 16 {
+        return bad(
+            &path.key("secret"),
+            format!("the secret is {} bytes; at least 16 are needed to sign cookies (e.g. the output of `openssl rand -hex 32`)", raw.secret.len()),
+        );
+    }
+    let same_site = match raw.same_site {
+        RawSameSite::Lax => SameSite::Lax,
+        RawSameSite::Strict => SameSite::Strict,
+        RawSameSite::None => SameSite::None,
+    };
+    if same_site == SameSite::None && !raw.secure {
+        return bad(
+            &path.key("same_site"),
+            "same_site: none needs secure: true (browsers drop such cookies otherwise)",
+        );
+    }
+    let max_age = match raw.max_age {
+        None => None,
+        Some(spec) => Some(positive(Some(spec), Duration::ZERO, &path.key("max_age"))?),
+    };
+    Ok(CookieConfig {
+        name: raw.name,
+        secret: raw.secret.into_bytes(),
+        secure: raw.secure,
+        same_site,
+        max_age,
+    })
+}
+
+fn sessions(raw: RawSessions, path: &KeyPath) -> R<SessionConfig> {
+    let d = SessionConfig::default();
+    let capacity = match raw.capacity {
+        None => d.capacity,
+        Some(n @ 1..=MAX_SESSIONS) => n as usize,
+        Some(n) => {
+            return bad(
+                &path.key("capacity"),
+                format!("{n} is out of range 1..={MAX_SESSIONS}"),
+            )
+        }
+    };
+    let idle_margin = match raw.idle_margin {
+        None => d.idle_margin,
+        Some(spec) => duration(&spec, &path.key("idle_margin"))?,
+    };
+    Ok(SessionConfig {
+        capacity,
+        idle_margin,
+    })
+}
+
+fn timeouts(raw: RawTimeouts, path: &KeyPath) -> R<Timeouts> {
+    let d = Timeouts::default();
+    let tunnel_idle = match raw.tunnel_idle {
+        Some(DurationSpec::Text(t)) if t == "auto" => None,
+        None => d.tunnel_idle,
+        spec => Some(positive(spec, Duration::ZERO, &path.key("tunnel_idle"))?),
+    };
+    Ok(Timeouts {
+        connect: positive(raw.connect, d.connect, &path.key("connect"))?,
+        response: positive(raw.response, d.response, &path.key("response"))?,
+        tunnel_idle,
+    })
+}
+
+fn health(raw: RawHealth, path: &KeyPath) -> R<()> {
+    if !raw.path.starts_with('/') {
+        return bad(
+            &path.key("path"),
+            format!("invalid path {:?}: it must start with \"/\"", raw.path),
+        );
+    }
+    positive(
+        raw.interval,
+        defaults::HEALTH_INTERVAL,
+        &path.key("interval"),
+    )?;
+    positive(raw.timeout, defaults::HEALTH_TIMEOUT, &path.key("timeout"))?;
+    for (name, n) in [("rise", raw.rise), ("fall", raw.fall)] {
+        if !(1..=1000).contains(&n) {
+            return bad(&path.key(name), format!("{n} is out of range 1..=1000"));
+        }
+    }
+    Ok(())
+}
+
+/// A duration that must be non-zero, `default` when absent.
+fn positive(spec: Option<DurationSpec>, default: Duration, path: &KeyPath) -> R<Duration> {
+    let Some(spec) = spec else { return Ok(default) };
+    let d = duration(&spec, path)?;
+    if d.is_zero() {
+        return bad(path, "must be greater than 0");
+    }
+    Ok(d)
+}
+
+fn duration(spec: &DurationSpec, path: &KeyPath) -> R<Duration> {
+    let d = match spec {
+        DurationSpec::Seconds(n) => Duration::from_secs(*n),
+        DurationSpec::Text(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => match t.parse() {
+            Ok(n) => Duration::from_secs(n),
+            Err(_) => return bad(path, format!("invalid duration {t:?}: too long")),
+        },
+        DurationSpec::Text(t) => match humantime::parse_duration(t) {
+            Ok(d) => d,
+            Err(e) => {
+                return bad(path, format!("invalid duration {t:?}: {e}; write e.g. 500ms, 2s, 1m, 1h or a number of seconds"))
+            }
+        },
+    };
+    if d > MAX_DURATION {
+        return bad(
+            path,
+            format!(
+                "{} is too long; at most 366 days",
+                humantime::format_duration(d)
+            ),
+        );
+    }
+    Ok(d)
+}
+
+/// Names that appear in admin URLs, metric labels and cookies: no escaping ever needed.
+fn is_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// RFC 6265 cookie-name: an RFC 7230 token.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> KeyPath {
+        KeyPath::root().key("x")
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        let ok = |s: &str| duration(&DurationSpec::Text(s.into()), &p()).unwrap();
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("2s"), Duration::from_secs(2));
+        assert_eq!(ok("1m"), Duration::from_secs(60));
+        assert_eq!(ok("1h"), Duration::from_secs(3600));
+        assert_eq!(ok("7"), Duration::from_secs(7));
+        assert_eq!(
+            duration(&DurationSpec::Seconds(9), &p()).unwrap(),
+            Duration::from_secs(9)
+        );
+    }
+
+    #[test]
+    fn huge_durations_are_rejected_not_overflowed() {
+        assert!(duration(&DurationSpec::Seconds(u64::MAX), &p()).is_err());
+        assert!(duration(&DurationSpec::Text("99999999999999999999999s".into()), &p()).is_err());
+        assert!(duration(&DurationSpec::Text("99999999999999999999999".into()), &p()).is_err());
+    }
+
+    #[test]
+    fn wildcard_host_becomes_a_suffix_and_exact_host_is_lowercased() {
+        assert_eq!(
+            host_match("*.Example.COM", &p()).unwrap(),
+            HostMatch::Suffix(".example.com".into())
+        );
+        assert_eq!(
+            host_match("Example.com", &p()).unwrap(),
+            HostMatch::Exact("example.com".into())
+        );
+        assert_eq!(
+            host_match("[::1]", &p()).unwrap(),
+            HostMatch::Exact("[::1]".into())
+        );
+        for bad in [
+            "*",
+            "*.",
+            "a.*.com",
+            "example.com:8080",
+            "http://x",
+            "",
+            "a..b",
+            "*.[::1]",
+        ] {
+            assert!(host_match(bad, &p()).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn bare_ips_become_host_networks_and_cidrs_are_truncated() {
+        assert_eq!(cidr("127.0.0.1", &p()).unwrap().to_string(), "127.0.0.1/32");
+        assert_eq!(cidr("::1", &p()).unwrap().to_string(), "::1/128");
+        assert_eq!(cidr("10.1.2.3/8", &p()).unwrap().to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn server_addresses_need_host_and_port() {
+        assert!(authority("127.0.0.1:3001", &p()).is_ok());
+        assert!(authority("node-1.internal:3000", &p()).is_ok());
+        assert!(authority("[::1]:3000", &p()).is_ok());
+        for bad in [
+            "127.0.0.1",
+            ":3001",
+            "h:0",
+            "h:99999",
+            "user@h:1",
+            "http://h:1",
+            "",
+            "h:1/x",
+        ] {
+            assert!(authority(bad, &p()).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn clashing_binds_are_detected_but_port_zero_never_clashes() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(binds_clash(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        assert!(binds_clash(a("127.0.0.1:80"), a("127.0.0.1:80")));
+        assert!(!binds_clash(a("127.0.0.1:80"), a("127.0.0.2:80")));
+        assert!(!binds_clash(a("127.0.0.1:0"), a("127.0.0.1:0")));
+        assert!(!binds_clash(a("[::]:80"), a("0.0.0.0:80")));
+    }
+}
