@@ -92,17 +92,20 @@ async fn signed_cookie_keeps_a_polling_session_across_a_tether_restart() {
 
     // A new tether has an empty sid table: only the cookie knows the server.
     let second = TetherHandle::start(&config).await;
+    let without = post_pong(&second, None, &sid, "").await;
+    assert_eq!(without.status, 400, "no table entry and no cookie");
+    // A client cannot name a server by editing the cookie.
+    let (name_value, _) = cookie.rsplit_once('.').unwrap();
+    let forged = format!("Cookie: {name_value}.00000000000000000000000000000000\r\n");
+    assert_eq!(post_pong(&second, None, &sid, &forged).await.status, 400);
     let with_cookie = post_pong(&second, None, &sid, &format!("Cookie: {cookie}\r\n")).await;
     assert_eq!(
         (with_cookie.status, with_cookie.text().as_str()),
         (200, "ok")
     );
-    let without = post_pong(&second, None, &sid, "").await;
-    assert_eq!(without.status, 400);
-    // A client cannot name a server by editing the cookie.
-    let (name_value, _) = cookie.rsplit_once('.').unwrap();
-    let forged = format!("Cookie: {name_value}.00000000000000000000000000000000\r\n");
-    assert_eq!(post_pong(&second, None, &sid, &forged).await.status, 400);
+    // The cookie's answer taught the new tether the sid: the cookie is no longer needed.
+    let relearned = post_pong(&second, ip(77), &sid, "").await;
+    assert_eq!((relearned.status, relearned.text().as_str()), (200, "ok"));
     second.stop().await;
 }
 

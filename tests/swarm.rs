@@ -78,5 +78,7 @@ async fn websocket_only_polling_only_and_cookie_clients_pass() {
     let creds =
         swarm(json!({ "url": tether.url(), "clients": 100, "withCredentials": true })).await;
     assert_all_passed(&creds, 100, true);
+    // Clients that keep cookies got tether's and send it on (here on the WebSocket).
+    assert_eq!(creds["cookieSeen"], 100, "{creds}");
     tether.stop().await;
 }

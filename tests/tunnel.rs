@@ -76,7 +76,7 @@ async fn silent_tunnel_closes_after_the_sessions_own_heartbeat() {
     let after =
         closed.expect("a silent tunnel must be closed after pingInterval + pingTimeout + margin");
     assert!(
-        after >= Duration::from_millis(300),
+        after >= Duration::from_millis(500),
         "closed too early: {after:?}"
     );
     println!("silent tunnel closed after {after:?} (heartbeat 500 ms + margin 200 ms)");

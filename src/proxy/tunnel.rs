@@ -12,6 +12,7 @@ use std::time::Duration;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::engineio;
@@ -49,7 +50,10 @@ pub async fn relay(client: Upgraded, server: Upgraded, idle: IdleLimit) -> Tunne
         IdleLimit::Fixed(d) => (d, None),
         IdleLimit::FromOpenPacket { margin, fallback } => (fallback, Some(margin)),
     };
-    let limit_ms = AtomicU64::new(limit_ms.as_millis() as u64);
+    let limit = Limit {
+        ms: AtomicU64::new(limit_ms.as_millis() as u64),
+        changed: Notify::new(),
+    };
 
     let end = {
         let up = copy(&mut client_rd, &mut server_wr, start, &last, None);
@@ -58,9 +62,9 @@ pub async fn relay(client: Upgraded, server: Upgraded, idle: IdleLimit) -> Tunne
             &mut client_wr,
             start,
             &last,
-            learn_margin.map(|m| (m, &limit_ms)),
+            learn_margin.map(|m| (m, &limit)),
         );
-        let watchdog = watchdog(start, &last, &limit_ms);
+        let watchdog = watchdog(start, &last, &limit);
         tokio::select! {
             _ = up => TunnelEnd::ClientClosed,
             _ = down => TunnelEnd::ServerClosed,
@@ -75,6 +79,12 @@ pub async fn relay(client: Upgraded, server: Upgraded, idle: IdleLimit) -> Tunne
     end
 }
 
+/// The idle limit, which the server's first frame may shorten while the watchdog sleeps.
+struct Limit {
+    ms: AtomicU64,
+    changed: Notify,
+}
+
 /// Copies until EOF or error, stamping `last` with each chunk. With `learn`, the first
 /// chunk is read for an open packet whose heartbeat (+ margin) becomes the idle limit.
 async fn copy<R, W>(
@@ -82,7 +92,7 @@ async fn copy<R, W>(
     wr: &mut W,
     start: Instant,
     last: &AtomicU64,
-    mut learn: Option<(Duration, &AtomicU64)>,
+    mut learn: Option<(Duration, &Limit)>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -96,7 +106,8 @@ async fn copy<R, W>(
         if let Some((margin, limit)) = learn.take() {
             if let Some(open) = engineio::parse_ws_open_frame(&buf[..n]) {
                 let ms = (open.heartbeat() + margin).as_millis() as u64;
-                limit.store(ms, Ordering::Relaxed);
+                limit.ms.store(ms, Ordering::Relaxed);
+                limit.changed.notify_one();
             }
         }
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -106,13 +117,21 @@ async fn copy<R, W>(
     }
 }
 
-async fn watchdog(start: Instant, last: &AtomicU64, limit: &AtomicU64) {
+/// Returns once nothing has crossed the tunnel for the limit. Traffic only moves the
+/// deadline later, so sleeping to the old deadline and re-checking is enough for it; a
+/// shorter limit learnt meanwhile wakes the sleep.
+async fn watchdog(start: Instant, last: &AtomicU64, limit: &Limit) {
     loop {
         let deadline = start
-            + Duration::from_millis(last.load(Ordering::Relaxed) + limit.load(Ordering::Relaxed));
+            + Duration::from_millis(
+                last.load(Ordering::Relaxed) + limit.ms.load(Ordering::Relaxed),
+            );
         if Instant::now() >= deadline {
             return;
         }
-        tokio::time::sleep_until(deadline).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = limit.changed.notified() => {}
+        }
     }
 }
