@@ -1,0 +1,204 @@
+//! Plain HTTP through tether: routing by host and path, forwarding headers, hop-by-hop
+//! removal and pooled upstream connections, against a small real HTTP server that
+//! answers with the request it received.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// An upstream that answers every request with `name: value` lines of the headers it got,
+/// and counts the TCP connections it accepted.
+struct Upstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    async fn start(id: &'static str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| async move {
+                            let mut text = format!("upstream: {id}\npath: {}\n", req.uri());
+                            for (k, v) in req.headers() {
+                                text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                            }
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(text))))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, connections }
+    }
+}
+
+fn ip(last: u8) -> Option<IpAddr> {
+    Some(IpAddr::from([127, 0, 0, last]))
+}
+
+/// Lines `name: value` of the upstream's echo whose name is `name`.
+fn seen<'a>(echo: &'a str, name: &str) -> Vec<&'a str> {
+    echo.lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+async fn start(extra_top: &str, a: &Upstream, b: &Upstream) -> TetherHandle {
+    let yaml = format!(
+        "listeners:\n  - bind: \"127.0.0.1:0\"\n{extra_top}\
+         routes:\n\
+         \x20 - {{ host: \"*.b.test\", backend: b }}\n\
+         \x20 - {{ host: api.test, path_prefix: /v2/, backend: b }}\n\
+         \x20 - {{ backend: a }}\n\
+         backends:\n\
+         \x20 a:\n    balance: round_robin\n    servers: [{{ id: a1, addr: \"{}\" }}]\n\
+         \x20 b:\n    balance: round_robin\n    servers: [{{ id: b1, addr: \"{}\" }}]\n",
+        a.addr, b.addr
+    );
+    TetherHandle::start(&yaml).await
+}
+
+async fn get_host(tether: &TetherHandle, host: &str, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let r = raw_exchange(tether.addr, None, req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{host}{path}: {}", r.text());
+    seen(&r.text(), "upstream")[0].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_then_path_prefix_first_match_wins() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let tether = start("", &a, &b).await;
+    assert_eq!(get_host(&tether, "x.b.test", "/").await, "b");
+    assert_eq!(get_host(&tether, "X.B.TEST:8080", "/").await, "b");
+    assert_eq!(
+        get_host(&tether, "b.test", "/").await,
+        "a",
+        "a suffix needs a subdomain"
+    );
+    assert_eq!(get_host(&tether, "api.test", "/v2/users").await, "b");
+    assert_eq!(get_host(&tether, "api.test", "/v1/users").await, "a");
+    assert_eq!(get_host(&tether, "other.test", "/v2/users").await, "a");
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_replaced_for_clients_and_appended_for_trusted_proxies() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let tether = start("trusted_proxies: [127.0.0.50]\n", &a, &b).await;
+    let forged = [
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("Forwarded", "for=6.6.6.6"),
+        ("X-Forwarded-Proto", "https"),
+    ];
+
+    // An ordinary client cannot claim another address.
+    let r = get(tether.addr, ip(9), "/", &forged).await;
+    let echo = r.text();
+    assert_eq!(seen(&echo, "x-forwarded-for"), ["127.0.0.9"], "{echo}");
+    assert_eq!(seen(&echo, "x-real-ip"), ["127.0.0.9"], "{echo}");
+    assert_eq!(seen(&echo, "x-forwarded-proto"), ["http"], "{echo}");
+    let fwd = seen(&echo, "forwarded");
+    assert!(
+        fwd.len() == 1 && fwd[0].starts_with("for=127.0.0.9;proto=http"),
+        "{echo}"
+    );
+
+    // A trusted proxy's chain is kept and extended; the client is the hop it names.
+    let r = get(tether.addr, ip(50), "/", &forged).await;
+    let echo = r.text();
+    assert_eq!(
+        seen(&echo, "x-forwarded-for"),
+        ["6.6.6.6, 127.0.0.50"],
+        "{echo}"
+    );
+    assert_eq!(seen(&echo, "x-real-ip"), ["6.6.6.6"], "{echo}");
+    let fwd = seen(&echo, "forwarded");
+    assert!(
+        fwd.len() == 1 && fwd[0].starts_with("for=6.6.6.6, for=127.0.0.50"),
+        "{echo}"
+    );
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_do_not_cross_the_proxy() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let tether = start("", &a, &b).await;
+    let r = get(
+        tether.addr,
+        None,
+        "/",
+        &[
+            ("Connection", "close, x-secret"),
+            ("X-Secret", "for this hop only"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+            ("X-Kept", "yes"),
+        ],
+    )
+    .await;
+    let echo = r.text();
+    for gone in ["x-secret", "keep-alive", "proxy-authorization"] {
+        assert!(seen(&echo, gone).is_empty(), "{gone} forwarded: {echo}");
+    }
+    assert_eq!(seen(&echo, "x-kept"), ["yes"], "{echo}");
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled_across_client_connections() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let tether = start("", &a, &b).await;
+    const REQUESTS: usize = 50;
+    for _ in 0..REQUESTS {
+        let r = get(tether.addr, None, "/", &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    // And on one keep-alive client connection.
+    let mut s = connect_from(tether.addr, None).await;
+    for i in 0..REQUESTS {
+        let close = if i + 1 == REQUESTS {
+            "close"
+        } else {
+            "keep-alive"
+        };
+        let req = format!("GET / HTTP/1.1\r\nHost: t\r\nConnection: {close}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+    }
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let answered = buf.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    assert_eq!(answered, REQUESTS);
+    let opened = a.connections.load(Ordering::SeqCst);
+    println!("{} requests, {opened} upstream connection(s)", 2 * REQUESTS);
+    assert!(
+        opened <= 2,
+        "{opened} upstream connections for sequential requests"
+    );
+    tether.stop().await;
+}
