@@ -5,8 +5,9 @@
 //! it runs. Building a snapshot happens off the request path; what must survive a swap
 //! (live counters, the sid table) lives outside it, in the [`Store`].
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ahash::AHashMap;
@@ -15,10 +16,13 @@ use http::uri::Authority;
 use ipnet::IpNet;
 
 use crate::affinity::{CookieSigner, SidTable};
-use crate::backends::{Registry, ServerStats};
+use crate::backends::discovery::Discovery;
+use crate::backends::health::HealthChecks;
+use crate::backends::{Health, Registry, ServerStats};
 use crate::balance::{pick_hash_bounded, pick_least, Ring};
 use crate::config::{
-    BackendConfig, Balance, Config, HashKey, HostMatch, Limits, Placement, Timeouts,
+    BackendConfig, Balance, Config, HashKey, HealthConfig, HostMatch, Limits, Placement,
+    ServerConfig, Timeouts,
 };
 
 #[derive(Debug)]
@@ -41,19 +45,21 @@ pub struct Server {
     pub id: Arc<str>,
     pub addr: Authority,
     pub weight: u32,
+    pub max_connections: Option<u64>,
     pub stats: Arc<ServerStats>,
 }
 
 impl Server {
-    /// Whether new sessions may be placed here. Health and drain states come with the
-    /// health-check work; static servers always accept.
+    /// Whether a new session may be placed here now: ready, healthy, not removed, not
+    /// full.
     pub fn accepts_new_sessions(&self) -> bool {
-        true
+        self.stats.condition.accepts_new_sessions()
+            && self.max_connections.is_none_or(|m| self.stats.load() < m)
     }
 
     /// Whether requests of sessions already pinned here may still be sent.
     pub fn serves_pinned(&self) -> bool {
-        true
+        self.stats.condition.serves_pinned()
     }
 }
 
@@ -71,35 +77,46 @@ pub struct Backend {
     pub cookie: Option<CookieSigner>,
     pub timeouts: Timeouts,
     pub idle_margin: Duration,
+    pub health: Option<HealthConfig>,
+    max_connections: Option<u64>,
+    slow_start: Option<Duration>,
     round_robin: AtomicUsize,
 }
 
 impl Backend {
-    fn build(cfg: &BackendConfig, registry: &Registry) -> Backend {
+    /// `servers`: those in the config (the ring is theirs), then `retired` ones, which
+    /// left the config but still carry sessions: reachable for those, never placed on.
+    fn build(
+        cfg: &BackendConfig,
+        servers: &[ServerConfig],
+        retired: &[ServerConfig],
+        registry: &Registry,
+    ) -> Backend {
         let name: Arc<str> = cfg.name.as_str().into();
-        let servers: Vec<Server> = cfg
-            .servers
-            .iter()
-            .map(|s| {
-                let stats = registry.stats(&name, &s.id);
-                Server {
-                    id: Arc::clone(&stats.id),
-                    addr: s.addr.clone(),
-                    weight: s.weight.max(1),
-                    stats,
-                }
-            })
-            .collect();
-        let ids: Vec<(&str, u32)> = servers.iter().map(|s| (&*s.id, s.weight)).collect();
+        let to_server = |s: &ServerConfig| {
+            let stats = registry.stats(&name, &s.id);
+            Server {
+                id: Arc::clone(&stats.id),
+                addr: s.addr.clone(),
+                weight: s.weight.max(1),
+                max_connections: s.max_connections,
+                stats,
+            }
+        };
+        let mut list: Vec<Server> = servers.iter().map(to_server).collect();
+        let ids: Vec<(&str, u32)> = list.iter().map(|s| (&*s.id, s.weight)).collect();
+        let ring = Ring::new(&ids);
+        let weights = list.iter().map(|s| s.weight).collect();
+        list.extend(retired.iter().map(to_server));
         Backend {
-            by_id: servers
+            by_id: list
                 .iter()
                 .enumerate()
                 .map(|(i, s)| (Arc::clone(&s.id), i))
                 .collect(),
-            ring: Ring::new(&ids),
-            weights: servers.iter().map(|s| s.weight).collect(),
-            servers,
+            ring,
+            weights,
+            servers: list,
             name,
             balance: cfg.balance,
             placement: cfg.placement,
@@ -108,19 +125,51 @@ impl Backend {
             cookie: cfg.cookie.as_ref().map(|c| CookieSigner::new(c, &cfg.name)),
             timeouts: cfg.timeouts.clone(),
             idle_margin: cfg.sessions.idle_margin,
+            health: cfg.health.clone(),
+            max_connections: cfg.max_connections,
+            slow_start: cfg.slow_start,
             round_robin: AtomicUsize::new(0),
         }
+    }
+
+    /// The servers placement may choose from (retired ones excluded).
+    pub fn placeable(&self) -> &[Server] {
+        &self.servers[..self.ring.server_count().min(self.servers.len())]
+    }
+
+    /// Whether the backend as a whole is at its `max_connections`.
+    pub fn is_full(&self) -> bool {
+        self.max_connections
+            .is_some_and(|m| self.servers.iter().map(|s| s.stats.load()).sum::<u64>() >= m)
     }
 
     pub fn server(&self, id: &str) -> Option<&Server> {
         self.by_id.get(id).map(|i| &self.servers[*i])
     }
 
-    /// The server for a new session with placement hash `key`.
-    pub fn place(&self, key: u64) -> Option<&Server> {
-        let eligible = |i: usize| self.servers[i].accepts_new_sessions();
+    /// The server for a new session with placement hash `key`, skipping servers in
+    /// `exclude` (tried already and failed).
+    pub fn place(&self, key: u64, exclude: &[usize]) -> Option<(usize, &Server)> {
+        if self.is_full() {
+            return None;
+        }
+        let base = |i: usize| !exclude.contains(&i) && self.servers[i].accepts_new_sessions();
+        // Slow start: a returning server takes each new session with probability equal
+        // to its ramp, so its share grows from ~0 to full over the window.
+        let ramped = |i: usize| {
+            base(i) && {
+                let r = self.servers[i].stats.condition.ramp(self.slow_start);
+                r >= 1.0 || lottery() < r
+            }
+        };
+        self.place_with(key, ramped)
+            .or_else(|| self.place_with(key, base))
+            .map(|i| (i, &self.servers[i]))
+    }
+
+    fn place_with(&self, key: u64, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         let load = |i: usize| self.servers[i].stats.load();
-        let i = match self.placement {
+        match self.placement {
             Placement::LeastSessions => pick_least(&self.ring, key, &self.weights, eligible, load),
             Placement::Hash => pick_hash_bounded(
                 &self.ring,
@@ -130,18 +179,38 @@ impl Backend {
                 eligible,
                 load,
             ),
-        }?;
-        self.servers.get(i)
+        }
     }
 
     /// The next server in turn, for `balance: round_robin`.
-    pub fn next_round_robin(&self) -> Option<&Server> {
-        let n = self.servers.len();
+    pub fn next_round_robin(&self, exclude: &[usize]) -> Option<(usize, &Server)> {
+        let n = self.placeable().len();
+        if n == 0 || self.is_full() {
+            return None;
+        }
         (0..n)
             .map(|_| self.round_robin.fetch_add(1, Ordering::Relaxed) % n)
-            .map(|i| &self.servers[i])
-            .find(|s| s.accepts_new_sessions())
+            .find(|&i| !exclude.contains(&i) && self.servers[i].accepts_new_sessions())
+            .map(|i| (i, &self.servers[i]))
     }
+}
+
+/// A uniform draw in `[0, 1)` from a per-thread xorshift: slow start needs a cheap
+/// coin, not a good one.
+fn lottery() -> f64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            crate::balance::placement_hash(format!("{:?}", std::thread::current().id()).as_bytes()) | 1,
+        );
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
 }
 
 impl Route {
@@ -163,7 +232,8 @@ impl Route {
 }
 
 impl Snapshot {
-    pub fn build(config: &Config, registry: &Registry) -> Snapshot {
+    fn build(sources: &Sources, registry: &Registry) -> Snapshot {
+        let config = &sources.config;
         Snapshot {
             routes: config
                 .routes
@@ -177,11 +247,24 @@ impl Snapshot {
             backends: config
                 .backends
                 .iter()
-                .map(|b| Backend::build(b, registry))
+                .map(|b| {
+                    let servers = sources.servers_of(b);
+                    let retired: Vec<ServerConfig> = sources
+                        .retired
+                        .iter()
+                        .filter(|(name, _)| *name == b.name)
+                        .map(|(_, s)| s.clone())
+                        .collect();
+                    Backend::build(b, &servers, &retired, registry)
+                })
                 .collect(),
             trusted_proxies: config.trusted_proxies.clone(),
             limits: config.limits.clone(),
         }
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| &*b.name == name)
     }
 
     /// First route matching `host` (port already stripped) and `path`.
@@ -193,24 +276,71 @@ impl Snapshot {
     }
 }
 
-/// What outlives every snapshot: the current one, the counters, the sid table.
+/// What a snapshot is built from: the last good config, what DNS discovery found, and
+/// servers that left the config but still carry sessions.
+#[derive(Debug)]
+struct Sources {
+    config: Config,
+    /// backend name → servers found in DNS.
+    discovered: AHashMap<String, Vec<ServerConfig>>,
+    /// (backend name, server): removed from the config, draining until their last session
+    /// ends.
+    retired: Vec<(String, ServerConfig)>,
+}
+
+impl Sources {
+    /// The servers a backend has now: the file's, then discovered ones with new ids.
+    fn servers_of(&self, b: &BackendConfig) -> Vec<ServerConfig> {
+        let mut servers = b.servers.clone();
+        for s in self.discovered.get(&b.name).into_iter().flatten() {
+            if !servers.iter().any(|o| o.id == s.id) {
+                servers.push(s.clone());
+            }
+        }
+        servers
+    }
+}
+
+/// What outlives every snapshot: the current one, the counters, the sid table, and the
+/// tasks that watch servers.
 #[derive(Debug)]
 pub struct Store {
     current: ArcSwap<Snapshot>,
     registry: Registry,
     pub sids: Arc<SidTable>,
+    sources: Mutex<Sources>,
+    pub health: HealthChecks,
+    pub discovery: Discovery,
 }
 
 impl Store {
     pub fn new(config: &Config) -> Store {
         let registry = Registry::default();
-        let snapshot = Snapshot::build(config, &registry);
+        let sources = Sources {
+            config: config.clone(),
+            discovered: AHashMap::new(),
+            retired: Vec::new(),
+        };
+        for b in &config.backends {
+            for s in &b.servers {
+                registry
+                    .stats(&b.name, &s.id)
+                    .condition
+                    .apply_config_state(s.state);
+            }
+        }
+        let snapshot = Snapshot::build(&sources, &registry);
         let capacity = config.backends.iter().map(|b| b.sessions.capacity).sum();
-        Store {
+        let store = Store {
             current: ArcSwap::from_pointee(snapshot),
             registry,
             sids: Arc::new(SidTable::new(capacity)),
-        }
+            sources: Mutex::new(sources),
+            health: HealthChecks::default(),
+            discovery: Discovery::default(),
+        };
+        store.health.sync(&store.load());
+        store
     }
 
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
@@ -223,10 +353,116 @@ impl Store {
         self.current.load_full()
     }
 
-    /// Builds a snapshot from `config` (sharing counters with the old one) and swaps it in.
+    /// The config in force.
+    pub fn config(&self) -> Config {
+        self.lock().config.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sources> {
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts a new config in force. Servers that stay keep their counters, health and
+    /// sessions; new ones with health checks wait for their first good probe; removed
+    /// ones drain.
     pub fn apply(&self, config: &Config) {
-        let snapshot = Snapshot::build(config, &self.registry);
-        self.current.store(Arc::new(snapshot));
+        let mut sources = self.lock();
+        sources.config = config.clone();
+        self.rebuild(&mut sources);
+    }
+
+    /// Replaces what DNS discovery found for `backend`.
+    pub fn set_discovered(&self, backend: &str, servers: Vec<ServerConfig>) {
+        let mut sources = self.lock();
+        if servers.is_empty() {
+            sources.discovered.remove(backend);
+        } else {
+            sources.discovered.insert(backend.to_owned(), servers);
+        }
+        self.rebuild(&mut sources);
+    }
+
+    /// Drops retired servers whose last session has ended. Cheap when there are none.
+    pub fn tick(&self) {
+        let mut sources = self.lock();
+        let idle = |(b, s): &(String, ServerConfig)| self.registry.stats(b, &s.id).load() == 0;
+        if sources.retired.iter().any(idle) {
+            self.rebuild(&mut sources);
+        }
+    }
+
+    fn rebuild(&self, sources: &mut Sources) {
+        let old = self.current.load_full();
+        // Who is in the new config (and discovery), per backend.
+        let mut present: AHashMap<(String, String), ServerConfig> = AHashMap::new();
+        for b in &sources.config.backends {
+            for s in sources.servers_of(b) {
+                let (stats, created) = self.registry.get_or_create(&b.name, &s.id);
+                if created && b.health.is_some() {
+                    stats.condition.set_health(Health::Unknown);
+                }
+                stats.condition.set_removed(false);
+                stats.condition.apply_config_state(s.state);
+                present.insert((b.name.clone(), s.id.clone()), s);
+            }
+        }
+        // Servers that left: retire them while they carry sessions.
+        for b in &old.backends {
+            for s in b.placeable() {
+                let key = (b.name.to_string(), s.id.to_string());
+                let backend_stays = sources.config.backends.iter().any(|c| *c.name == *b.name);
+                if present.contains_key(&key) || !backend_stays {
+                    continue;
+                }
+                if sources
+                    .retired
+                    .iter()
+                    .any(|(n, r)| *n == key.0 && r.id == key.1)
+                {
+                    continue;
+                }
+                s.stats.condition.set_removed(true);
+                tracing::info!(backend = %b.name, server = %s.id, sessions = s.stats.load(), "server removed from the config; draining");
+                sources.retired.push((
+                    key.0,
+                    ServerConfig {
+                        id: key.1,
+                        addr: s.addr.clone(),
+                        weight: s.weight,
+                        state: crate::config::ServerState::Draining,
+                        max_connections: None,
+                    },
+                ));
+            }
+        }
+        let registry = &self.registry;
+        sources.retired.retain(|(b, s)| {
+            if present.contains_key(&(b.clone(), s.id.clone())) {
+                return false; // back in the config
+            }
+            let stats = registry.stats(b, &s.id);
+            let carrying = stats.load() > 0;
+            if !carrying {
+                tracing::info!(backend = %b, server = %s.id, "removed server drained; dropped");
+            }
+            carrying
+        });
+        let snapshot = Arc::new(Snapshot::build(sources, &self.registry));
+        self.current.store(Arc::clone(&snapshot));
+        self.health.sync(&snapshot);
+        self.registry.prune(|s| {
+            snapshot
+                .backend(&s.backend)
+                .is_some_and(|b| b.server(&s.id).is_some())
+        });
+    }
+
+    /// Runs `f` on the server's live state, if the server exists now.
+    pub fn server_stats(&self, backend: &str, id: &str) -> Option<Arc<ServerStats>> {
+        let snap = self.load();
+        snap.backend(backend)
+            .and_then(|b| b.server(id))
+            .map(|s| Arc::clone(&s.stats))
     }
 }
 

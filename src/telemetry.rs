@@ -9,3 +9,19 @@ pub fn init() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Metric names, in one place so dashboards and code agree.
+/// Counter: a server's health changed (`backend`, `server`, `to`).
+pub const HEALTH_FLIPS: &str = "tether_health_flips_total";
+/// Counter: config reloads (`result` = ok | error).
+pub const RELOADS: &str = "tether_config_reloads_total";
+/// Counter: requests answered (`backend`, `status` class).
+pub const REQUESTS: &str = "tether_requests_total";
+/// Counter: new sessions retried on another server after a failed connect.
+pub const PLACEMENT_RETRIES: &str = "tether_placement_retries_total";
+/// Counter: requests of a sid whose server is gone, answered `Session ID unknown`.
+pub const SESSIONS_LOST: &str = "tether_sessions_lost_total";
+/// Gauge: live sessions per server (`backend`, `server`, `transport`).
+pub const SESSIONS: &str = "tether_sessions";
+/// Gauge: server up (1) or not (0), by (`backend`, `server`).
+pub const SERVER_UP: &str = "tether_server_up";

@@ -12,6 +12,12 @@ use ahash::AHashMap;
 
 use crate::engineio::Transport;
 
+pub mod discovery;
+pub mod health;
+pub mod state;
+
+pub use state::{Health, ServerCondition};
+
 /// Live counters of one server. Signed so that a decrement racing a reload can never
 /// wrap around; readers clamp at zero.
 #[derive(Debug)]
@@ -24,6 +30,8 @@ pub struct ServerStats {
     /// as load so a burst of simultaneous handshakes spreads instead of piling onto the
     /// server that looked emptiest when the burst began.
     pending: AtomicI64,
+    /// Health and operator state.
+    pub condition: ServerCondition,
 }
 
 impl ServerStats {
@@ -34,6 +42,7 @@ impl ServerStats {
             polling: AtomicI64::new(0),
             websocket: AtomicI64::new(0),
             pending: AtomicI64::new(0),
+            condition: ServerCondition::default(),
         }
     }
 
@@ -105,11 +114,11 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Hands out the one `ServerStats` of each (backend, server id), so every snapshot built
-/// from any config version shares them.
 /// (backend name, server id): a server's identity across config versions.
 type ServerKey = (Arc<str>, Arc<str>);
 
+/// Hands out the one `ServerStats` of each (backend, server id), so every snapshot built
+/// from any config version shares them.
 #[derive(Debug, Default)]
 pub struct Registry {
     stats: Mutex<AHashMap<ServerKey, Arc<ServerStats>>>,
@@ -117,11 +126,27 @@ pub struct Registry {
 
 impl Registry {
     pub fn stats(&self, backend: &str, id: &str) -> Arc<ServerStats> {
+        self.get_or_create(backend, id).0
+    }
+
+    /// The server's stats, and whether they were created by this call (a server tether
+    /// has not seen before).
+    pub fn get_or_create(&self, backend: &str, id: &str) -> (Arc<ServerStats>, bool) {
         let mut map = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let key: (Arc<str>, Arc<str>) = (backend.into(), id.into());
-        map.entry(key.clone())
-            .or_insert_with(|| Arc::new(ServerStats::new(key.0, key.1)))
-            .clone()
+        if let Some(s) = map.get(&(Arc::from(backend), Arc::from(id))) {
+            return (Arc::clone(s), false);
+        }
+        let key: ServerKey = (backend.into(), id.into());
+        let stats = Arc::new(ServerStats::new(Arc::clone(&key.0), Arc::clone(&key.1)));
+        map.insert(key, Arc::clone(&stats));
+        (stats, true)
+    }
+
+    /// Forgets servers for which `keep` is false and that nothing references any more
+    /// (no snapshot, no session), so DNS churn does not grow the map for ever.
+    pub fn prune(&self, keep: impl Fn(&ServerStats) -> bool) {
+        let mut map = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, s| keep(s) || Arc::strong_count(s) > 1);
     }
 }
 

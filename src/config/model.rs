@@ -26,7 +26,13 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// In file order; `RouteConfig::backend` indexes this.
     pub backends: Vec<BackendConfig>,
+    /// On SIGTERM/SIGINT: how long in-flight requests and WebSocket tunnels get before
+    /// they are closed. Default 30 s.
+    pub shutdown_grace: Duration,
 }
+
+/// Default of [`Config::shutdown_grace`].
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
@@ -100,6 +106,64 @@ pub struct BackendConfig {
     pub cookie: Option<CookieConfig>,
     pub sessions: SessionConfig,
     pub timeouts: Timeouts,
+    /// Active health checks; `None`: none (passive detection still applies).
+    pub health: Option<HealthConfig>,
+    /// Most live sessions (handshakes in flight included) over the whole backend.
+    pub max_connections: Option<u64>,
+    /// A server coming (back) up gets a share of new sessions ramping from ~0 to its
+    /// full share over this time, so a reconnect storm does not all land on it.
+    pub slow_start: Option<Duration>,
+    /// Servers found in DNS, beside the static ones.
+    pub discover: Option<DiscoverConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub mode: HealthMode,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes to mark a down server up.
+    pub rise: u32,
+    /// Consecutive failures to mark an up server down.
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthMode {
+    /// `GET path`, healthy when the status is `expect_status`.
+    Http { path: String, expect_status: u16 },
+    /// Healthy when a TCP connect succeeds.
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverConfig {
+    /// `name:port`, resolved every `interval`; each address becomes a server whose id is
+    /// its `ip:port`.
+    pub dns: Authority,
+    pub interval: Duration,
+}
+
+/// What an operator allows a server to do, apart from its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerState {
+    /// Takes new sessions when healthy.
+    #[default]
+    Ready,
+    /// No new sessions; pinned sessions go on until they end.
+    Draining,
+    /// No traffic at all.
+    Maint,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Ready => "ready",
+            ServerState::Draining => "draining",
+            ServerState::Maint => "maint",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +174,10 @@ pub struct ServerConfig {
     pub addr: Authority,
     /// Relative share of new sessions, 1..=1000. Default 1.
     pub weight: u32,
+    /// The state the file asks for (default ready); the admin API can change it at run time.
+    pub state: ServerState,
+    /// Most live sessions on this server; a full server takes no new ones.
+    pub max_connections: Option<u64>,
 }
 
 /// Whether the backend keeps sessions on their server at all.

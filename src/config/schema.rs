@@ -27,6 +27,7 @@ pub mod defaults {
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
     pub const HEALTH_RISE: u64 = 2;
     pub const HEALTH_FALL: u64 = 3;
+    pub const DISCOVER_INTERVAL: Duration = Duration::from_secs(5);
 }
 
 /// The whole file. `listeners` and `backends` are required.
@@ -48,6 +49,9 @@ pub struct RawConfig {
     pub routes: Option<Vec<RawRoute>>,
     /// Name → backend, in file order.
     pub backends: Backends,
+    /// Default 30s.
+    #[serde(default)]
+    pub shutdown_grace: Option<DurationSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,11 +139,45 @@ pub struct RawBackend {
     pub sessions: Option<RawSessions>,
     #[serde(default)]
     pub timeouts: Option<RawTimeouts>,
-    /// At least one.
+    /// At least one, unless `discover` finds them.
+    #[serde(default)]
     pub servers: Vec<RawServer>,
     /// Absent: no active health checks.
     #[serde(default)]
     pub health: Option<RawHealth>,
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+    #[serde(default)]
+    pub slow_start: Option<DurationSpec>,
+    #[serde(default)]
+    pub discover: Option<RawDiscover>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscover {
+    /// `name:port`.
+    pub dns: String,
+    /// Default 5s.
+    #[serde(default)]
+    pub interval: Option<DurationSpec>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawServerState {
+    #[default]
+    Ready,
+    Draining,
+    Maint,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawHealthMode {
+    #[default]
+    Http,
+    Tcp,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -233,14 +271,23 @@ pub struct RawServer {
     /// Default 1; 1..=1000.
     #[serde(default = "default_weight")]
     pub weight: u64,
+    /// Default ready.
+    #[serde(default)]
+    pub state: RawServerState,
+    #[serde(default)]
+    pub max_connections: Option<u64>,
 }
 
-/// Accepted and checked now so files written today keep working when active health checks
-/// land; nothing reads it yet.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
-    /// Default `/health`.
+    /// Default `http`.
+    #[serde(default)]
+    pub mode: RawHealthMode,
+    /// Default 200 (http mode).
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u64,
+    /// Default `/health` (http mode).
     #[serde(default = "default_health_path")]
     pub path: String,
     /// Default 2s.
@@ -278,6 +325,9 @@ fn default_cookie_name() -> String {
 }
 fn default_health_path() -> String {
     defaults::HEALTH_PATH.to_owned()
+}
+fn default_expect_status() -> u64 {
+    200
 }
 fn default_rise() -> u64 {
     defaults::HEALTH_RISE

@@ -57,7 +57,12 @@ pub(crate) fn validate(raw: RawConfig) -> R<Config> {
     let limits = limits(raw.limits.unwrap_or_default(), &root.key("limits"))?;
     let backends = backends(raw.backends, &root.key("backends"))?;
     let routes = routes(raw.routes, &backends, &root.key("routes"))?;
+    let shutdown_grace = match raw.shutdown_grace {
+        None => DEFAULT_SHUTDOWN_GRACE,
+        Some(spec) => duration(&spec, &root.key("shutdown_grace"))?,
+    };
     Ok(Config {
+        shutdown_grace,
         source: None,
         listeners,
         admin,
@@ -302,7 +307,11 @@ fn backends(raw: Backends, path: &KeyPath) -> R<Vec<BackendConfig>> {
 }
 
 fn backend(name: String, raw: RawBackend, path: &KeyPath) -> R<BackendConfig> {
-    let servers = servers(raw.servers, &path.key("servers"))?;
+    let discover = match raw.discover {
+        None => None,
+        Some(d) => Some(discover(d, &path.key("discover"))?),
+    };
+    let servers = servers(raw.servers, discover.is_some(), &path.key("servers"))?;
     let lf = raw.load_factor;
     // Written so that NaN fails too.
     if !(lf > 1.0 && lf <= 10.0) {
@@ -318,10 +327,24 @@ fn backend(name: String, raw: RawBackend, path: &KeyPath) -> R<BackendConfig> {
     };
     let sessions = sessions(raw.sessions.unwrap_or_default(), &path.key("sessions"))?;
     let timeouts = timeouts(raw.timeouts.unwrap_or_default(), &path.key("timeouts"))?;
-    if let Some(h) = raw.health {
-        health(h, &path.key("health"))?; // later: health checks (store it in the model)
-    }
+    let health = match raw.health {
+        None => None,
+        Some(h) => Some(health(h, &path.key("health"))?),
+    };
+    let max_connections = max_connections(raw.max_connections, &path.key("max_connections"))?;
+    let slow_start = match raw.slow_start {
+        None => None,
+        Some(spec) => Some(positive(
+            Some(spec),
+            Duration::ZERO,
+            &path.key("slow_start"),
+        )?),
+    };
     Ok(BackendConfig {
+        health,
+        max_connections,
+        slow_start,
+        discover,
         name,
         servers,
         balance: match raw.balance {
@@ -340,8 +363,8 @@ fn backend(name: String, raw: RawBackend, path: &KeyPath) -> R<BackendConfig> {
     })
 }
 
-fn servers(raw: Vec<RawServer>, path: &KeyPath) -> R<Vec<ServerConfig>> {
-    if raw.is_empty() {
+fn servers(raw: Vec<RawServer>, discovered: bool, path: &KeyPath) -> R<Vec<ServerConfig>> {
+    if raw.is_empty() && !discovered {
         return bad(
             path,
             "at least one server is needed, e.g. - { id: node-1, addr: \"127.0.0.1:3001\" }",
@@ -373,6 +396,12 @@ fn servers(raw: Vec<RawServer>, path: &KeyPath) -> R<Vec<ServerConfig>> {
             id: s.id,
             addr,
             weight: s.weight as u32,
+            state: match s.state {
+                RawServerState::Ready => ServerState::Ready,
+                RawServerState::Draining => ServerState::Draining,
+                RawServerState::Maint => ServerState::Maint,
+            },
+            max_connections: max_connections(s.max_connections, &p.key("max_connections"))?,
         });
     }
     Ok(out)
@@ -488,25 +517,66 @@ fn timeouts(raw: RawTimeouts, path: &KeyPath) -> R<Timeouts> {
     })
 }
 
-fn health(raw: RawHealth, path: &KeyPath) -> R<()> {
-    if !raw.path.starts_with('/') {
+fn health(raw: RawHealth, path: &KeyPath) -> R<HealthConfig> {
+    if !raw.path.starts_with('/') || raw.path.contains(|c: char| c.is_whitespace()) {
         return bad(
             &path.key("path"),
-            format!("invalid path {:?}: it must start with \"/\"", raw.path),
+            format!(
+                "invalid path {:?}: it must start with \"/\" and hold no spaces",
+                raw.path
+            ),
         );
     }
-    positive(
+    if !(100..=599).contains(&raw.expect_status) {
+        return bad(
+            &path.key("expect_status"),
+            format!("{} is not an HTTP status (100..=599)", raw.expect_status),
+        );
+    }
+    let interval = positive(
         raw.interval,
         defaults::HEALTH_INTERVAL,
         &path.key("interval"),
     )?;
-    positive(raw.timeout, defaults::HEALTH_TIMEOUT, &path.key("timeout"))?;
+    let timeout = positive(raw.timeout, defaults::HEALTH_TIMEOUT, &path.key("timeout"))?;
     for (name, n) in [("rise", raw.rise), ("fall", raw.fall)] {
         if !(1..=1000).contains(&n) {
             return bad(&path.key(name), format!("{n} is out of range 1..=1000"));
         }
     }
-    Ok(())
+    Ok(HealthConfig {
+        mode: match raw.mode {
+            RawHealthMode::Http => HealthMode::Http {
+                path: raw.path,
+                expect_status: raw.expect_status as u16,
+            },
+            RawHealthMode::Tcp => HealthMode::Tcp,
+        },
+        interval,
+        timeout,
+        rise: raw.rise as u32,
+        fall: raw.fall as u32,
+    })
+}
+
+fn max_connections(raw: Option<u64>, path: &KeyPath) -> R<Option<u64>> {
+    match raw {
+        Some(0) => bad(
+            path,
+            "0 would refuse every session; remove the key for no limit",
+        ),
+        other => Ok(other),
+    }
+}
+
+fn discover(raw: RawDiscover, path: &KeyPath) -> R<DiscoverConfig> {
+    let dns = authority(&raw.dns, &path.key("dns"))?;
+    let interval = positive(
+        raw.interval,
+        defaults::DISCOVER_INTERVAL,
+        &path.key("interval"),
+    )?;
+    Ok(DiscoverConfig { dns, interval })
 }
 
 /// A duration that must be non-zero, `default` when absent.

@@ -26,6 +26,9 @@ use crate::config::Balance;
 use crate::engineio::{self, EioQuery, Transport};
 use crate::snapshot::{Backend, Server, Snapshot, Store};
 
+mod retry;
+use retry::{into_upstream, note_failure, session_lost, Replay};
+
 pub use body::ProxyBody;
 use respond::ProxyError;
 use tunnel::IdleLimit;
@@ -61,6 +64,9 @@ struct Target<'s> {
     pending: Option<SessionGuard>,
     /// Whether the client already holds a cookie naming this server.
     cookie_current: bool,
+    /// Set when placement chose the server for a new session (its index in the
+    /// backend): such a request may be retried on another server if the connect fails.
+    placed: Option<usize>,
 }
 
 impl Proxy {
@@ -109,7 +115,8 @@ impl Proxy {
         let uri = req.uri().clone();
         let eio = uri.query().and_then(engineio::parse_query);
 
-        let target = self.pick(backend, &req, client, eio, upgrade)?;
+        let placement_key = affinity::hash_key(&backend.hash_key, req.uri(), req.headers(), client);
+        let mut target = self.pick(backend, &req, placement_key, eio, upgrade)?;
 
         let origin = headers::Origin {
             peer: client_ip::canonical(conn.peer.ip()),
@@ -123,13 +130,44 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
 
         if upgrade {
-            return self.tunnel(backend, req, target).await;
+            return self.tunnel(backend, req, target, placement_key).await;
         }
         let handshake = eio.is_some_and(|q| q.sid.is_none() && q.transport == Transport::Polling);
-        let resp = self
-            .upstream
-            .send(target.server, req, backend.timeouts.response)
-            .await?;
+        // A new session's bodiless request can be sent again elsewhere if its server
+        // cannot be reached: no session exists yet, so nothing can be duplicated.
+        let replay = target.placed.is_some().then(|| Replay::of(&req)).flatten();
+        let mut req = Some(into_upstream(req, replay.is_some()));
+        let mut tried = Vec::new();
+        let resp = loop {
+            let this = req.take().unwrap_or_else(|| {
+                replay
+                    .as_ref()
+                    .map_or_else(|| Request::new(ProxyBody::empty()), Replay::request)
+            });
+            match self
+                .upstream
+                .send(target.server, this, backend.timeouts.response)
+                .await
+            {
+                Ok(resp) => {
+                    target.server.stats.condition.record_success();
+                    break resp;
+                }
+                Err(e) => {
+                    note_failure(backend, target.server, &e);
+                    let (Some(i), Some(_)) = (target.placed, &replay) else {
+                        return Err(e);
+                    };
+                    if !e.is_connect() {
+                        return Err(e);
+                    }
+                    tried.push(i);
+                    tracing::info!(server = %target.server.id, error = %e, "new session retried on another server");
+                    metrics::counter!(crate::telemetry::PLACEMENT_RETRIES, "backend" => backend.name.to_string()).increment(1);
+                    target = self.place_new(backend, placement_key, eio.is_some(), &tried)?;
+                }
+            }
+        };
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         // A session found through its cookie (tether restarted, or another instance
@@ -170,7 +208,7 @@ impl Proxy {
         &self,
         backend: &'b Backend,
         req: &Request<Incoming>,
-        client: std::net::IpAddr,
+        placement_key: u64,
         eio: Option<EioQuery<'_>>,
         upgrade: bool,
     ) -> Result<Target<'b>, ProxyError> {
@@ -179,10 +217,10 @@ impl Proxy {
             pin: None,
             pending: None,
             cookie_current,
+            placed: None,
         };
         if backend.balance == Balance::RoundRobin {
-            let server = backend.next_round_robin().ok_or(ProxyError::NoServer)?;
-            return Ok(new_target(server, true));
+            return self.place_new(backend, placement_key, false, &[]);
         }
         let cookie_server = backend
             .cookie
@@ -202,33 +240,53 @@ impl Proxy {
                     .then(|| backend.server(&stats.id))
                     .flatten()
                     .filter(|s| s.serves_pinned())
-                    .ok_or(ProxyError::SessionUnknown)?;
+                    .ok_or_else(|| session_lost(backend))?;
                 let cookie_current = cookie_server.is_some_and(|c| c.id == server.id);
                 return Ok(Target {
                     server,
                     pin: Some(pin),
                     pending: None,
                     cookie_current,
+                    placed: None,
                 });
             }
             // Not learned here (tether restarted, or another instance learned it): the
             // cookie still knows the server. Without one, the session is lost to us.
             let server = cookie_server
                 .filter(|s| s.serves_pinned())
-                .ok_or(ProxyError::SessionUnknown)?;
+                .ok_or_else(|| session_lost(backend))?;
             return Ok(new_target(server, true));
         }
 
         if let Some(server) = cookie_server.filter(|s| s.accepts_new_sessions()) {
             return Ok(new_target(server, true));
         }
-        let key = affinity::hash_key(&backend.hash_key, req.uri(), req.headers(), client);
-        let server = backend.place(key).ok_or(ProxyError::NoServer)?;
-        let mut target = new_target(server, false);
-        if eio.is_some() {
-            target.pending = Some(SessionGuard::pending(Arc::clone(&server.stats)));
-        }
-        Ok(target)
+        self.place_new(backend, placement_key, eio.is_some(), &[])
+    }
+
+    /// Places a new session (or a stateless request), avoiding `tried` servers.
+    fn place_new<'b>(
+        &self,
+        backend: &'b Backend,
+        key: u64,
+        engine_io: bool,
+        tried: &[usize],
+    ) -> Result<Target<'b>, ProxyError> {
+        let placed = match backend.balance {
+            Balance::RoundRobin => backend.next_round_robin(tried),
+            Balance::Sticky => backend.place(key, tried),
+        };
+        let (i, server) = placed.ok_or(ProxyError::NoServer)?;
+        let sticky = backend.balance == Balance::Sticky;
+        Ok(Target {
+            server,
+            pin: None,
+            pending: (engine_io && sticky)
+                .then(|| SessionGuard::pending(Arc::clone(&server.stats))),
+            // Round robin sets no cookie.
+            cookie_current: !sticky,
+            placed: Some(i),
+        })
     }
 
     /// Reads the start of a handshake response for the open packet and records
@@ -278,18 +336,46 @@ impl Proxy {
         &self,
         backend: &Backend,
         mut req: Request<Incoming>,
-        target: Target<'_>,
+        mut target: Target<'_>,
+        placement_key: u64,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_side = hyper::upgrade::on(&mut req);
-        let mut resp = self
-            .upstream
-            .send_upgrade(
-                target.server,
-                req,
-                backend.timeouts.connect,
-                backend.timeouts.response,
-            )
-            .await?;
+        let replay = target.placed.is_some().then(|| Replay::of(&req)).flatten();
+        let mut req = Some(into_upstream(req, replay.is_some()));
+        let mut tried = Vec::new();
+        let mut resp = loop {
+            let this = req.take().unwrap_or_else(|| {
+                replay
+                    .as_ref()
+                    .map_or_else(|| Request::new(ProxyBody::empty()), Replay::request)
+            });
+            let sent = self
+                .upstream
+                .send_upgrade(
+                    target.server,
+                    this,
+                    backend.timeouts.connect,
+                    backend.timeouts.response,
+                )
+                .await;
+            match sent {
+                Ok(resp) => {
+                    target.server.stats.condition.record_success();
+                    break resp;
+                }
+                Err(e) => {
+                    note_failure(backend, target.server, &e);
+                    match (target.placed, &replay) {
+                        (Some(i), Some(_)) if e.is_connect() => {
+                            tried.push(i);
+                            tracing::info!(server = %target.server.id, error = %e, "new WebSocket session retried on another server");
+                            target = self.place_new(backend, placement_key, true, &tried)?;
+                        }
+                        _ => return Err(e),
+                    }
+                }
+            }
+        };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (parts, body) = resp.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::Stream(body)));

@@ -47,6 +47,14 @@ impl ProxyError {
         }
     }
 
+    /// Whether the server could not be reached at all (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
+        )
+    }
+
     /// Whether the client caused it (logged at debug) or something behind tether did
     /// (logged at warn).
     pub fn is_client_side(&self) -> bool {

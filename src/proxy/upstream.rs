@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+
+use super::body::ProxyBody;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,7 +17,7 @@ use crate::snapshot::Server;
 
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    pool: Client<HttpConnector, Incoming>,
+    pool: Client<HttpConnector, ProxyBody>,
 }
 
 impl Default for Upstream {
@@ -43,7 +45,7 @@ impl Upstream {
     pub async fn send(
         &self,
         server: &Server,
-        mut req: Request<Incoming>,
+        mut req: Request<ProxyBody>,
         response_timeout: Duration,
     ) -> Result<Response<Incoming>, ProxyError> {
         *req.uri_mut() = absolute_uri(server, req.uri())?;
@@ -68,7 +70,7 @@ impl Upstream {
     pub async fn send_upgrade(
         &self,
         server: &Server,
-        req: Request<Incoming>,
+        req: Request<ProxyBody>,
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Response<Incoming>, ProxyError> {

@@ -4,6 +4,7 @@
 //   node server.js --id node-1 [--redis-socket /path/redis.sock | --redis-url redis://...]
 //                  [--path /socket.io/] [--redis-key socket.io] [--cookie NAME]
 //                  [--ping-interval MS] [--ping-timeout MS] [--ignore-stdin] [--port P (default 0)]
+//                  [--health-status CODE (default 200) | --unhealthy]
 //
 // Listens on 127.0.0.1 port 0 and prints exactly one line on stdout once ready:
 //   {"event":"listening","port":<n>,"id":"<id>"}
@@ -11,6 +12,20 @@
 //
 // It exits on SIGTERM/SIGINT and when its stdin reaches EOF, so a harness that dies takes
 // its nodes with it (pass --ignore-stdin when starting it by hand with stdin on /dev/null).
+//
+// Plain HTTP routes (outside the Socket.IO path): `GET|HEAD /health` answers the current health
+// status (200 "ok" by default; --health-status CODE / --unhealthy (= 503) set the initial one) and
+// `GET|HEAD /whoami-http` answers the node id; both carry `x-node-id`.
+// The health status can be switched at run time:
+//   - stdin line commands (unless --ignore-stdin), one per line:
+//       `health ok`   (also `healthy`)   -> 200 "ok"
+//       `health fail` (also `unhealthy`) -> 503 "unhealthy"
+//       `health <CODE>`                  -> that status (100..599; body "ok" if 2xx, else "unhealthy")
+//       `health hang`                    -> /health requests get no answer at all (held open until
+//                                           the status changes again, then answered with the new one)
+//     each command is acknowledged on stdout with {"event":"health","status":<n|"hang">,"id":"<id>"}
+//     (after the listening line); unknown lines are ignored.
+//   - SIGUSR2 toggles between 200 and 503 (standard signals coalesce: leave a few ms between two).
 "use strict";
 
 const http = require("http");
@@ -21,18 +36,18 @@ function usage(msg) {
   process.stderr.write(
     "usage: node server.js --id ID [--redis-socket PATH | --redis-url URL] [--path /socket.io/]\n" +
       "                      [--redis-key KEY] [--cookie NAME] [--ping-interval MS] [--ping-timeout MS]\n" +
-      "                      [--ignore-stdin] [--port P]\n"
+      "                      [--ignore-stdin] [--port P] [--health-status CODE | --unhealthy]\n"
   );
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const opts = { id: null, redisSocket: null, redisUrl: null, path: "/socket.io/", redisKey: null, cookie: null,
-    pingInterval: null, pingTimeout: null, ignoreStdin: false, port: 0 };
+    pingInterval: null, pingTimeout: null, ignoreStdin: false, port: 0, healthStatus: 200 };
   const valued = {
     "--id": "id", "--redis-socket": "redisSocket", "--redis-url": "redisUrl", "--path": "path",
     "--redis-key": "redisKey", "--cookie": "cookie", "--ping-interval": "pingInterval", "--ping-timeout": "pingTimeout",
-    "--port": "port",
+    "--port": "port", "--health-status": "healthStatus",
   };
   for (let i = 0; i < argv.length; i++) {
     let arg = argv[i];
@@ -43,6 +58,7 @@ function parseArgs(argv) {
       arg = arg.slice(0, eq);
     }
     if (arg === "--ignore-stdin") { opts.ignoreStdin = true; continue; }
+    if (arg === "--unhealthy") { opts.healthStatus = 503; continue; }
     if (arg === "--help" || arg === "-h") usage();
     const key = valued[arg];
     if (!key) usage(`unknown argument ${JSON.stringify(arg)}`);
@@ -57,6 +73,10 @@ function parseArgs(argv) {
   if (!opts.path.startsWith("/")) usage("--path must start with /");
   opts.port = Number(opts.port);
   if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) usage("--port must be 0..65535");
+  opts.healthStatus = Number(opts.healthStatus);
+  if (!Number.isInteger(opts.healthStatus) || opts.healthStatus < 100 || opts.healthStatus > 599) {
+    usage("--health-status must be an HTTP status 100..599");
+  }
   for (const k of ["pingInterval", "pingTimeout"]) {
     if (opts[k] !== null) {
       const n = Number(opts[k]);
@@ -83,13 +103,56 @@ process.stderr.on("error", () => {});
 
 const ioPath = opts.path.replace(/\/+$/, "") || "/";
 
+// ---- /health status, switchable at run time (see the header) ----
+let healthStatus = opts.healthStatus; // a number, or "hang"
+const hungHealth = new Set(); // /health requests held open while "hang"
+let listening = false;
+
+function answerHealth(req, res) {
+  const ok = healthStatus >= 200 && healthStatus < 300;
+  res.writeHead(healthStatus, { "content-type": "text/plain", "x-node-id": ID });
+  res.end(req.method === "HEAD" ? undefined : ok ? "ok" : "unhealthy");
+}
+
+function setHealth(status) {
+  healthStatus = status;
+  if (status !== "hang") {
+    for (const { req, res } of hungHealth) {
+      if (!res.writableEnded && !res.destroyed) answerHealth(req, res);
+    }
+    hungHealth.clear();
+  }
+  const line = JSON.stringify({ event: "health", status, id: ID });
+  if (listening) process.stdout.write(line + "\n");
+  else logErr(line);
+}
+
+function healthCommand(line) {
+  const words = line.trim().toLowerCase().split(/\s+/);
+  if (words.length === 1 && words[0] === "healthy") return setHealth(200);
+  if (words.length === 1 && words[0] === "unhealthy") return setHealth(503);
+  if (words.length !== 2 || words[0] !== "health") return;
+  const arg = words[1];
+  if (arg === "ok" || arg === "pass" || arg === "up") return setHealth(200);
+  if (arg === "fail" || arg === "down") return setHealth(503);
+  if (arg === "hang") return setHealth("hang");
+  const code = Number(arg);
+  if (Number.isInteger(code) && code >= 100 && code <= 599) return setHealth(code);
+  logErr(`ignoring health command ${JSON.stringify(line.trim())}`);
+}
+
 const httpServer = http.createServer((req, res) => {
   // socket.io/engine.io requests never reach here: engine.io intercepts its path first.
   const url = (req.url || "/").split("?")[0];
   if (req.method === "GET" || req.method === "HEAD") {
     if (url === "/health") {
-      res.writeHead(200, { "content-type": "text/plain", "x-node-id": ID });
-      return void res.end(req.method === "HEAD" ? undefined : "ok");
+      if (healthStatus === "hang") {
+        const entry = { req, res };
+        hungHealth.add(entry);
+        res.on("close", () => hungHealth.delete(entry));
+        return;
+      }
+      return void answerHealth(req, res);
     }
     if (url === "/whoami-http") {
       res.writeHead(200, { "content-type": "text/plain", "x-node-id": ID });
@@ -233,11 +296,24 @@ function shutdown(why, code = 0) {
 process.on("SIGTERM", () => shutdown(null));
 process.on("SIGINT", () => shutdown(null));
 process.on("SIGHUP", () => shutdown("SIGHUP"));
+process.on("SIGUSR2", () => setHealth(healthStatus === 200 ? 503 : 200));
 if (!opts.ignoreStdin) {
   process.stdin.on("end", () => shutdown("stdin closed"));
   process.stdin.on("close", () => shutdown("stdin closed"));
   process.stdin.on("error", () => shutdown("stdin error"));
-  process.stdin.on("data", () => {}); // drain whatever the harness writes
+  // Line commands (see the header); anything else the harness writes is drained and ignored.
+  let pending = "";
+  process.stdin.setEncoding("utf8");
+  process.stdin.on("data", (chunk) => {
+    pending += chunk;
+    let nl;
+    while ((nl = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      if (line.trim()) healthCommand(line);
+    }
+    if (pending.length > 4096) pending = ""; // not a command: never buffer without bound
+  });
   process.stdin.resume();
 }
 
@@ -256,5 +332,6 @@ if (!opts.ignoreStdin) {
   httpServer.listen(opts.port, "127.0.0.1", () => {
     const { port } = httpServer.address();
     process.stdout.write(JSON.stringify({ event: "listening", port, id: ID }) + "\n");
+    listening = true;
   });
 })();

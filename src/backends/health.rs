@@ -1,0 +1,320 @@
+//! Active health checks: one small task per checked server, probing on its own clock.
+//!
+//! A probe's verdict only moves the server's [`Health`] atomic, which the request path
+//! reads on its next placement; nothing is rebuilt on a flip. Tasks are keyed by
+//! (backend, server id), so a reload that keeps a server keeps its task, its streak of
+//! passes or failures and its health; only a changed address or check config restarts
+//! the task (still keeping the health).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ahash::AHashMap;
+use http::uri::Authority;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{Health, ServerStats};
+use crate::config::{HealthConfig, HealthMode};
+use crate::snapshot::Snapshot;
+
+/// The most of a health response read: the status line is all that matters.
+const MAX_RESPONSE_HEAD: usize = 1024;
+
+type Key = (Arc<str>, Arc<str>);
+
+struct Running {
+    config: HealthConfig,
+    addr: Authority,
+    stop: CancellationToken,
+}
+
+/// Owns the probe tasks; [`HealthChecks::sync`] after every snapshot change.
+#[derive(Default)]
+pub struct HealthChecks {
+    tasks: Mutex<AHashMap<Key, Running>>,
+}
+
+impl std::fmt::Debug for HealthChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.tasks.lock().map(|t| t.len()).unwrap_or(0);
+        f.debug_struct("HealthChecks").field("tasks", &n).finish()
+    }
+}
+
+impl HealthChecks {
+    /// Starts checks for servers that need one, stops those no longer wanted.
+    pub fn sync(&self, snap: &Snapshot) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wanted: AHashMap<Key, ()> = AHashMap::new();
+        for backend in &snap.backends {
+            let Some(cfg) = &backend.health else { continue };
+            for server in &backend.servers {
+                let key: Key = (Arc::clone(&backend.name), Arc::clone(&server.id));
+                wanted.insert(key.clone(), ());
+                if let Some(r) = tasks.get(&key) {
+                    if r.config == *cfg && r.addr == server.addr {
+                        continue;
+                    }
+                    r.stop.cancel();
+                }
+                let stop = CancellationToken::new();
+                tokio::spawn(run(
+                    cfg.clone(),
+                    server.addr.clone(),
+                    Arc::clone(&server.stats),
+                    stop.clone(),
+                ));
+                tasks.insert(
+                    key,
+                    Running {
+                        config: cfg.clone(),
+                        addr: server.addr.clone(),
+                        stop,
+                    },
+                );
+            }
+        }
+        tasks.retain(|key, r| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                r.stop.cancel();
+            }
+            keep
+        });
+    }
+
+    pub fn stop_all(&self) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, r) in tasks.drain() {
+            r.stop.cancel();
+        }
+    }
+}
+
+impl Drop for HealthChecks {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+async fn run(cfg: HealthConfig, addr: Authority, stats: Arc<ServerStats>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut passes, mut fails) = (0u32, 0u32);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let verdict = tokio::select! {
+            _ = stop.cancelled() => return,
+            v = probe(&cfg, &addr) => v,
+        };
+        let condition = &stats.condition;
+        match verdict {
+            Ok(()) => {
+                passes += 1;
+                fails = 0;
+                // A server never checked needs one pass; one that was down needs `rise`.
+                let needed = match condition.health() {
+                    Health::Unknown => 1,
+                    _ => cfg.rise,
+                };
+                if condition.health() != Health::Up && passes >= needed {
+                    flip(&stats, Health::Up, "probe passed");
+                }
+            }
+            Err(why) => {
+                fails += 1;
+                passes = 0;
+                if condition.health() != Health::Down && fails >= cfg.fall {
+                    flip(&stats, Health::Down, &why);
+                }
+            }
+        }
+    }
+}
+
+/// Records a health change once: log line, metric.
+pub fn flip(stats: &ServerStats, to: Health, why: &str) {
+    let Some(from) = stats.condition.set_health(to) else {
+        return;
+    };
+    match to {
+        Health::Up => {
+            tracing::info!(backend = %stats.backend, server = %stats.id, from = from.as_str(), "server up")
+        }
+        _ => {
+            tracing::warn!(backend = %stats.backend, server = %stats.id, from = from.as_str(), reason = why, "server down")
+        }
+    }
+    metrics::counter!(
+        crate::telemetry::HEALTH_FLIPS,
+        "backend" => stats.backend.to_string(),
+        "server" => stats.id.to_string(),
+        "to" => to.as_str(),
+    )
+    .increment(1);
+}
+
+/// One probe, bounded by the check's timeout. `Err` says why it failed.
+pub async fn probe(cfg: &HealthConfig, addr: &Authority) -> Result<(), String> {
+    match tokio::time::timeout(cfg.timeout, probe_inner(&cfg.mode, addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
+    }
+}
+
+async fn probe_inner(mode: &HealthMode, addr: &Authority) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr.as_str())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (path, expect) = match mode {
+        HealthMode::Tcp => return Ok(()),
+        HealthMode::Http {
+            path,
+            expect_status,
+        } => (path, *expect_status),
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: tether-health\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut head = Vec::with_capacity(128);
+    let mut buf = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < MAX_RESPONSE_HEAD {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    match status_of(&head) {
+        Some(s) if s == expect => Ok(()),
+        Some(s) => Err(format!("status {s}, expected {expect}")),
+        None => Err("not an HTTP response".to_owned()),
+    }
+}
+
+/// The status code of an HTTP/1.x status line.
+fn status_of(head: &[u8]) -> Option<u16> {
+    let line = head.split(|&b| b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.splitn(3, ' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
+/// How long after `start` a check task needs to move a server down: `fall` probes.
+pub fn detection_time(cfg: &HealthConfig) -> Duration {
+    cfg.interval * cfg.fall + cfg.timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    #[test]
+    fn status_line_is_read_and_garbage_is_refused() {
+        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(
+            status_of(b"HTTP/1.0 503 Service Unavailable\r\nx"),
+            Some(503)
+        );
+        assert_eq!(status_of(b"SSH-2.0-OpenSSH\r\n"), None);
+        assert_eq!(status_of(b""), None);
+    }
+
+    fn cfg(mode: HealthMode) -> HealthConfig {
+        HealthConfig {
+            mode,
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(300),
+            rise: 2,
+            fall: 2,
+        }
+    }
+
+    async fn answer_with(status: &'static str) -> Authority {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        addr.to_string().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn http_probe_checks_the_status() {
+        let http = |p: &str| {
+            cfg(HealthMode::Http {
+                path: p.into(),
+                expect_status: 200,
+            })
+        };
+        assert_eq!(
+            probe(&http("/health"), &answer_with("200 OK").await).await,
+            Ok(())
+        );
+        let err = probe(&http("/health"), &answer_with("503 Nope").await).await;
+        assert!(err.unwrap_err().contains("503"));
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_fails_on_a_closed_port() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: Authority = l.local_addr().unwrap().to_string().parse().unwrap();
+        assert_eq!(probe(&cfg(HealthMode::Tcp), &addr).await, Ok(()));
+        drop(l);
+        assert!(probe(&cfg(HealthMode::Tcp), &addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn checker_flips_down_after_fall_and_up_after_rise() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: Authority = l.local_addr().unwrap().to_string().parse().unwrap();
+        let port = l.local_addr().unwrap();
+        drop(l);
+        let stats = Arc::new(ServerStats::new("b".into(), "s".into()));
+        let stop = CancellationToken::new();
+        tokio::spawn(run(
+            cfg(HealthMode::Tcp),
+            addr,
+            Arc::clone(&stats),
+            stop.clone(),
+        ));
+        let wait_for = |want: Health| {
+            let stats = Arc::clone(&stats);
+            async move {
+                for _ in 0..100 {
+                    if stats.condition.health() == want {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                false
+            }
+        };
+        assert!(wait_for(Health::Down).await, "closed port marks it down");
+        let _l = TcpListener::bind(port).await.unwrap();
+        assert!(wait_for(Health::Up).await, "open again: up after rise");
+        stop.cancel();
+    }
+}

@@ -1,0 +1,296 @@
+//! What a server may do right now: its health (what probes and live traffic say) and its
+//! operator state (ready, draining, maint), kept apart because they change for different
+//! reasons — a drained server can be perfectly healthy, a ready one can be down.
+//!
+//! Both are atomics inside the server's [`ServerStats`](super::ServerStats), so a health
+//! flip or an admin command takes effect on the next request without building a snapshot,
+//! and both survive reloads with the server's counters.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::config::ServerState;
+
+/// A server's health as tether knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Added by a reload and not yet checked: no traffic until a probe passes.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+
+    fn from_u8(v: u8) -> Health {
+        match v {
+            0 => Health::Unknown,
+            1 => Health::Up,
+            _ => Health::Down,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Health::Unknown => 0,
+            Health::Up => 1,
+            Health::Down => 2,
+        }
+    }
+}
+
+fn state_to_u8(s: ServerState) -> u8 {
+    match s {
+        ServerState::Ready => 0,
+        ServerState::Draining => 1,
+        ServerState::Maint => 2,
+    }
+}
+
+fn state_from_u8(v: u8) -> ServerState {
+    match v {
+        0 => ServerState::Ready,
+        1 => ServerState::Draining,
+        _ => ServerState::Maint,
+    }
+}
+
+/// Milliseconds since the first call: a clock that fits an atomic.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// How long a server marked down by live traffic stays out when no active check will
+/// bring it back (nginx's `fail_timeout`).
+pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// Consecutive failed connections on live traffic that mark a server down when its
+/// backend has no active checks (with checks, their `fall` is used).
+pub const PASSIVE_FALL: u32 = 3;
+
+#[derive(Debug)]
+pub struct ServerCondition {
+    health: AtomicU8,
+    state: AtomicU8,
+    /// No longer in the config: draining until its last session ends, then dropped.
+    removed: AtomicBool,
+    /// The state the config file last asked for; a reload applies the file's state only
+    /// when it differs, so an admin `drain` survives a reload that did not touch it.
+    config_state: Mutex<Option<ServerState>>,
+    failures: AtomicU32,
+    /// Passive down without active checks lasts until this time (`now_ms`).
+    down_until_ms: AtomicU64,
+    /// When the server last became able to take sessions, for slow start.
+    up_since_ms: AtomicU64,
+}
+
+impl Default for ServerCondition {
+    fn default() -> Self {
+        ServerCondition {
+            health: AtomicU8::new(Health::Up.to_u8()),
+            state: AtomicU8::new(state_to_u8(ServerState::Ready)),
+            removed: AtomicBool::new(false),
+            config_state: Mutex::new(None),
+            failures: AtomicU32::new(0),
+            down_until_ms: AtomicU64::new(0),
+            // Servers known at start are not ramped: nothing was flooding them.
+            up_since_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ServerCondition {
+    pub fn health(&self) -> Health {
+        let h = Health::from_u8(self.health.load(Ordering::Acquire));
+        if h == Health::Up && now_ms() < self.down_until_ms.load(Ordering::Acquire) {
+            return Health::Down;
+        }
+        h
+    }
+
+    /// Sets the health; returns the previous value when it changed.
+    pub fn set_health(&self, h: Health) -> Option<Health> {
+        let old = Health::from_u8(self.health.swap(h.to_u8(), Ordering::AcqRel));
+        if old == h {
+            return None;
+        }
+        if h == Health::Up {
+            self.failures.store(0, Ordering::Relaxed);
+            self.down_until_ms.store(0, Ordering::Release);
+            self.up_since_ms.store(now_ms(), Ordering::Release);
+        }
+        Some(old)
+    }
+
+    pub fn state(&self) -> ServerState {
+        state_from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Sets the operator state; returns the previous one when it changed.
+    pub fn set_state(&self, s: ServerState) -> Option<ServerState> {
+        let old = state_from_u8(self.state.swap(state_to_u8(s), Ordering::AcqRel));
+        if old == s {
+            return None;
+        }
+        if s == ServerState::Ready {
+            self.up_since_ms.store(now_ms(), Ordering::Release);
+        }
+        Some(old)
+    }
+
+    /// Applies the state a config file asks for, unless it asked for the same last time.
+    pub fn apply_config_state(&self, s: ServerState) -> Option<ServerState> {
+        let mut last = self.config_state.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == Some(s) {
+            return None;
+        }
+        *last = Some(s);
+        self.set_state(s)
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    pub fn set_removed(&self, removed: bool) {
+        self.removed.store(removed, Ordering::Release);
+    }
+
+    /// Whether a new session may be placed here (capacity aside).
+    pub fn accepts_new_sessions(&self) -> bool {
+        self.state() == ServerState::Ready && !self.is_removed() && self.health() == Health::Up
+    }
+
+    /// Whether requests of sessions pinned here may still go to it. A down server's
+    /// sessions are lost; answering at once lets their clients re-handshake elsewhere.
+    pub fn serves_pinned(&self) -> bool {
+        self.state() != ServerState::Maint && self.health() != Health::Down
+    }
+
+    /// Share of its full weight a server gets while it slow-starts, in `0.0..=1.0`.
+    pub fn ramp(&self, slow_start: Option<Duration>) -> f64 {
+        let Some(window) = slow_start.filter(|w| !w.is_zero()) else {
+            return 1.0;
+        };
+        let since = self.up_since_ms.load(Ordering::Acquire);
+        if since == 0 {
+            return 1.0;
+        }
+        let elapsed = now_ms().saturating_sub(since) as f64;
+        (elapsed / window.as_millis() as f64).min(1.0)
+    }
+
+    /// A failed connection on live traffic. Returns true when it marks the server down.
+    /// With active checks (`fall` given), the checks bring it back; without, it returns
+    /// by itself after [`PASSIVE_COOLDOWN`].
+    pub fn record_failure(&self, active_fall: Option<u32>) -> bool {
+        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let threshold = active_fall.unwrap_or(PASSIVE_FALL);
+        if n < threshold || self.health() == Health::Down {
+            return false;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        match active_fall {
+            Some(_) => self.set_health(Health::Down).is_some(),
+            None => {
+                let until = now_ms() + PASSIVE_COOLDOWN.as_millis() as u64;
+                self.down_until_ms.store(until, Ordering::Release);
+                // Coming back after the cooldown is a return: ramp it like one.
+                self.up_since_ms.store(until, Ordering::Release);
+                true
+            }
+        }
+    }
+
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_server_serves_its_sessions_but_takes_no_new_ones() {
+        let c = ServerCondition::default();
+        assert!(c.accepts_new_sessions() && c.serves_pinned());
+        c.set_state(ServerState::Draining);
+        assert!(!c.accepts_new_sessions());
+        assert!(c.serves_pinned());
+        c.set_state(ServerState::Maint);
+        assert!(!c.serves_pinned());
+    }
+
+    #[test]
+    fn down_server_loses_its_pinned_sessions() {
+        let c = ServerCondition::default();
+        assert_eq!(c.set_health(Health::Down), Some(Health::Up));
+        assert!(!c.serves_pinned() && !c.accepts_new_sessions());
+        assert_eq!(c.set_health(Health::Down), None, "a flip is reported once");
+    }
+
+    #[test]
+    fn unknown_server_takes_nothing_new_until_checked() {
+        let c = ServerCondition::default();
+        c.set_health(Health::Unknown);
+        assert!(!c.accepts_new_sessions());
+        c.set_health(Health::Up);
+        assert!(c.accepts_new_sessions());
+    }
+
+    #[test]
+    fn passive_failures_mark_down_at_the_threshold_and_success_resets() {
+        let c = ServerCondition::default();
+        assert!(!c.record_failure(None));
+        assert!(!c.record_failure(None));
+        c.record_success();
+        assert!(!c.record_failure(None));
+        assert!(!c.record_failure(None));
+        assert!(c.record_failure(None), "third consecutive failure");
+        assert_eq!(c.health(), Health::Down);
+        assert!(!c.record_failure(None), "already down: no second flip");
+    }
+
+    #[test]
+    fn passive_failure_with_active_checks_waits_for_a_probe() {
+        let c = ServerCondition::default();
+        assert!(c.record_failure(Some(1)));
+        assert_eq!(c.health(), Health::Down);
+        c.set_health(Health::Up);
+        assert_eq!(c.health(), Health::Up);
+    }
+
+    #[test]
+    fn config_state_is_applied_only_when_the_file_changes_it() {
+        let c = ServerCondition::default();
+        c.apply_config_state(ServerState::Ready);
+        c.set_state(ServerState::Draining); // admin
+        assert_eq!(c.apply_config_state(ServerState::Ready), None);
+        assert_eq!(c.state(), ServerState::Draining);
+        c.apply_config_state(ServerState::Maint);
+        assert_eq!(c.state(), ServerState::Maint);
+    }
+
+    #[test]
+    fn slow_start_ramps_from_the_return() {
+        let c = ServerCondition::default();
+        assert_eq!(c.ramp(Some(Duration::from_secs(10))), 1.0, "known at start");
+        c.set_health(Health::Down);
+        c.set_health(Health::Up);
+        let r = c.ramp(Some(Duration::from_secs(10)));
+        assert!(r < 0.1, "just back: {r}");
+        assert_eq!(c.ramp(None), 1.0);
+    }
+}
