@@ -19,8 +19,12 @@
 //!   that survive a reload.
 //! - [`config`] turns a YAML file into a validated runtime config, or an error that
 //!   names file, line, column and key.
-//! - [`telemetry`] sets up logging.
+//! - [`backends`] also keeps each server's health and operator state (ready,
+//!   draining, maint), runs the active health checks and DNS discovery.
+//! - [`admin`] serves the operator's API: `/status`, `/metrics`, reload, drain.
+//! - [`telemetry`] sets up logging and names the metrics.
 
+pub mod admin;
 pub mod affinity;
 pub mod backends;
 pub mod balance;

@@ -79,8 +79,14 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         for addr in tether.local_addrs() {
             println!("tether listening on {addr}");
         }
+        if let Some(addr) = tether.admin_addr() {
+            println!("tether admin on {addr}");
+        }
         tokio::spawn(tether::shutdown::on_signal(tether.shutdown_token()));
         tether.run().await;
-        Ok(())
-    })
+        Ok::<(), anyhow::Error>(())
+    })?;
+    // Tasks still parked (a health probe mid-connect) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(())
 }

@@ -1,28 +1,45 @@
 //! Signals → one cancellation token: the single path by which tether stops.
+//!
+//! The first SIGINT or SIGTERM starts a graceful shutdown (see `server::Tether::run`);
+//! a second one means the operator will not wait, so the process exits at once.
 
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `token` on the first SIGINT or SIGTERM.
+/// Exit status after a second signal, as shells report an interrupted command.
+pub const FORCED_EXIT: i32 = 130;
+
+/// Cancels `token` on the first SIGINT or SIGTERM; exits the process on the second.
 pub async fn on_signal(token: CancellationToken) {
+    if !next_signal().await {
+        return;
+    }
+    tracing::info!("shutting down (a second signal exits at once)");
+    token.cancel();
+    if next_signal().await {
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(FORCED_EXIT);
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; false if signals cannot be watched at all.
+async fn next_signal() -> bool {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops tether");
-                let _ = tokio::signal::ctrl_c().await;
-                token.cancel();
-                return;
-            }
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!("cannot watch SIGTERM/SIGINT");
+            return false;
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = int.recv() => true,
+            _ = term.recv() => true,
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutting down");
-    token.cancel();
+    {
+        tokio::signal::ctrl_c().await.is_ok()
+    }
 }

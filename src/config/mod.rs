@@ -19,6 +19,7 @@ mod locate;
 pub mod model;
 mod schema;
 mod validate;
+pub mod watch;
 
 use std::io::Read;
 use std::path::Path;

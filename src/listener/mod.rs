@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -19,27 +20,37 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Limits;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// hyper refuses a read buffer below this; smaller configured limits are raised to it.
 const MIN_HEADER_BUF: usize = 8192;
 
-/// How long open connections get to finish once shutdown starts.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The tokens and tracker a listener's connections answer to.
+#[derive(Clone, Debug)]
+pub struct Lifecycle {
+    /// Stops this listener accepting (its removal by a reload, or shutdown). Open
+    /// connections are not touched by it.
+    pub stop_accepting: CancellationToken,
+    /// Process shutdown: finish the request in flight on each connection, then close.
+    pub shutdown: CancellationToken,
+    /// The grace is over: close whatever is still open.
+    pub hard_stop: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub connections: TaskTracker,
+}
 
-/// Accepts until `shutdown` fires, then lets open connections finish (bounded).
+/// Accepts until `stop_accepting` fires. The TLS acceptor is read per connection, so a
+/// reload that swaps it changes new handshakes only; `None` means plain HTTP.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
     proxy: Arc<Proxy>,
-    limits: Limits,
-    shutdown: CancellationToken,
+    life: Lifecycle,
 ) {
-    let tracker = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = life.stop_accepting.cancelled() => break,
+            _ = life.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -51,26 +62,23 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let acceptor = tls.load_full();
         let conn = ConnInfo {
             peer,
-            tls: tls.is_some(),
+            tls: acceptor.is_some(),
         };
         let proxy = Arc::clone(&proxy);
-        let limits = limits.clone();
-        let stop = shutdown.clone();
-        match &tls {
+        let l = life.clone();
+        match acceptor {
             None => {
-                tracker.spawn(serve_conn(stream, conn, proxy, limits, stop));
+                life.connections.spawn(serve_conn(stream, conn, proxy, l));
             }
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                tracker.spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                life.connections.spawn(async move {
+                    let timeout = proxy.store().load().limits.header_read_timeout;
+                    let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
                     match handshake.await {
-                        Ok(Ok(tls_stream)) => {
-                            serve_conn(tls_stream, conn, proxy, limits, stop).await
-                        }
+                        Ok(Ok(tls_stream)) => serve_conn(tls_stream, conn, proxy, l).await,
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
                         }
@@ -80,25 +88,14 @@ pub async fn serve(
             }
         }
     }
-    drop(listener);
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::info!("connections still open after the shutdown grace; closing them");
-    }
 }
 
-async fn serve_conn<IO>(
-    io: IO,
-    conn: ConnInfo,
-    proxy: Arc<Proxy>,
-    limits: Limits,
-    shutdown: CancellationToken,
-) where
+async fn serve_conn<IO>(io: IO, conn: ConnInfo, proxy: Arc<Proxy>, life: Lifecycle)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Limits in force when the connection opened apply to all of it.
+    let limits = proxy.store().load().limits.clone();
     let service = service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
         async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
@@ -112,10 +109,13 @@ async fn serve_conn<IO>(
         .with_upgrades());
     let result = tokio::select! {
         r = http.as_mut() => r,
-        _ = shutdown.cancelled() => {
+        _ = life.shutdown.cancelled() => {
             // Finish the request in flight, then close; idle keep-alives close now.
             http.as_mut().graceful_shutdown();
-            http.await
+            tokio::select! {
+                r = http.as_mut() => r,
+                _ = life.hard_stop.cancelled() => Ok(()),
+            }
         }
     };
     if let Err(e) = result {

@@ -19,6 +19,8 @@ use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::affinity::{self, client_ip, SessionPin};
 use crate::backends::SessionGuard;
@@ -41,6 +43,9 @@ const OPEN_PACKET_SCAN: usize = 64 * 1024;
 /// Engine.IO's default heartbeat (25 s + 20 s), used until a session says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(45);
 
+/// How often a tunnel checks that its server may still carry it.
+const SERVER_WATCH: Duration = Duration::from_millis(500);
+
 /// What the listener knows about the client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
@@ -53,6 +58,10 @@ pub struct ConnInfo {
 pub struct Proxy {
     store: Arc<Store>,
     upstream: Upstream,
+    /// Every tunnel task, so shutdown can wait for them.
+    tunnels: TaskTracker,
+    /// Fired when the shutdown grace is over: tunnels still open are closed.
+    hard_stop: CancellationToken,
 }
 
 /// Where a request goes, and what it holds while it runs.
@@ -70,11 +79,18 @@ struct Target<'s> {
 }
 
 impl Proxy {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<Store>, hard_stop: CancellationToken) -> Self {
         Proxy {
             store,
             upstream: Upstream::new(),
+            tunnels: TaskTracker::new(),
+            hard_stop,
         }
+    }
+
+    /// The tracker of live WebSocket tunnels.
+    pub fn tunnels(&self) -> &TaskTracker {
+        &self.tunnels
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -400,7 +416,9 @@ impl Proxy {
         };
         drop(target.pending);
         let server_id = Arc::clone(&target.server.id);
-        tokio::spawn(async move {
+        let stats = Arc::clone(&target.server.stats);
+        let hard_stop = self.hard_stop.clone();
+        self.tunnels.spawn(async move {
             let (client, server) = match tokio::join!(client_side, server_side) {
                 (Ok(c), Ok(s)) => (c, s),
                 (c, s) => {
@@ -408,7 +426,22 @@ impl Proxy {
                     return;
                 }
             };
-            let end = tunnel::relay(client, server, idle).await;
+            // A tunnel ends with the process's grace, or when its server is put in
+            // maintenance or found down: its client then reconnects elsewhere at once.
+            let stop = async {
+                tokio::select! {
+                    _ = hard_stop.cancelled() => {}
+                    _ = async {
+                        loop {
+                            tokio::time::sleep(SERVER_WATCH).await;
+                            if !stats.condition.serves_pinned() {
+                                break;
+                            }
+                        }
+                    } => {}
+                }
+            };
+            let end = tunnel::relay(client, server, idle, stop).await;
             tracing::debug!(server = %server_id, ?end, "tunnel closed");
             drop(session);
         });

@@ -38,10 +38,17 @@ pub enum TunnelEnd {
     ClientClosed,
     ServerClosed,
     Idle,
+    /// Shutdown, or the server may no longer carry sessions.
+    Stopped,
 }
 
 /// Relays between the client and the server until one side ends or the tunnel idles.
-pub async fn relay(client: Upgraded, server: Upgraded, idle: IdleLimit) -> TunnelEnd {
+pub async fn relay(
+    client: Upgraded,
+    server: Upgraded,
+    idle: IdleLimit,
+    stop: impl std::future::Future<Output = ()>,
+) -> TunnelEnd {
     let (mut client_rd, mut client_wr) = tokio::io::split(TokioIo::new(client));
     let (mut server_rd, mut server_wr) = tokio::io::split(TokioIo::new(server));
     let start = Instant::now();
@@ -69,6 +76,7 @@ pub async fn relay(client: Upgraded, server: Upgraded, idle: IdleLimit) -> Tunne
             _ = up => TunnelEnd::ClientClosed,
             _ = down => TunnelEnd::ServerClosed,
             _ = watchdog => TunnelEnd::Idle,
+            _ = stop => TunnelEnd::Stopped,
         }
     };
     // Best effort: a FIN to both sides now, whatever state they are in; dropping the

@@ -277,6 +277,10 @@ function shutdown(why, code = 0) {
   // Hard stop whatever happens below.
   setTimeout(() => process.exit(code), 2000).unref();
   try { process.stdin.destroy(); } catch (_) {}
+  for (const { res } of hungHealth) {
+    try { res.destroy(); } catch (_) {} // held /health requests must not delay the close
+  }
+  hungHealth.clear();
   const within = (p, ms) => Promise.race([p, new Promise((resolve) => setTimeout(resolve, ms))]);
   (async () => {
     try {

@@ -314,17 +314,22 @@ function startClient(c) {
     c.live = true;
     const epoch = ++c.epoch;
     c.connectedAt = now();
+    askWho(c, epoch);
+  });
+  function askWho(c, epoch) {
     socket.timeout(ACK_TIMEOUT_MS).emit("whoami", (err, res) => {
       if (finished || epoch !== c.epoch) return;
       if (err || !res || typeof res !== "object" || res.node === undefined) {
         counters.whoamiFailures++;
         sample(samples.ackErrors, `whoami: ${err ? errorText(err) : "bad ack " + JSON.stringify(res)}`);
         if (!c.everConnected) {
-          // Give the initial slot back; the client keeps its connection (and may still learn its
-          // node on a later reconnection), it just does not count as connected at `ready`.
+          // Give the initial slot back; the client does not count as connected at `ready` but
+          // keeps trying (below), and may still connect late.
           if (c.slotHeld) { c.slotHeld = false; release(); }
           initialSettled(c);
         }
+        // Still connected on the same connection: ask again (no echoes until it answers).
+        if (socket.connected) setTimeout(() => { if (!finished && epoch === c.epoch) askWho(c, epoch); }, 100);
         return;
       }
       const node = String(res.node);
@@ -347,7 +352,7 @@ function startClient(c) {
       }
       scheduleEcho(c, epoch);
     });
-  });
+  }
 
   socket.on("connect_error", (err) => {
     if (finished) return;

@@ -1,0 +1,175 @@
+//! The admin listener: what an operator and a deploy script talk to.
+//!
+//! `GET /metrics` (Prometheus text), `GET /status` (JSON: backends, servers, state,
+//! health, sessions, drained, last reload), `GET /` (a small live dashboard),
+//! `POST /reload`, `POST /backends/{b}/servers/{s}/{drain|ready|maint}`. With a token
+//! configured, every request needs `Authorization: Bearer <token>`.
+
+mod status;
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::watch::Trigger;
+use crate::config::ServerState;
+use crate::server::Runtime;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The process-wide Prometheus recorder. Installed once, whatever the number of tethers
+/// in the process (tests run several).
+pub fn install_metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::debug!("a metrics recorder was already installed");
+        }
+        handle
+    })
+}
+
+/// Serves admin requests until `stop`.
+pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let rt = Arc::clone(&rt);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let rt = Arc::clone(&rt);
+                async move { Ok::<_, Infallible>(handle(&rt, req).await) }
+            });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    reply(status, "application/json", v.to_string())
+}
+
+fn authorized(rt: &Runtime, req: &Request<Incoming>) -> bool {
+    let Some(token) = rt.admin_token() else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !authorized(rt, &req) {
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "admin token required\n",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, [""]) => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
+        (&Method::GET, ["status"]) => json(StatusCode::OK, &status::status(rt)),
+        (&Method::GET, ["metrics"]) => {
+            status::export_gauges(rt);
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                install_metrics().render(),
+            )
+        }
+        (&Method::POST, ["reload"]) => match rt.reload(Trigger::Admin).await {
+            Ok(()) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "ok": true, "generation": rt.reload_status().generation }),
+            ),
+            Err(e) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({ "ok": false, "error": e }),
+            ),
+        },
+        (&Method::POST, ["backends", backend, "servers", server, action]) => {
+            let state = match *action {
+                "drain" => ServerState::Draining,
+                "ready" => ServerState::Ready,
+                "maint" => ServerState::Maint,
+                _ => {
+                    return json(
+                        StatusCode::NOT_FOUND,
+                        &serde_json::json!({ "error": "action must be drain, ready or maint" }),
+                    )
+                }
+            };
+            match rt.store.server_stats(backend, server) {
+                Some(stats) => {
+                    if let Some(old) = stats.condition.set_state(state) {
+                        tracing::info!(%backend, %server, from = old.as_str(), to = state.as_str(), "server state set by the admin API");
+                    }
+                    json(StatusCode::OK, &status::server_json(&stats, None))
+                }
+                None => json(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({ "error": format!("no server {server} in backend {backend}") }),
+                ),
+            }
+        }
+        (_, ["status"] | ["metrics"] | ["reload"] | [""]) => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}

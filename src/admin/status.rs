@@ -1,0 +1,83 @@
+//! The `/status` document and the gauges exported with `/metrics`, both read from the
+//! live snapshot and counters at request time.
+
+use std::time::UNIX_EPOCH;
+
+use serde_json::{json, Value};
+
+use crate::backends::{Health, ServerStats};
+use crate::config::ServerState;
+use crate::engineio::Transport;
+use crate::server::Runtime;
+use crate::telemetry;
+
+/// A server that takes no new sessions (draining or removed) and carries none: safe to stop.
+pub fn drained(stats: &ServerStats) -> bool {
+    let c = &stats.condition;
+    (c.state() != ServerState::Ready || c.is_removed()) && stats.load() == 0
+}
+
+pub fn server_json(stats: &ServerStats, addr: Option<&str>) -> Value {
+    let c = &stats.condition;
+    json!({
+        "id": &*stats.id,
+        "addr": addr,
+        "state": if c.is_removed() { "removed" } else { c.state().as_str() },
+        "health": c.health().as_str(),
+        "drained": drained(stats),
+        "sessions": {
+            "polling": stats.sessions(Transport::Polling),
+            "websocket": stats.sessions(Transport::WebSocket),
+            "load": stats.load(),
+        },
+    })
+}
+
+pub fn status(rt: &Runtime) -> Value {
+    let snap = rt.store.load();
+    let reload = rt.reload_status();
+    let backends: Vec<Value> = snap
+        .backends
+        .iter()
+        .map(|b| {
+            let servers: Vec<Value> = b
+                .servers
+                .iter()
+                .map(|s| server_json(&s.stats, Some(s.addr.as_str())))
+                .collect();
+            json!({ "name": &*b.name, "servers": servers })
+        })
+        .collect();
+    json!({
+        "backends": backends,
+        "listeners": rt.local_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "sids": rt.store.sids.len(),
+        "reload": {
+            "generation": reload.generation,
+            "ok": reload.error.is_none(),
+            "error": reload.error,
+            "at_unix_ms": reload.at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            "succeeded": reload.succeeded,
+            "failed": reload.failed,
+        },
+    })
+}
+
+/// Sets the per-server gauges from the live counters, just before a scrape.
+pub fn export_gauges(rt: &Runtime) {
+    let snap = rt.store.load();
+    for b in &snap.backends {
+        for s in &b.servers {
+            for (t, name) in [
+                (Transport::Polling, "polling"),
+                (Transport::WebSocket, "websocket"),
+            ] {
+                metrics::gauge!(telemetry::SESSIONS, "backend" => b.name.to_string(), "server" => s.id.to_string(), "transport" => name)
+                    .set(s.stats.sessions(t) as f64);
+            }
+            let up = s.stats.condition.health() == Health::Up;
+            metrics::gauge!(telemetry::SERVER_UP, "backend" => b.name.to_string(), "server" => s.id.to_string())
+                .set(if up { 1.0 } else { 0.0 });
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! What asks for a reload: the config file changing on disk, SIGHUP, the admin API.
+//! Every source sends into one channel; one loop reloads, so two triggers never run
+//! two reloads at once and a burst of events (an editor writes, renames, chmods) becomes
+//! one reload.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// Events closer together than this are one change.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Why a reload was asked for, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    FileChanged,
+    Signal,
+    Admin,
+}
+
+/// Keeps the file watcher alive; dropping it stops watching.
+pub struct FileWatch {
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl std::fmt::Debug for FileWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileWatch")
+    }
+}
+
+/// Watches `file` through its directory — editors that save by writing a new file and
+/// renaming it over the old one replace the inode, which a watch on the file itself
+/// would lose — and sends a trigger for each event that names the file.
+pub fn watch_file(file: &Path, tx: mpsc::Sender<Trigger>) -> notify::Result<FileWatch> {
+    let file = absolute(file);
+    let dir = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = file.file_name().map(|n| n.to_owned());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let ours = event
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(|n| n.to_owned()) == name);
+        if ours {
+            // A full channel already holds a pending reload, which will read the file anew.
+            let _ = tx.try_send(Trigger::FileChanged);
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(FileWatch { _watcher: watcher })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Sends a trigger on every SIGHUP, until the channel closes.
+pub async fn on_sighup(tx: mpsc::Sender<Trigger>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot watch SIGHUP; reload through the file or the admin API");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if tx.send(Trigger::Signal).await.is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+}
+
+/// Waits for the next trigger and swallows those that follow within [`DEBOUNCE`].
+pub async fn next(rx: &mut mpsc::Receiver<Trigger>) -> Option<Trigger> {
+    let first = rx.recv().await?;
+    loop {
+        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return Some(first),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_replaced_file_is_seen_through_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tether.yaml");
+        std::fs::write(&file, "a").unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let _w = watch_file(&file, tx).unwrap();
+        // Write elsewhere and rename over it, as editors do.
+        let tmp = dir.path().join(".tether.yaml.swp");
+        std::fs::write(&tmp, "b").unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), next(&mut rx)).await;
+        assert_eq!(got.ok().flatten(), Some(Trigger::FileChanged));
+    }
+
+    #[tokio::test]
+    async fn other_files_in_the_directory_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tether.yaml");
+        std::fs::write(&file, "a").unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let _w = watch_file(&file, tx).unwrap();
+        std::fs::write(dir.path().join("other.yaml"), "b").unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(500), next(&mut rx)).await;
+        assert!(got.is_err(), "{got:?}");
+    }
+}
