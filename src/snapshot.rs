@@ -491,4 +491,115 @@ mod tests {
         assert!(!w.matches(Some("é.example.co"), "/x"));
         assert!(route(None, "/").matches(None, "/anything"));
     }
+
+    fn config(servers: &[&str]) -> Config {
+        let mut yaml =
+            String::from("listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  b:\n    servers:\n");
+        for (i, id) in servers.iter().enumerate() {
+            yaml.push_str(&format!(
+                "      - {{ id: {id}, addr: \"127.0.0.1:{}\" }}\n",
+                3000 + i
+            ));
+        }
+        crate::config::parse(&yaml, std::path::Path::new("<test>")).unwrap()
+    }
+
+    #[test]
+    fn removed_server_drains_its_sessions_then_disappears() {
+        let store = Store::new(&config(&["a", "b"]));
+        let b_stats = Arc::clone(&store.load().backends[0].server("b").unwrap().stats);
+        let session = crate::backends::SessionGuard::session(
+            Arc::clone(&b_stats),
+            crate::engineio::Transport::WebSocket,
+        );
+        store.apply(&config(&["a"]));
+        {
+            let snap = store.load();
+            let backend = &snap.backends[0];
+            let b = backend
+                .server("b")
+                .expect("still reachable for its session");
+            assert!(b.serves_pinned() && !b.accepts_new_sessions());
+            assert_eq!(backend.placeable().len(), 1);
+            for key in 0..50u64 {
+                assert_eq!(
+                    &*backend.place(key.wrapping_mul(0x9e37), &[]).unwrap().1.id,
+                    "a"
+                );
+            }
+        }
+        store.tick();
+        assert!(store.load().backends[0].server("b").is_some(), "busy: kept");
+        drop(session);
+        store.tick();
+        assert!(
+            store.load().backends[0].server("b").is_none(),
+            "drained: dropped"
+        );
+    }
+
+    #[test]
+    fn server_back_in_the_config_is_ready_again_with_its_counters() {
+        let store = Store::new(&config(&["a", "b"]));
+        let before = Arc::clone(&store.load().backends[0].server("b").unwrap().stats);
+        let _s = crate::backends::SessionGuard::session(
+            Arc::clone(&before),
+            crate::engineio::Transport::Polling,
+        );
+        store.apply(&config(&["a"]));
+        store.apply(&config(&["a", "b"]));
+        let snap = store.load();
+        let b = snap.backends[0].server("b").unwrap();
+        assert!(Arc::ptr_eq(&b.stats, &before));
+        assert!(b.accepts_new_sessions());
+        assert_eq!(b.stats.load(), 1);
+    }
+
+    #[test]
+    fn full_servers_and_a_full_backend_take_no_new_sessions() {
+        let yaml = "listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  b:\n    max_connections: 3\n    servers:\n      - { id: a, addr: \"127.0.0.1:1\", max_connections: 1 }\n      - { id: c, addr: \"127.0.0.1:2\" }\n";
+        let store = Store::new(&crate::config::parse(yaml, std::path::Path::new("<t>")).unwrap());
+        let snap = store.load();
+        let backend = &snap.backends[0];
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (_, s) = backend.place(7, &[]).expect("room left");
+            held.push(crate::backends::SessionGuard::pending(Arc::clone(&s.stats)));
+        }
+        assert_eq!(
+            backend.server("a").unwrap().stats.load(),
+            1,
+            "a is full at 1"
+        );
+        assert!(backend.place(7, &[]).is_none(), "backend full at 3");
+        held.pop();
+        assert_eq!(&*backend.place(7, &[]).unwrap().1.id, "c");
+    }
+
+    #[test]
+    fn returning_server_slow_starts() {
+        let yaml = "listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  b:\n    slow_start: 60s\n    servers:\n      - { id: a, addr: \"127.0.0.1:1\" }\n      - { id: c, addr: \"127.0.0.1:2\" }\n";
+        let store = Store::new(&crate::config::parse(yaml, std::path::Path::new("<t>")).unwrap());
+        let snap = store.load();
+        let backend = &snap.backends[0];
+        let on_c = |backend: &Backend| {
+            (0..400u64)
+                .filter(|k| {
+                    &*backend
+                        .place(k.wrapping_mul(0x9e3779b97f4a7c15), &[])
+                        .unwrap()
+                        .1
+                        .id
+                        == "c"
+                })
+                .count()
+        };
+        let before = on_c(backend);
+        assert!(before > 100, "both take sessions at first: {before}/400");
+        let c = &backend.server("c").unwrap().stats.condition;
+        c.set_health(Health::Down);
+        c.set_health(Health::Up);
+        let after = on_c(backend);
+        assert!(after < 20, "just back, c gets a trickle: {after}/400");
+    }
 }

@@ -157,7 +157,7 @@ async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Byte
                     if let Some(old) = stats.condition.set_state(state) {
                         tracing::info!(%backend, %server, from = old.as_str(), to = state.as_str(), "server state set by the admin API");
                     }
-                    json(StatusCode::OK, &status::server_json(&stats, None))
+                    json(StatusCode::OK, &status::server_json(&stats, None, None))
                 }
                 None => json(
                     StatusCode::NOT_FOUND,

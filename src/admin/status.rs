@@ -17,11 +17,12 @@ pub fn drained(stats: &ServerStats) -> bool {
     (c.state() != ServerState::Ready || c.is_removed()) && stats.load() == 0
 }
 
-pub fn server_json(stats: &ServerStats, addr: Option<&str>) -> Value {
+pub fn server_json(stats: &ServerStats, addr: Option<&str>, weight: Option<u32>) -> Value {
     let c = &stats.condition;
     json!({
         "id": &*stats.id,
         "addr": addr,
+        "weight": weight,
         "state": if c.is_removed() { "removed" } else { c.state().as_str() },
         "health": c.health().as_str(),
         "drained": drained(stats),
@@ -43,7 +44,7 @@ pub fn status(rt: &Runtime) -> Value {
             let servers: Vec<Value> = b
                 .servers
                 .iter()
-                .map(|s| server_json(&s.stats, Some(s.addr.as_str())))
+                .map(|s| server_json(&s.stats, Some(s.addr.as_str()), Some(s.weight)))
                 .collect();
             json!({ "name": &*b.name, "servers": servers })
         })

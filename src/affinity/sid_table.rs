@@ -22,6 +22,9 @@ use crate::engineio::Transport;
 
 const SHARDS: usize = 64;
 
+/// How long a session outlives its last WebSocket tunnel (see `unpin`).
+pub const TUNNEL_END_LINGER: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 struct Entry {
     server: Arc<ServerStats>,
@@ -189,7 +192,16 @@ impl SidTable {
             PinKind::Tunnel => entry.tunnels = entry.tunnels.saturating_sub(1),
         }
         move_session(&entry.server, before, entry.transport());
-        entry.expires = Instant::now() + entry.ttl;
+        // A session whose WebSocket closed is over — Engine.IO never goes back from an
+        // upgraded WebSocket to polling — unless the tunnel was a failed upgrade probe,
+        // after which the client resumes polling within moments and re-pins it. So the
+        // entry lingers briefly instead of a whole heartbeat, and a drained server's
+        // session count reaches zero when its clients leave, not a minute later.
+        let linger = match kind {
+            PinKind::Tunnel if entry.tunnels == 0 => entry.ttl.min(TUNNEL_END_LINGER),
+            _ => entry.ttl,
+        };
+        entry.expires = Instant::now() + linger;
     }
 
     /// Forgets a session whose server answered that it does not know it.
@@ -328,6 +340,26 @@ mod tests {
         drop(tunnel);
         assert_eq!(s.sessions(Transport::Polling), 1);
         assert_eq!(s.load(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn session_ends_soon_after_its_websocket_closes() {
+        let t = table(100);
+        let s = stats("node-1");
+        t.insert("ws", s.clone(), Duration::from_secs(60)).unwrap();
+        drop(t.pin_tunnel("ws").unwrap());
+        tokio::time::advance(TUNNEL_END_LINGER + Duration::from_millis(10)).await;
+        assert_eq!(t.sweep(), 1, "gone long before its 60 s heartbeat");
+        assert_eq!(s.load(), 0);
+
+        // A failed probe: polling resumes and the session lives on.
+        t.insert("probe", s.clone(), Duration::from_secs(60))
+            .unwrap();
+        drop(t.pin_tunnel("probe").unwrap());
+        drop(t.pin_poll("probe").unwrap());
+        tokio::time::advance(TUNNEL_END_LINGER * 2).await;
+        assert_eq!(t.sweep(), 0);
+        assert_eq!(s.sessions(Transport::Polling), 1);
     }
 
     #[tokio::test(start_paused = true)]

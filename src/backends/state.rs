@@ -63,10 +63,11 @@ fn state_from_u8(v: u8) -> ServerState {
     }
 }
 
-/// Milliseconds since the first call: a clock that fits an atomic.
+/// Milliseconds since the first call, from 1: a clock that fits an atomic, where 0 is
+/// free to mean "never".
 pub fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// How long a server marked down by live traffic stays out when no active check will

@@ -76,6 +76,7 @@ pub struct NodeServer {
     pub id: String,
     pub addr: SocketAddr,
     child: Child,
+    stdin: Option<tokio::process::ChildStdin>,
 }
 
 impl NodeServer {
@@ -91,6 +92,7 @@ impl NodeServer {
             .stdout(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("node must be installed");
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
@@ -106,7 +108,18 @@ impl NodeServer {
             id: id.to_owned(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child,
+            stdin,
         }
+    }
+
+    /// Sends a command line to the node (e.g. `health fail`, `health ok`).
+    pub async fn command(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("node stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to node");
+        stdin.flush().await.expect("flush node stdin");
     }
 
     pub fn pid(&self) -> u32 {
@@ -165,7 +178,9 @@ pub fn config_for(nodes: &[NodeServer], backend_extra: &str) -> String {
 /// tether running in this process, stopped on drop.
 pub struct TetherHandle {
     pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
     pub store: std::sync::Arc<tether::snapshot::Store>,
+    pub runtime: std::sync::Arc<tether::server::Runtime>,
     token: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -174,17 +189,52 @@ impl TetherHandle {
     pub async fn start(yaml: &str) -> TetherHandle {
         let config = tether::config::parse(yaml, Path::new("<test>"))
             .unwrap_or_else(|e| panic!("test config rejected: {e}\n{yaml}"));
+        Self::start_config(config).await
+    }
+
+    /// From a file, as `tether run --config FILE` does: it reloads when the file changes.
+    pub async fn start_file(path: &Path) -> TetherHandle {
+        let config =
+            tether::config::load(path).unwrap_or_else(|e| panic!("test config rejected: {e}"));
+        Self::start_config(config).await
+    }
+
+    async fn start_config(config: tether::config::Config) -> TetherHandle {
         let server = tether::server::Tether::bind(config).await.expect("bind");
         let addr = server.local_addrs()[0];
+        let admin = server.admin_addr();
         let token = server.shutdown_token();
         let store = server.store().clone();
+        let runtime = server.runtime().clone();
         let task = tokio::spawn(server.run());
         TetherHandle {
             addr,
+            admin,
             store,
+            runtime,
             token,
             task: Some(task),
         }
+    }
+
+    /// `GET /status` of the admin API, as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        let r = admin_request(self.admin.expect("admin listener"), "GET", "/status").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_str(&r.text()).expect("status is JSON")
+    }
+
+    /// The `/status` entry of one server.
+    pub async fn server_status(&self, backend: &str, id: &str) -> serde_json::Value {
+        let status = self.status().await;
+        status["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b["name"] == backend)
+            .flat_map(|b| b["servers"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["id"] == id)
+            .unwrap_or(serde_json::Value::Null)
     }
 
     pub fn url(&self) -> String {
@@ -203,6 +253,84 @@ impl TetherHandle {
 impl Drop for TetherHandle {
     fn drop(&mut self) {
         self.token.cancel();
+    }
+}
+
+/// One admin request with an empty body.
+pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> RawResponse {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    raw_exchange(admin, None, req.as_bytes()).await
+}
+
+/// Writes `text` to `path` the way editors save: a new file renamed over the old one.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// tests/node/soak.js running: a long-lived swarm that keeps emitting, reconnects, and
+/// reports on request.
+pub struct Soak {
+    child: Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Soak {
+    /// Starts the soak and waits for its `ready` line.
+    pub async fn start(options: serde_json::Value) -> (Soak, serde_json::Value) {
+        require_node_modules();
+        let mut child = Command::new("node")
+            .arg(node_dir().join("soak.js"))
+            .arg(options.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node soak");
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut soak = Soak {
+            child,
+            stdin,
+            lines,
+        };
+        let ready = soak.next_event("ready", Duration::from_secs(60)).await;
+        (soak, ready)
+    }
+
+    async fn next_event(&mut self, event: &str, limit: Duration) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("soak: no {event} line in {limit:?}"))
+                .expect("soak stdout")
+                .unwrap_or_else(|| panic!("soak exited before its {event} line"));
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["event"] == event {
+                    return v;
+                }
+            }
+        }
+    }
+
+    /// The counters now.
+    pub async fn report(&mut self) -> serde_json::Value {
+        self.stdin.write_all(b"report\n").await.expect("soak stdin");
+        self.next_event("report", Duration::from_secs(20)).await
+    }
+
+    /// Stops the soak and returns its final report.
+    pub async fn finish(mut self) -> serde_json::Value {
+        let _ = self.stdin.write_all(b"stop\n").await;
+        let v = self.next_event("final", Duration::from_secs(30)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        v
     }
 }
 

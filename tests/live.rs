@@ -1,0 +1,357 @@
+//! A cluster that changes under tether: a node killed, the config rewritten under load, a
+//! node drained. Real Node `socket.io` servers on a real Redis, a long-running
+//! `socket.io-client` swarm (tests/node/soak.js) that keeps emitting and reconnects.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+const HEALTH: &str = "health: { interval: 500ms, timeout: 400ms, rise: 2, fall: 2 }";
+/// `fall × interval` of [`HEALTH`].
+const DETECTION: Duration = Duration::from_millis(1000);
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// A config for `servers` (id, addr, weight) with an admin listener and health checks.
+fn live_config(servers: &[(&str, String, u32)], extra: &str) -> String {
+    let mut yaml = String::from(
+        "listeners:\n  - bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nbackends:\n  sockets:\n",
+    );
+    yaml.push_str(&format!("    {HEALTH}\n"));
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        yaml.push_str(&format!("    {line}\n"));
+    }
+    yaml.push_str("    servers:\n");
+    for (id, addr, weight) in servers {
+        yaml.push_str(&format!(
+            "      - {{ id: {id}, addr: \"{addr}\", weight: {weight} }}\n"
+        ));
+    }
+    yaml
+}
+
+fn servers_of(nodes: &[&NodeServer]) -> Vec<(&'static str, String, u32)> {
+    nodes
+        .iter()
+        .map(|n| {
+            let id: &'static str = Box::leak(n.id.clone().into_boxed_str());
+            (id, n.addr.to_string(), 1)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_clients_move_to_survivors_and_nobody_else_notices() {
+    let _heavy = HEAVY.lock().await;
+    let cluster = Cluster::start(3).await;
+    let all: Vec<&NodeServer> = cluster.nodes.iter().collect();
+    let tether = TetherHandle::start(&live_config(&servers_of(&all), "")).await;
+    let (mut soak, ready) =
+        Soak::start(json!({ "url": tether.url(), "clients": 300, "durationMs": 60000 })).await;
+    assert_eq!(n(&ready["connected"]), 300, "{ready}");
+    let victim = &cluster.nodes[0];
+    let on_victim = n(&ready["perNode"][&victim.id]);
+    assert!(on_victim > 0, "{ready}");
+
+    victim.signal("KILL");
+    let killed = Instant::now();
+    let limit = DETECTION + Duration::from_secs(3);
+    let mut report = soak.report().await;
+    let settled = |r: &Value| {
+        n(&r["disconnects"]) >= on_victim
+            && n(&r["connectedNow"]) == 300
+            && n(&r["notReconnected"]) == 0
+    };
+    while !settled(&report) && killed.elapsed() < limit + Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        report = soak.report().await;
+    }
+    let back_after = killed.elapsed();
+    // Let the survivors keep talking a little longer before the verdict.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fin = soak.finish().await;
+    println!(
+        "kill -9 {}: {on_victim} clients on it, all 300 connected again after {back_after:?}; \
+         reconnectMs {}; final perNode {}",
+        victim.id, fin["reconnectMs"], fin["perNodeFinal"]
+    );
+    assert_eq!(n(&fin["connectedNow"]), 300, "{fin}");
+    assert_eq!(n(&fin["notReconnected"]), 0, "{fin}");
+    assert!(
+        fin["perNodeFinal"][&victim.id].is_null() || n(&fin["perNodeFinal"][&victim.id]) == 0,
+        "{fin}"
+    );
+    let worst = Duration::from_millis(n(&fin["reconnectMs"]["max"]));
+    assert!(
+        worst <= limit,
+        "a client took {worst:?} (> {limit:?}): {fin}"
+    );
+    for survivor in &cluster.nodes[1..] {
+        assert_eq!(
+            n(&fin["clientsDisconnectedByStartNode"][&survivor.id]),
+            0,
+            "clients on {} were disturbed: {fin}",
+            survivor.id
+        );
+    }
+    assert_eq!(n(&fin["ackFailures"]), 0, "{fin}");
+    let status = tether.server_status("sockets", &victim.id).await;
+    assert_eq!(status["health"], "down", "{status}");
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_storm_under_load_loses_nobody() {
+    let _heavy = HEAVY.lock().await;
+    let cluster = Cluster::start(3).await;
+    let n4 = NodeServer::spawn("node-4", Some(&cluster.redis), &[]).await;
+    let n5 = NodeServer::spawn("node-5", Some(&cluster.redis), &[]).await;
+    let base = servers_of(&cluster.nodes.iter().collect::<Vec<_>>());
+    let extra = |ids: &[&NodeServer]| servers_of(ids);
+    let variant = |i: usize| -> String {
+        let mut s = base.clone();
+        match i % 4 {
+            0 => s.extend(extra(&[&n4])),
+            1 => s.extend(extra(&[&n4, &n5])),
+            2 => {
+                s[1].2 = 2;
+                s.extend(extra(&[&n5]));
+            }
+            _ => {}
+        }
+        live_config(&s, "")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tether.yaml");
+    write_atomically(&file, &live_config(&base, ""));
+    let tether = TetherHandle::start_file(&file).await;
+    let admin = tether.admin.unwrap();
+    let (soak, ready) =
+        Soak::start(json!({ "url": tether.url(), "clients": 300, "durationMs": 60000 })).await;
+    assert_eq!(n(&ready["connected"]), 300, "{ready}");
+
+    let started = Instant::now();
+    let mut rejected = None;
+    for i in 0..49 {
+        if i == 25 {
+            // One bad file in the middle: refused, reported, nothing changes.
+            write_atomically(&file, &variant(i).replace("weight: 1", "weight: 0"));
+            let r = admin_request(admin, "POST", "/reload").await;
+            assert_eq!(r.status, 422, "{}", r.text());
+            rejected = Some(r.text());
+            let status = tether.status().await;
+            assert_eq!(status["reload"]["ok"], false, "{status}");
+        } else {
+            write_atomically(&file, &variant(i));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The last word: node-4 gone, node-5 in, node-2 heavier.
+    let mut last = base.clone();
+    last[1].2 = 3;
+    last.extend(extra(&[&n5]));
+    write_atomically(&file, &live_config(&last, ""));
+    let storm = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let status = tether.status().await;
+    let servers = &status["backends"][0]["servers"];
+    let find = |id: &str| {
+        servers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(find("node-2")["weight"], 3, "{status}");
+    assert_eq!(find("node-5")["state"], "ready", "{status}");
+    assert_eq!(find("node-5")["health"], "up", "{status}");
+    assert!(
+        find("node-4").is_null() || find("node-4")["state"] == "removed",
+        "{status}"
+    );
+    assert_eq!(status["reload"]["ok"], true, "{status}");
+    assert!(n(&status["reload"]["failed"]) >= 1, "{status}");
+
+    // New sessions use the final set: node-5 (added, checked healthy) but never node-4.
+    let fresh = swarm(json!({ "url": tether.url(), "clients": 60, "broadcast": false })).await;
+    assert_eq!(n(&fresh["connected"]), 60, "{fresh}");
+    assert!(fresh["perNode"]["node-4"].is_null(), "{fresh}");
+    assert!(n(&fresh["perNode"]["node-5"]) > 0, "{fresh}");
+
+    let fin = soak.finish().await;
+    println!(
+        "reload storm: 50 writes in {storm:?}, generation {}, {} rejected ({}); soak: {} acks, {} disconnects, {} session-unknown",
+        status["reload"]["generation"],
+        status["reload"]["failed"],
+        rejected.unwrap_or_default(),
+        fin["acksOk"],
+        fin["disconnects"],
+        fin["sessionUnknown"]
+    );
+    assert_eq!(n(&fin["disconnects"]), 0, "{fin}");
+    assert_eq!(n(&fin["sessionUnknown"]), 0, "{fin}");
+    assert_eq!(n(&fin["ackFailures"]), 0, "{fin}");
+    assert_eq!(n(&fin["connectedNow"]), 300, "{fin}");
+    assert!(n(&status["reload"]["generation"]) >= 10, "{status}");
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_node_keeps_its_sessions_takes_no_new_ones_and_reports_drained() {
+    let _heavy = HEAVY.lock().await;
+    let cluster = Cluster::start(3).await;
+    let all: Vec<&NodeServer> = cluster.nodes.iter().collect();
+    let tether = TetherHandle::start(&live_config(&servers_of(&all), "")).await;
+    let admin = tether.admin.unwrap();
+    let (mut soak, ready) =
+        Soak::start(json!({ "url": tether.url(), "clients": 150, "durationMs": 60000 })).await;
+    let on_drained = n(&ready["perNode"]["node-1"]);
+    assert!(on_drained > 0, "{ready}");
+
+    let r = admin_request(admin, "POST", "/backends/sockets/servers/node-1/drain").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let before = soak.report().await;
+    let fresh = swarm(json!({ "url": tether.url(), "clients": 60, "broadcast": false })).await;
+    assert_eq!(n(&fresh["connected"]), 60, "{fresh}");
+    assert!(
+        fresh["perNode"]["node-1"].is_null(),
+        "a draining node got new sessions: {fresh}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = soak.report().await;
+    assert!(
+        n(&during["acksOk"]) > n(&before["acksOk"]),
+        "sessions kept working"
+    );
+    let mid = tether.server_status("sockets", "node-1").await;
+    assert_eq!(mid["state"], "draining", "{mid}");
+    assert_eq!(mid["drained"], false, "{mid}");
+    assert!(n(&mid["sessions"]["load"]) >= on_drained, "{mid}");
+
+    // Clients leave: the gauge falls to zero and the node says it may be stopped.
+    let fin = soak.finish().await;
+    assert_eq!(
+        n(&fin["clientsDisconnectedByStartNode"]["node-1"]),
+        0,
+        "{fin}"
+    );
+    let left = Instant::now();
+    let mut status = tether.server_status("sockets", "node-1").await;
+    while status["drained"] != true && left.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = tether.server_status("sockets", "node-1").await;
+    }
+    println!(
+        "drain: {on_drained} sessions on node-1 kept working; drained {:?} after its clients left",
+        left.elapsed()
+    );
+    assert_eq!(status["drained"], true, "{status}");
+    assert_eq!(n(&status["sessions"]["load"]), 0, "{status}");
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maint_cuts_a_server_off_and_ready_brings_it_back() {
+    let nodes = [
+        NodeServer::spawn("node-1", None, &[]).await,
+        NodeServer::spawn("node-2", None, &[]).await,
+    ];
+    let all: Vec<&NodeServer> = nodes.iter().collect();
+    let tether = TetherHandle::start(&live_config(&servers_of(&all), "")).await;
+    let admin = tether.admin.unwrap();
+    let hs = get(tether.addr, None, &eio_path(None), &[]).await;
+    let node = hs.header("x-node-id").unwrap().to_owned();
+    let sid = hs.sid();
+    let path = format!("/backends/sockets/servers/{node}/maint");
+    assert_eq!(admin_request(admin, "POST", &path).await.status, 200);
+    let r = get(tether.addr, None, &eio_path(Some(&sid)), &[]).await;
+    assert_eq!(
+        r.status, 400,
+        "a session on a server in maint is lost at once"
+    );
+    assert_eq!(r.text(), r#"{"code":1,"message":"Session ID unknown"}"#);
+    for _ in 0..6 {
+        let hs = get(tether.addr, None, &eio_path(None), &[]).await;
+        assert_ne!(hs.header("x-node-id"), Some(node.as_str()));
+    }
+    let path = format!("/backends/sockets/servers/{node}/ready");
+    assert_eq!(admin_request(admin, "POST", &path).await.status, 200);
+    let mut seen = false;
+    for _ in 0..6 {
+        let hs = get(tether.addr, None, &eio_path(None), &[]).await;
+        seen |= hs.header("x-node-id") == Some(node.as_str());
+    }
+    assert!(seen, "back in ready, {node} takes new sessions again");
+    let r = admin_request(admin, "POST", "/backends/sockets/servers/nope/drain").await;
+    assert_eq!(r.status, 404);
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_check_takes_a_node_out_and_rise_brings_it_back() {
+    let mut nodes = [
+        NodeServer::spawn("node-1", None, &[]).await,
+        NodeServer::spawn("node-2", None, &[]).await,
+    ];
+    let all: Vec<&NodeServer> = nodes.iter().collect();
+    let tether = TetherHandle::start(&live_config(&servers_of(&all), "")).await;
+    nodes[0].command("health fail").await;
+    let t0 = Instant::now();
+    while tether.server_status("sockets", "node-1").await["health"] != "down" {
+        assert!(t0.elapsed() < Duration::from_secs(5), "not marked down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let down_after = t0.elapsed();
+    for _ in 0..6 {
+        let hs = get(tether.addr, None, &eio_path(None), &[]).await;
+        assert_eq!(hs.header("x-node-id"), Some("node-2"));
+    }
+    nodes[0].command("health ok").await;
+    let t1 = Instant::now();
+    while tether.server_status("sockets", "node-1").await["health"] != "up" {
+        assert!(t1.elapsed() < Duration::from_secs(5), "not marked up again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "health: down {down_after:?} after /health failed, up {:?} after it recovered",
+        t1.elapsed()
+    );
+    assert!(
+        down_after >= Duration::from_millis(400),
+        "fall=2 needs two probes"
+    );
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_discovery_finds_servers_by_name() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let yaml = format!(
+        "listeners:\n  - bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nbackends:\n  sockets:\n    \
+         {HEALTH}\n    discover: {{ dns: \"localhost:{}\", interval: 200ms }}\n",
+        node.addr.port()
+    );
+    let tether = TetherHandle::start(&yaml).await;
+    let id = format!("127.0.0.1:{}", node.addr.port());
+    let t0 = Instant::now();
+    while tether.server_status("sockets", &id).await["health"] != "up" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{}",
+            tether.status().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hs = get(tether.addr, None, &eio_path(None), &[]).await;
+    assert_eq!(hs.status, 200, "{}", hs.text());
+    assert_eq!(hs.header("x-node-id"), Some("node-1"));
+    tether.stop().await;
+}
