@@ -355,3 +355,94 @@ async fn dns_discovery_finds_servers_by_name() {
     assert_eq!(hs.header("x-node-id"), Some("node-1"));
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_listeners_without_dropping_open_connections() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tether.yaml");
+    let servers = servers_of(&[&node]);
+    let with_listeners = |binds: &[&str]| {
+        let mut yaml = live_config(&servers, "");
+        let list: String = binds
+            .iter()
+            .map(|b| format!("  - bind: \"{b}\"\n"))
+            .collect();
+        yaml = yaml.replacen("  - bind: \"127.0.0.1:0\"\n", &list, 1);
+        yaml
+    };
+    write_atomically(&file, &with_listeners(&["127.0.0.1:0"]));
+    let tether = TetherHandle::start_file(&file).await;
+    let admin = tether.admin.unwrap();
+    let first = tether.addr;
+    let mut ws = ws_connect(first, "/socket.io/?EIO=4&transport=websocket").await;
+    assert!(ws_read_text(&mut ws).await.starts_with("0{"));
+
+    // Add a listener on another loopback address.
+    write_atomically(&file, &with_listeners(&["127.0.0.1:0", "127.0.0.2:0"]));
+    let r = admin_request(admin, "POST", "/reload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listeners = tether.status().await["listeners"].clone();
+    let second: std::net::SocketAddr = listeners[1].as_str().unwrap().parse().unwrap();
+    assert_eq!(second.ip().to_string(), "127.0.0.2", "{listeners}");
+    let hs = get(second, None, &eio_path(None), &[]).await;
+    assert_eq!(hs.status, 200, "the new listener serves");
+
+    // Remove the first: it stops accepting, its open tunnel goes on.
+    write_atomically(&file, &with_listeners(&["127.0.0.2:0"]));
+    let r = admin_request(admin, "POST", "/reload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(first).await.is_err(),
+        "the removed listener no longer accepts"
+    );
+    use tokio::io::AsyncWriteExt;
+    // A masked text frame "3" (pong) still crosses the old connection's tunnel: the
+    // node answers nothing to it, but the connection must still be open.
+    ws.write_all(&[0x81, 0x81, 1, 2, 3, 4, b'3' ^ 1])
+        .await
+        .unwrap();
+    assert!(
+        wait_closed(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the open tunnel was dropped by the listener's removal"
+    );
+    let hs = get(second, None, &eio_path(None), &[]).await;
+    assert_eq!(hs.status, 200);
+    let metrics = admin_request(admin, "GET", "/metrics").await.text();
+    assert!(metrics.contains("tether_config_reloads_total"), "{metrics}");
+    assert!(metrics.contains("tether_sessions"), "{metrics}");
+    drop(ws);
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_are_retried_past_an_unreachable_server() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    // A port nothing listens on: bound, then released.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let yaml = format!(
+        "listeners:\n  - bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nbackends:\n  sockets:\n    servers:\n      \
+         - {{ id: dead, addr: \"{dead_addr}\" }}\n      - {{ id: node-1, addr: \"{}\" }}\n",
+        node.addr
+    );
+    let tether = TetherHandle::start(&yaml).await;
+    // Sources spread over 127.0.0.x so the hash tie-break puts the dead server first
+    // for some of them.
+    for last in 10..40u8 {
+        let from = Some(std::net::IpAddr::from([127, 0, 0, last]));
+        let hs = get(tether.addr, from, &eio_path(None), &[]).await;
+        assert_eq!(hs.status, 200, "handshake from .{last}: {}", hs.text());
+        assert_eq!(hs.header("x-node-id"), Some("node-1"));
+    }
+    let dead = tether.server_status("sockets", "dead").await;
+    assert_eq!(dead["health"], "down", "passive detection: {dead}");
+    // A request that carries a sid is never retried elsewhere.
+    let r = get(tether.addr, None, &eio_path(Some("unknown-sid")), &[]).await;
+    assert_eq!(r.status, 400);
+    tether.stop().await;
+}

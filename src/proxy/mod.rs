@@ -151,39 +151,16 @@ impl Proxy {
         let handshake = eio.is_some_and(|q| q.sid.is_none() && q.transport == Transport::Polling);
         // A new session's bodiless request can be sent again elsewhere if its server
         // cannot be reached: no session exists yet, so nothing can be duplicated.
-        let replay = target.placed.is_some().then(|| Replay::of(&req)).flatten();
-        let mut req = Some(into_upstream(req, replay.is_some()));
-        let mut tried = Vec::new();
-        let resp = loop {
-            let this = req.take().unwrap_or_else(|| {
-                replay
-                    .as_ref()
-                    .map_or_else(|| Request::new(ProxyBody::empty()), Replay::request)
-            });
-            match self
-                .upstream
-                .send(target.server, this, backend.timeouts.response)
-                .await
-            {
-                Ok(resp) => {
-                    target.server.stats.condition.record_success();
-                    break resp;
-                }
-                Err(e) => {
-                    note_failure(backend, target.server, &e);
-                    let (Some(i), Some(_)) = (target.placed, &replay) else {
-                        return Err(e);
-                    };
-                    if !e.is_connect() {
-                        return Err(e);
-                    }
-                    tried.push(i);
-                    tracing::info!(server = %target.server.id, error = %e, "new session retried on another server");
-                    metrics::counter!(crate::telemetry::PLACEMENT_RETRIES, "backend" => backend.name.to_string()).increment(1);
-                    target = self.place_new(backend, placement_key, eio.is_some(), &tried)?;
-                }
-            }
-        };
+        let resp = self
+            .send(
+                backend,
+                &mut target,
+                req,
+                placement_key,
+                eio.is_some(),
+                false,
+            )
+            .await?;
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         // A session found through its cookie (tether restarted, or another instance
@@ -305,6 +282,57 @@ impl Proxy {
         })
     }
 
+    /// Sends `req` to the target's server (pooled, or on a fresh connection for an
+    /// upgrade). A new session's bodiless request whose server cannot be reached is
+    /// sent to the next server in placement order, `target` updated to match; nothing
+    /// else is ever retried.
+    async fn send<'b>(
+        &self,
+        backend: &'b Backend,
+        target: &mut Target<'b>,
+        req: Request<Incoming>,
+        placement_key: u64,
+        engine_io: bool,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let replay = target.placed.is_some().then(|| Replay::of(&req)).flatten();
+        let mut first = Some(into_upstream(req, replay.is_some()));
+        let mut tried = Vec::new();
+        loop {
+            let req = first.take().unwrap_or_else(|| {
+                replay
+                    .as_ref()
+                    .map_or_else(|| Request::new(ProxyBody::empty()), Replay::request)
+            });
+            let t = &backend.timeouts;
+            let sent = if upgrade {
+                self.upstream
+                    .send_upgrade(target.server, req, t.connect, t.response)
+                    .await
+            } else {
+                self.upstream.send(target.server, req, t.response).await
+            };
+            let e = match sent {
+                Ok(resp) => {
+                    target.server.stats.condition.record_success();
+                    return Ok(resp);
+                }
+                Err(e) => e,
+            };
+            note_failure(backend, target.server, &e);
+            match (target.placed, &replay) {
+                (Some(i), Some(_)) if e.is_connect() => {
+                    tried.push(i);
+                    tracing::info!(server = %target.server.id, error = %e, "new session retried on another server");
+                    metrics::counter!(crate::telemetry::PLACEMENT_RETRIES, "backend" => backend.name.to_string())
+                        .increment(1);
+                    *target = self.place_new(backend, placement_key, engine_io, &tried)?;
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+
     /// Reads the start of a handshake response for the open packet and records
     /// `sid → server`. The bytes read go out first; the rest streams.
     async fn learn_sid(
@@ -356,42 +384,9 @@ impl Proxy {
         placement_key: u64,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_side = hyper::upgrade::on(&mut req);
-        let replay = target.placed.is_some().then(|| Replay::of(&req)).flatten();
-        let mut req = Some(into_upstream(req, replay.is_some()));
-        let mut tried = Vec::new();
-        let mut resp = loop {
-            let this = req.take().unwrap_or_else(|| {
-                replay
-                    .as_ref()
-                    .map_or_else(|| Request::new(ProxyBody::empty()), Replay::request)
-            });
-            let sent = self
-                .upstream
-                .send_upgrade(
-                    target.server,
-                    this,
-                    backend.timeouts.connect,
-                    backend.timeouts.response,
-                )
-                .await;
-            match sent {
-                Ok(resp) => {
-                    target.server.stats.condition.record_success();
-                    break resp;
-                }
-                Err(e) => {
-                    note_failure(backend, target.server, &e);
-                    match (target.placed, &replay) {
-                        (Some(i), Some(_)) if e.is_connect() => {
-                            tried.push(i);
-                            tracing::info!(server = %target.server.id, error = %e, "new WebSocket session retried on another server");
-                            target = self.place_new(backend, placement_key, true, &tried)?;
-                        }
-                        _ => return Err(e),
-                    }
-                }
-            }
-        };
+        let mut resp = self
+            .send(backend, &mut target, req, placement_key, true, true)
+            .await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (parts, body) = resp.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::Stream(body)));
