@@ -23,11 +23,13 @@
 //!   draining, maint), runs the active health checks and DNS discovery.
 //! - [`admin`] serves the operator's API: `/status`, `/metrics`, reload, drain.
 //! - [`telemetry`] sets up logging and names the metrics.
+//! - [`certs`] makes a development CA and certificates it signs (`tether cert`, tests).
 
 pub mod admin;
 pub mod affinity;
 pub mod backends;
 pub mod balance;
+pub mod certs;
 pub mod config;
 pub mod engineio;
 pub mod listener;

@@ -33,6 +33,20 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Write a development CA (ca.pem) and a certificate signed by it (cert.pem,
+    /// key.pem), for trying TLS locally.
+    Cert {
+        /// Directory to write into; created if missing.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// A DNS name (`*.example.test` allowed) or IP address the certificate is for;
+        /// repeat for more. Default: localhost and 127.0.0.1.
+        #[arg(long = "name", short = 'n', value_name = "NAME")]
+        names: Vec<String>,
+        /// Replace ca.pem, cert.pem and key.pem if they already exist.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => check(config),
         Command::Run { config } => run(config),
+        Command::Cert { out, names, force } => cert(out, names, force),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,6 +79,36 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
             .iter()
             .map(|b| b.servers.len())
             .sum::<usize>()
+    );
+    Ok(())
+}
+
+fn cert(out: PathBuf, mut names: Vec<String>, force: bool) -> anyhow::Result<()> {
+    if names.is_empty() {
+        names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    }
+    if !force {
+        // A key already there may be the one a running listener serves.
+        for file in ["ca.pem", "cert.pem", "key.pem"] {
+            let path = out.join(file);
+            anyhow::ensure!(
+                !path.exists(),
+                "{} exists (use --force to replace it)",
+                path.display()
+            );
+        }
+    }
+    let dev = tether::certs::generate_dev_cert(&names)?;
+    let paths = dev
+        .write(&out)
+        .with_context(|| format!("writing certificates into {}", out.display()))?;
+    println!("CA:          {}", paths.ca.display());
+    println!("certificate: {}", paths.cert.display());
+    println!("key:         {}", paths.key.display());
+    println!(
+        "clients must trust {} (e.g. NODE_EXTRA_CA_CERTS={}) to accept the certificate",
+        paths.ca.display(),
+        paths.ca.display()
     );
     Ok(())
 }

@@ -12,17 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use ahash::AHashMap;
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::watch::{self, Trigger};
-use crate::config::{self, AdminConfig, Config, ListenerConfig, TlsConfig};
-use crate::listener::{self, tls, Lifecycle};
+use crate::config::{self, AdminConfig, Config, ListenerConfig};
+use crate::listener::{self, tls, Lifecycle, Mode};
 use crate::proxy::Proxy;
 use crate::snapshot::Store;
 
@@ -63,7 +62,7 @@ pub struct ReloadStatus {
 struct Bound {
     config: ListenerConfig,
     local: SocketAddr,
-    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+    mode: Arc<ArcSwap<Mode>>,
     stop_accepting: CancellationToken,
 }
 
@@ -266,10 +265,7 @@ impl Tether {
 }
 
 async fn bind_listener(l: &ListenerConfig) -> Result<(TcpListener, Bound), StartError> {
-    let acceptor = match &l.tls {
-        Some(t) => Some(tls_acceptor(l.bind, t)?),
-        None => None,
-    };
+    let mode = listener_mode(l)?;
     let socket = TcpListener::bind(l.bind)
         .await
         .map_err(|source| StartError::Bind {
@@ -282,15 +278,15 @@ async fn bind_listener(l: &ListenerConfig) -> Result<(TcpListener, Bound), Start
         Bound {
             config: l.clone(),
             local,
-            tls: Arc::new(ArcSwapOption::from(acceptor.map(Arc::new))),
+            mode: Arc::new(ArcSwap::from_pointee(mode)),
             stop_accepting: CancellationToken::new(),
         },
     ))
 }
 
-fn tls_acceptor(addr: SocketAddr, t: &TlsConfig) -> Result<TlsAcceptor, StartError> {
-    tls::acceptor(t).map_err(|source| StartError::Tls {
-        addr,
+fn listener_mode(l: &ListenerConfig) -> Result<Mode, StartError> {
+    Mode::build(l).map_err(|source| StartError::Tls {
+        addr: l.bind,
         source: Box::new(source),
     })
 }
@@ -320,7 +316,7 @@ impl Runtime {
         tracing::info!(addr = %b.local, tls = b.config.tls.is_some(), "listening");
         tokio::spawn(listener::serve(
             socket,
-            Arc::clone(&b.tls),
+            Arc::clone(&b.mode),
             Arc::clone(&self.proxy),
             life,
         ));
@@ -346,8 +342,56 @@ impl Runtime {
             None => None,
         };
         tokio::spawn(watch::on_sighup(self.reload_tx.clone()));
+        let mut certs = self.watch_certificates();
         while let Some(trigger) = watch::next(&mut rx).await {
-            let _ = self.reload(trigger).await;
+            if trigger == Trigger::Certificates {
+                self.certificates_changed();
+                continue;
+            }
+            if self.reload(trigger).await.is_ok() {
+                // The listeners' certificate paths may have changed with the file.
+                drop(certs);
+                certs = self.watch_certificates();
+            }
+        }
+    }
+
+    fn watch_certificates(&self) -> Option<watch::FileWatch> {
+        let files = self.certificate_files();
+        if files.is_empty() {
+            return None;
+        }
+        match watch::watch_files(&files, Trigger::Certificates, self.reload_tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch certificate files; they are re-read on reload");
+                None
+            }
+        }
+    }
+
+    /// New handshakes get the new certificates; a bad pair keeps the old one in force and
+    /// is reported like a bad reload.
+    fn certificates_changed(&self) {
+        let result = self.reload_certificates();
+        let mut status = lock(&self.status);
+        status.at = SystemTime::now();
+        match result {
+            Ok(()) => {
+                if status
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("certificates: "))
+                {
+                    status.error = None;
+                }
+            }
+            Err(e) => {
+                status.failed += 1;
+                tracing::error!(error = %e, "new certificates rejected; the previous ones stay in force");
+                status.error = Some(format!("certificates: {e}"));
+                metrics::counter!(crate::telemetry::RELOADS, "result" => "error").increment(1);
+            }
         }
     }
 
@@ -395,34 +439,26 @@ impl Runtime {
     /// changed certificate is swapped in for new handshakes. All new sockets and
     /// certificates are prepared before anything changes, so a failure changes nothing.
     async fn sync_listeners(&self, wanted: &[ListenerConfig]) -> Result<(), String> {
-        let current: AHashMap<SocketAddr, (Option<TlsConfig>, Arc<ArcSwapOption<TlsAcceptor>>)> =
-            lock(&self.listeners)
-                .iter()
-                .map(|b| (b.config.bind, (b.config.tls.clone(), Arc::clone(&b.tls))))
-                .collect();
+        let current: AHashMap<SocketAddr, Arc<ArcSwap<Mode>>> = lock(&self.listeners)
+            .iter()
+            .map(|b| (b.config.bind, Arc::clone(&b.mode)))
+            .collect();
         let mut new_binds = Vec::new();
         let mut swaps = Vec::new();
         for l in wanted {
             match current.get(&l.bind) {
                 None => new_binds.push(bind_listener(l).await.map_err(|e| e.to_string())?),
-                Some((tls_cfg, slot)) => {
-                    // A reload re-reads certificate files even when their paths are the
-                    // same: the files may have been replaced.
-                    if tls_cfg.is_some() || l.tls.is_some() {
-                        let acceptor = match &l.tls {
-                            Some(t) => Some(Arc::new(
-                                tls_acceptor(l.bind, t).map_err(|e| e.to_string())?,
-                            )),
-                            None => None,
-                        };
-                        swaps.push((Arc::clone(slot), acceptor, l.clone()));
-                    }
-                }
+                // Rebuilt even when unchanged: certificate files may have been replaced.
+                Some(slot) => swaps.push((
+                    Arc::clone(slot),
+                    listener_mode(l).map_err(|e| e.to_string())?,
+                    l.clone(),
+                )),
             }
         }
         let mut listeners = lock(&self.listeners);
-        for (slot, acceptor, cfg) in swaps {
-            slot.store(acceptor);
+        for (slot, mode, cfg) in swaps {
+            slot.store(Arc::new(mode));
             if let Some(b) = listeners.iter_mut().find(|b| b.config.bind == cfg.bind) {
                 b.config = cfg;
             }
@@ -442,6 +478,37 @@ impl Runtime {
         // Keep config order, so local_addrs()[i] is listeners[i].
         listeners.sort_by_key(|b| wanted.iter().position(|w| w.bind == b.config.bind));
         Ok(())
+    }
+
+    /// Re-reads the certificates of every TLS listener (their files changed). A bad
+    /// pair keeps the listener's current certificate.
+    pub fn reload_certificates(&self) -> Result<(), String> {
+        let listeners = lock(&self.listeners);
+        let mut errors = Vec::new();
+        for b in listeners.iter().filter(|b| b.config.tls.is_some()) {
+            match listener_mode(&b.config) {
+                Ok(mode) => {
+                    b.mode.store(Arc::new(mode));
+                    tracing::info!(addr = %b.local, "certificates reloaded");
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Every certificate and key file the listeners read.
+    pub fn certificate_files(&self) -> Vec<PathBuf> {
+        lock(&self.listeners)
+            .iter()
+            .filter_map(|b| b.config.tls.as_ref())
+            .flat_map(|t| t.certificates.iter())
+            .flat_map(|c| [c.cert.clone(), c.key.clone()])
+            .collect()
     }
 
     async fn sync_admin(self: &Arc<Self>, wanted: Option<&AdminConfig>) -> Result<(), String> {

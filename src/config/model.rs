@@ -38,17 +38,54 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// Plain listener that only redirects to `https://host:PORT/...` (308).
+    pub redirect_https: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
+    /// Chosen by SNI against each certificate's DNS names (exact or wildcard).
     pub certificates: Vec<CertPair>,
+    pub hsts: Option<Hsts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Serves clients without SNI and unknown names. At most one per listener; with
+    /// none, clients without SNI get the first certificate and unknown names are refused.
+    pub default: bool,
+}
+
+/// `Strict-Transport-Security` on every response of a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hsts {
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+impl Hsts {
+    pub fn header_value(&self) -> String {
+        let mut v = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        v
+    }
+}
+
+/// TLS from tether to a backend's servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM CA bundle; `None`: the bundled Mozilla roots.
+    pub ca: Option<PathBuf>,
+    /// Name the servers' certificates must carry; `None`: the host of each `addr`.
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +152,8 @@ pub struct BackendConfig {
     pub slow_start: Option<Duration>,
     /// Servers found in DNS, beside the static ones.
     pub discover: Option<DiscoverConfig>,
+    /// TLS to the servers; `None`: plain HTTP.
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

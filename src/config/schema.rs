@@ -62,6 +62,10 @@ pub struct RawListener {
     /// Absent: plain HTTP.
     #[serde(default)]
     pub tls: Option<RawTls>,
+    /// A plain listener that answers every request with a redirect to `https://` on
+    /// this port.
+    #[serde(default)]
+    pub redirect_https: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +73,9 @@ pub struct RawListener {
 pub struct RawTls {
     /// At least one; chosen by SNI. Paths only: files are read by the listener.
     pub certificates: Vec<RawCertPair>,
+    /// Absent: no Strict-Transport-Security header.
+    #[serde(default)]
+    pub hsts: Option<RawHsts>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +83,33 @@ pub struct RawTls {
 pub struct RawCertPair {
     pub cert: String,
     pub key: String,
+    /// Serves clients without SNI and those naming a host no certificate covers.
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHsts {
+    /// Default 365 days.
+    #[serde(default)]
+    pub max_age: Option<DurationSpec>,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub preload: bool,
+}
+
+/// TLS from tether to the servers of a backend.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM CA bundle; absent: the bundled Mozilla roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Name to verify the servers' certificates against; absent: the host of `addr`.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +185,9 @@ pub struct RawBackend {
     pub slow_start: Option<DurationSpec>,
     #[serde(default)]
     pub discover: Option<RawDiscover>,
+    /// Absent: plain HTTP to the servers.
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,7 +94,25 @@ fn listeners(raw: Vec<RawListener>, path: &KeyPath) -> R<Vec<ListenerConfig>> {
             None => None,
             Some(t) => Some(tls(t, &p.key("tls"))?),
         };
-        out.push(ListenerConfig { bind, tls });
+        let redirect_https = match l.redirect_https {
+            None => None,
+            Some(_) if tls.is_some() => return bad(
+                &p.key("redirect_https"),
+                "a TLS listener cannot redirect to HTTPS; put redirect_https on a plain listener",
+            ),
+            Some(port @ 1..=65535) => Some(port as u16),
+            Some(port) => {
+                return bad(
+                    &p.key("redirect_https"),
+                    format!("{port} is not a port (1..=65535)"),
+                )
+            }
+        };
+        out.push(ListenerConfig {
+            bind,
+            tls,
+            redirect_https,
+        });
     }
     Ok(out)
 }
@@ -120,12 +138,30 @@ fn tls(raw: RawTls, path: &KeyPath) -> R<TlsConfig> {
                 return bad(&p.index(i).key(name), "empty path; give a PEM file");
             }
         }
+        if c.default && certificates.iter().any(|p: &CertPair| p.default) {
+            return bad(
+                &p.index(i).key("default"),
+                "only one certificate of a listener can be the default",
+            );
+        }
         certificates.push(CertPair {
             cert: PathBuf::from(c.cert),
             key: PathBuf::from(c.key),
+            default: c.default,
         });
     }
-    Ok(TlsConfig { certificates })
+    let hsts = match raw.hsts {
+        None => None,
+        Some(h) => Some(Hsts {
+            max_age: match h.max_age {
+                None => Duration::from_secs(365 * 24 * 3600),
+                Some(spec) => duration(&spec, &path.key("hsts").key("max_age"))?,
+            },
+            include_subdomains: h.include_subdomains,
+            preload: h.preload,
+        }),
+    };
+    Ok(TlsConfig { certificates, hsts })
 }
 
 fn admin(raw: RawAdmin, path: &KeyPath, listeners: &[ListenerConfig]) -> R<AdminConfig> {
@@ -340,7 +376,33 @@ fn backend(name: String, raw: RawBackend, path: &KeyPath) -> R<BackendConfig> {
             &path.key("slow_start"),
         )?),
     };
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => {
+            if let Some(ca) = &t.ca {
+                if ca.trim().is_empty() {
+                    return bad(
+                        &path.key("tls").key("ca"),
+                        "empty path; give a PEM CA bundle or remove the key",
+                    );
+                }
+            }
+            if let Some(name) = &t.server_name {
+                if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                    return bad(
+                        &path.key("tls").key("server_name"),
+                        format!("{name:?} is not a DNS name or IP address"),
+                    );
+                }
+            }
+            Some(UpstreamTls {
+                ca: t.ca.map(PathBuf::from),
+                server_name: t.server_name,
+            })
+        }
+    };
     Ok(BackendConfig {
+        tls,
         health,
         max_connections,
         slow_start,

@@ -18,6 +18,8 @@ pub enum Trigger {
     FileChanged,
     Signal,
     Admin,
+    /// A certificate or key file of a TLS listener changed.
+    Certificates,
 }
 
 /// Keeps the file watcher alive; dropping it stops watching.
@@ -31,32 +33,54 @@ impl std::fmt::Debug for FileWatch {
     }
 }
 
-/// Watches `file` through its directory — editors that save by writing a new file and
-/// renaming it over the old one replace the inode, which a watch on the file itself
-/// would lose — and sends a trigger for each event that names the file.
-pub fn watch_file(file: &Path, tx: mpsc::Sender<Trigger>) -> notify::Result<FileWatch> {
-    let file = absolute(file);
-    let dir = file
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let name = file.file_name().map(|n| n.to_owned());
+/// Watches `files` through their directories — editors (and cert-manager, and
+/// Kubernetes secret volumes) save by writing a new file and renaming or re-linking it
+/// over the old one, which replaces the inode a watch on the file itself would hold —
+/// and sends `trigger` for each event that names one of them.
+pub fn watch_files(
+    files: &[PathBuf],
+    trigger: Trigger,
+    tx: mpsc::Sender<Trigger>,
+) -> notify::Result<FileWatch> {
+    let files: Vec<PathBuf> = files.iter().map(|f| absolute(f)).collect();
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .map(|f| {
+            f.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."))
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let names = files.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if event.kind.is_access() {
             return;
         }
-        let ours = event
-            .paths
-            .iter()
-            .any(|p| p.file_name().map(|n| n.to_owned()) == name);
+        // Kubernetes swaps a `..data` symlink; any event in the directory of a watched
+        // file whose name starts with ".." counts as a change of that file.
+        let ours = event.paths.iter().any(|p| {
+            names.contains(p)
+                || p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(".."))
+        });
         if ours {
-            // A full channel already holds a pending reload, which will read the file anew.
-            let _ = tx.try_send(Trigger::FileChanged);
+            // A full channel already holds a pending reload, which will read the files anew.
+            let _ = tx.try_send(trigger);
         }
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    for dir in &dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
     Ok(FileWatch { _watcher: watcher })
+}
+
+/// The config file's watch.
+pub fn watch_file(file: &Path, tx: mpsc::Sender<Trigger>) -> notify::Result<FileWatch> {
+    watch_files(&[file.to_path_buf()], Trigger::FileChanged, tx)
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -88,13 +112,18 @@ pub async fn on_sighup(tx: mpsc::Sender<Trigger>) {
     drop(tx);
 }
 
-/// Waits for the next trigger and swallows those that follow within [`DEBOUNCE`].
+/// Waits for the next trigger and folds in those that follow within [`DEBOUNCE`]. A
+/// full reload re-reads certificates too, so it wins over a certificate-only change.
 pub async fn next(rx: &mut mpsc::Receiver<Trigger>) -> Option<Trigger> {
-    let first = rx.recv().await?;
+    let mut got = rx.recv().await?;
     loop {
         match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => return Some(first),
+            Ok(Some(t)) => {
+                if got == Trigger::Certificates {
+                    got = t;
+                }
+            }
+            Ok(None) | Err(_) => return Some(got),
         }
     }
 }
