@@ -68,6 +68,18 @@ fn main() -> ExitCode {
 
 fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = tether::config::load(&path)?;
+    // What `run` would read besides the file: certificates, keys, CA bundles.
+    for l in &config.listeners {
+        if let Some(t) = &l.tls {
+            tether::listener::tls::acceptor(t).with_context(|| format!("listener {}", l.bind))?;
+        }
+    }
+    for b in &config.backends {
+        if let Some(t) = &b.tls {
+            tether::proxy::upstream::TlsUpstream::new(t)
+                .with_context(|| format!("backend {}: upstream TLS", b.name))?;
+        }
+    }
     println!(
         "{}: ok ({} listener(s), {} route(s), {} backend(s), {} server(s))",
         path.display(),

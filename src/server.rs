@@ -34,6 +34,8 @@ const HARD_STOP_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    Upstream(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -138,7 +140,7 @@ impl Tether {
         };
         admin::install_metrics();
         let hard_stop = CancellationToken::new();
-        let store = Arc::new(Store::new(&config));
+        let store = Arc::new(Store::new(&config).map_err(StartError::Upstream)?);
         let proxy = Arc::new(Proxy::new(Arc::clone(&store), hard_stop.clone()));
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let runtime = Runtime {
@@ -428,9 +430,10 @@ impl Runtime {
 
     /// Puts a parsed config in force: listeners first (they can fail), then routing.
     async fn apply(self: &Arc<Self>, config: Config) -> Result<(), String> {
+        let prepared = self.store.prepare(&config)?;
         self.sync_listeners(&config.listeners).await?;
         self.sync_admin(config.admin.as_ref()).await?;
-        self.store.apply(&config);
+        self.store.commit(&config, prepared);
         self.store.discovery.sync(&self.store, &config);
         Ok(())
     }

@@ -24,6 +24,7 @@ use crate::config::{
     BackendConfig, Balance, Config, HashKey, HealthConfig, HostMatch, Limits, Placement,
     ServerConfig, Timeouts,
 };
+use crate::proxy::upstream::TlsUpstream;
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -80,6 +81,8 @@ pub struct Backend {
     pub health: Option<HealthConfig>,
     max_connections: Option<u64>,
     slow_start: Option<Duration>,
+    /// TLS to the servers, when the backend asks for it.
+    pub tls: Option<Arc<TlsUpstream>>,
     round_robin: AtomicUsize,
 }
 
@@ -91,6 +94,7 @@ impl Backend {
         servers: &[ServerConfig],
         retired: &[ServerConfig],
         registry: &Registry,
+        tls: Option<Arc<TlsUpstream>>,
     ) -> Backend {
         let name: Arc<str> = cfg.name.as_str().into();
         let to_server = |s: &ServerConfig| {
@@ -128,6 +132,7 @@ impl Backend {
             health: cfg.health.clone(),
             max_connections: cfg.max_connections,
             slow_start: cfg.slow_start,
+            tls,
             round_robin: AtomicUsize::new(0),
         }
     }
@@ -255,7 +260,8 @@ impl Snapshot {
                         .filter(|(name, _)| *name == b.name)
                         .map(|(_, s)| s.clone())
                         .collect();
-                    Backend::build(b, &servers, &retired, registry)
+                    let tls = sources.tls.get(&b.name).cloned();
+                    Backend::build(b, &servers, &retired, registry, tls)
                 })
                 .collect(),
             trusted_proxies: config.trusted_proxies.clone(),
@@ -286,6 +292,25 @@ struct Sources {
     /// (backend name, server): removed from the config, draining until their last session
     /// ends.
     retired: Vec<(String, ServerConfig)>,
+    /// backend name → its TLS client, built when the config was applied.
+    tls: AHashMap<String, Arc<TlsUpstream>>,
+}
+
+/// What [`Store::prepare`] built for [`Store::commit`].
+#[derive(Debug)]
+pub struct Prepared(AHashMap<String, Arc<TlsUpstream>>);
+
+/// Builds the TLS clients a config needs (reading CA files), before anything changes.
+fn tls_clients(config: &Config) -> Result<AHashMap<String, Arc<TlsUpstream>>, String> {
+    let mut out = AHashMap::new();
+    for b in &config.backends {
+        if let Some(t) = &b.tls {
+            let client = TlsUpstream::new(t)
+                .map_err(|e| format!("backend {}: upstream TLS: {e}", b.name))?;
+            out.insert(b.name.clone(), Arc::new(client));
+        }
+    }
+    Ok(out)
 }
 
 impl Sources {
@@ -314,12 +339,14 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(config: &Config) -> Store {
+    /// Fails only when the config's upstream TLS cannot be set up (a CA file).
+    pub fn new(config: &Config) -> Result<Store, String> {
         let registry = Registry::default();
         let sources = Sources {
             config: config.clone(),
             discovered: AHashMap::new(),
             retired: Vec::new(),
+            tls: tls_clients(config)?,
         };
         for b in &config.backends {
             for s in &b.servers {
@@ -340,7 +367,7 @@ impl Store {
             discovery: Discovery::default(),
         };
         store.health.sync(&store.load());
-        store
+        Ok(store)
     }
 
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
@@ -365,9 +392,24 @@ impl Store {
     /// Puts a new config in force. Servers that stay keep their counters, health and
     /// sessions; new ones with health checks wait for their first good probe; removed
     /// ones drain.
-    pub fn apply(&self, config: &Config) {
+    pub fn apply(&self, config: &Config) -> Result<(), String> {
+        let prepared = self.prepare(config)?;
+        self.commit(config, prepared);
+        Ok(())
+    }
+
+    /// The part of applying a config that can fail (reading CA files), done before
+    /// anything changes.
+    pub fn prepare(&self, config: &Config) -> Result<Prepared, String> {
+        Ok(Prepared(tls_clients(config)?))
+    }
+
+    /// Puts a prepared config in force; cannot fail.
+    pub fn commit(&self, config: &Config, prepared: Prepared) {
+        let tls = prepared.0;
         let mut sources = self.lock();
         sources.config = config.clone();
+        sources.tls = tls;
         self.rebuild(&mut sources);
     }
 
@@ -506,13 +548,13 @@ mod tests {
 
     #[test]
     fn removed_server_drains_its_sessions_then_disappears() {
-        let store = Store::new(&config(&["a", "b"]));
+        let store = Store::new(&config(&["a", "b"])).unwrap();
         let b_stats = Arc::clone(&store.load().backends[0].server("b").unwrap().stats);
         let session = crate::backends::SessionGuard::session(
             Arc::clone(&b_stats),
             crate::engineio::Transport::WebSocket,
         );
-        store.apply(&config(&["a"]));
+        store.apply(&config(&["a"])).unwrap();
         {
             let snap = store.load();
             let backend = &snap.backends[0];
@@ -540,14 +582,14 @@ mod tests {
 
     #[test]
     fn server_back_in_the_config_is_ready_again_with_its_counters() {
-        let store = Store::new(&config(&["a", "b"]));
+        let store = Store::new(&config(&["a", "b"])).unwrap();
         let before = Arc::clone(&store.load().backends[0].server("b").unwrap().stats);
         let _s = crate::backends::SessionGuard::session(
             Arc::clone(&before),
             crate::engineio::Transport::Polling,
         );
-        store.apply(&config(&["a"]));
-        store.apply(&config(&["a", "b"]));
+        store.apply(&config(&["a"])).unwrap();
+        store.apply(&config(&["a", "b"])).unwrap();
         let snap = store.load();
         let b = snap.backends[0].server("b").unwrap();
         assert!(Arc::ptr_eq(&b.stats, &before));
@@ -558,7 +600,8 @@ mod tests {
     #[test]
     fn full_servers_and_a_full_backend_take_no_new_sessions() {
         let yaml = "listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  b:\n    max_connections: 3\n    servers:\n      - { id: a, addr: \"127.0.0.1:1\", max_connections: 1 }\n      - { id: c, addr: \"127.0.0.1:2\" }\n";
-        let store = Store::new(&crate::config::parse(yaml, std::path::Path::new("<t>")).unwrap());
+        let store =
+            Store::new(&crate::config::parse(yaml, std::path::Path::new("<t>")).unwrap()).unwrap();
         let snap = store.load();
         let backend = &snap.backends[0];
         let mut held = Vec::new();
@@ -579,7 +622,8 @@ mod tests {
     #[test]
     fn returning_server_slow_starts() {
         let yaml = "listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  b:\n    slow_start: 60s\n    servers:\n      - { id: a, addr: \"127.0.0.1:1\" }\n      - { id: c, addr: \"127.0.0.1:2\" }\n";
-        let store = Store::new(&crate::config::parse(yaml, std::path::Path::new("<t>")).unwrap());
+        let store =
+            Store::new(&crate::config::parse(yaml, std::path::Path::new("<t>")).unwrap()).unwrap();
         let snap = store.load();
         let backend = &snap.backends[0];
         let on_c = |backend: &Backend| {

@@ -87,3 +87,55 @@ fn a_missing_file_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tether.yaml"));
 }
+
+#[test]
+fn cert_writes_a_dev_ca_and_a_certificate_tether_can_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let run = tether(&[
+        "cert",
+        "--out",
+        out.to_str().unwrap(),
+        "--name",
+        "localhost",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        assert!(out.join(f).exists(), "{f} written");
+    }
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{ cert: \"{}\", key: \"{}\" }}\nbackends:\n  b:\n    servers: [{{ id: a, addr: \"127.0.0.1:1\" }}]\n",
+        out.join("cert.pem").display(),
+        out.join("key.pem").display()
+    );
+    let path = write(dir.path(), "tls.yaml", &yaml);
+    // `check` validates the file; `run` would load the pair: do it through the library.
+    assert!(tether(&["check", "--config", &path]).status.success());
+    let config = tether::config::load(Path::new(&path)).unwrap();
+    let tls = config.listeners[0].tls.as_ref().unwrap();
+    assert!(tether::listener::tls::acceptor(tls).is_ok());
+    // `check` reads the pair too: a key that does not match is caught before `run`.
+    let other = dir.path().join("other");
+    assert!(tether(&["cert", "--out", other.to_str().unwrap()])
+        .status
+        .success());
+    let mismatched = yaml.replace(
+        &out.join("key.pem").display().to_string(),
+        &other.join("key.pem").display().to_string(),
+    );
+    let bad = write(dir.path(), "bad.yaml", &mismatched);
+    let out_bad = tether(&["check", "--config", &bad]);
+    assert!(!out_bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&out_bad.stderr).contains("key.pem"),
+        "{}",
+        String::from_utf8_lossy(&out_bad.stderr)
+    );
+    // It will not overwrite without --force.
+    let again = tether(&["cert", "--out", out.to_str().unwrap()]);
+    assert!(!again.status.success());
+}

@@ -474,3 +474,76 @@ async fn plain_listener_redirects_to_https_and_tls_answers_carry_hsts() {
     );
     tether.stop().await;
 }
+
+/// A TLS-only upstream: answers every request with `tls-upstream <path>`.
+async fn tls_upstream(pki: &Pki) -> SocketAddr {
+    let (c, k) = pki.issue("upstream", &["localhost"]);
+    let cfg = tether::config::TlsConfig {
+        certificates: vec![tether::config::CertPair {
+            cert: c,
+            key: k,
+            default: true,
+        }],
+        hsts: None,
+    };
+    let acceptor = tether::listener::tls::acceptor(&cfg).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = format!("tls-upstream {}", req.uri().path());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_upstream_servers_verifies_them_with_the_configured_ca() {
+    let pki = Pki::new();
+    let upstream = tls_upstream(&pki).await;
+    let ca = pki.dir.path().join("ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    let yaml = |ca: &Path| {
+        format!(
+            "listeners:\n  - bind: \"127.0.0.1:0\"\nbackends:\n  secure:\n    \
+             tls: {{ ca: \"{}\", server_name: localhost }}\n    \
+             health: {{ path: /health, interval: 200ms, timeout: 500ms }}\n    \
+             servers:\n      - {{ id: s1, addr: \"{upstream}\" }}\n",
+            ca.display()
+        )
+    };
+    let tether = TetherHandle::start(&yaml(&ca)).await;
+    let r = get(tether.addr, None, "/hello", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "tls-upstream /hello"));
+    // Health probes speak TLS too: the server stays up.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let snap = tether.store.load();
+    let s1 = snap.backends[0].server("s1").unwrap();
+    assert_eq!(s1.stats.condition.health(), tether::backends::Health::Up);
+    tether.stop().await;
+
+    // A CA that did not issue the upstream's certificate: refused.
+    let other = Pki::new();
+    let other_ca = other.dir.path().join("ca.pem");
+    std::fs::write(&other_ca, other.ca_pem()).unwrap();
+    let tether = TetherHandle::start(&yaml(&other_ca)).await;
+    let r = get(tether.addr, None, "/hello", &[]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    tether.stop().await;
+}

@@ -7,16 +7,16 @@
 //! the task (still keeping the health).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use ahash::AHashMap;
 use http::uri::Authority;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Health, ServerStats};
 use crate::config::{HealthConfig, HealthMode};
+use crate::proxy::upstream::TlsUpstream;
 use crate::snapshot::Snapshot;
 
 /// The most of a health response read: the status line is all that matters.
@@ -27,7 +27,16 @@ type Key = (Arc<str>, Arc<str>);
 struct Running {
     config: HealthConfig,
     addr: Authority,
+    tls: Option<Arc<TlsUpstream>>,
     stop: CancellationToken,
+}
+
+fn same_tls(a: &Option<Arc<TlsUpstream>>, b: &Option<Arc<TlsUpstream>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
 }
 
 /// Owns the probe tasks; [`HealthChecks::sync`] after every snapshot change.
@@ -54,23 +63,24 @@ impl HealthChecks {
                 let key: Key = (Arc::clone(&backend.name), Arc::clone(&server.id));
                 wanted.insert(key.clone(), ());
                 if let Some(r) = tasks.get(&key) {
-                    if r.config == *cfg && r.addr == server.addr {
+                    if r.config == *cfg && r.addr == server.addr && same_tls(&r.tls, &backend.tls) {
                         continue;
                     }
                     r.stop.cancel();
                 }
                 let stop = CancellationToken::new();
-                tokio::spawn(run(
-                    cfg.clone(),
-                    server.addr.clone(),
-                    Arc::clone(&server.stats),
-                    stop.clone(),
-                ));
+                let probe = Probe {
+                    config: cfg.clone(),
+                    addr: server.addr.clone(),
+                    tls: backend.tls.clone(),
+                };
+                tokio::spawn(run(probe, Arc::clone(&server.stats), stop.clone()));
                 tasks.insert(
                     key,
                     Running {
                         config: cfg.clone(),
                         addr: server.addr.clone(),
+                        tls: backend.tls.clone(),
                         stop,
                     },
                 );
@@ -99,7 +109,16 @@ impl Drop for HealthChecks {
     }
 }
 
-async fn run(cfg: HealthConfig, addr: Authority, stats: Arc<ServerStats>, stop: CancellationToken) {
+/// One server's check: what to probe and how to reach it.
+pub struct Probe {
+    pub config: HealthConfig,
+    pub addr: Authority,
+    /// The backend's TLS, when its servers speak only TLS.
+    pub tls: Option<Arc<TlsUpstream>>,
+}
+
+async fn run(p: Probe, stats: Arc<ServerStats>, stop: CancellationToken) {
+    let cfg = &p.config;
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut passes, mut fails) = (0u32, 0u32);
@@ -110,7 +129,7 @@ async fn run(cfg: HealthConfig, addr: Authority, stats: Arc<ServerStats>, stop: 
         }
         let verdict = tokio::select! {
             _ = stop.cancelled() => return,
-            v = probe(&cfg, &addr) => v,
+            v = probe(&p) => v,
         };
         let condition = &stats.condition;
         match verdict {
@@ -160,17 +179,34 @@ pub fn flip(stats: &ServerStats, to: Health, why: &str) {
 }
 
 /// One probe, bounded by the check's timeout. `Err` says why it failed.
-pub async fn probe(cfg: &HealthConfig, addr: &Authority) -> Result<(), String> {
-    match tokio::time::timeout(cfg.timeout, probe_inner(&cfg.mode, addr)).await {
+pub async fn probe(p: &Probe) -> Result<(), String> {
+    let cfg = &p.config;
+    match tokio::time::timeout(cfg.timeout, probe_inner(p)).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
     }
 }
 
-async fn probe_inner(mode: &HealthMode, addr: &Authority) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr.as_str())
+async fn probe_inner(p: &Probe) -> Result<(), String> {
+    let stream = TcpStream::connect(p.addr.as_str())
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    match &p.tls {
+        None => probe_over(stream, &p.config.mode, &p.addr).await,
+        Some(tls) => {
+            let stream = tls
+                .connect(&p.addr, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            probe_over(stream, &p.config.mode, &p.addr).await
+        }
+    }
+}
+
+async fn probe_over<IO>(mut stream: IO, mode: &HealthMode, addr: &Authority) -> Result<(), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let (path, expect) = match mode {
         HealthMode::Tcp => return Ok(()),
         HealthMode::Http {
@@ -215,14 +251,10 @@ fn status_of(head: &[u8]) -> Option<u16> {
     parts.next()?.parse().ok()
 }
 
-/// How long after `start` a check task needs to move a server down: `fall` probes.
-pub fn detection_time(cfg: &HealthConfig) -> Duration {
-    cfg.interval * cfg.fall + cfg.timeout
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::net::TcpListener;
 
     #[test]
@@ -269,11 +301,16 @@ mod tests {
                 expect_status: 200,
             })
         };
+        let p = |config, addr| Probe {
+            config,
+            addr,
+            tls: None,
+        };
         assert_eq!(
-            probe(&http("/health"), &answer_with("200 OK").await).await,
+            probe(&p(http("/health"), answer_with("200 OK").await)).await,
             Ok(())
         );
-        let err = probe(&http("/health"), &answer_with("503 Nope").await).await;
+        let err = probe(&p(http("/health"), answer_with("503 Nope").await)).await;
         assert!(err.unwrap_err().contains("503"));
     }
 
@@ -281,9 +318,14 @@ mod tests {
     async fn tcp_probe_fails_on_a_closed_port() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: Authority = l.local_addr().unwrap().to_string().parse().unwrap();
-        assert_eq!(probe(&cfg(HealthMode::Tcp), &addr).await, Ok(()));
+        let p = Probe {
+            config: cfg(HealthMode::Tcp),
+            addr,
+            tls: None,
+        };
+        assert_eq!(probe(&p).await, Ok(()));
         drop(l);
-        assert!(probe(&cfg(HealthMode::Tcp), &addr).await.is_err());
+        assert!(probe(&p).await.is_err());
     }
 
     #[tokio::test]
@@ -294,12 +336,12 @@ mod tests {
         drop(l);
         let stats = Arc::new(ServerStats::new("b".into(), "s".into()));
         let stop = CancellationToken::new();
-        tokio::spawn(run(
-            cfg(HealthMode::Tcp),
+        let p = Probe {
+            config: cfg(HealthMode::Tcp),
             addr,
-            Arc::clone(&stats),
-            stop.clone(),
-        ));
+            tls: None,
+        };
+        tokio::spawn(run(p, Arc::clone(&stats), stop.clone()));
         let wait_for = |want: Health| {
             let stats = Arc::clone(&stats);
             async move {

@@ -307,10 +307,18 @@ impl Proxy {
             let t = &backend.timeouts;
             let sent = if upgrade {
                 self.upstream
-                    .send_upgrade(target.server, req, t.connect, t.response)
+                    .send_upgrade(
+                        target.server,
+                        req,
+                        t.connect,
+                        t.response,
+                        backend.tls.as_deref(),
+                    )
                     .await
             } else {
-                self.upstream.send(target.server, req, t.response).await
+                self.upstream
+                    .send(target.server, req, t.response, backend.tls.as_deref())
+                    .await
             };
             let e = match sent {
                 Ok(resp) => {
@@ -323,10 +331,14 @@ impl Proxy {
             match (target.placed, &replay) {
                 (Some(i), Some(_)) if e.is_connect() => {
                     tried.push(i);
-                    tracing::info!(server = %target.server.id, error = %e, "new session retried on another server");
+                    // Nowhere else to go: the client learns why the last try failed.
+                    let Ok(next) = self.place_new(backend, placement_key, engine_io, &tried) else {
+                        return Err(e);
+                    };
+                    tracing::info!(from = %target.server.id, to = %next.server.id, error = %e, "new session retried on another server");
                     metrics::counter!(crate::telemetry::PLACEMENT_RETRIES, "backend" => backend.name.to_string())
                         .increment(1);
-                    *target = self.place_new(backend, placement_key, engine_io, &tried)?;
+                    *target = next;
                 }
                 _ => return Err(e),
             }
