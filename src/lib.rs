@@ -24,6 +24,8 @@
 //! - [`admin`] serves the operator's API: `/status`, `/metrics`, reload, drain.
 //! - [`telemetry`] sets up logging and names the metrics.
 //! - [`certs`] makes a development CA and certificates it signs (`tether cert`, tests).
+//! - [`pool`] real Socket.IO nodes (socketioxide) to balance: `tether node`, the demo
+//!   chat application, adapters over Redis or an in-process bus.
 
 pub mod admin;
 pub mod affinity;
@@ -33,6 +35,7 @@ pub mod certs;
 pub mod config;
 pub mod engineio;
 pub mod listener;
+pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;

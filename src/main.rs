@@ -47,6 +47,85 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run one Socket.IO node (socketioxide) with the demo chat application. Prints
+    /// {"event":"listening","port":N,"id":"..."} once serving; SIGTERM drains then stops.
+    Node {
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Node id, sent in `x-node-id` (default node-<port>).
+        #[arg(long)]
+        id: Option<String>,
+        /// Share rooms and broadcasts through this Redis (>= 7), e.g.
+        /// redis://127.0.0.1:6379 or redis+unix:///path/redis.sock; default: no adapter.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+        /// How to use Redis.
+        #[arg(long, value_enum, requires = "redis", default_value = "redis")]
+        adapter: NodeAdapter,
+        /// Engine.IO ping interval in milliseconds (default 25000).
+        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+        ping_interval: Option<u64>,
+        /// Engine.IO ping timeout in milliseconds (default 20000).
+        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+        ping_timeout: Option<u64>,
+    },
+    /// Run N nodes as supervised child processes (restarted with back-off when they
+    /// die); signals are forwarded and all of them stop with the pool.
+    Pool {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Port of the first node; the others follow.
+        #[arg(long, default_value_t = 3001)]
+        base_port: u16,
+        /// Redis (>= 7) the nodes share; default: none (each node alone).
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+        #[arg(long, value_enum, requires = "redis", default_value = "redis")]
+        adapter: NodeAdapter,
+    },
+    /// A Socket.IO cluster on this machine in one command: 3 nodes, tether in front
+    /// (plain and TLS), the admin dashboard, the chat page.
+    Demo {
+        /// Redis the nodes share (as child processes); default: a Redis answering on
+        /// 127.0.0.1:6379, else in-process nodes over an in-process adapter.
+        #[arg(long, value_name = "URL", conflicts_with = "no_redis")]
+        redis: Option<String>,
+        /// Never use a Redis, even one running locally.
+        #[arg(long)]
+        no_redis: bool,
+        /// Plain HTTP port of tether (0: any).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// TLS port of tether (0: any).
+        #[arg(long, default_value_t = 8443)]
+        tls_port: u16,
+        /// Admin port on 127.0.0.1 (0: any).
+        #[arg(long, default_value_t = 9900)]
+        admin_port: u16,
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Port of the first node (0: any free ports; in-process nodes only).
+        #[arg(long, default_value_t = 3001)]
+        base_port: u16,
+        /// Where to write the generated certificate (default: a tether-demo directory
+        /// in the system temp directory).
+        #[arg(long)]
+        cert_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NodeAdapter {
+    /// Redis pub/sub (socketioxide-redis).
+    Redis,
+    /// Redis Streams.
+    RedisStreams,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +135,52 @@ fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Run { config } => run(config),
         Command::Cert { out, names, force } => cert(out, names, force),
+        Command::Node {
+            port,
+            bind,
+            id,
+            redis,
+            adapter,
+            ping_interval,
+            ping_timeout,
+        } => node(
+            std::net::SocketAddr::new(bind, port),
+            id,
+            redis.map(|url| match adapter {
+                NodeAdapter::Redis => tether::pool::node::AdapterChoice::RedisPubSub { url },
+                NodeAdapter::RedisStreams => {
+                    tether::pool::node::AdapterChoice::RedisStreams { url }
+                }
+            }),
+            ping_interval.map(std::time::Duration::from_millis),
+            ping_timeout.map(std::time::Duration::from_millis),
+        ),
+        Command::Pool {
+            nodes,
+            base_port,
+            redis,
+            adapter,
+        } => pool(nodes, base_port, redis, adapter),
+        Command::Demo {
+            redis,
+            no_redis,
+            port,
+            tls_port,
+            admin_port,
+            nodes,
+            base_port,
+            cert_dir,
+        } => demo(tether::pool::demo::DemoOptions {
+            redis,
+            no_redis,
+            http: ([127, 0, 0, 1], port).into(),
+            https: ([127, 0, 0, 1], tls_port).into(),
+            admin: ([127, 0, 0, 1], admin_port).into(),
+            base_port,
+            nodes,
+            cert_dir: cert_dir.unwrap_or_else(|| std::env::temp_dir().join("tether-demo")),
+            exe: std::env::current_exe().unwrap_or_else(|_| "tether".into()),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,4 +271,86 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     // Tasks still parked (a health probe mid-connect) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(())
+}
+
+fn node(
+    bind: std::net::SocketAddr,
+    id: Option<String>,
+    adapter: Option<tether::pool::node::AdapterChoice>,
+    ping_interval: Option<std::time::Duration>,
+    ping_timeout: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let opts = tether::pool::node::NodeOptions {
+        bind,
+        // Empty: node-<port>, once the port is known.
+        id: id.unwrap_or_default(),
+        adapter: adapter.unwrap_or(tether::pool::node::AdapterChoice::Local),
+        ping_interval,
+        ping_timeout,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(tether::pool::node::run_until_signal(opts))?;
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(())
+}
+
+fn adapter_args(redis: Option<String>, adapter: NodeAdapter) -> Vec<String> {
+    match redis {
+        None => Vec::new(),
+        Some(url) => {
+            let kind = match adapter {
+                NodeAdapter::Redis => "redis",
+                NodeAdapter::RedisStreams => "redis-streams",
+            };
+            vec!["--redis".into(), url, "--adapter".into(), kind.into()]
+        }
+    }
+}
+
+/// A runtime whose work stops on the first SIGINT/SIGTERM (a second exits at once).
+fn with_signals<F, Fut>(f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(tether::shutdown::on_signal(stop.clone()));
+        f(stop).await
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
+}
+
+fn pool(
+    nodes: usize,
+    base_port: u16,
+    redis: Option<String>,
+    adapter: NodeAdapter,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the tether executable")?;
+    let opts = tether::pool::supervisor::PoolOptions::consecutive(
+        exe,
+        nodes,
+        base_port,
+        &adapter_args(redis, adapter),
+    );
+    with_signals(|stop| async move {
+        tether::pool::supervisor::run(opts, stop).await;
+        Ok(())
+    })
+}
+
+fn demo(opts: tether::pool::demo::DemoOptions) -> anyhow::Result<()> {
+    with_signals(|stop| async move {
+        tether::pool::demo::run(opts, stop).await?;
+        Ok(())
+    })
 }

@@ -36,19 +36,38 @@ fn require_node_modules() {
 /// timing honest.
 pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A real redis-server on a unix socket in a temp dir, killed on drop.
+/// A real redis-server on a unix socket in a temp dir, killed on drop. With
+/// [`Redis::start_tcp`], also on a loopback TCP port (the Rust nodes connect over TCP).
 pub struct Redis {
     child: Child,
     pub socket: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Loopback TCP port, or 0 when started with a unix socket only.
+    pub port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
     pub async fn start() -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, 0).await
+    }
+
+    /// On a free loopback port as well.
+    pub async fn start_tcp() -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        Self::start_in(dir, port).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, port: u16) -> Redis {
         let socket = dir.path().join("redis.sock");
+        let _ = std::fs::remove_file(&socket);
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(&socket)
             .arg("--dir")
@@ -62,12 +81,41 @@ impl Redis {
                 return Redis {
                     child,
                     socket,
-                    _dir: dir,
+                    port,
+                    dir,
                 };
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("redis-server did not open {}", socket.display());
+    }
+
+    /// The URL the Rust nodes use (RESP3, which socketioxide-redis needs).
+    pub fn url(&self) -> String {
+        assert!(self.port != 0, "start the Redis with start_tcp()");
+        format!("redis://127.0.0.1:{}/?protocol=resp3", self.port)
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts it again on the same port and socket (after [`Redis::kill`]).
+    pub async fn restart(self) -> Redis {
+        let Redis { dir, port, .. } = self;
+        Self::start_in(dir, port).await
+    }
+
+    /// Runs `redis-cli` against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("redis-cli (installed with redis-server)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -87,8 +135,19 @@ impl NodeServer {
         if let Some(r) = redis {
             cmd.arg("--redis-socket").arg(&r.socket);
         }
-        cmd.args(extra)
-            .stdin(Stdio::piped())
+        cmd.args(extra);
+        Self::spawn_cmd(id, cmd).await
+    }
+
+    /// A bundled Rust node (`tether node`) on a free port.
+    pub async fn spawn_rust(id: &str, args: &[&str]) -> NodeServer {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+        cmd.args(["node", "--port", "0", "--id", id]).args(args);
+        Self::spawn_cmd(id, cmd).await
+    }
+
+    async fn spawn_cmd(id: &str, mut cmd: Command) -> NodeServer {
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("node must be installed");
@@ -282,9 +341,27 @@ pub struct Soak {
 impl Soak {
     /// Starts the soak and waits for its `ready` line.
     pub async fn start(options: serde_json::Value) -> (Soak, serde_json::Value) {
+        Self::start_script("soak.js", options).await
+    }
+
+    /// Another long-running script of tests/node speaking the same line protocol
+    /// (`ready` first; `report`/`stop` on stdin; `final` last), e.g. crossnode.js.
+    pub async fn start_script(
+        script: &str,
+        options: serde_json::Value,
+    ) -> (Soak, serde_json::Value) {
+        Self::start_script_until(script, options, "ready").await
+    }
+
+    /// Starts a script and waits for its first `event` line.
+    pub async fn start_script_until(
+        script: &str,
+        options: serde_json::Value,
+        event: &str,
+    ) -> (Soak, serde_json::Value) {
         require_node_modules();
         let mut child = Command::new("node")
-            .arg(node_dir().join("soak.js"))
+            .arg(node_dir().join(script))
             .arg(options.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -299,11 +376,20 @@ impl Soak {
             stdin,
             lines,
         };
-        let ready = soak.next_event("ready", Duration::from_secs(60)).await;
+        let ready = soak.next_event(event, Duration::from_secs(90)).await;
         (soak, ready)
     }
 
-    async fn next_event(&mut self, event: &str, limit: Duration) -> serde_json::Value {
+    /// Sends a line to the script's stdin.
+    pub async fn send(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("script stdin");
+    }
+
+    /// Waits for the next line whose `event` is `event`.
+    pub async fn next_event(&mut self, event: &str, limit: Duration) -> serde_json::Value {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let line = tokio::time::timeout_at(deadline, self.lines.next_line())
@@ -332,6 +418,28 @@ impl Soak {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
         v
     }
+}
+
+/// Runs a one-shot script of tests/node (e.g. crossnode.js in `rooms` mode) and returns
+/// its last JSON line.
+pub async fn node_script(script: &str, options: serde_json::Value) -> serde_json::Value {
+    require_node_modules();
+    let out = Command::new("node")
+        .arg(node_dir().join(script))
+        .arg(options.to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{script} printed no report ({:?}):\n{stdout}", out.status));
+    serde_json::from_str(last).expect("report is JSON")
 }
 
 /// Runs tests/node/swarm.js with `options` and returns its JSON report.

@@ -1,0 +1,197 @@
+//! `tether demo`: a Socket.IO cluster on a laptop with one command — three nodes, tether
+//! in front of them (plain and TLS, with a generated certificate), the admin dashboard,
+//! and the chat page. With a Redis (given, or answering on 127.0.0.1:6379) the nodes are
+//! child processes sharing it, so one can be killed to watch clients move; without one
+//! they run in this process over an in-process bus, needing nothing installed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::certs;
+use crate::pool::drivers::memory::MemoryBus;
+use crate::pool::node::{self, AdapterChoice, NodeOptions, RunningNode};
+use crate::pool::supervisor::{self, PoolOptions};
+use crate::server::Tether;
+
+/// Where a local Redis is looked for when none is given.
+pub const LOCAL_REDIS: &str = "127.0.0.1:6379";
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Redis URL; `None`: try [`LOCAL_REDIS`], else run in-process.
+    pub redis: Option<String>,
+    /// Never look for a local Redis (tests).
+    pub no_redis: bool,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    /// First node port (0: any free ports; in-process only).
+    pub base_port: u16,
+    pub nodes: usize,
+    /// Where the generated certificate goes.
+    pub cert_dir: PathBuf,
+    /// The `tether` executable, for child-process nodes.
+    pub exe: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("generating the demo certificate: {0}")]
+    Cert(String),
+    #[error("starting a node: {0}")]
+    Node(String),
+    #[error("starting tether: {0}")]
+    Tether(String),
+}
+
+/// Whether something answers PING like a Redis at `addr`.
+async fn redis_answers(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).await.ok()?;
+        Some(&buf == b"+PONG\r\n")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), probe).await,
+        Ok(Some(true))
+    )
+}
+
+/// Runs the demo until `stop`; prints what to open.
+pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoError> {
+    let redis = match (&opts.redis, opts.no_redis) {
+        (Some(url), _) => Some(url.clone()),
+        (None, false) if redis_answers(LOCAL_REDIS).await => {
+            Some(format!("redis://{LOCAL_REDIS}/?protocol=resp3"))
+        }
+        _ => None,
+    };
+
+    // Nodes: child processes sharing Redis, or in-process over one bus.
+    let mut in_process: Vec<RunningNode> = Vec::new();
+    let mut pool = None;
+    let servers: Vec<(String, SocketAddr)> = match &redis {
+        Some(url) => {
+            let base = if opts.base_port == 0 {
+                3001
+            } else {
+                opts.base_port
+            };
+            let args = vec!["--redis".to_owned(), url.clone()];
+            let pool_opts = PoolOptions::consecutive(opts.exe.clone(), opts.nodes, base, &args);
+            let list = pool_opts
+                .nodes
+                .iter()
+                .map(|n| (n.id.clone(), SocketAddr::from(([127, 0, 0, 1], n.port))))
+                .collect();
+            pool = Some(tokio::spawn(supervisor::run(pool_opts, stop.child_token())));
+            list
+        }
+        None => {
+            let bus = MemoryBus::new();
+            for i in 0..opts.nodes {
+                let port = if opts.base_port == 0 {
+                    0
+                } else {
+                    opts.base_port + i as u16
+                };
+                let n = node::start(NodeOptions {
+                    bind: SocketAddr::from(([127, 0, 0, 1], port)),
+                    id: format!("node-{}", i + 1),
+                    adapter: AdapterChoice::Memory(Arc::clone(&bus)),
+                    ping_interval: None,
+                    ping_timeout: None,
+                })
+                .await
+                .map_err(|e| DemoError::Node(e.to_string()))?;
+                in_process.push(n);
+            }
+            in_process
+                .iter()
+                .map(|n| (n.id().to_owned(), n.addr()))
+                .collect()
+        }
+    };
+
+    let cert = certs::generate_dev_cert(&["localhost", "127.0.0.1"])
+        .map_err(|e| DemoError::Cert(e.to_string()))?;
+    let paths = cert
+        .write(&opts.cert_dir)
+        .map_err(|e| DemoError::Cert(format!("{}: {e}", opts.cert_dir.display())))?;
+
+    let mut yaml = format!(
+        "listeners:\n  - bind: \"{}\"\n  - bind: \"{}\"\n    tls:\n      certificates:\n        - {{ cert: \"{}\", key: \"{}\", default: true }}\n\
+         admin:\n  bind: \"{}\"\nbackends:\n  chat:\n    health: {{ path: /health, interval: 1s, timeout: 1s, rise: 1, fall: 2 }}\n    servers:\n",
+        opts.http,
+        opts.https,
+        paths.cert.display(),
+        paths.key.display(),
+        opts.admin
+    );
+    for (id, addr) in &servers {
+        yaml.push_str(&format!("      - {{ id: {id}, addr: \"{addr}\" }}\n"));
+    }
+    let config = crate::config::parse(&yaml, std::path::Path::new("<demo>"))
+        .map_err(|e| DemoError::Tether(e.to_string()))?;
+    let tether = Tether::bind(config)
+        .await
+        .map_err(|e| DemoError::Tether(e.to_string()))?;
+    let addrs = tether.local_addrs();
+    let admin = tether.admin_addr();
+    let (http, https) = (addrs[0], addrs[1]);
+    println!();
+    println!(
+        "  tether demo: {} Socket.IO nodes behind tether ({})",
+        servers.len(),
+        if redis.is_some() {
+            "Redis adapter, child processes"
+        } else {
+            "in-process adapter, no Redis needed"
+        }
+    );
+    println!("  chat page    http://localhost:{}/", http.port());
+    println!(
+        "  over TLS     https://localhost:{}/   (trust {} or accept the warning)",
+        https.port(),
+        paths.ca.display()
+    );
+    if let Some(a) = admin {
+        println!("  dashboard    http://{a}/");
+    }
+    for (id, addr) in &servers {
+        println!("  {id}       http://{addr}/");
+    }
+    if redis.is_some() {
+        println!("  kill a node (its pid is printed above) and watch its clients move; the pool restarts it");
+    } else {
+        println!(
+            "  take a node out: curl -X POST http://{}/backends/chat/servers/node-2/maint",
+            admin.map_or(opts.admin, |a| a)
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "event": "demo", "http": http.to_string(), "https": https.to_string(),
+            "admin": admin.map(|a| a.to_string()), "ca": paths.ca.display().to_string(),
+            "nodes": servers.iter().map(|(i, a)| serde_json::json!({"id": i, "addr": a.to_string()})).collect::<Vec<_>>() })
+    );
+    let token = tether.shutdown_token();
+    let run = tokio::spawn(tether.run());
+    stop.cancelled().await;
+    token.cancel();
+    let _ = run.await;
+    for n in in_process {
+        n.stop().await;
+    }
+    if let Some(p) = pool {
+        let _ = p.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! A real browser (headless Debian chromium, driven by playwright-core from
+//! tests/node/browser.js) on the demo chat page through tether over TLS, and the real
+//! socket.io-client bundle in a blank page.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+/// Three Rust nodes sharing a Redis, behind a TLS listener.
+struct TlsCluster {
+    _redis: Redis,
+    nodes: Vec<NodeServer>,
+    tether: TetherHandle,
+    _certs: tempfile::TempDir,
+}
+
+async fn tls_cluster() -> TlsCluster {
+    let redis = Redis::start_tcp().await;
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        nodes.push(NodeServer::spawn_rust(&format!("node-{i}"), &["--redis", &url]).await);
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let paths = tether::certs::generate_dev_cert(&["localhost"])
+        .unwrap()
+        .write(certs.path())
+        .unwrap();
+    let mut yaml = format!(
+        "listeners:\n  - bind: \"127.0.0.1:0\"\n    tls:\n      certificates:\n        - {{ cert: \"{}\", key: \"{}\" }}\n\
+         backends:\n  chat:\n    health: {{ path: /health, interval: 500ms, timeout: 400ms, fall: 2 }}\n    servers:\n",
+        paths.cert.display(),
+        paths.key.display()
+    );
+    for n in &nodes {
+        yaml.push_str(&format!(
+            "      - {{ id: {}, addr: \"{}\" }}\n",
+            n.id, n.addr
+        ));
+    }
+    let tether = TetherHandle::start(&yaml).await;
+    TlsCluster {
+        _redis: redis,
+        nodes,
+        tether,
+        _certs: certs,
+    }
+}
+
+fn https(addr: SocketAddr) -> String {
+    format!("https://localhost:{}", addr.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_page_crosses_nodes_and_survives_a_killed_node_in_a_real_browser() {
+    let _heavy = HEAVY.lock().await;
+    let c = tls_cluster().await;
+    let shot = std::env::temp_dir().join("tether-browser-chat.png");
+    let (mut b, kill) = Soak::start_script_until(
+        "browser.js",
+        json!({ "mode": "chat", "url": format!("{}/", https(c.tether.addr)), "screenshot": shot }),
+        "kill",
+    )
+    .await;
+    let victim = kill["node"].as_str().expect("node to kill").to_owned();
+    let node = c
+        .nodes
+        .iter()
+        .find(|n| n.id == victim)
+        .unwrap_or_else(|| panic!("unknown node {victim}"));
+    node.signal("KILL");
+    b.send("killed").await;
+    let fin = b.next_event("final", Duration::from_secs(60)).await;
+    println!("browser chat: {fin}");
+    let nodes: Vec<&str> = fin["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(nodes.len(), 2, "{fin}");
+    assert_ne!(
+        nodes[0], nodes[1],
+        "the two contexts on different nodes: {fin}"
+    );
+    assert_eq!(fin["delivered"], true, "{fin}");
+    let moved = fin["reconnectedTo"].as_str().unwrap_or("");
+    assert!(!moved.is_empty() && moved != victim, "{fin}");
+    assert_eq!(fin["deliveredAfter"], true, "{fin}");
+    assert!(shot.exists(), "screenshot written to {}", shot.display());
+    println!("screenshot: {}", shot.display());
+    c.tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_socket_io_client_bundle_upgrades_through_tether_in_a_browser() {
+    let _heavy = HEAVY.lock().await;
+    let c = tls_cluster().await;
+    let bundle = repo().join("tests/node/node_modules/socket.io-client/dist/socket.io.min.js");
+    let r = node_script(
+        "browser.js",
+        json!({ "mode": "socketio-client", "url": https(c.tether.addr), "bundle": bundle }),
+    )
+    .await;
+    println!("socket.io-client in chromium: {r}");
+    assert_eq!(r["connected"], true, "{r}");
+    assert_eq!(r["upgraded"], true, "{r}");
+    assert_eq!(r["transport"], "websocket", "{r}");
+    assert_eq!(r["echoOk"], true, "{r}");
+    c.tether.stop().await;
+}

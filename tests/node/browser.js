@@ -1,0 +1,421 @@
+#!/usr/bin/env node
+// A real browser for tether's tests: headless Debian chromium (/usr/bin/chromium, installed by
+// tests/setup.sh) driven by playwright-core (no browser download: we point it at the system
+// binary).
+//
+//   node browser.js '<json options>'
+//
+// Prints JSON lines on stdout; the last one is the report, {"event":"final", ...}. Exits 0
+// whenever it ran, whatever it found (assertions are the caller's), 2 on bad options, 1 when the
+// browser cannot be started. Diagnostics go to stderr.
+//
+// Certificates: tether's tests serve a dev certificate that chromium does not trust, so every
+// browser context is created with `ignoreHTTPSErrors: true` (certificate errors are accepted for
+// that context only; TLS itself, ALPN and the WebSocket upgrade are real).
+//
+// Common options:
+//   url            the page / server, e.g. "https://localhost:8443/"            (required)
+//   chromium       the browser binary (default $TETHER_CHROMIUM or /usr/bin/chromium)
+//   timeoutMs      how long to wait for a page to be connected (default 20000)
+//
+// Mode "chat": the demo chat page in two browser contexts (A and B).
+//   screenshot         PNG path: A and B side by side after the run (optional)
+//   maxTries           new contexts for B until A and B are on different nodes (default 10)
+//   kill               false: skip the kill phase (default true)
+//   killUrl            instead of asking on stdin, POST to this URL ("{node}" in it is replaced by
+//                      the node's id) and go on once it answers 2xx
+//   reconnectTimeoutMs how long B may take to show another node after the kill (default 15000)
+//   Steps: both pages connected (#status data-state "connected" and #node set); B recreated until
+//   it is on another node than A; A sends a message, B must show it; then the line
+//   {"event":"kill","node":"<B's node>"} and a wait for a line "killed" on stdin (or killUrl);
+//   B must show a connection to another node; B sends a message, A must show it.
+//   Report: nodes [a, b], distinct, tries, transports [a, b], delivered, latencyMs (send click in
+//   A to the element in B, both stamped by the pages' clocks), deliveredNode (data-node shown in B),
+//   killed, reconnectedTo, reconnectMs (from "killed" to B connected elsewhere), statusAfter (B's
+//   #status text), aNodeAfter (A's node after the kill), deliveredAfter, latencyAfterMs,
+//   deliveredAfterNode, online [[nodes in A's who's-online list], [B's]], screenshot, pageErrors,
+//   error (only when something threw).
+//
+// Mode "socketio-client": the real socket.io-client bundle from npm in a blank page of the url's
+// origin (GET /__browser_js_blank__, whatever it answers).
+//   bundle   absolute path to node_modules/socket.io-client/dist/socket.io.min.js (default: ours)
+//   Report: connected, upgraded, transport, echoOk, node, serverTransport, sid, connectMs,
+//   upgradeMs, echoMs, error.
+//
+// Mode "tether-client": the same checks with our own client (/tether-client.js of the url's origin,
+// or the file given as "client") in a blank page of that origin, plus a server-side ping count.
+//   Report: connected, upgraded, transport, echoOk, node, serverTransport, sid, connectMs,
+//   upgradeMs, echoMs, error.
+"use strict";
+
+const fs = require("fs");
+const path = require("path");
+const readline = require("readline");
+
+process.stdout.on("error", () => {});
+process.stderr.on("error", () => {});
+
+function out(obj) {
+  process.stdout.write(JSON.stringify(obj) + "\n");
+}
+function log(...parts) {
+  process.stderr.write(`[browser.js] ${parts.join(" ")}\n`);
+}
+function fail(code, msg) {
+  log(msg);
+  out({ event: "final", error: msg });
+  process.exit(code);
+}
+
+let opts;
+try {
+  opts = JSON.parse(process.argv[2] || "");
+} catch (err) {
+  fail(2, "usage: node browser.js '<json options>' (see the header)");
+}
+if (!opts || typeof opts.url !== "string") fail(2, "options need a url");
+const mode = opts.mode || "chat";
+const chromiumPath = opts.chromium || process.env.TETHER_CHROMIUM || "/usr/bin/chromium";
+const timeoutMs = Number(opts.timeoutMs) || 20000;
+
+let chromium;
+try {
+  ({ chromium } = require("playwright-core"));
+} catch (err) {
+  fail(1, `playwright-core is not installed (tests/setup.sh): ${err.message}`);
+}
+
+// ---- stdin lines (chat mode waits for "killed")
+const stdinLines = [];
+const stdinWaiters = [];
+let stdinClosed = false;
+function watchStdin() {
+  const rl = readline.createInterface({ input: process.stdin });
+  rl.on("line", (line) => {
+    const w = stdinWaiters.shift();
+    if (w) w.resolve(line.trim());
+    else stdinLines.push(line.trim());
+  });
+  rl.on("close", () => {
+    stdinClosed = true;
+    while (stdinWaiters.length) stdinWaiters.shift().reject(new Error("stdin closed"));
+  });
+}
+function nextStdinLine(limitMs) {
+  if (stdinLines.length) return Promise.resolve(stdinLines.shift());
+  if (stdinClosed) return Promise.reject(new Error("stdin closed"));
+  return new Promise((resolve, reject) => {
+    const w = { resolve, reject };
+    stdinWaiters.push(w);
+    setTimeout(() => {
+      const i = stdinWaiters.indexOf(w);
+      if (i >= 0) {
+        stdinWaiters.splice(i, 1);
+        reject(new Error(`no line on stdin within ${limitMs} ms`));
+      }
+    }, limitMs).unref();
+  });
+}
+
+async function launch() {
+  if (!fs.existsSync(chromiumPath)) fail(1, `no chromium at ${chromiumPath} (tests/setup.sh installs Debian's)`);
+  try {
+    return await chromium.launch({
+      executablePath: chromiumPath,
+      args: ["--headless=new", "--no-sandbox", "--disable-gpu"],
+      timeout: 60000,
+    });
+  } catch (err) {
+    fail(1, `chromium did not start: ${err.message}`);
+  }
+}
+
+function newContext(browser) {
+  // ignoreHTTPSErrors: the tests' dev certificate is not in chromium's trust store (see the header).
+  return browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 960, height: 720 } });
+}
+
+// ---------------------------------------------------------------- chat mode
+
+// One page of the chat app in its own context.
+async function openChat(browser, label, pageErrors) {
+  const context = await newContext(browser);
+  const page = await context.newPage();
+  page.on("pageerror", (err) => pageErrors.push(`${label}: ${err.message}`));
+  page.on("console", (msg) => {
+    if (msg.type() === "error") pageErrors.push(`${label} console: ${msg.text()}`.slice(0, 300));
+  });
+  await page.goto(opts.url, { waitUntil: "domcontentloaded", timeout: timeoutMs });
+  await waitConnected(page, null, timeoutMs);
+  return { context, page, label };
+}
+
+// Waits until the page is connected with a node shown (and, if `not` is given, another node).
+async function waitConnected(page, not, limitMs) {
+  await page.waitForFunction(
+    (not) => {
+      const s = document.getElementById("status");
+      const n = document.getElementById("node");
+      const node = n && n.textContent.trim();
+      return s && s.dataset.state === "connected" && /connected/.test(s.textContent) && node && node !== not;
+    },
+    not,
+    { timeout: limitMs, polling: 50 }
+  );
+  return page.evaluate(() => ({
+    node: document.getElementById("node").textContent.trim(),
+    transport: document.getElementById("transport").textContent.trim(),
+    status: document.getElementById("status").textContent.trim(),
+  }));
+}
+
+// Types `text` into `from` and sends it; waits for it in `to`. Returns {delivered, latencyMs, node}.
+async function sendAndSee(from, to, text, limitMs) {
+  await from.page.fill("#text", text);
+  const sentAt = await from.page.evaluate(() => {
+    const t = Date.now();
+    document.getElementById("send").click();
+    return t;
+  });
+  try {
+    const handle = await to.page.waitForFunction(
+      (text) => {
+        for (const m of document.querySelectorAll("#messages .msg")) {
+          if (m.textContent.includes(text)) return { node: m.dataset.node, at: Number(m.dataset.receivedAt) };
+        }
+        return null;
+      },
+      text,
+      { timeout: limitMs, polling: 10 }
+    );
+    const seen = await handle.jsonValue();
+    return { delivered: true, latencyMs: seen.at - sentAt, node: seen.node };
+  } catch (err) {
+    return { delivered: false, latencyMs: null, node: null, error: err.message.split("\n")[0] };
+  }
+}
+
+async function sideBySide(browser, a, b, file) {
+  const [sa, sb] = await Promise.all([a.page.screenshot({ fullPage: true }), b.page.screenshot({ fullPage: true })]);
+  const ctx = await browser.newContext({ viewport: { width: 1940, height: 760 } });
+  const page = await ctx.newPage();
+  const img = (buf, label) =>
+    `<figure><figcaption>${label}</figcaption><img src="data:image/png;base64,${buf.toString("base64")}"></figure>`;
+  await page.setContent(
+    `<html><body style="margin:0;display:flex;gap:20px;background:#888;font:14px sans-serif">` +
+      img(sa, "browser A") + img(sb, "browser B") +
+      `<style>figure{margin:0}figcaption{padding:4px 8px;color:#fff}img{display:block}</style></body></html>`
+  );
+  await page.waitForFunction(() => Array.from(document.images).every((i) => i.complete));
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  await page.screenshot({ path: file, fullPage: true });
+  await ctx.close();
+}
+
+async function chat(browser) {
+  const report = { event: "final", mode: "chat", pageErrors: [] };
+  const nonce = Math.random().toString(36).slice(2, 8);
+  let a, b;
+  try {
+    a = await openChat(browser, "A", report.pageErrors);
+    b = await openChat(browser, "B", report.pageErrors);
+    let nodeA = await waitConnected(a.page, null, timeoutMs);
+    let nodeB = await waitConnected(b.page, null, timeoutMs);
+    // B in a fresh context (no cookies) until it lands on another node than A.
+    const maxTries = Number(opts.maxTries) || 10;
+    report.tries = 1;
+    while (nodeB.node === nodeA.node && report.tries < maxTries) {
+      await b.context.close();
+      b = await openChat(browser, "B", report.pageErrors);
+      nodeB = await waitConnected(b.page, null, timeoutMs);
+      report.tries++;
+    }
+    // Wait for A to settle too (its transport may have been upgraded meanwhile).
+    nodeA = await waitConnected(a.page, null, timeoutMs);
+    report.nodes = [nodeA.node, nodeB.node];
+    report.distinct = nodeA.node !== nodeB.node;
+    await a.page.fill("#name", `alice-${nonce}`);
+    await a.page.dispatchEvent("#name", "change");
+    await b.page.fill("#name", `bob-${nonce}`);
+    await b.page.dispatchEvent("#name", "change");
+    // Let both sides upgrade (if they will) before measuring.
+    await Promise.all([a.page, b.page].map((p) =>
+      p.waitForFunction(() => document.getElementById("transport").textContent === "websocket", null, { timeout: 3000 })
+        .catch(() => {})));
+    report.transports = await Promise.all([a.page, b.page].map((p) => p.textContent("#transport")));
+
+    const first = await sendAndSee(a, b, `hello from A ${nonce}`, 10000);
+    report.delivered = first.delivered;
+    report.latencyMs = first.latencyMs;
+    report.deliveredNode = first.node;
+    if (first.error) report.deliveredError = first.error;
+
+    if (opts.kill !== false) {
+      const victim = nodeB.node;
+      report.killed = victim;
+      if (opts.killUrl) {
+        const url = opts.killUrl.replace("{node}", encodeURIComponent(victim));
+        const res = await fetch(url, { method: "POST" });
+        if (!res.ok) throw new Error(`killUrl answered ${res.status}`);
+      } else {
+        out({ event: "kill", node: victim });
+        const line = await nextStdinLine(Number(opts.killTimeoutMs) || 120000);
+        if (line !== "killed") throw new Error(`expected "killed" on stdin, got ${JSON.stringify(line)}`);
+      }
+      const killedAt = Date.now();
+      const limit = Number(opts.reconnectTimeoutMs) || 15000;
+      try {
+        const after = await waitConnected(b.page, victim, limit);
+        report.reconnectedTo = after.node;
+        report.reconnectMs = Date.now() - killedAt;
+        report.statusAfter = after.status;
+      } catch (err) {
+        report.reconnectedTo = null;
+        report.statusAfter = await b.page.textContent("#status").catch(() => null);
+        throw new Error(`B did not reconnect to another node within ${limit} ms (status: ${report.statusAfter})`);
+      }
+      const aAfter = await waitConnected(a.page, victim, limit).catch(() => null);
+      report.aNodeAfter = aAfter && aAfter.node;
+      const second = await sendAndSee(b, a, `hello again from B ${nonce}`, 10000);
+      report.deliveredAfter = second.delivered;
+      report.latencyAfterMs = second.latencyMs;
+      report.deliveredAfterNode = second.node;
+      if (second.error) report.deliveredAfterError = second.error;
+    }
+  } catch (err) {
+    report.error = err.message.split("\n")[0];
+    log("chat:", err.stack || err.message);
+  }
+  if (a && b) {
+    // Both "who's online" lists up to date (they refresh every 2 s), for the report and the picture.
+    report.online = await Promise.all([a.page, b.page].map(async (p) => {
+      await p.waitForFunction(() => document.querySelectorAll("#online li").length >= 2, null, { timeout: 3000 })
+        .catch(() => {});
+      return p.evaluate(() => Array.from(document.querySelectorAll("#online li"), (li) => li.dataset.node)).catch(() => null);
+    }));
+  }
+  if (opts.screenshot && a && b) {
+    try {
+      await sideBySide(browser, a, b, opts.screenshot);
+      report.screenshot = path.resolve(opts.screenshot);
+    } catch (err) {
+      report.screenshotError = err.message.split("\n")[0];
+    }
+  }
+  return report;
+}
+
+// ---------------------------------------------------------------- client modes
+
+// A page of the url's origin (a path nothing serves: whatever the server answers, a 404 most
+// likely, becomes an empty document of that origin), so the Socket.IO requests that follow are
+// same-origin and need no CORS. It is really loaded from the server, not fulfilled by the driver:
+// chromium's local-network-access checks block WebSockets to localhost from a driver-made page.
+async function blankPage(browser) {
+  const context = await newContext(browser);
+  const page = await context.newPage();
+  const origin = new URL(opts.url).origin;
+  await page.goto(`${origin}/__browser_js_blank__`, { waitUntil: "domcontentloaded", timeout: timeoutMs });
+  return page;
+}
+
+async function clientMode(browser, which) {
+  const report = { event: "final", mode };
+  try {
+    const page = await blankPage(browser);
+    if (which === "socketio-client") {
+      const bundle = opts.bundle || path.join(__dirname, "node_modules/socket.io-client/dist/socket.io.min.js");
+      await page.addScriptTag({ path: bundle });
+    } else if (opts.client) {
+      await page.addScriptTag({ path: opts.client });
+    } else {
+      await page.addScriptTag({ url: new URL("/tether-client.js", opts.url).href });
+    }
+    const r = await page.evaluate(
+      async ({ url, which, timeoutMs }) => {
+        const r = { connected: false, upgraded: false, transport: null, echoOk: false };
+        const t0 = performance.now();
+        const within = (p, ms, what) =>
+          Promise.race([p, new Promise((_, rej) => setTimeout(() => rej(new Error(`${what}: none within ${ms} ms`)), ms))]);
+        let socket;
+        let transportNow;
+        let upgradedP;
+        let ack;
+        if (which === "socketio-client") {
+          socket = io(url, { transports: ["polling", "websocket"], reconnection: false });
+          transportNow = () => socket.io.engine && socket.io.engine.transport && socket.io.engine.transport.name;
+          ack = (ev, arg) =>
+            arg === undefined ? socket.timeout(5000).emitWithAck(ev) : socket.timeout(5000).emitWithAck(ev, arg);
+          upgradedP = new Promise((resolve) => {
+            const hook = () => {
+              if (transportNow() === "websocket") return resolve();
+              socket.io.engine.once("upgrade", () => resolve());
+            };
+            if (socket.io.engine) hook();
+            else socket.io.once("open", hook);
+          });
+        } else {
+          socket = TetherIO.connect(url, { reconnection: false });
+          transportNow = () => socket.transport;
+          ack = (ev, arg) => (arg === undefined ? socket.emitWithAck(ev) : socket.emitWithAck(ev, arg));
+          upgradedP = new Promise((resolve) => socket.on("upgrade", () => resolve()));
+        }
+        try {
+          await within(new Promise((resolve, reject) => {
+            socket.on("connect", resolve);
+            socket.on("connect_error", (e) => reject(new Error(`connect_error: ${e && e.message}`)));
+          }), timeoutMs, "connect");
+          r.connected = true;
+          r.connectMs = Math.round(performance.now() - t0);
+          r.firstTransport = transportNow();
+          await within(upgradedP, 10000, "upgrade");
+          r.upgraded = true;
+          r.upgradeMs = Math.round(performance.now() - t0);
+          r.transport = transportNow();
+          const payload = { hello: "browser", n: 42, list: [1, "two", null], nested: { ok: true } };
+          const t1 = performance.now();
+          const echoed = await ack("echo", payload);
+          r.echoMs = Math.round((performance.now() - t1) * 10) / 10;
+          r.echoOk = JSON.stringify(echoed) === JSON.stringify(payload);
+          const me = await ack("whoami");
+          r.node = me && me.node;
+          r.serverTransport = me && me.transport;
+          r.sid = me && me.sid;
+        } catch (err) {
+          r.error = err.message;
+        }
+        r.transport = transportNow() || r.transport;
+        socket.disconnect();
+        return r;
+      },
+      { url: opts.url, which, timeoutMs }
+    );
+    Object.assign(report, r);
+  } catch (err) {
+    report.error = err.message.split("\n")[0];
+    log(`${mode}:`, err.stack || err.message);
+  }
+  return report;
+}
+
+// ---------------------------------------------------------------- main
+
+(async () => {
+  if (!["chat", "socketio-client", "tether-client"].includes(mode)) fail(2, `unknown mode ${JSON.stringify(mode)}`);
+  if (mode === "chat") watchStdin();
+  const browser = await launch();
+  let report;
+  try {
+    report = mode === "chat" ? await chat(browser) : await clientMode(browser, mode);
+  } finally {
+    // A hard stop in case closing the browser hangs.
+    setTimeout(() => process.exit(0), 10000).unref();
+    await browser.close().catch(() => {});
+  }
+  out(report);
+  process.exit(0);
+})().catch((err) => {
+  log(err.stack || err.message);
+  out({ event: "final", error: err.message });
+  process.exit(0);
+});

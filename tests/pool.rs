@@ -1,0 +1,299 @@
+//! The bundled Rust nodes (`tether node`, socketioxide) behind tether: cross-node
+//! broadcasts and rooms over Redis and over the in-process driver, Redis going away and
+//! coming back, the Streams adapter against pub/sub, and `tether demo`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn yaml_for(servers: &[(String, SocketAddr)]) -> String {
+    let mut yaml =
+        String::from("listeners:\n  - bind: \"127.0.0.1:0\"\nbackends:\n  chat:\n    servers:\n");
+    for (id, addr) in servers {
+        yaml.push_str(&format!("      - {{ id: {id}, addr: \"{addr}\" }}\n"));
+    }
+    yaml
+}
+
+async fn rust_nodes(n: usize, args: &[&str]) -> Vec<NodeServer> {
+    let mut v = Vec::new();
+    for i in 1..=n {
+        v.push(NodeServer::spawn_rust(&format!("node-{i}"), args).await);
+    }
+    v
+}
+
+fn servers_of(nodes: &[NodeServer]) -> Vec<(String, SocketAddr)> {
+    nodes.iter().map(|n| (n.id.clone(), n.addr)).collect()
+}
+
+fn assert_rooms(r: &Value, clients: u64) {
+    assert_eq!(n(&r["connected"]), clients, "{r}");
+    assert_eq!(
+        r["perNode"].as_object().map_or(0, |m| m.len()),
+        3,
+        "spread over 3 nodes: {r}"
+    );
+    assert_eq!(n(&r["echoOk"]), clients, "acks: {r}");
+    assert_eq!(
+        n(&r["broadcastReceived"]),
+        clients,
+        "broadcast reached every node: {r}"
+    );
+    assert_eq!(
+        n(&r["redReceived"]),
+        n(&r["redMembers"]),
+        "room members on every node: {r}"
+    );
+    assert!(
+        r["redByNode"].as_object().map_or(0, |m| m.len()) >= 2,
+        "{r}"
+    );
+    assert_eq!(
+        n(&r["nonMembersReceived"]),
+        0,
+        "only the room's members: {r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_nodes_share_broadcasts_and_rooms_through_redis() {
+    let _heavy = HEAVY.lock().await;
+    let redis = Redis::start_tcp().await;
+    let url = redis.url();
+    let nodes = rust_nodes(3, &["--redis", &url]).await;
+    let tether = TetherHandle::start(&yaml_for(&servers_of(&nodes))).await;
+    let r = node_script(
+        "crossnode.js",
+        json!({ "url": tether.url(), "clients": 30, "mode": "rooms" }),
+    )
+    .await;
+    println!("redis adapter: {r}");
+    assert_rooms(&r, 30);
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_nodes_share_broadcasts_and_rooms_without_redis() {
+    use tether::pool::drivers::memory::MemoryBus;
+    use tether::pool::node::{self, AdapterChoice, NodeOptions};
+    let _heavy = HEAVY.lock().await;
+    let bus = MemoryBus::new();
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        nodes.push(
+            node::start(NodeOptions {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                id: format!("node-{i}"),
+                adapter: AdapterChoice::Memory(bus.clone()),
+                ping_interval: None,
+                ping_timeout: None,
+            })
+            .await
+            .expect("in-process node"),
+        );
+    }
+    let servers: Vec<_> = nodes
+        .iter()
+        .map(|n| (n.id().to_owned(), n.addr()))
+        .collect();
+    let tether = TetherHandle::start(&yaml_for(&servers)).await;
+    let r = node_script(
+        "crossnode.js",
+        json!({ "url": tether.url(), "clients": 30, "mode": "rooms" }),
+    )
+    .await;
+    println!("in-process driver: {r}");
+    assert_rooms(&r, 30);
+    tether.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_keeps_local_delivery_and_cross_node_delivery_resumes() {
+    let _heavy = HEAVY.lock().await;
+    let mut redis = Redis::start_tcp().await;
+    let url = redis.url();
+    let nodes = rust_nodes(3, &["--redis", &url]).await;
+    let tether = TetherHandle::start(&yaml_for(&servers_of(&nodes))).await;
+    let (mut s, ready) = Soak::start_script(
+        "crossnode.js",
+        json!({ "url": tether.url(), "clients": 30, "mode": "stream", "durationMs": 60000 }),
+    )
+    .await;
+    assert_eq!(n(&ready["connected"]), 30, "{ready}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = s.report().await;
+    let nodes_seen = before["nodes"].as_object().unwrap().len();
+    assert_eq!(nodes_seen, 3, "{before}");
+    for (node, v) in before["nodes"].as_object().unwrap() {
+        assert!(
+            n(&v["received"]) > 0,
+            "{node} got broadcasts before the outage: {before}"
+        );
+    }
+
+    redis.kill().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Nodes say so in /health.
+    let health = get(nodes[1].addr, None, "/health", &[]).await;
+    assert_eq!(
+        health.status,
+        503,
+        "a node without its Redis reports it: {}",
+        health.text()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = s.report().await;
+
+    let redis = redis.restart().await;
+    s.send("mark").await;
+    let restarted = std::time::Instant::now();
+    let mut after = s.report().await;
+    while after["nodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .any(|v| v["firstAfterMarkMs"].is_null())
+        && restarted.elapsed() < Duration::from_secs(12)
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = s.report().await;
+    }
+    let fin = s.finish().await;
+    println!("redis outage: during {during}\nafter {after}\nfinal {fin}");
+    for (node, v) in fin["nodes"].as_object().unwrap() {
+        assert_eq!(n(&v["ackFail"]), 0, "{node}: local delivery stopped: {fin}");
+        let resumed = v["firstAfterMarkMs"].as_u64();
+        assert!(
+            resumed.is_some_and(|ms| ms <= 5000),
+            "{node}: cross-node delivery did not resume within 5 s: {after}"
+        );
+    }
+    assert_eq!(n(&fin["connected"]), 30, "{fin}");
+    let health = get(nodes[1].addr, None, "/health", &[]).await;
+    assert_eq!(health.status, 200);
+    drop(redis);
+    tether.stop().await;
+}
+
+/// 1,000 numbered broadcasts, the nodes' Redis connections killed half-way.
+async fn numbered_with_a_connection_kill(adapter: &str) -> Value {
+    let redis = Redis::start_tcp().await;
+    let url = redis.url();
+    let nodes = rust_nodes(3, &["--redis", &url, "--adapter", adapter]).await;
+    let tether = TetherHandle::start(&yaml_for(&servers_of(&nodes))).await;
+    let (mut s, ready) = Soak::start_script(
+        "crossnode.js",
+        json!({ "url": tether.url(), "clients": 15, "mode": "numbered", "count": 1000, "intervalMs": 5 }),
+    )
+    .await;
+    assert_eq!(n(&ready["connected"]), 15, "{ready}");
+    s.next_event("half", Duration::from_secs(30)).await;
+    let killed_normal = redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    let killed_pubsub = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let fin = s.next_event("final", Duration::from_secs(60)).await;
+    println!(
+        "{adapter}: killed {} normal + {} pub/sub connections half-way; {fin}",
+        killed_normal.trim(),
+        killed_pubsub.trim()
+    );
+    tether.stop().await;
+    fin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_adapter_replays_what_a_dropped_connection_missed() {
+    let _heavy = HEAVY.lock().await;
+    let streams = numbered_with_a_connection_kill("redis-streams").await;
+    for (node, v) in streams["nodes"].as_object().unwrap() {
+        assert_eq!(
+            n(&v["complete"]),
+            n(&v["clients"]),
+            "{node} lost broadcasts: {streams}"
+        );
+        assert_eq!(
+            n(&v["inOrder"]),
+            n(&v["clients"]),
+            "{node} out of order: {streams}"
+        );
+    }
+    // The same with pub/sub: what it loses is reported, which is why Streams exists.
+    let pubsub = numbered_with_a_connection_kill("redis").await;
+    let lost: u64 = pubsub["nodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| n(&v["missing"]))
+        .sum();
+    println!("pub/sub adapter lost {lost} of 15,000 deliveries across the connection kill; streams lost 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_with_nothing_installed_and_its_page_and_cluster_work() {
+    let _heavy = HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "demo",
+            "--no-redis",
+            "--port",
+            "0",
+            "--tls-port",
+            "0",
+            "--admin-port",
+            "0",
+        ])
+        .arg("--cert-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let demo: Value = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("demo starts")
+            .unwrap()
+            .expect("demo printed its addresses");
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if v["event"] == "demo" {
+                break v;
+            }
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let http: SocketAddr = demo["http"].as_str().unwrap().parse().unwrap();
+    let page = get(http, None, "/", &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("tether-client.js"), "{}", page.text());
+    let js = get(http, None, "/tether-client.js", &[]).await;
+    assert_eq!(js.status, 200);
+    let r = node_script(
+        "crossnode.js",
+        json!({ "url": format!("http://{http}"), "clients": 30, "mode": "rooms" }),
+    )
+    .await;
+    println!("demo: {r}");
+    assert_rooms(&r, 30);
+    tether::pool::supervisor::send_signal(child.id().unwrap(), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("demo stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
