@@ -3,17 +3,16 @@
 //! The event contract is the one of the Node test fixture (`tests/node/server.js`), so
 //! the swarms drive a Rust node and a Node node alike:
 //!
-//! | event (client → server)     | what the node does                                           |
-//! | --------------------------- | ------------------------------------------------------------ |
-//! | `whoami(ack)`               | `ack({ node, transport: "polling"|"websocket", sid })`       |
-//! | `echo(payload, ack)`        | `ack(payload)` (binary attachments included)                 |
-//! | `broadcast(payload)`        | `bcast` with `payload` to every socket of the cluster        |
-//! | `join(room, ack)`           | join `room`, `ack(true)` (`ack(false)` if `room` is no name) |
-//! | `leave(room, ack)`          | leave `room`, `ack(true)` (`ack(false)` likewise)            |
-//! | `to-room({room, payload})`  | `room` with `payload` to that room, on every node            |
-//! | `hello({name}, ack?)`       | remember the display name, `ack({ node })`                   |
-//! | `chat({text, room?}, ack?)` | `chat { text, name, room, node, sid, at }` to the room, or to everyone (sender included); `ack(true)` |
-//! | `presence(ack)`             | `ack([{ sid, name, node, rooms }])` for every socket of the cluster |
+//! - `whoami(ack)` → `ack({ node, transport: "polling" or "websocket", sid })`;
+//! - `echo(payload, ack)` → `ack(payload)` (binary attachments included);
+//! - `broadcast(payload)` → `bcast` with `payload` to every socket of the cluster;
+//! - `join(room, ack)` / `leave(room, ack)` → join / leave `room`, `ack(true)`
+//!   (`ack(false)` if `room` is neither a string nor a number);
+//! - `to-room({room, payload})` → `room` with `payload` to that room, on every node;
+//! - `hello({name}, ack?)` → remember the display name, `ack({ node })`;
+//! - `chat({text, room?}, ack?)` → `chat { text, name, room, node, sid, at }` to the
+//!   room, or to everyone (sender included) without one; `ack(true)`;
+//! - `presence(ack)` → `ack([{ sid, name, node, rooms }])`, every socket of the cluster;
 //!
 //! and on connect the node emits `welcome { node, sid }` to the new socket.
 //!
@@ -61,6 +60,46 @@ pub struct App {
     node: Arc<str>,
     sockets: AtomicI64,
     sockets_gauge: metrics::Gauge,
+    /// Keeps emits to other sockets in the order their packets arrived.
+    order: Sequencer,
+}
+
+/// Hands out turns in arrival order. socketioxide runs every event handler as its own
+/// task, so two broadcasts from one client could reach the adapter — and each other
+/// node — in either order, especially while a publish waits on a reconnecting Redis.
+/// A handler takes its ticket in the synchronous part of the handler (called in packet
+/// order) and emits when its turn comes.
+struct Sequencer {
+    next: std::sync::atomic::AtomicU64,
+    turn: tokio::sync::watch::Sender<u64>,
+}
+
+/// A turn being served; the next one starts when it drops, however the handler ends.
+struct Turn<'a>(&'a Sequencer, u64);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.turn.send_replace(self.1 + 1);
+    }
+}
+
+impl Sequencer {
+    fn new() -> Sequencer {
+        Sequencer {
+            next: std::sync::atomic::AtomicU64::new(0),
+            turn: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    fn ticket(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn wait(&self, ticket: u64) -> Turn<'_> {
+        let mut rx = self.turn.subscribe();
+        let _ = rx.wait_for(|t| *t == ticket).await;
+        Turn(self, ticket)
+    }
 }
 
 impl fmt::Debug for App {
@@ -82,6 +121,7 @@ impl App {
             node: Arc::from(node),
             sockets: AtomicI64::new(0),
             sockets_gauge: gauge,
+            order: Sequencer::new(),
         })
     }
 
@@ -142,11 +182,15 @@ pub async fn on_connect<A: Adapter>(app: Arc<App>, socket: SocketRef<A>) {
     let a = Arc::clone(&app);
     socket.on(
         "broadcast",
-        move |io: SocketIo<A>, TryData(payload): TryData<Payload>| async move {
-            a.count("broadcast");
-            let payload = payload.unwrap_or(Payload::Null);
-            if let Err(e) = io.emit("bcast", &payload).await {
-                tracing::debug!(node = %a.node, error = %e, "bcast failed");
+        move |io: SocketIo<A>, TryData(payload): TryData<Payload>| {
+            let ticket = a.order.ticket();
+            async move {
+                let _turn = a.order.wait(ticket).await;
+                a.count("broadcast");
+                let payload = payload.unwrap_or(Payload::Null);
+                if let Err(e) = io.emit("bcast", &payload).await {
+                    tracing::debug!(node = %a.node, error = %e, "bcast failed");
+                }
             }
         },
     );
@@ -186,14 +230,18 @@ pub async fn on_connect<A: Adapter>(app: Arc<App>, socket: SocketRef<A>) {
     let a = Arc::clone(&app);
     socket.on(
         "to-room",
-        move |io: SocketIo<A>, TryData(msg): TryData<ToRoom>| async move {
-            a.count("to-room");
-            let Ok(msg) = msg else { return };
-            let Some(room) = msg.room.user_room() else {
-                return;
-            };
-            if let Err(e) = io.to(room).emit("room", &msg.payload).await {
-                tracing::debug!(node = %a.node, error = %e, "to-room failed");
+        move |io: SocketIo<A>, TryData(msg): TryData<ToRoom>| {
+            let ticket = a.order.ticket();
+            async move {
+                let _turn = a.order.wait(ticket).await;
+                a.count("to-room");
+                let Ok(msg) = msg else { return };
+                let Some(room) = msg.room.user_room() else {
+                    return;
+                };
+                if let Err(e) = io.to(room).emit("room", &msg.payload).await {
+                    tracing::debug!(node = %a.node, error = %e, "to-room failed");
+                }
             }
         },
     );
@@ -214,33 +262,9 @@ pub async fn on_connect<A: Adapter>(app: Arc<App>, socket: SocketRef<A>) {
     let a = Arc::clone(&app);
     socket.on(
         "chat",
-        move |s: SocketRef<A>, io: SocketIo<A>, TryData(chat): TryData<Chat>, ack: AckSender<A>| async move {
-            a.count("chat");
-            let Ok(chat) = chat else { return };
-            let room = match chat.room {
-                None => None,
-                Some(r) => match r.user_room() {
-                    Some(r) => Some(r),
-                    None => return,
-                },
-            };
-            let name = profile_of(&s).and_then(|p| lock(&p).name.clone());
-            let msg = ChatOut {
-                text: chat.text,
-                name,
-                room: room.clone(),
-                node: a.node.to_string(),
-                sid: s.id.to_string(),
-                at: now_ms(),
-            };
-            let sent = match room {
-                Some(room) => io.to(room).emit("chat", &msg).await,
-                None => io.emit("chat", &msg).await,
-            };
-            if let Err(e) = sent {
-                tracing::debug!(node = %a.node, error = %e, "chat failed");
-            }
-            let _ = ack.send(&true);
+        move |s: SocketRef<A>, io: SocketIo<A>, c: TryData<Chat>, ack: AckSender<A>| {
+            let ticket = a.order.ticket();
+            on_chat(a, ticket, s, io, c.0, ack)
         },
     );
 
@@ -258,6 +282,43 @@ pub async fn on_connect<A: Adapter>(app: Arc<App>, socket: SocketRef<A>) {
         "welcome",
         &json!({ "node": &*app.node, "sid": socket.id.to_string() }),
     );
+}
+
+async fn on_chat<A: Adapter>(
+    a: Arc<App>,
+    ticket: u64,
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    chat: Result<Chat, socketioxide::ParserError>,
+    ack: AckSender<A>,
+) {
+    let _turn = a.order.wait(ticket).await;
+    a.count("chat");
+    let Ok(chat) = chat else { return };
+    let room = match chat.room {
+        None => None,
+        Some(r) => match r.user_room() {
+            Some(r) => Some(r),
+            None => return,
+        },
+    };
+    let name = profile_of(&s).and_then(|p| lock(&p).name.clone());
+    let msg = ChatOut {
+        text: chat.text,
+        name,
+        room: room.clone(),
+        node: a.node.to_string(),
+        sid: s.id.to_string(),
+        at: now_ms(),
+    };
+    let sent = match room {
+        Some(room) => io.to(room).emit("chat", &msg).await,
+        None => io.emit("chat", &msg).await,
+    };
+    if let Err(e) = sent {
+        tracing::debug!(node = %a.node, error = %e, "chat failed");
+    }
+    let _ = ack.send(&true);
 }
 
 /// Every socket of the cluster, as `presence` answers: sorted by node, then sid.
@@ -595,7 +656,10 @@ mod tests {
 
     #[test]
     fn payload_round_trips_json_in_order() {
-        let text = r#"{"i":3,"text":"héllo ☃","list":[1,2.5,-3,null,true,false,""],"nested":{"a":{"b":[1,{"d":"e"}]}}}"#;
+        let text = concat!(
+            r#"{"i":3,"text":"héllo ☃","list":[1,2.5,-3,null,true,false,""],"#,
+            r#""nested":{"a":{"b":[1,{"d":"e"}]}}}"#
+        );
         let p: Payload = serde_json::from_str(text).unwrap();
         assert_eq!(serde_json::to_string(&p).unwrap(), text);
     }

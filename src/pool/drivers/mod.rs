@@ -6,12 +6,15 @@
 //! - [`memory`]: an in-process bus, for several nodes in one process with no Redis.
 //! - [`streams`]: Redis Streams instead of pub/sub, so a node whose connection drops
 //!   replays what it missed when it comes back instead of losing it.
+//! - [`pubsub`]: Redis pub/sub that reconnects and resubscribes, used instead of the
+//!   stock driver, which stays broken after Redis restarts.
 //!
 //! The stock pub/sub driver is `socketioxide_redis::drivers::redis::RedisDriver`; it
 //! exposes no connection state, so [`DriverHealth`] probes any driver through its
 //! own connection to report it.
 
 pub mod memory;
+pub mod pubsub;
 pub mod streams;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +24,7 @@ use std::time::Duration;
 use socketioxide_redis::drivers::Driver;
 
 pub use memory::{MemoryBus, MemoryDriver};
+pub use pubsub::PubSubDriver;
 pub use streams::{StreamsDriver, StreamsOptions};
 
 /// Connection health of any [`Driver`], found by calling [`Driver::num_serv`] every

@@ -144,6 +144,32 @@ struct Subscription {
     key: String,
     start_id: String,
     last_id: String,
+    /// Publish sequence numbers seen, per publishing node: a publish retried after its
+    /// reply was lost adds the entry twice; the copy is dropped here, so delivery is
+    /// exactly once and in stream order.
+    seen: HashMap<String, Recent>,
+}
+
+/// The most recent sequence numbers of one publisher (a bounded window).
+#[derive(Default)]
+struct Recent {
+    set: std::collections::BTreeSet<u64>,
+}
+
+impl Recent {
+    /// Sequence numbers remembered per publisher; far more than can be in flight.
+    const WINDOW: usize = 65_536;
+
+    /// True the first time `n` is seen.
+    fn first(&mut self, n: u64) -> bool {
+        if !self.set.insert(n) {
+            return false;
+        }
+        while self.set.len() > Self::WINDOW {
+            self.set.pop_first();
+        }
+        true
+    }
 }
 
 struct Inner {
@@ -157,6 +183,8 @@ struct Inner {
     reader_up: AtomicBool,
     reader_client_id: AtomicI64,
     closed: AtomicBool,
+    /// Sequence number of this node's next publish (see `Subscription::seen`).
+    seq: std::sync::atomic::AtomicU64,
 }
 
 /// A socketioxide-redis [`Driver`] over Redis Streams; see the [module docs](self).
@@ -208,6 +236,7 @@ impl StreamsDriver {
             reader_up: AtomicBool::new(false),
             reader_client_id: AtomicI64::new(-1),
             closed: AtomicBool::new(false),
+            seq: std::sync::atomic::AtomicU64::new(1),
         });
         tokio::spawn(reader_task(Arc::downgrade(&inner)));
         tokio::spawn(heartbeat_task(Arc::downgrade(&inner)));
@@ -441,6 +470,15 @@ impl Inner {
                     last = id;
                     continue;
                 };
+                let from = entry.get::<String>("from");
+                let n = entry.get::<u64>("n");
+                if let (Some(from), Some(n)) = (from, n) {
+                    if !sub.seen.entry(from).or_default().first(n) {
+                        sub.last_id = entry.id;
+                        last = id;
+                        continue; // a retried publish's second copy
+                    }
+                }
                 match sub.tx.try_send((chan.clone(), data)) {
                     Ok(()) => {
                         sub.last_id = entry.id;
@@ -539,14 +577,25 @@ impl Driver for StreamsDriver {
             .arg("*")
             .arg("data")
             .arg(val)
+            .arg("from")
+            .arg(&inner.uid)
+            .arg("n")
+            .arg(inner.seq.fetch_add(1, Ordering::Relaxed))
             .ignore();
         if let Some(ttl) = inner.opts.stream_ttl {
             pipe.cmd("PEXPIRE").arg(&key).arg(millis(ttl)).ignore();
         }
         let pipe = &pipe;
-        inner
+        // socketioxide-redis skips the local part of a broadcast when publishing fails;
+        // a node without Redis must still serve its own clients, so a message that
+        // cannot reach Redis is dropped for the other nodes only.
+        if let Err(e) = inner
             .run(|mut c| async move { pipe.exec_async(&mut c).await })
             .await
+        {
+            tracing::warn!(chan, error = %e, "redis streams: publish failed; delivered locally only");
+        }
+        Ok(())
     }
 
     async fn subscribe(
@@ -567,6 +616,7 @@ impl Driver for StreamsDriver {
                 key,
                 start_id: start_id.clone(),
                 last_id: start_id,
+                seen: HashMap::new(),
             },
         );
         // Count as a server at once, and have the reader pick the new key up now.
