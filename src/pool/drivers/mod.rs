@@ -96,3 +96,40 @@ mod tests {
         }
     }
 }
+
+/// A driver whose failed publishes are logged and swallowed. socketioxide-redis skips
+/// the local half of a broadcast when its publish fails, so without this a node whose
+/// Redis is gone would stop delivering even to its own clients; with it, a message Redis
+/// cannot take is lost for the other nodes only.
+#[derive(Debug, Clone)]
+pub struct LocalFirst<D>(pub D);
+
+impl<D: Driver> Driver for LocalFirst<D> {
+    type Error = D::Error;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
+        if let Err(e) = self.0.publish(chan, val).await {
+            tracing::warn!(error = %e, "publish failed; delivered on this node only");
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<
+        socketioxide_redis::drivers::MessageStream<socketioxide_redis::drivers::ChanItem>,
+        Self::Error,
+    > {
+        self.0.subscribe(chan, size).await
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
+        self.0.unsubscribe(chan).await
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
+        self.0.num_serv(chan).await
+    }
+}

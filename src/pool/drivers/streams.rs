@@ -160,15 +160,11 @@ impl Recent {
     /// Sequence numbers remembered per publisher; far more than can be in flight.
     const WINDOW: usize = 65_536;
 
-    /// True the first time `n` is seen.
-    fn first(&mut self, n: u64) -> bool {
-        if !self.set.insert(n) {
-            return false;
-        }
+    fn record(&mut self, n: u64) {
+        self.set.insert(n);
         while self.set.len() > Self::WINDOW {
             self.set.pop_first();
         }
-        true
     }
 }
 
@@ -470,10 +466,9 @@ impl Inner {
                     last = id;
                     continue;
                 };
-                let from = entry.get::<String>("from");
-                let n = entry.get::<u64>("n");
-                if let (Some(from), Some(n)) = (from, n) {
-                    if !sub.seen.entry(from).or_default().first(n) {
+                let origin = entry.get::<String>("from").zip(entry.get::<u64>("n"));
+                if let Some((from, n)) = &origin {
+                    if sub.seen.get(from).is_some_and(|r| r.set.contains(n)) {
                         sub.last_id = entry.id;
                         last = id;
                         continue; // a retried publish's second copy
@@ -481,6 +476,11 @@ impl Inner {
                 }
                 match sub.tx.try_send((chan.clone(), data)) {
                     Ok(()) => {
+                        // Recorded only once delivered: an entry re-read because the
+                        // subscriber was full must not pass for a copy.
+                        if let Some((from, n)) = origin {
+                            sub.seen.entry(from).or_default().record(n);
+                        }
                         sub.last_id = entry.id;
                         last = id;
                     }
@@ -586,16 +586,9 @@ impl Driver for StreamsDriver {
             pipe.cmd("PEXPIRE").arg(&key).arg(millis(ttl)).ignore();
         }
         let pipe = &pipe;
-        // socketioxide-redis skips the local part of a broadcast when publishing fails;
-        // a node without Redis must still serve its own clients, so a message that
-        // cannot reach Redis is dropped for the other nodes only.
-        if let Err(e) = inner
+        inner
             .run(|mut c| async move { pipe.exec_async(&mut c).await })
             .await
-        {
-            tracing::warn!(chan, error = %e, "redis streams: publish failed; delivered locally only");
-        }
-        Ok(())
     }
 
     async fn subscribe(
