@@ -59,7 +59,10 @@ fn https(addr: SocketAddr) -> String {
 async fn chat_page_crosses_nodes_and_survives_a_killed_node_in_a_real_browser() {
     let _heavy = HEAVY.lock().await;
     let c = tls_cluster().await;
-    let shot = std::env::temp_dir().join("tether-browser-chat.png");
+    let artifacts = repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("browser-chat.png");
+    let _ = std::fs::remove_file(&shot);
     let (mut b, kill) = Soak::start_script_until(
         "browser.js",
         json!({ "mode": "chat", "url": format!("{}/", https(c.tether.addr)), "screenshot": shot }),

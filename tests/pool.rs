@@ -297,3 +297,66 @@ async fn demo_runs_with_nothing_installed_and_its_page_and_cluster_work() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// The pids of `tether node` processes listening on `port`, found in /proc (children of
+/// the pool this test started).
+fn node_pids(port: u16) -> Vec<u32> {
+    let want = format!("node\0--port\0{port}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&want))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_restarts_a_node_that_dies() {
+    let base = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut pool = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["pool", "--nodes", "2", "--base-port", &base.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let node1: SocketAddr = ([127, 0, 0, 1], base).into();
+    let healthy = |addr: SocketAddr| async move {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok()
+                && get(addr, None, "/health", &[]).await.status == 200
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(healthy(node1).await, "node-1 serving");
+    assert!(
+        healthy(([127, 0, 0, 1], base + 1).into()).await,
+        "node-2 serving"
+    );
+    let before = node_pids(base);
+    assert_eq!(before.len(), 1, "{before:?}");
+    tether::pool::supervisor::send_signal(before[0], "KILL");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(healthy(node1).await, "node-1 restarted");
+    let after = node_pids(base);
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before, "a new process");
+    tether::pool::supervisor::send_signal(pool.id().unwrap(), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), pool.wait())
+        .await
+        .expect("pool stops")
+        .unwrap();
+    assert!(status.success());
+    assert!(node_pids(base).is_empty(), "children stopped with the pool");
+}
