@@ -1,0 +1,54 @@
+//! The request path's per-request work besides placement: recognising an Engine.IO
+//! request and finding its sid, reading the sid out of a handshake answer, and the sid
+//! table's lookup (pin + unpin) and insert.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use tether::affinity::SidTable;
+use tether::backends::ServerStats;
+use tether::engineio::{parse_open_packet, parse_query};
+
+fn engineio(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engineio");
+    let query = "EIO=4&transport=polling&t=PZ3cQ8f&sid=fUvk3y5PQy1b8aqfAAAB";
+    g.bench_function("sid_from_query", |b| {
+        b.iter(|| parse_query(black_box(query)).and_then(|q| q.sid))
+    });
+    let open = br#"0{"sid":"fUvk3y5PQy1b8aqfAAAB","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+    g.bench_function("open_packet", |b| {
+        b.iter(|| parse_open_packet(black_box(open)).map(|p| p.sid.len()))
+    });
+    g.finish();
+}
+
+fn sid_table(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sid_table");
+    let table = Arc::new(SidTable::new(1_000_000));
+    let stats = Arc::new(ServerStats::new("b".into(), "node-1".into()));
+    let sids: Vec<String> = (0..100_000).map(|i| format!("sid{i:017}AAAB")).collect();
+    for s in &sids {
+        let _ = table.insert(s, Arc::clone(&stats), Duration::from_secs(3600));
+    }
+    let mut i = 0usize;
+    g.bench_function("pin_and_unpin_100k", |b| {
+        b.iter(|| {
+            i = (i + 7919) % sids.len();
+            drop(table.pin_poll(black_box(&sids[i])))
+        })
+    });
+    let mut n = 0u64;
+    g.bench_function("insert_then_remove", |b| {
+        b.iter(|| {
+            n += 1;
+            let sid = format!("new{n:017}AAAB");
+            let _ = table.insert(&sid, Arc::clone(&stats), Duration::from_secs(60));
+            table.remove(&sid);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engineio, sid_table);
+criterion_main!(benches);
