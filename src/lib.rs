@@ -26,11 +26,14 @@
 //! - [`certs`] makes a development CA and certificates it signs (`tether cert`, tests).
 //! - [`pool`] real Socket.IO nodes (socketioxide) to balance: `tether node`, the demo
 //!   chat application, adapters over Redis or an in-process bus.
+//! - [`bench`] a Socket.IO-aware load generator (`tether bench`): real client sessions
+//!   (polling then upgrade, or WebSocket), echo round trips, sessions per node.
 
 pub mod admin;
 pub mod affinity;
 pub mod backends;
 pub mod balance;
+pub mod bench;
 pub mod certs;
 pub mod config;
 pub mod engineio;

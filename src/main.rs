@@ -118,6 +118,9 @@ enum Command {
         #[arg(long)]
         cert_dir: Option<PathBuf>,
     },
+    /// A Socket.IO-aware load generator against a loopback target: real client
+    /// sessions (polling then upgrade, or WebSocket), echo round trips, sessions per node.
+    Bench(tether::bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
             cert_dir: cert_dir.unwrap_or_else(|| std::env::temp_dir().join("tether-demo")),
             exe: std::env::current_exe().unwrap_or_else(|_| "tether".into()),
         }),
+        Command::Bench(args) => tether::bench::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -141,7 +141,11 @@ impl App {
 }
 
 /// The connect handler of namespace `/`: `io.ns("/", move |s| app::on_connect(app, s))`.
-pub async fn on_connect<A: Adapter>(app: Arc<App>, socket: SocketRef<A>) {
+///
+/// Everything happens in this synchronous call, which socketioxide makes before it
+/// reads the socket's next packet; an `async fn` would only run once its task is
+/// polled, and an event sent right after the connect answer could find no handler yet.
+pub fn on_connect<A: Adapter>(app: Arc<App>, socket: SocketRef<A>) -> std::future::Ready<()> {
     socket
         .extensions
         .insert(SharedProfile::new(Mutex::new(Profile::default())));
@@ -282,6 +286,7 @@ pub async fn on_connect<A: Adapter>(app: Arc<App>, socket: SocketRef<A>) {
         "welcome",
         &json!({ "node": &*app.node, "sid": socket.id.to_string() }),
     );
+    std::future::ready(())
 }
 
 async fn on_chat<A: Adapter>(
