@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# tether against nginx and HAProxy in front of the same three Socket.IO nodes, plus a
+# "direct" run (the load generator straight at one node) as the floor.
+#
+#   bash benches/compare.sh [--quick]
+#
+# Each proxy runs alone, pinned to core 0 with one worker; the three bundled nodes
+# (`tether node`) and the load generator (`tether bench --threads 1`) share core 1.
+# Costs are the proxy's own CPU time (utime+stime from /proc/PID/stat) and resident
+# memory (VmRSS), read around each scenario:
+#
+#   ws64 / ws4096  WebSocket relay: 50 clients echoing back to back (64 B, 4096 B)
+#                  -> proxy CPU per relayed message (2 per ack: one each way), ack p99
+#   setup          2000 sessions the real client's way (polling handshake, POST 40,
+#                  GET poll, pending GET poll + WebSocket upgrade with probe), each
+#                  closed once set up -> proxy CPU per session and per HTTP request
+#                  (5 per session: 4 on one keep-alive connection, 1 upgrade)
+#   idle           9000 idle WebSockets from 99 source addresses -> VmRSS growth per
+#                  proxied WebSocket
+#   balance        1000 WebSocket sessions from ONE address, each asking `whoami`
+#                  -> sessions per node, busiest node over the mean of all 3
+#
+# --quick halves durations and counts (a smoke run). Writes
+# benches/results/<date>-<host>.md, benches/results/<date>-ratios.svg and copies to
+# latest.md / latest.svg. Installs nginx and haproxy (Debian packages) when missing.
+# Loopback only; stops everything it started, by pid, even on failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+started_at=$(date +%s)
+
+quick=0
+for a in "$@"; do
+  case "$a" in
+    --quick) quick=1 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $a (only --quick)" >&2; exit 2 ;;
+  esac
+done
+# Durations in seconds and client counts; --quick halves them.
+echo_secs=8; echo_clients=50; setup_n=2000; idle_n=9000; idle_hold=6; balance_n=1000
+if [ "$quick" = 1 ]; then
+  echo_secs=4; echo_clients=25; setup_n=1000; idle_n=4500; idle_hold=3; balance_n=500
+fi
+# The proxy holds two fds per idle WebSocket (client side, node side).
+fd_limit=$(ulimit -n)
+if [ "$fd_limit" != unlimited ] && [ $((idle_n * 2 + 200)) -gt "$fd_limit" ]; then
+  idle_n=$(( (fd_limit - 200) / 2 ))
+  echo "note: open-file limit $fd_limit: idle scenario reduced to $idle_n WebSockets" >&2
+fi
+
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -E"
+  $sudo apt-get install -y -qq --no-install-recommends nginx-light haproxy >/dev/null
+fi
+PATH="$PATH:/usr/sbin"
+t0=$(date +%s)
+cargo build --release --quiet --bin tether
+echo "build: $(( $(date +%s) - t0 )) s" >&2
+tether=./target/release/tether
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# CPU seconds (user+system) a process has used.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$1/stat"; }
+rss() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+wait_port() {
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "nothing listens on 127.0.0.1:$1" >&2; return 1
+}
+# Stops pids we started (SIG, then KILL after 5 s) and forgets them.
+stop() { # SIG pid...
+  local sig=$1 keep=() p q alive; shift
+  for p in "$@"; do kill "-$sig" "$p" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    alive=0; for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break; sleep 0.1
+  done
+  for p in "$@"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  for q in "${pids[@]}"; do
+    for p in "$@"; do [ "$q" = "$p" ] && continue 2; done
+    keep+=("$q")
+  done
+  pids=("${keep[@]}")
+}
+
+results="$work/results.jsonl"
+: > "$results"
+node_ports=(); node_pids=()
+start_nodes() {
+  node_ports=(); node_pids=()
+  local i p
+  for i in 1 2 3; do
+    p=$(port)
+    taskset -c 1 "$tether" node --port "$p" --id "node-$i" >"$work/node-$i.log" 2>&1 &
+    pids+=($!); node_pids+=($!); node_ports+=("$p")
+  done
+  for p in "${node_ports[@]}"; do wait_port "$p"; done
+}
+# SIGINT: a node stops at once (SIGTERM would drain first).
+stop_nodes() { stop INT "${node_pids[@]}"; node_pids=(); }
+
+fill() { # template out: the template with @PORT@ @NODE1..3@ @WORK@ filled in
+  sed -e "s|@PORT@|$proxy_port|g" -e "s|@NODE1@|${node_ports[0]}|g" \
+      -e "s|@NODE2@|${node_ports[1]}|g" -e "s|@NODE3@|${node_ports[2]}|g" \
+      -e "s|@WORK@|$work|g" "benches/compare/$1" > "$2"
+}
+
+proxy_pid=""; proxy_port=""
+start_proxy() { # name
+  proxy_port=$(port)
+  case "$1" in
+    direct) proxy_pid=""; proxy_port=${node_ports[0]}; return 0 ;;
+    tether)
+      fill tether.yaml.in "$work/tether.yaml"
+      printf 'shutdown_grace: 1s\n' >> "$work/tether.yaml"
+      TOKIO_WORKER_THREADS=1 taskset -c 0 "$tether" run --config "$work/tether.yaml" \
+        >"$work/tether.log" 2>&1 &
+      ;;
+    nginx)
+      mkdir -p "$work/nginx"
+      fill nginx.conf.in "$work/nginx/nginx.conf"
+      taskset -c 0 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" >"$work/nginx.log" 2>&1 &
+      ;;
+    haproxy)
+      fill haproxy.cfg.in "$work/haproxy.cfg"
+      taskset -c 0 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+      ;;
+  esac
+  proxy_pid=$!; pids+=("$proxy_pid")
+  wait_port "$proxy_port" || { cat "$work/$1.log" "$work/nginx/error.log" 2>/dev/null >&2; return 1; }
+}
+
+# One scenario against the current target: runs the load generator on core 1 and
+# appends {target, scenario, cpu_s, rss..., bench} to $results.
+measure() { # target scenario bench-args...
+  local target=$1 scenario=$2; shift 2
+  local out="$work/$target-$scenario.json" samp="$work/$target-$scenario.sample.json"
+  local c0=0 c1=0 r0=0 bp sp=""
+  if [ -n "$proxy_pid" ]; then c0=$(cpu "$proxy_pid"); r0=$(rss "$proxy_pid"); fi
+  taskset -c 1 "$tether" bench --url "http://127.0.0.1:$proxy_port" --threads 1 --json --quiet \
+    "$@" >"$out" 2>"$work/$target-$scenario.err" &
+  bp=$!; pids+=("$bp")
+  if [ -n "$proxy_pid" ] && [ "$scenario" = idle ]; then
+    python3 benches/compare/sample.py "$proxy_pid" "$bp" >"$samp" &
+    sp=$!; pids+=("$sp")
+  fi
+  local rc=0
+  wait "$bp" || rc=$?
+  [ -n "$sp" ] && { wait "$sp" || true; }
+  if [ -n "$proxy_pid" ]; then c1=$(cpu "$proxy_pid"); fi
+  if [ "$rc" -ne 0 ] || [ ! -s "$out" ]; then
+    echo "  $target $scenario: the load generator failed (exit $rc):" >&2
+    tail -5 "$work/$target-$scenario.err" >&2
+    echo '{}' > "$out"
+  fi
+  python3 - "$target" "$scenario" "$c0" "$c1" "$r0" "$out" "$samp" >>"$results" <<'PY'
+import json, os, sys
+target, scenario, c0, c1, r0, out, samp = sys.argv[1:]
+row = {"target": target, "scenario": scenario, "cpu_s": round(float(c1) - float(c0), 4),
+       "rss_kib_before": int(r0), "bench": json.load(open(out))}
+if os.path.exists(samp) and os.path.getsize(samp):
+    row["sample"] = json.load(open(samp))
+print(json.dumps(row))
+PY
+  python3 - "$results" <<'PY' >&2
+import json, sys
+r = json.loads(open(sys.argv[1]).read().splitlines()[-1]); b = r["bench"]
+print(f"  {r['target']:8} {r['scenario']:8} established {b.get('established', 0):5} "
+      f"failed {b.get('failed_total', '?'):>4}  acked {b.get('messages_acked', 0):7} "
+      f"p99 {b.get('rtt_us', {}).get('p99', 0):6} us  setup/s {b.get('setup_rate', 0):8}  "
+      f"proxy cpu {r['cpu_s']:.2f} s")
+PY
+}
+
+run_target() { # name
+  local t=$1 t0
+  t0=$(date +%s)
+  echo "== $t" >&2
+  start_nodes
+  start_proxy "$t"
+  local d="${echo_secs}s"
+  measure "$t" ws64 --transport websocket --mode echo --clients "$echo_clients" \
+    --duration "$d" --payload-bytes 64
+  measure "$t" ws4096 --transport websocket --mode echo --clients "$echo_clients" \
+    --duration "$d" --payload-bytes 4096
+  measure "$t" setup --transport polling --mode connect --clients "$setup_n" --concurrency 64
+  if [ "$t" != direct ]; then
+    measure "$t" idle --transport websocket --mode idle --clients "$idle_n" \
+      --duration "${idle_hold}s" --sources 127.0.0.2-127.0.0.100 --concurrency 128 --timeout 30s
+    measure "$t" balance --transport websocket --mode connect --whoami --clients "$balance_n"
+  fi
+  if [ -n "$proxy_pid" ]; then stop TERM "$proxy_pid"; fi
+  stop_nodes
+  echo "   ($t: $(( $(date +%s) - t0 )) s)" >&2
+}
+
+for t in direct tether nginx haproxy; do run_target "$t"; done
+
+# Machine description and report.
+date_s=$(date +%F); host=$(hostname -s 2>/dev/null || hostname)
+{
+  echo "nproc: $(nproc)"
+  lscpu | head -n 15
+  echo "kernel: $(uname -srm)"
+  echo "nginx: $(nginx -v 2>&1)"
+  echo "haproxy: $(haproxy -v 2>&1 | head -n 1)"
+  echo "rustc: $(rustc -V)"
+  echo "tether: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"
+} > "$work/machine.txt"
+mkdir -p benches/results
+python3 benches/compare/report.py --results "$results" --machine "$work/machine.txt" \
+  --out-dir benches/results --date "$date_s" --host "$host" --quick "$quick" \
+  --elapsed "$(( $(date +%s) - started_at ))" \
+  --params "echo: $echo_clients clients x ${echo_secs}s; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions"
+cp "$results" "benches/results/$date_s-$host.jsonl"
+echo "total $(( $(date +%s) - started_at )) s" >&2
