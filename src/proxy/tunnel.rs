@@ -9,7 +9,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::upgrade::Upgraded;
+use tokio::net::TcpStream;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -49,10 +51,31 @@ pub async fn relay(
     idle: IdleLimit,
     stop: impl std::future::Future<Output = ()>,
 ) -> TunnelEnd {
-    let (mut client_rd, mut client_wr) = tokio::io::split(TokioIo::new(client));
-    let (mut server_rd, mut server_wr) = tokio::io::split(TokioIo::new(server));
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
+    // Plain TCP on both sides (no TLS listener): relay without per-tunnel buffers.
+    let client = match client.downcast::<TokioIo<TcpStream>>() {
+        Ok(c) => c,
+        Err(client) => {
+            let (c, s) = (TokioIo::new(client), TokioIo::new(server));
+            return relay_buffered(c, Bytes::new(), s, idle, stop).await;
+        }
+    };
+    let server = match server.downcast::<TokioIo<TcpStream>>() {
+        Ok(s) => s,
+        Err(server) => {
+            let c = client.io.into_inner();
+            return relay_buffered(c, client.read_buf, TokioIo::new(server), idle, stop).await;
+        }
+    };
+    relay_tcp(
+        (client.io.into_inner(), client.read_buf),
+        (server.io.into_inner(), server.read_buf),
+        idle,
+        stop,
+    )
+    .await
+}
+
+fn limits(idle: IdleLimit) -> (Limit, Option<Duration>) {
     let (limit_ms, learn_margin) = match idle {
         IdleLimit::Fixed(d) => (d, None),
         IdleLimit::FromOpenPacket { margin, fallback } => (fallback, Some(margin)),
@@ -61,6 +84,159 @@ pub async fn relay(
         ms: AtomicU64::new(limit_ms.as_millis() as u64),
         changed: Notify::new(),
     };
+    (limit, learn_margin)
+}
+
+/// Size of the per-thread scratch buffer of plain-TCP tunnels.
+const SCRATCH: usize = 16 * 1024;
+
+thread_local! {
+    /// Shared by every tunnel on this thread: a read is written on at once, so the bytes
+    /// never have to outlive the call, and an idle tunnel holds no buffer at all (two
+    /// 8 KiB buffers per tunnel were most of the memory of an idle WebSocket).
+    static SCRATCH_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SCRATCH]);
+}
+
+/// What one readiness step of a pump did.
+enum Step {
+    Again,
+    Eof,
+    /// Bytes read but not yet written (the peer's socket buffer was full).
+    Rest(Bytes),
+}
+
+/// The buffer-free relay between two plain TCP sockets (plus what hyper had already
+/// read past the upgrade on each).
+async fn relay_tcp(
+    (client, client_rest): (TcpStream, Bytes),
+    (server, server_rest): (TcpStream, Bytes),
+    idle: IdleLimit,
+    stop: impl std::future::Future<Output = ()>,
+) -> TunnelEnd {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let (limit, learn_margin) = limits(idle);
+    let end = {
+        let up = pump(&client, &server, client_rest, start, &last, None);
+        let down = pump(
+            &server,
+            &client,
+            server_rest,
+            start,
+            &last,
+            learn_margin.map(|m| (m, &limit)),
+        );
+        let watchdog = watchdog(start, &last, &limit);
+        tokio::select! {
+            _ = up => TunnelEnd::ClientClosed,
+            _ = down => TunnelEnd::ServerClosed,
+            _ = watchdog => TunnelEnd::Idle,
+            _ = stop => TunnelEnd::Stopped,
+        }
+    };
+    // A FIN to both sides now; dropping the sockets closes them.
+    for s in [&client, &server] {
+        let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
+    }
+    end
+}
+
+fn learn_from(chunk: &[u8], learn: &mut Option<(Duration, &Limit)>) {
+    if let Some((margin, limit)) = learn.take() {
+        if let Some(open) = engineio::parse_ws_open_frame(chunk) {
+            let ms = (open.heartbeat() + margin).as_millis() as u64;
+            limit.ms.store(ms, Ordering::Relaxed);
+            limit.changed.notify_one();
+        }
+    }
+}
+
+/// Moves bytes from `from` to `to` until EOF or error, reading into the thread's
+/// scratch buffer only when `from` is readable.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    rest: Bytes,
+    start: Instant,
+    last: &AtomicU64,
+    mut learn: Option<(Duration, &Limit)>,
+) {
+    if !rest.is_empty() {
+        learn_from(&rest, &mut learn);
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if write_all(to, &rest).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        if from.readable().await.is_err() {
+            return;
+        }
+        let step = SCRATCH_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let n = match from.try_read(&mut buf[..]) {
+                Ok(0) => return Step::Eof,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Step::Again,
+                Err(_) => return Step::Eof,
+            };
+            learn_from(&buf[..n], &mut learn);
+            last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            match to.try_write(&buf[..n]) {
+                Ok(w) if w == n => Step::Again,
+                Ok(w) => Step::Rest(Bytes::copy_from_slice(&buf[w..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    Step::Rest(Bytes::copy_from_slice(&buf[..n]))
+                }
+                Err(_) => Step::Eof,
+            }
+        });
+        match step {
+            Step::Again => {}
+            Step::Eof => return,
+            Step::Rest(bytes) => {
+                if write_all(to, &bytes).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn write_all(to: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        to.writable().await?;
+        match to.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The general relay (TLS on a side), with a buffer per direction. `client_rest`: bytes
+/// the client sent past the upgrade that were already read.
+async fn relay_buffered<C, S>(
+    client: C,
+    client_rest: Bytes,
+    server: S,
+    idle: IdleLimit,
+    stop: impl std::future::Future<Output = ()>,
+) -> TunnelEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut server_rd, mut server_wr) = tokio::io::split(server);
+    if !client_rest.is_empty() && server_wr.write_all(&client_rest).await.is_err() {
+        return TunnelEnd::ServerClosed;
+    }
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let (limit, learn_margin) = limits(idle);
 
     let end = {
         let up = copy(&mut client_rd, &mut server_wr, start, &last, None);
