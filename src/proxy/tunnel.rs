@@ -168,6 +168,9 @@ async fn pump(
             return;
         }
     }
+    // Even empty, `rest` is a view of hyper's whole read buffer: let it go now, or every
+    // idle tunnel keeps two of them alive.
+    drop(rest);
     loop {
         if from.readable().await.is_err() {
             return;
