@@ -139,11 +139,7 @@ async fn echo_over_websocket() {
     assert_eq!(r.established, 20, "{r:#?}");
     assert_eq!(r.upgraded, 0, "{r:#?}");
     assert!(r.messages_acked > 0, "{r:#?}");
-    assert_eq!(
-        r.per_node.get(&id).copied().unwrap_or(0),
-        20,
-        "{r:#?}"
-    );
+    assert_eq!(r.per_node.get(&id).copied().unwrap_or(0), 20, "{r:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

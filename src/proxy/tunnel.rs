@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
-use tokio::net::TcpStream;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
