@@ -321,7 +321,9 @@ async fn pool_restarts_a_node_that_dies() {
         .unwrap()
         .port();
     let mut pool = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["pool", "--nodes", "2", "--base-port", &base.to_string()])
+        // One node: its port was free a moment ago; a second, consecutive one might be
+        // an ephemeral port in use by another test's connection.
+        .args(["pool", "--nodes", "1", "--base-port", &base.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -340,10 +342,6 @@ async fn pool_restarts_a_node_that_dies() {
         false
     };
     assert!(healthy(node1).await, "node-1 serving");
-    assert!(
-        healthy(([127, 0, 0, 1], base + 1).into()).await,
-        "node-2 serving"
-    );
     let before = node_pids(base);
     assert_eq!(before.len(), 1, "{before:?}");
     tether::pool::supervisor::send_signal(before[0], "KILL");
