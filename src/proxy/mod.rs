@@ -74,8 +74,9 @@ struct Target<'s> {
     /// Whether the client already holds a cookie naming this server.
     cookie_current: bool,
     /// Set when placement chose the server for a new session (its index in the
-    /// backend): such a request may be retried on another server if the connect fails.
-    placed: Option<usize>,
+    /// backend, and the placement hash key): such a request may be retried on the next
+    /// server in placement order if the connect fails.
+    placed: Option<(usize, u64)>,
 }
 
 impl Proxy {
@@ -131,8 +132,7 @@ impl Proxy {
         let uri = req.uri().clone();
         let eio = uri.query().and_then(engineio::parse_query);
 
-        let placement_key = affinity::hash_key(&backend.hash_key, req.uri(), req.headers(), client);
-        let mut target = self.pick(backend, &req, placement_key, eio, upgrade)?;
+        let mut target = self.pick(backend, &req, client, eio, upgrade)?;
 
         let origin = headers::Origin {
             peer: client_ip::canonical(conn.peer.ip()),
@@ -146,20 +146,13 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
 
         if upgrade {
-            return self.tunnel(backend, req, target, placement_key).await;
+            return self.tunnel(backend, req, target).await;
         }
         let handshake = eio.is_some_and(|q| q.sid.is_none() && q.transport == Transport::Polling);
         // A new session's bodiless request can be sent again elsewhere if its server
         // cannot be reached: no session exists yet, so nothing can be duplicated.
         let resp = self
-            .send(
-                backend,
-                &mut target,
-                req,
-                placement_key,
-                eio.is_some(),
-                false,
-            )
+            .send(backend, &mut target, req, eio.is_some(), false)
             .await?;
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
@@ -201,7 +194,7 @@ impl Proxy {
         &self,
         backend: &'b Backend,
         req: &Request<Incoming>,
-        placement_key: u64,
+        client: std::net::IpAddr,
         eio: Option<EioQuery<'_>>,
         upgrade: bool,
     ) -> Result<Target<'b>, ProxyError> {
@@ -213,7 +206,8 @@ impl Proxy {
             placed: None,
         };
         if backend.balance == Balance::RoundRobin {
-            return self.place_new(backend, placement_key, false, &[]);
+            // Round robin has no key to hash.
+            return self.place_new(backend, 0, false, &[]);
         }
         let cookie_server = backend
             .cookie
@@ -254,7 +248,10 @@ impl Proxy {
         if let Some(server) = cookie_server.filter(|s| s.accepts_new_sessions()) {
             return Ok(new_target(server, true));
         }
-        self.place_new(backend, placement_key, eio.is_some(), &[])
+        // Only a new session needs its hash key: requests of known sessions (the vast
+        // majority) never compute it.
+        let key = affinity::hash_key(&backend.hash_key, req.uri(), req.headers(), client);
+        self.place_new(backend, key, eio.is_some(), &[])
     }
 
     /// Places a new session (or a stateless request), avoiding `tried` servers.
@@ -278,7 +275,7 @@ impl Proxy {
                 .then(|| SessionGuard::pending(Arc::clone(&server.stats))),
             // Round robin sets no cookie.
             cookie_current: !sticky,
-            placed: Some(i),
+            placed: Some((i, key)),
         })
     }
 
@@ -291,7 +288,6 @@ impl Proxy {
         backend: &'b Backend,
         target: &mut Target<'b>,
         req: Request<Incoming>,
-        placement_key: u64,
         engine_io: bool,
         upgrade: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
@@ -329,10 +325,10 @@ impl Proxy {
             };
             note_failure(backend, target.server, &e);
             match (target.placed, &replay) {
-                (Some(i), Some(_)) if e.is_connect() => {
+                (Some((i, key)), Some(_)) if e.is_connect() => {
                     tried.push(i);
                     // Nowhere else to go: the client learns why the last try failed.
-                    let Ok(next) = self.place_new(backend, placement_key, engine_io, &tried) else {
+                    let Ok(next) = self.place_new(backend, key, engine_io, &tried) else {
                         return Err(e);
                     };
                     tracing::info!(from = %target.server.id, to = %next.server.id, error = %e, "new session retried on another server");
@@ -393,12 +389,9 @@ impl Proxy {
         backend: &Backend,
         mut req: Request<Incoming>,
         mut target: Target<'_>,
-        placement_key: u64,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_side = hyper::upgrade::on(&mut req);
-        let mut resp = self
-            .send(backend, &mut target, req, placement_key, true, true)
-            .await?;
+        let mut resp = self.send(backend, &mut target, req, true, true).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (parts, body) = resp.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::Stream(body)));
