@@ -8,21 +8,25 @@ use tokio_util::sync::CancellationToken;
 /// Exit status after a second signal, as shells report an interrupted command.
 pub const FORCED_EXIT: i32 = 130;
 
+/// Which signal asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Terminate,
+    Interrupt,
+}
+
 /// Cancels `token` on the first SIGINT or SIGTERM; exits the process on the second.
 pub async fn on_signal(token: CancellationToken) {
-    if !next_signal().await {
+    if first_signal().await.is_none() {
         return;
     }
     tracing::info!("shutting down (a second signal exits at once)");
     token.cancel();
-    if next_signal().await {
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(FORCED_EXIT);
-    }
 }
 
-/// Waits for SIGINT or SIGTERM; false if signals cannot be watched at all.
-async fn next_signal() -> bool {
+/// Waits for the first SIGINT or SIGTERM (`None` if signals cannot be watched), and from
+/// then on exits the process at once on a second one.
+pub async fn first_signal() -> Option<Signal> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -31,15 +35,27 @@ async fn next_signal() -> bool {
             signal(SignalKind::interrupt()),
         ) else {
             tracing::warn!("cannot watch SIGTERM/SIGINT");
-            return false;
+            return None;
         };
-        tokio::select! {
-            _ = int.recv() => true,
-            _ = term.recv() => true,
-        }
+        let first = tokio::select! {
+            _ = term.recv() => Signal::Terminate,
+            _ = int.recv() => Signal::Interrupt,
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(FORCED_EXIT);
+        });
+        Some(first)
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.is_ok()
+        tokio::signal::ctrl_c()
+            .await
+            .ok()
+            .map(|_| Signal::Interrupt)
     }
 }

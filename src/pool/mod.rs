@@ -10,7 +10,10 @@
 
 pub mod app;
 pub mod assets;
+pub mod backoff;
 pub mod demo;
 pub mod drivers;
 pub mod node;
 pub mod supervisor;
+#[cfg(test)]
+mod test_redis;

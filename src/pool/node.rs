@@ -54,6 +54,7 @@ use super::drivers::memory::{MemoryBus, MemoryDriver};
 use super::drivers::pubsub::PubSubDriver;
 use super::drivers::streams::StreamsDriver;
 use super::drivers::{DriverHealth, LocalFirst};
+use crate::shutdown::Signal;
 
 /// The header naming the node that answered.
 pub const NODE_ID_HEADER: &str = "x-node-id";
@@ -695,59 +696,21 @@ pub async fn run_until_signal(opts: NodeOptions) -> Result<(), NodeError> {
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
-    match wait_signal().await {
-        Some(Sig::Term) => {
+    match crate::shutdown::first_signal().await {
+        Some(Signal::Terminate) => {
             node.drain();
             node.stop().await;
         }
-        Some(Sig::Int) => node.stop().await,
+        Some(Signal::Interrupt) => node.stop().await,
         None => std::future::pending::<()>().await,
     }
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sig {
-    Term,
-    Int,
-}
-
-/// The first SIGTERM or SIGINT (`None` if signals cannot be watched); a second one exits
-/// the process at once, as [`crate::shutdown::on_signal`] does.
-async fn wait_signal() -> Option<Sig> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::warn!("cannot watch SIGTERM/SIGINT");
-            return None;
-        };
-        let first = tokio::select! {
-            _ = term.recv() => Sig::Term,
-            _ = int.recv() => Sig::Int,
-        };
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::warn!("second signal: exiting now");
-            std::process::exit(crate::shutdown::FORCED_EXIT);
-        });
-        Some(first)
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.ok().map(|_| Sig::Int)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::test_redis::TestRedis;
 
     #[test]
     fn ids_must_fit_a_header() {
@@ -1092,62 +1055,6 @@ mod tests {
         node.stop().await;
     }
 
-    /// A throwaway redis-server on a unix socket in a temporary directory; it can be
-    /// killed and started again on the same socket.
-    struct Redis {
-        child: Option<tokio::process::Child>,
-        dir: tempfile::TempDir,
-    }
-
-    impl Redis {
-        async fn start() -> Redis {
-            let mut r = Redis {
-                child: None,
-                dir: tempfile::tempdir().unwrap(),
-            };
-            r.restart().await;
-            r
-        }
-
-        fn url(&self) -> String {
-            format!("redis+unix://{}", self.dir.path().join("r.sock").display())
-        }
-
-        async fn restart(&mut self) {
-            let child = tokio::process::Command::new("redis-server")
-                .args(["--port", "0", "--save", "", "--appendonly", "no"])
-                .arg("--unixsocket")
-                .arg(self.dir.path().join("r.sock"))
-                .arg("--dir")
-                .arg(self.dir.path())
-                .stdout(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("redis-server must be installed (tests/setup.sh)");
-            self.child = Some(child);
-            let client = redis::Client::open(self.url()).unwrap();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    if redis::cmd("PING").exec_async(&mut c).await.is_ok() {
-                        return;
-                    }
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "redis-server did not start"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-
-        async fn kill(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                c.kill().await.unwrap();
-            }
-        }
-    }
-
     async fn wait_health(node: &RunningNode, want: StatusCode) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -1167,7 +1074,7 @@ mod tests {
     /// Two nodes on one Redis: broadcasts, rooms and presence cross; losing Redis turns
     /// `/health` to 503, its return back to 200 and broadcasts cross again.
     async fn redis_cluster(streams: bool) {
-        let mut redis = Redis::start().await;
+        let mut redis = TestRedis::start().await;
         let url = redis.url();
         let adapter = if streams {
             AdapterChoice::RedisStreams { url }

@@ -11,6 +11,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
+
 /// First wait before restarting a node that died.
 const BACKOFF_START: Duration = Duration::from_millis(200);
 /// Longest wait between restarts.
@@ -63,17 +65,16 @@ pub async fn run(opts: PoolOptions, stop: CancellationToken) {
 }
 
 async fn supervise(exe: PathBuf, spec: NodeSpec, stop: CancellationToken) {
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     loop {
         let started = tokio::time::Instant::now();
         let mut child = match spawn(&exe, &spec) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(node = %spec.id, error = %e, "cannot start node");
-                if wait_or_stop(backoff, &stop).await {
+                if wait_or_stop(backoff.next_delay(), &stop).await {
                     return;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
@@ -86,13 +87,13 @@ async fn supervise(exe: PathBuf, spec: NodeSpec, stop: CancellationToken) {
             }
         };
         if started.elapsed() >= STABLE_AFTER {
-            backoff = BACKOFF_START;
+            backoff.reset();
         }
-        tracing::warn!(node = %spec.id, status = ?status.ok(), retry_in = ?backoff, "node exited; restarting");
-        if wait_or_stop(backoff, &stop).await {
+        let delay = backoff.next_delay();
+        tracing::warn!(node = %spec.id, status = ?status.ok(), retry_in = ?delay, "node exited; restarting");
+        if wait_or_stop(delay, &stop).await {
             return;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

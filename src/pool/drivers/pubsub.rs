@@ -19,6 +19,8 @@ use redis::{Client, RedisError};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{mpsc, Notify};
 
+use crate::pool::backoff::Backoff;
+
 /// First wait before reconnecting the subscriber.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest wait between reconnection attempts.
@@ -94,7 +96,7 @@ impl PubSubDriver {
 
 /// Keeps one subscriber connection alive and subscribed to every wanted channel.
 async fn subscriber(weak: std::sync::Weak<Inner>) {
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     loop {
         let Some(inner) = weak.upgrade() else { return };
         if inner.closed.load(Ordering::Relaxed) {
@@ -104,10 +106,10 @@ async fn subscriber(weak: std::sync::Weak<Inner>) {
             Ok(p) => p,
             Err(e) => {
                 inner.subscriber_up.store(false, Ordering::Relaxed);
-                tracing::debug!(error = %e, retry_in = ?backoff, "redis pub/sub: cannot connect");
+                let delay = backoff.next_delay();
+                tracing::debug!(error = %e, retry_in = ?delay, "redis pub/sub: cannot connect");
                 drop(inner);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
@@ -142,7 +144,7 @@ async fn subscriber(weak: std::sync::Weak<Inner>) {
             if !inner.subscriber_up.swap(true, Ordering::Relaxed) {
                 tracing::info!(channels = subscribed.len(), "redis pub/sub: subscribed");
             }
-            backoff = BACKOFF_START;
+            backoff.reset();
             tokio::select! {
                 _ = inner.changed.notified() => {
                     if inner.closed.load(Ordering::Relaxed) {
@@ -165,10 +167,10 @@ async fn subscriber(weak: std::sync::Weak<Inner>) {
             }
         }
         inner.subscriber_up.store(false, Ordering::Relaxed);
-        tracing::warn!(retry_in = ?backoff, "redis pub/sub: connection lost; reconnecting");
+        let delay = backoff.next_delay();
+        tracing::warn!(retry_in = ?delay, "redis pub/sub: connection lost; reconnecting");
         drop(inner);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(delay).await;
     }
 }
 

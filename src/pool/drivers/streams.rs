@@ -54,6 +54,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::pool::backoff::Backoff;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError};
@@ -336,7 +337,7 @@ impl Inner {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let mut backoff = Backoff::new(&self.opts);
+        let mut backoff = Backoff::new(self.opts.backoff_min, self.opts.backoff_max);
         let mut attempt = 0;
         loop {
             match op(self.conn.clone()).await {
@@ -668,7 +669,7 @@ async fn reader_task(weak: Weak<Inner>) {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(opts.response_timeout))
         .set_response_timeout(Some(opts.block + opts.response_timeout));
-    let mut backoff = Backoff::new(&opts);
+    let mut backoff = Backoff::new(opts.backoff_min, opts.backoff_max);
     let mut wake_id = "0-0".to_owned();
     let mut failed = false;
     loop {
@@ -766,33 +767,6 @@ fn alive(weak: &Weak<Inner>) -> bool {
         .is_some_and(|inner| !inner.closed.load(Ordering::Relaxed))
 }
 
-/// Reconnect delays: `backoff_min` doubling up to `backoff_max`.
-struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(opts: &StreamsOptions) -> Backoff {
-        Backoff {
-            next: opts.backoff_min,
-            min: opts.backoff_min,
-            max: opts.backoff_max.max(opts.backoff_min),
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
 fn is_connection_error(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
@@ -828,8 +802,6 @@ fn node_uid() -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-    use std::process::Stdio;
     use std::time::Instant;
 
     use futures_util::StreamExt;
@@ -837,68 +809,9 @@ mod tests {
     use socketioxide::extract::SocketRef;
     use socketioxide::SocketIo;
     use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
-    use tokio::process::{Child, Command};
 
     use super::*;
-
-    /// A throwaway redis-server on a unix socket in a temporary directory.
-    struct RedisServer {
-        child: Child,
-        url: String,
-        _dir: tempfile::TempDir,
-    }
-
-    impl RedisServer {
-        async fn start() -> RedisServer {
-            let dir = tempfile::tempdir().unwrap();
-            let sock: PathBuf = dir.path().join("r.sock");
-            let child = Command::new("redis-server")
-                .arg("--port")
-                .arg("0")
-                .arg("--unixsocket")
-                .arg(&sock)
-                .arg("--save")
-                .arg("")
-                .arg("--appendonly")
-                .arg("no")
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("redis-server must be installed (apt-get install redis-server)");
-            let url = format!("redis+unix://{}", sock.display());
-            let client = Client::open(url.as_str()).unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    if redis::cmd("PING").exec_async(&mut c).await.is_ok() {
-                        break;
-                    }
-                }
-                assert!(Instant::now() < deadline, "redis-server did not start");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            RedisServer {
-                child,
-                url,
-                _dir: dir,
-            }
-        }
-
-        async fn admin(&self) -> MultiplexedConnection {
-            Client::open(self.url.as_str())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap()
-        }
-
-        async fn stop(mut self) {
-            self.child.kill().await.unwrap();
-        }
-    }
+    use crate::pool::test_redis::TestRedis;
 
     /// The `CLIENT ID` of the connection named `name`, from `CLIENT LIST`.
     async fn client_id_by_name(admin: &mut MultiplexedConnection, name: &str) -> Option<i64> {
@@ -933,7 +846,7 @@ mod tests {
 
     /// Publishes 0..1000 from one driver while the other's reader connection is
     /// killed (twice); returns the numbers received, in order.
-    async fn publish_through_kills(server: &RedisServer, kill_all: bool) -> Vec<u32> {
+    async fn publish_through_kills(server: &TestRedis, kill_all: bool) -> Vec<u32> {
         const N: u32 = 1000;
         let publisher = StreamsDriver::new(&server.url, "t").await.unwrap();
         let subscriber = StreamsDriver::new(&server.url, "t").await.unwrap();
@@ -1001,7 +914,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn subscriber_killed_midway_still_gets_all_in_order() {
-        let server = RedisServer::start().await;
+        let server = TestRedis::start().await;
         let got = publish_through_kills(&server, false).await;
         assert_eq!(got, (0..1000).collect::<Vec<u32>>());
         server.stop().await;
@@ -1012,7 +925,7 @@ mod tests {
     /// may be added twice (at least once), which shows as an adjacent duplicate.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn all_connections_killed_midway_nothing_lost() {
-        let server = RedisServer::start().await;
+        let server = TestRedis::start().await;
         let mut got = publish_through_kills(&server, true).await;
         got.dedup();
         assert_eq!(got, (0..1000).collect::<Vec<u32>>());
@@ -1021,7 +934,7 @@ mod tests {
 
     #[tokio::test]
     async fn new_subscriber_starts_at_the_end_and_records_it() {
-        let server = RedisServer::start().await;
+        let server = TestRedis::start().await;
         let a = StreamsDriver::new(&server.url, "t").await.unwrap();
         let b = StreamsDriver::new(&server.url, "t").await.unwrap();
         for i in 0..3u8 {
@@ -1055,7 +968,7 @@ mod tests {
 
     #[tokio::test]
     async fn publish_subscribe_across_drivers_exact_channels() {
-        let server = RedisServer::start().await;
+        let server = TestRedis::start().await;
         let a = StreamsDriver::new(&server.url, "t").await.unwrap();
         let b = StreamsDriver::new(&server.url, "t").await.unwrap();
         let global = "socket.io-request#/#".to_string();
@@ -1077,7 +990,7 @@ mod tests {
 
     #[tokio::test]
     async fn num_serv_counts_present_nodes() {
-        let server = RedisServer::start().await;
+        let server = TestRedis::start().await;
         let a = StreamsDriver::new(&server.url, "t").await.unwrap();
         let b = StreamsDriver::new(&server.url, "t").await.unwrap();
         let c = StreamsDriver::new(&server.url, "t").await.unwrap();
@@ -1109,7 +1022,7 @@ mod tests {
 
     #[tokio::test]
     async fn presence_is_kept_by_heartbeats_and_withdrawn_for_dropped_streams() {
-        let server = RedisServer::start().await;
+        let server = TestRedis::start().await;
         let opts = StreamsOptions {
             presence_ttl: Duration::from_millis(400),
             heartbeat: Duration::from_millis(100),
@@ -1132,7 +1045,7 @@ mod tests {
 
     #[tokio::test]
     async fn unsubscribe_ends_the_stream() {
-        let server = RedisServer::start().await;
+        let server = TestRedis::start().await;
         let a = StreamsDriver::new(&server.url, "t").await.unwrap();
         let mut s = a.subscribe("c".into(), 8).await.unwrap();
         a.unsubscribe("c".into()).await.unwrap();
@@ -1147,7 +1060,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_are_trimmed_and_expire() {
-        let server = RedisServer::start().await;
+        let server = TestRedis::start().await;
         let opts = StreamsOptions {
             maxlen: 10,
             stream_ttl: Some(Duration::from_secs(60)),
@@ -1179,7 +1092,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_subscriber_loses_nothing_and_holds_up_no_one() {
-        let server = RedisServer::start().await;
+        let server = TestRedis::start().await;
         let a = StreamsDriver::new(&server.url, "t").await.unwrap();
         let mut slow = a.subscribe("slow".into(), 2).await.unwrap();
         let mut fast = a.subscribe("fast".into(), 64).await.unwrap();
@@ -1228,7 +1141,7 @@ mod tests {
     /// happens if `num_serv` counts the nodes exactly.
     #[tokio::test]
     async fn socketioxide_nodes_answer_each_other_over_streams() {
-        let server = RedisServer::start().await;
+        let server = TestRedis::start().await;
         let nodes = [
             node(&server.url).await,
             node(&server.url).await,
