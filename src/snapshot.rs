@@ -499,7 +499,7 @@ impl Store {
         });
     }
 
-    /// Runs `f` on the server's live state, if the server exists now.
+    /// The live state of a server, if the backend has it now.
     pub fn server_stats(&self, backend: &str, id: &str) -> Option<Arc<ServerStats>> {
         let snap = self.load();
         snap.backend(backend)

@@ -48,13 +48,7 @@ async fn run_binary(node: &NodeServer, dir: &std::path::Path) -> (Child, SocketA
 }
 
 fn signal(child: &Child, sig: &str) {
-    let pid = child.id().expect("running").to_string();
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    tether::pool::supervisor::send_signal(child.id().expect("running"), sig);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,7 +112,10 @@ impl Default for ServerCondition {
 impl ServerCondition {
     pub fn health(&self) -> Health {
         let h = Health::from_u8(self.health.load(Ordering::Acquire));
-        if h == Health::Up && now_ms() < self.down_until_ms.load(Ordering::Acquire) {
+        // Placement asks this of every server it walks: read the clock only while a
+        // passive cooldown is set.
+        let until = self.down_until_ms.load(Ordering::Acquire);
+        if h == Health::Up && until != 0 && now_ms() < until {
             return Health::Down;
         }
         h
