@@ -849,7 +849,15 @@ mod tests {
     async fn publish_through_kills(server: &TestRedis, kill_all: bool) -> Vec<u32> {
         const N: u32 = 1000;
         let publisher = StreamsDriver::new(&server.url, "t").await.unwrap();
-        let subscriber = StreamsDriver::new(&server.url, "t").await.unwrap();
+        // A first reconnect delay long enough that the publishes right after a kill
+        // is noticed certainly fall while the reader is away, even on a busy machine.
+        let opts = StreamsOptions {
+            backoff_min: Duration::from_millis(400),
+            ..StreamsOptions::default()
+        };
+        let subscriber = StreamsDriver::with_options(&server.url, "t", opts)
+            .await
+            .unwrap();
         let mut admin = server.admin().await;
         let mut stream = subscriber.subscribe("numbers".into(), 64).await.unwrap();
         wait_until("reader connected", || subscriber.connected()).await;
@@ -883,6 +891,10 @@ mod tests {
                 let n: i64 = kill.query_async(&mut admin).await.unwrap();
                 assert!(n >= 1, "nothing killed");
                 killed.push(id);
+                wait_until("reader noticed the kill", || {
+                    subscriber.reader_client_id() != Some(id)
+                })
+                .await;
             }
             if !killed.is_empty() && !subscriber.connected() {
                 published_while_down += 1;
