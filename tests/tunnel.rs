@@ -82,3 +82,22 @@ async fn silent_tunnel_closes_after_the_sessions_own_heartbeat() {
     println!("silent tunnel closed after {after:?} (heartbeat 500 ms + margin 200 ms)");
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maint_closes_open_tunnels_at_once_and_draining_does_not() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let tether = TetherHandle::start(&config_for(std::slice::from_ref(&node), "")).await;
+    let mut ws = ws_connect(tether.addr, WS_ONLY).await;
+    ws_read_text(&mut ws).await;
+    let stats = tether.store.load().backends[0].servers[0].stats.clone();
+    stats.condition.set_state(tether::config::ServerState::Draining);
+    assert!(
+        wait_closed(&mut ws, Duration::from_millis(700)).await.is_none(),
+        "a draining server keeps its tunnels"
+    );
+    stats.condition.set_state(tether::config::ServerState::Maint);
+    let closed = wait_closed(&mut ws, Duration::from_secs(2)).await;
+    let after = closed.expect("a tunnel to a server in maint must be closed");
+    println!("tunnel closed {after:?} after maint");
+    tether.stop().await;
+}

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use crate::config::ServerState;
 
 /// A server's health as tether knows it.
@@ -92,6 +94,10 @@ pub struct ServerCondition {
     down_until_ms: AtomicU64,
     /// When the server last became able to take sessions, for slow start.
     up_since_ms: AtomicU64,
+    /// Woken when the server may have stopped serving its pinned sessions, so each
+    /// tunnel waits on it instead of polling the state on a timer (thousands of idle
+    /// tunnels would otherwise wake every few hundred milliseconds for nothing).
+    pinned_stop: Notify,
 }
 
 impl Default for ServerCondition {
@@ -105,6 +111,7 @@ impl Default for ServerCondition {
             down_until_ms: AtomicU64::new(0),
             // Servers known at start are not ramped: nothing was flooding them.
             up_since_ms: AtomicU64::new(0),
+            pinned_stop: Notify::new(),
         }
     }
 }
@@ -132,6 +139,7 @@ impl ServerCondition {
             self.down_until_ms.store(0, Ordering::Release);
             self.up_since_ms.store(now_ms(), Ordering::Release);
         }
+        self.pinned_stop.notify_waiters();
         Some(old)
     }
 
@@ -148,6 +156,7 @@ impl ServerCondition {
         if s == ServerState::Ready {
             self.up_since_ms.store(now_ms(), Ordering::Release);
         }
+        self.pinned_stop.notify_waiters();
         Some(old)
     }
 
@@ -180,6 +189,21 @@ impl ServerCondition {
         self.state() != ServerState::Maint && self.health() != Health::Down
     }
 
+    /// Returns once the server no longer serves its pinned sessions (maintenance, or
+    /// down), at once if it already does not.
+    pub async fn stopped_serving_pinned(&self) {
+        loop {
+            // Registered before the check, so a change between the two is not missed.
+            let changed = self.pinned_stop.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if !self.serves_pinned() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// Share of its full weight a server gets while it slow-starts, in `0.0..=1.0`.
     pub fn ramp(&self, slow_start: Option<Duration>) -> f64 {
         let Some(window) = slow_start.filter(|w| !w.is_zero()) else {
@@ -210,6 +234,7 @@ impl ServerCondition {
                 self.down_until_ms.store(until, Ordering::Release);
                 // Coming back after the cooldown is a return: ramp it like one.
                 self.up_since_ms.store(until, Ordering::Release);
+                self.pinned_stop.notify_waiters();
                 true
             }
         }
@@ -296,5 +321,38 @@ mod tests {
         let r = c.ramp(Some(Duration::from_secs(10)));
         assert!(r < 0.1, "just back: {r}");
         assert_eq!(c.ramp(None), 1.0);
+    }
+
+    #[tokio::test]
+    async fn pinned_watchers_wake_on_maint_down_and_passive_down_only() {
+        use std::sync::Arc;
+        let c = Arc::new(ServerCondition::default());
+        let pending = |c: Arc<ServerCondition>| {
+            tokio::spawn(async move { c.stopped_serving_pinned().await })
+        };
+        let short = Duration::from_millis(50);
+
+        let w = pending(Arc::clone(&c));
+        c.set_state(ServerState::Draining);
+        tokio::time::sleep(short).await;
+        assert!(!w.is_finished(), "draining still serves pinned sessions");
+        c.set_state(ServerState::Maint);
+        tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap();
+        // Already stopped: returns at once.
+        c.stopped_serving_pinned().await;
+
+        c.set_state(ServerState::Ready);
+        let w = pending(Arc::clone(&c));
+        tokio::time::sleep(short).await;
+        assert!(!w.is_finished());
+        c.set_health(Health::Down);
+        tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap();
+
+        c.set_health(Health::Up);
+        let w = pending(Arc::clone(&c));
+        for _ in 0..PASSIVE_FALL {
+            c.record_failure(None);
+        }
+        tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap();
     }
 }

@@ -43,9 +43,6 @@ const OPEN_PACKET_SCAN: usize = 64 * 1024;
 /// Engine.IO's default heartbeat (25 s + 20 s), used until a session says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(45);
 
-/// How often a tunnel checks that its server may still carry it.
-const SERVER_WATCH: Duration = Duration::from_millis(500);
-
 /// What the listener knows about the client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
@@ -431,14 +428,7 @@ impl Proxy {
             let stop = async {
                 tokio::select! {
                     _ = hard_stop.cancelled() => {}
-                    _ = async {
-                        loop {
-                            tokio::time::sleep(SERVER_WATCH).await;
-                            if !stats.condition.serves_pinned() {
-                                break;
-                            }
-                        }
-                    } => {}
+                    _ = stats.condition.stopped_serving_pinned() => {}
                 }
             };
             let end = tunnel::relay(client, server, idle, stop).await;
