@@ -90,12 +90,18 @@ async fn maint_closes_open_tunnels_at_once_and_draining_does_not() {
     let mut ws = ws_connect(tether.addr, WS_ONLY).await;
     ws_read_text(&mut ws).await;
     let stats = tether.store.load().backends[0].servers[0].stats.clone();
-    stats.condition.set_state(tether::config::ServerState::Draining);
+    stats
+        .condition
+        .set_state(tether::config::ServerState::Draining);
     assert!(
-        wait_closed(&mut ws, Duration::from_millis(700)).await.is_none(),
+        wait_closed(&mut ws, Duration::from_millis(700))
+            .await
+            .is_none(),
         "a draining server keeps its tunnels"
     );
-    stats.condition.set_state(tether::config::ServerState::Maint);
+    stats
+        .condition
+        .set_state(tether::config::ServerState::Maint);
     let closed = wait_closed(&mut ws, Duration::from_secs(2)).await;
     let after = closed.expect("a tunnel to a server in maint must be closed");
     println!("tunnel closed {after:?} after maint");

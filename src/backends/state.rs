@@ -327,9 +327,8 @@ mod tests {
     async fn pinned_watchers_wake_on_maint_down_and_passive_down_only() {
         use std::sync::Arc;
         let c = Arc::new(ServerCondition::default());
-        let pending = |c: Arc<ServerCondition>| {
-            tokio::spawn(async move { c.stopped_serving_pinned().await })
-        };
+        let pending =
+            |c: Arc<ServerCondition>| tokio::spawn(async move { c.stopped_serving_pinned().await });
         let short = Duration::from_millis(50);
 
         let w = pending(Arc::clone(&c));
@@ -337,7 +336,10 @@ mod tests {
         tokio::time::sleep(short).await;
         assert!(!w.is_finished(), "draining still serves pinned sessions");
         c.set_state(ServerState::Maint);
-        tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .unwrap()
+            .unwrap();
         // Already stopped: returns at once.
         c.stopped_serving_pinned().await;
 
@@ -346,13 +348,19 @@ mod tests {
         tokio::time::sleep(short).await;
         assert!(!w.is_finished());
         c.set_health(Health::Down);
-        tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .unwrap()
+            .unwrap();
 
         c.set_health(Health::Up);
         let w = pending(Arc::clone(&c));
         for _ in 0..PASSIVE_FALL {
             c.record_failure(None);
         }
-        tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

@@ -8,6 +8,7 @@
 pub mod body;
 pub mod headers;
 pub mod respond;
+mod tcp_relay;
 pub mod tunnel;
 pub mod upstream;
 
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::affinity::{self, client_ip, SessionPin};
-use crate::backends::SessionGuard;
+use crate::backends::{ServerStats, SessionGuard};
 use crate::config::Balance;
 use crate::engineio::{self, EioQuery, Transport};
 use crate::snapshot::{Backend, Server, Snapshot, Store};
@@ -415,7 +416,7 @@ impl Proxy {
         let server_id = Arc::clone(&target.server.id);
         let stats = Arc::clone(&target.server.stats);
         let hard_stop = self.hard_stop.clone();
-        self.tunnels.spawn(async move {
+        let task = async move {
             let (client, server) = match tokio::join!(client_side, server_side) {
                 (Ok(c), Ok(s)) => (c, s),
                 (c, s) => {
@@ -423,23 +424,26 @@ impl Proxy {
                     return;
                 }
             };
-            // A tunnel ends with the process's grace, or when its server is put in
-            // maintenance or found down: its client then reconnects elsewhere at once.
-            let stop = async {
-                tokio::select! {
-                    _ = hard_stop.cancelled() => {}
-                    _ = stats.condition.stopped_serving_pinned() => {}
-                }
-            };
-            let end = tunnel::relay(client, server, idle, stop).await;
+            let end = tunnel::relay(client, server, idle, tunnel_stop(&hard_stop, &stats)).await;
             tracing::debug!(server = %server_id, ?end, "tunnel closed");
             drop(session);
-        });
+        };
+        self.tunnels.spawn(task);
         let (mut parts, _) = resp.into_parts();
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         Ok(Response::from_parts(parts, ProxyBody::empty()))
+    }
+}
+
+/// Completes when a tunnel must end before either side closes it: the process's grace
+/// is over, or its server was put in maintenance or found down (its client then
+/// reconnects elsewhere at once).
+async fn tunnel_stop(hard_stop: &CancellationToken, stats: &ServerStats) {
+    tokio::select! {
+        _ = hard_stop.cancelled() => {}
+        _ = stats.condition.stopped_serving_pinned() => {}
     }
 }
 

@@ -6,6 +6,8 @@
 //! heartbeat (`pingInterval + pingTimeout`, plus a margin) is dead — Engine.IO pings
 //! every `pingInterval` — so tether closes it without anyone tuning a read timeout.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -16,7 +18,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
+use super::tcp_relay;
 use crate::engineio;
 
 const BUF: usize = 8 * 1024;
@@ -45,34 +49,50 @@ pub enum TunnelEnd {
 }
 
 /// Relays between the client and the server until one side ends or the tunnel idles.
-pub async fn relay(
+///
+/// A plain function choosing a future, not an `async fn`: an async fn would carry its
+/// arguments (and `stop` twice) in every tunnel's task for the tunnel's whole life.
+pub fn relay<'a, S>(
     client: Upgraded,
     server: Upgraded,
     idle: IdleLimit,
-    stop: impl std::future::Future<Output = ()>,
-) -> TunnelEnd {
-    // Plain TCP on both sides (no TLS listener): relay without per-tunnel buffers.
+    stop: S,
+) -> impl Future<Output = TunnelEnd> + Send + 'a
+where
+    S: Future<Output = ()> + Send + 'a,
+{
+    type Buffered<'a> = Pin<Box<dyn Future<Output = TunnelEnd> + Send + 'a>>;
+    // Plain TCP on both sides (no TLS listener): relay without per-tunnel buffers. The
+    // buffered relay is boxed: its buffers would otherwise be part of every tunnel
+    // task's future, plain ones included, whichever branch runs.
     let client = match client.downcast::<TokioIo<TcpStream>>() {
         Ok(c) => c,
         Err(client) => {
             let (c, s) = (TokioIo::new(client), TokioIo::new(server));
-            return relay_buffered(c, Bytes::new(), s, idle, stop).await;
+            let f: Buffered<'a> = Box::pin(relay_buffered(c, Bytes::new(), s, idle, stop));
+            return Either::Left(f);
         }
     };
     let server = match server.downcast::<TokioIo<TcpStream>>() {
         Ok(s) => s,
         Err(server) => {
             let c = client.io.into_inner();
-            return relay_buffered(c, client.read_buf, TokioIo::new(server), idle, stop).await;
+            let s = TokioIo::new(server);
+            let f: Buffered<'a> = Box::pin(relay_buffered(c, client.read_buf, s, idle, stop));
+            return Either::Left(f);
         }
     };
-    relay_tcp(
+    let (limit, learn) = match idle {
+        IdleLimit::Fixed(d) => (d, None),
+        IdleLimit::FromOpenPacket { margin, fallback } => (fallback, Some(margin)),
+    };
+    Either::Right(tcp_relay::relay_tcp(
         (client.io.into_inner(), client.read_buf),
         (server.io.into_inner(), server.read_buf),
-        idle,
+        limit,
+        learn,
         stop,
-    )
-    .await
+    ))
 }
 
 fn limits(idle: IdleLimit) -> (Limit, Option<Duration>) {
@@ -87,138 +107,6 @@ fn limits(idle: IdleLimit) -> (Limit, Option<Duration>) {
     (limit, learn_margin)
 }
 
-/// Size of the per-thread scratch buffer of plain-TCP tunnels.
-const SCRATCH: usize = 16 * 1024;
-
-thread_local! {
-    /// Shared by every tunnel on this thread: a read is written on at once, so the bytes
-    /// never have to outlive the call, and an idle tunnel holds no buffer at all (two
-    /// 8 KiB buffers per tunnel were most of the memory of an idle WebSocket).
-    static SCRATCH_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SCRATCH]);
-}
-
-/// What one readiness step of a pump did.
-enum Step {
-    Again,
-    Eof,
-    /// Bytes read but not yet written (the peer's socket buffer was full).
-    Rest(Bytes),
-}
-
-/// The buffer-free relay between two plain TCP sockets (plus what hyper had already
-/// read past the upgrade on each).
-async fn relay_tcp(
-    (client, client_rest): (TcpStream, Bytes),
-    (server, server_rest): (TcpStream, Bytes),
-    idle: IdleLimit,
-    stop: impl std::future::Future<Output = ()>,
-) -> TunnelEnd {
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let (limit, learn_margin) = limits(idle);
-    let end = {
-        let up = pump(&client, &server, client_rest, start, &last, None);
-        let down = pump(
-            &server,
-            &client,
-            server_rest,
-            start,
-            &last,
-            learn_margin.map(|m| (m, &limit)),
-        );
-        let watchdog = watchdog(start, &last, &limit);
-        tokio::select! {
-            _ = up => TunnelEnd::ClientClosed,
-            _ = down => TunnelEnd::ServerClosed,
-            _ = watchdog => TunnelEnd::Idle,
-            _ = stop => TunnelEnd::Stopped,
-        }
-    };
-    // A FIN to both sides now; dropping the sockets closes them.
-    for s in [&client, &server] {
-        let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
-    }
-    end
-}
-
-fn learn_from(chunk: &[u8], learn: &mut Option<(Duration, &Limit)>) {
-    if let Some((margin, limit)) = learn.take() {
-        if let Some(open) = engineio::parse_ws_open_frame(chunk) {
-            let ms = (open.heartbeat() + margin).as_millis() as u64;
-            limit.ms.store(ms, Ordering::Relaxed);
-            limit.changed.notify_one();
-        }
-    }
-}
-
-/// Moves bytes from `from` to `to` until EOF or error, reading into the thread's
-/// scratch buffer only when `from` is readable.
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    rest: Bytes,
-    start: Instant,
-    last: &AtomicU64,
-    mut learn: Option<(Duration, &Limit)>,
-) {
-    if !rest.is_empty() {
-        learn_from(&rest, &mut learn);
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if write_all(to, &rest).await.is_err() {
-            return;
-        }
-    }
-    // Even empty, `rest` is a view of hyper's whole read buffer: let it go now, or every
-    // idle tunnel keeps two of them alive.
-    drop(rest);
-    loop {
-        if from.readable().await.is_err() {
-            return;
-        }
-        let step = SCRATCH_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let n = match from.try_read(&mut buf[..]) {
-                Ok(0) => return Step::Eof,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Step::Again,
-                Err(_) => return Step::Eof,
-            };
-            learn_from(&buf[..n], &mut learn);
-            last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-            match to.try_write(&buf[..n]) {
-                Ok(w) if w == n => Step::Again,
-                Ok(w) => Step::Rest(Bytes::copy_from_slice(&buf[w..n])),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    Step::Rest(Bytes::copy_from_slice(&buf[..n]))
-                }
-                Err(_) => Step::Eof,
-            }
-        });
-        match step {
-            Step::Again => {}
-            Step::Eof => return,
-            Step::Rest(bytes) => {
-                if write_all(to, &bytes).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn write_all(to: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        to.writable().await?;
-        match to.try_write(buf) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// The general relay (TLS on a side), with a buffer per direction. `client_rest`: bytes
 /// the client sent past the upgrade that were already read.
 async fn relay_buffered<C, S>(
@@ -226,7 +114,7 @@ async fn relay_buffered<C, S>(
     client_rest: Bytes,
     server: S,
     idle: IdleLimit,
-    stop: impl std::future::Future<Output = ()>,
+    stop: impl Future<Output = ()>,
 ) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -237,6 +125,8 @@ where
     if !client_rest.is_empty() && server_wr.write_all(&client_rest).await.is_err() {
         return TunnelEnd::ServerClosed;
     }
+    // A view of hyper's whole read buffer, even empty: not for the tunnel's lifetime.
+    drop(client_rest);
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let (limit, learn_margin) = limits(idle);

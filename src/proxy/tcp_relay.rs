@@ -1,0 +1,356 @@
+//! The relay between two plain TCP sockets, polled by hand.
+//!
+//! An idle proxied WebSocket should cost next to nothing, so this relay holds no buffer
+//! while idle (reads go through a per-thread scratch buffer and are written on at once)
+//! and is one small state machine rather than a tree of async blocks: with `readable()`
+//! / `writable()` futures for each direction plus a watchdog, the task of one tunnel was
+//! 2.5 KB; polled by hand it is a few hundred bytes. Waiting with `poll_read_ready` also
+//! replaces the waker hyper's finished connection task left on each socket, which
+//! otherwise kept that task's memory alive for as long as the tunnel lived.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::tunnel::TunnelEnd;
+use crate::engineio;
+
+/// Size of the per-thread scratch buffer.
+const SCRATCH: usize = 16 * 1024;
+
+/// Reads one direction makes in a poll before yielding, so a busy tunnel cannot starve
+/// the other tasks of its thread.
+const READS_PER_POLL: usize = 16;
+
+thread_local! {
+    /// Shared by every tunnel on this thread: a read is written on at once, so the bytes
+    /// never have to outlive the call, and an idle tunnel holds no buffer at all.
+    static SCRATCH_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SCRATCH]);
+}
+
+/// One direction: bytes read but not yet written (the peer's socket buffer was full).
+#[derive(Default)]
+struct Direction {
+    pending: Option<Bytes>,
+}
+
+/// What a tunnel needs between polls.
+struct Relay {
+    client: TcpStream,
+    server: TcpStream,
+    up: Direction,
+    down: Direction,
+    start: Instant,
+    /// Milliseconds after `start` of the last traffic either way.
+    last_ms: u64,
+    /// How long the tunnel may stay silent.
+    limit_ms: u64,
+    /// Learn the limit from the server's first frame (an open packet), with this margin.
+    learn: Option<Duration>,
+}
+
+/// Relays between `client` and `server` until one side ends, the tunnel stays silent
+/// for `limit` (shortened to the session's heartbeat + margin when `learn` is given and
+/// the server's first frame is an open packet), or `stop` completes. `*_rest`: bytes
+/// hyper had already read past the upgrade on each side.
+pub(super) fn relay_tcp<S: Future<Output = ()>>(
+    (client, client_rest): (TcpStream, Bytes),
+    (server, server_rest): (TcpStream, Bytes),
+    limit: Duration,
+    learn: Option<Duration>,
+    stop: S,
+) -> TcpRelay<S> {
+    let mut relay = Relay {
+        client,
+        server,
+        up: Direction::default(),
+        down: Direction::default(),
+        start: Instant::now(),
+        last_ms: 0,
+        limit_ms: limit.as_millis() as u64,
+        learn,
+    };
+    // Even empty, a rest is a view of hyper's whole read buffer (8 KiB): keep it only if
+    // it holds bytes, or every idle tunnel keeps two of them alive.
+    if !client_rest.is_empty() {
+        relay.up.pending = Some(client_rest);
+    }
+    if !server_rest.is_empty() {
+        relay.learn_from(&server_rest);
+        relay.down.pending = Some(server_rest);
+    }
+    TcpRelay {
+        watchdog: tokio::time::sleep_until(relay.deadline()),
+        relay,
+        stop,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The tunnel's future. A struct rather than an `async` block, which would hold its
+    /// captured `stop` twice (as captured and as pinned).
+    pub(super) struct TcpRelay<S> {
+        relay: Relay,
+        #[pin]
+        stop: S,
+        #[pin]
+        watchdog: Sleep,
+    }
+}
+
+impl<S: Future<Output = ()>> Future for TcpRelay<S> {
+    type Output = TunnelEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelEnd> {
+        let this = self.project();
+        let relay = this.relay;
+        let end = if this.stop.poll(cx).is_ready() {
+            TunnelEnd::Stopped
+        } else if relay.poll_direction(cx, true).is_ready() {
+            TunnelEnd::ClientClosed
+        } else if relay.poll_direction(cx, false).is_ready() {
+            TunnelEnd::ServerClosed
+        } else {
+            ready!(relay.poll_watchdog(cx, this.watchdog))
+        };
+        // A FIN to both sides now; dropping the sockets closes them.
+        for s in [&relay.client, &relay.server] {
+            let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
+        }
+        Poll::Ready(end)
+    }
+}
+
+impl Relay {
+    fn deadline(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms + self.limit_ms)
+    }
+
+    fn learn_from(&mut self, chunk: &[u8]) {
+        if let Some(margin) = self.learn.take() {
+            if let Some(open) = engineio::parse_ws_open_frame(chunk) {
+                self.limit_ms = (open.heartbeat() + margin).as_millis() as u64;
+            }
+        }
+    }
+
+    /// Traffic only moves the deadline later, so the timer sleeps to the old deadline
+    /// and is re-armed only when it fires early: busy tunnels do not touch the timer
+    /// wheel on every read. A limit shortened by the open packet is caught here too,
+    /// since this runs after every read.
+    fn poll_watchdog(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut sleep: Pin<&mut Sleep>,
+    ) -> Poll<TunnelEnd> {
+        loop {
+            let deadline = self.deadline();
+            if deadline < sleep.deadline() {
+                sleep.as_mut().reset(deadline);
+            }
+            ready!(sleep.as_mut().poll(cx));
+            if Instant::now() >= deadline {
+                return Poll::Ready(TunnelEnd::Idle);
+            }
+            sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// Moves what is readable in one direction (`up`: client → server). Ready when that
+    /// direction has ended (EOF or an error on either socket).
+    fn poll_direction(&mut self, cx: &mut Context<'_>, up: bool) -> Poll<()> {
+        for _ in 0..READS_PER_POLL {
+            let (from, to, dir) = if up {
+                (&self.client, &self.server, &mut self.up)
+            } else {
+                (&self.server, &self.client, &mut self.down)
+            };
+            if let Some(rest) = &mut dir.pending {
+                if ready!(to.poll_write_ready(cx)).is_err() {
+                    return Poll::Ready(());
+                }
+                match to.try_write(rest) {
+                    Ok(0) => return Poll::Ready(()),
+                    Ok(n) => {
+                        rest.advance(n);
+                        if rest.is_empty() {
+                            dir.pending = None;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(()),
+                }
+                continue;
+            }
+            if ready!(from.poll_read_ready(cx)).is_err() {
+                return Poll::Ready(());
+            }
+            let learn = !up && self.learn.is_some();
+            let read = SCRATCH_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let n = match from.try_read(&mut buf[..]) {
+                    Ok(0) => return Read::Eof,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Read::Nothing,
+                    Err(_) => return Read::Eof,
+                };
+                let learnt = if learn {
+                    engineio::parse_ws_open_frame(&buf[..n]).map(|open| open.heartbeat())
+                } else {
+                    None
+                };
+                let rest = match to.try_write(&buf[..n]) {
+                    Ok(w) if w == n => None,
+                    Ok(w) => Some(Bytes::copy_from_slice(&buf[w..n])),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        Some(Bytes::copy_from_slice(&buf[..n]))
+                    }
+                    Err(_) => return Read::Eof,
+                };
+                Read::Moved { rest, learnt }
+            });
+            match read {
+                Read::Nothing => {}
+                Read::Eof => return Poll::Ready(()),
+                Read::Moved { rest, learnt } => {
+                    if learn {
+                        if let (Some(margin), Some(heartbeat)) = (self.learn.take(), learnt) {
+                            self.limit_ms = (heartbeat + margin).as_millis() as u64;
+                        }
+                    }
+                    self.last_ms = self.start.elapsed().as_millis() as u64;
+                    let dir = if up { &mut self.up } else { &mut self.down };
+                    dir.pending = rest;
+                }
+            }
+        }
+        // Still busy: let the thread's other tasks run, then carry on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// What one read did.
+enum Read {
+    /// Not readable after all (the readiness is cleared; the next poll waits again).
+    Nothing,
+    Eof,
+    /// Bytes read and written on; `rest` is what the peer could not take yet.
+    Moved {
+        rest: Option<Bytes>,
+        learnt: Option<Duration>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Two connected sockets: (ours, the peer's).
+    async fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (b, a)
+    }
+
+    #[tokio::test]
+    async fn an_idle_tunnel_is_a_small_future() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ((c, _cp), (s, _sp)) = (pair(&l).await, pair(&l).await);
+        let f = relay_tcp(
+            (c, Bytes::new()),
+            (s, Bytes::new()),
+            Duration::from_secs(1),
+            None,
+            async {},
+        );
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 512, "the relay future is {size} bytes");
+    }
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_with_the_rests_first_and_eof_ends_it() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ((c, mut client), (s, mut server)) = (pair(&l).await, pair(&l).await);
+        let relay = tokio::spawn(relay_tcp(
+            (c, Bytes::from_static(b"early-up ")),
+            (s, Bytes::from_static(b"early-down ")),
+            Duration::from_secs(10),
+            None,
+            std::future::pending(),
+        ));
+        // More than the scratch buffer and the sockets hold, so writes back up.
+        let big: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| i as u8).collect();
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client
+        });
+        let mut got = vec![0; b"early-up ".len() + big.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..9], b"early-up ");
+        assert!(got[9..] == big[..], "up direction corrupted");
+        let mut client = writer.await.unwrap();
+        server.write_all(b"pong").await.unwrap();
+        let mut down = [0u8; 15];
+        client.read_exact(&mut down).await.unwrap();
+        assert_eq!(&down, b"early-down pong");
+        drop(server);
+        let end = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end, TunnelEnd::ServerClosed);
+        // The client side got a FIN.
+        assert_eq!(client.read(&mut down).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn silence_ends_it_after_the_limit_learnt_from_the_open_packet() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ((c, _client), (s, mut server)) = (pair(&l).await, pair(&l).await);
+        let started = std::time::Instant::now();
+        let relay = tokio::spawn(relay_tcp(
+            (c, Bytes::new()),
+            (s, Bytes::new()),
+            Duration::from_secs(30),
+            Some(Duration::from_millis(100)),
+            std::future::pending(),
+        ));
+        // An unmasked text frame with the open packet: heartbeat 200 + 100 ms.
+        let open = br#"0{"sid":"abc","upgrades":[],"pingInterval":200,"pingTimeout":100,"maxPayload":1000000}"#;
+        let mut frame = vec![0x81, open.len() as u8];
+        frame.extend_from_slice(open);
+        server.write_all(&frame).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end, TunnelEnd::Idle);
+        let after = started.elapsed();
+        assert!(after >= Duration::from_millis(400), "{after:?}");
+        assert!(after < Duration::from_secs(5), "{after:?}");
+    }
+
+    #[tokio::test]
+    async fn stop_ends_it() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ((c, _client), (s, _server)) = (pair(&l).await, pair(&l).await);
+        let end = relay_tcp(
+            (c, Bytes::new()),
+            (s, Bytes::new()),
+            Duration::from_secs(30),
+            None,
+            tokio::time::sleep(Duration::from_millis(50)),
+        )
+        .await;
+        assert_eq!(end, TunnelEnd::Stopped);
+    }
+}
