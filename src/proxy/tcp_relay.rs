@@ -9,11 +9,13 @@
 //! otherwise kept that task's memory alive for as long as the tunnel lived.
 
 use std::future::Future;
+use std::io::Read as _;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -193,7 +195,7 @@ impl Relay {
             let learn = !up && self.learn.is_some();
             let read = SCRATCH_BUF.with(|buf| {
                 let mut buf = buf.borrow_mut();
-                let n = match from.try_read(&mut buf[..]) {
+                let n = match read_once(from, &mut buf[..]) {
                     Ok(0) => return Read::Eof,
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Read::Nothing,
@@ -232,6 +234,28 @@ impl Relay {
         // Still busy: let the thread's other tasks run, then carry on.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+/// Reads once. A read that does not fill `buf` emptied the socket's receive queue, so
+/// the socket's readiness is cleared with it: the usual extra read that only returns
+/// `WouldBlock` is one system call of the two a small WebSocket message costs each way.
+/// The readiness is cleared against the event seen *before* the read, so data arriving
+/// meanwhile raises a new event and is not missed.
+fn read_once(from: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    let r = from.try_io(Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(from)).read(buf)?;
+        got = n;
+        if n > 0 && n < buf.len() {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
     }
 }
 
