@@ -133,19 +133,24 @@ pub async fn serve(
                 Mode::RedirectHttps { port } => {
                     serve_conn(stream, conn, proxy, l, Handler::Redirect(*port), false).await
                 }
+                // Boxed: a TLS session and its handshake are kilobytes that plain
+                // connections' tasks need not carry.
                 Mode::Tls { acceptor, hsts } => {
-                    let timeout = proxy.store().load().limits.header_read_timeout;
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            let handler = Handler::Proxy(hsts.clone());
-                            serve_conn(tls_stream, conn, proxy, l, handler, h2).await
+                    Box::pin(async move {
+                        let timeout = proxy.store().load().limits.header_read_timeout;
+                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => {
+                                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                                let handler = Handler::Proxy(hsts.clone());
+                                serve_conn(tls_stream, conn, proxy, l, handler, h2).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
                         }
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                    }
+                    })
+                    .await
                 }
             }
         });
@@ -248,10 +253,13 @@ async fn serve_conn<IO>(
     let result = if h2 {
         // HTTP/2 carries polling requests of many sessions on one connection; each is
         // routed by its own sid, like HTTP/1.1 keep-alive requests.
-        let mut http = std::pin::pin!(http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
-            .serve_connection(io, service));
+        // Boxed: only TLS connections that chose h2 need HTTP/2's state.
+        let mut http = Box::pin(
+            http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
+                .serve_connection(io, service),
+        );
         tokio::select! {
             r = http.as_mut() => r,
             _ = life.shutdown.cancelled() => {

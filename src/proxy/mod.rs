@@ -144,7 +144,8 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
 
         if upgrade {
-            return self.tunnel(backend, req, target).await;
+            // Boxed, like the upgrade's connect: the rarer path keeps its size to itself.
+            return Box::pin(self.tunnel(backend, req, target)).await;
         }
         let handshake = eio.is_some_and(|q| q.sid.is_none() && q.transport == Transport::Polling);
         // A new session's bodiless request can be sent again elsewhere if its server
@@ -299,16 +300,17 @@ impl Proxy {
                     .map_or_else(|| Request::new(ProxyBody::empty()), Replay::request)
             });
             let t = &backend.timeouts;
+            // Boxed: connecting (and a TLS handshake) makes this future kilobytes, and it
+            // would otherwise be part of every request's future, copied on each request.
             let sent = if upgrade {
-                self.upstream
-                    .send_upgrade(
-                        target.server,
-                        req,
-                        t.connect,
-                        t.response,
-                        backend.tls.as_deref(),
-                    )
-                    .await
+                Box::pin(self.upstream.send_upgrade(
+                    target.server,
+                    req,
+                    t.connect,
+                    t.response,
+                    backend.tls.as_deref(),
+                ))
+                .await
             } else {
                 self.upstream
                     .send(target.server, req, t.response, backend.tls.as_deref())
