@@ -418,7 +418,7 @@ impl Proxy {
         let server_id = Arc::clone(&target.server.id);
         let stats = Arc::clone(&target.server.stats);
         let hard_stop = self.hard_stop.clone();
-        let task = async move {
+        self.tunnels.spawn(async move {
             let (client, server) = match tokio::join!(client_side, server_side) {
                 (Ok(c), Ok(s)) => (c, s),
                 (c, s) => {
@@ -429,8 +429,7 @@ impl Proxy {
             let end = tunnel::relay(client, server, idle, tunnel_stop(&hard_stop, &stats)).await;
             tracing::debug!(server = %server_id, ?end, "tunnel closed");
             drop(session);
-        };
-        self.tunnels.spawn(task);
+        });
         let (mut parts, _) = resp.into_parts();
         parts
             .headers

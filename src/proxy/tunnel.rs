@@ -82,10 +82,7 @@ where
             return Either::Left(f);
         }
     };
-    let (limit, learn) = match idle {
-        IdleLimit::Fixed(d) => (d, None),
-        IdleLimit::FromOpenPacket { margin, fallback } => (fallback, Some(margin)),
-    };
+    let (limit, learn) = idle.split();
     Either::Right(tcp_relay::relay_tcp(
         (client.io.into_inner(), client.read_buf),
         (server.io.into_inner(), server.read_buf),
@@ -95,11 +92,19 @@ where
     ))
 }
 
+impl IdleLimit {
+    /// The limit in force at first, and the margin to add to a heartbeat learnt from
+    /// the open packet, if one is to be learnt.
+    fn split(self) -> (Duration, Option<Duration>) {
+        match self {
+            IdleLimit::Fixed(d) => (d, None),
+            IdleLimit::FromOpenPacket { margin, fallback } => (fallback, Some(margin)),
+        }
+    }
+}
+
 fn limits(idle: IdleLimit) -> (Limit, Option<Duration>) {
-    let (limit_ms, learn_margin) = match idle {
-        IdleLimit::Fixed(d) => (d, None),
-        IdleLimit::FromOpenPacket { margin, fallback } => (fallback, Some(margin)),
-    };
+    let (limit_ms, learn_margin) = idle.split();
     let limit = Limit {
         ms: AtomicU64::new(limit_ms.as_millis() as u64),
         changed: Notify::new(),
