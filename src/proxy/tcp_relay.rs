@@ -4,9 +4,7 @@
 //! while idle (reads go through a per-thread scratch buffer and are written on at once)
 //! and is one small state machine rather than a tree of async blocks: with `readable()`
 //! / `writable()` futures for each direction plus a watchdog, the task of one tunnel was
-//! 2.5 KB; polled by hand it is a few hundred bytes. Waiting with `poll_read_ready` also
-//! replaces the waker hyper's finished connection task left on each socket, which
-//! otherwise kept that task's memory alive for as long as the tunnel lived.
+//! 2.5 KB; polled by hand it is a few hundred bytes.
 
 use std::future::Future;
 use std::io::Read as _;
