@@ -17,8 +17,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::tunnel::TunnelEnd;
-use crate::engineio;
+use super::tunnel::{limit_from_first_frame, TunnelEnd};
 
 /// Size of the per-thread scratch buffer.
 const SCRATCH: usize = 16 * 1024;
@@ -33,18 +32,14 @@ thread_local! {
     static SCRATCH_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SCRATCH]);
 }
 
-/// One direction: bytes read but not yet written (the peer's socket buffer was full).
-#[derive(Default)]
-struct Direction {
-    pending: Option<Bytes>,
-}
-
 /// What a tunnel needs between polls.
 struct Relay {
     client: TcpStream,
     server: TcpStream,
-    up: Direction,
-    down: Direction,
+    /// Bytes read but not yet written, client → server (the peer's socket was full).
+    up: Option<Bytes>,
+    /// The same, server → client.
+    down: Option<Bytes>,
     start: Instant,
     /// Milliseconds after `start` of the last traffic either way.
     last_ms: u64,
@@ -68,8 +63,8 @@ pub(super) fn relay_tcp<S: Future<Output = ()>>(
     let mut relay = Relay {
         client,
         server,
-        up: Direction::default(),
-        down: Direction::default(),
+        up: None,
+        down: None,
         start: Instant::now(),
         last_ms: 0,
         limit_ms: limit.as_millis() as u64,
@@ -78,11 +73,11 @@ pub(super) fn relay_tcp<S: Future<Output = ()>>(
     // Even empty, a rest is a view of hyper's whole read buffer (8 KiB): keep it only if
     // it holds bytes, or every idle tunnel keeps two of them alive.
     if !client_rest.is_empty() {
-        relay.up.pending = Some(client_rest);
+        relay.up = Some(client_rest);
     }
     if !server_rest.is_empty() {
         relay.learn_from(&server_rest);
-        relay.down.pending = Some(server_rest);
+        relay.down = Some(server_rest);
     }
     TcpRelay {
         watchdog: tokio::time::sleep_until(relay.deadline()),
@@ -131,11 +126,16 @@ impl Relay {
         self.start + Duration::from_millis(self.last_ms + self.limit_ms)
     }
 
+    /// Reads the server's first chunk for the open packet's heartbeat, once.
     fn learn_from(&mut self, chunk: &[u8]) {
         if let Some(margin) = self.learn.take() {
-            if let Some(open) = engineio::parse_ws_open_frame(chunk) {
-                self.limit_ms = (open.heartbeat() + margin).as_millis() as u64;
-            }
+            self.apply_learnt(limit_from_first_frame(chunk, margin));
+        }
+    }
+
+    fn apply_learnt(&mut self, limit: Option<Duration>) {
+        if let Some(limit) = limit {
+            self.limit_ms = limit.as_millis() as u64;
         }
     }
 
@@ -165,12 +165,12 @@ impl Relay {
     /// direction has ended (EOF or an error on either socket).
     fn poll_direction(&mut self, cx: &mut Context<'_>, up: bool) -> Poll<()> {
         for _ in 0..READS_PER_POLL {
-            let (from, to, dir) = if up {
+            let (from, to, pending) = if up {
                 (&self.client, &self.server, &mut self.up)
             } else {
                 (&self.server, &self.client, &mut self.down)
             };
-            if let Some(rest) = &mut dir.pending {
+            if let Some(rest) = pending {
                 if ready!(to.poll_write_ready(cx)).is_err() {
                     return Poll::Ready(());
                 }
@@ -179,7 +179,7 @@ impl Relay {
                     Ok(n) => {
                         rest.advance(n);
                         if rest.is_empty() {
-                            dir.pending = None;
+                            *pending = None;
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -190,7 +190,8 @@ impl Relay {
             if ready!(from.poll_read_ready(cx)).is_err() {
                 return Poll::Ready(());
             }
-            let learn = !up && self.learn.is_some();
+            // Only the server's first chunk is read for the open packet.
+            let margin = if up { None } else { self.learn };
             let read = SCRATCH_BUF.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 let n = match read_once(from, &mut buf[..]) {
@@ -199,11 +200,7 @@ impl Relay {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Read::Nothing,
                     Err(_) => return Read::Eof,
                 };
-                let learnt = if learn {
-                    engineio::parse_ws_open_frame(&buf[..n]).map(|open| open.heartbeat())
-                } else {
-                    None
-                };
+                let learnt = margin.and_then(|m| limit_from_first_frame(&buf[..n], m));
                 let rest = match to.try_write(&buf[..n]) {
                     Ok(w) if w == n => None,
                     Ok(w) => Some(Bytes::copy_from_slice(&buf[w..n])),
@@ -218,14 +215,12 @@ impl Relay {
                 Read::Nothing => {}
                 Read::Eof => return Poll::Ready(()),
                 Read::Moved { rest, learnt } => {
-                    if learn {
-                        if let (Some(margin), Some(heartbeat)) = (self.learn.take(), learnt) {
-                            self.limit_ms = (heartbeat + margin).as_millis() as u64;
-                        }
+                    if !up {
+                        self.learn = None;
                     }
+                    self.apply_learnt(learnt);
                     self.last_ms = self.start.elapsed().as_millis() as u64;
-                    let dir = if up { &mut self.up } else { &mut self.down };
-                    dir.pending = rest;
+                    *(if up { &mut self.up } else { &mut self.down }) = rest;
                 }
             }
         }
@@ -262,7 +257,8 @@ enum Read {
     /// Not readable after all (the readiness is cleared; the next poll waits again).
     Nothing,
     Eof,
-    /// Bytes read and written on; `rest` is what the peer could not take yet.
+    /// Bytes read and written on; `rest` is what the peer could not take yet, `learnt`
+    /// the idle limit the chunk set (the server's open packet).
     Moved {
         rest: Option<Bytes>,
         learnt: Option<Duration>,

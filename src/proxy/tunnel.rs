@@ -103,6 +103,12 @@ impl IdleLimit {
     }
 }
 
+/// The idle limit a WebSocket-only session's first server frame sets, if it is the open
+/// packet: the session's own heartbeat plus `margin`.
+pub(super) fn limit_from_first_frame(chunk: &[u8], margin: Duration) -> Option<Duration> {
+    engineio::parse_ws_open_frame(chunk).map(|open| open.heartbeat() + margin)
+}
+
 fn limits(idle: IdleLimit) -> (Limit, Option<Duration>) {
     let (limit_ms, learn_margin) = idle.split();
     let limit = Limit {
@@ -186,9 +192,8 @@ async fn copy<R, W>(
             Ok(n) => n,
         };
         if let Some((margin, limit)) = learn.take() {
-            if let Some(open) = engineio::parse_ws_open_frame(&buf[..n]) {
-                let ms = (open.heartbeat() + margin).as_millis() as u64;
-                limit.ms.store(ms, Ordering::Relaxed);
+            if let Some(learnt) = limit_from_first_frame(&buf[..n], margin) {
+                limit.ms.store(learnt.as_millis() as u64, Ordering::Relaxed);
                 limit.changed.notify_one();
             }
         }
