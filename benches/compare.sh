@@ -11,10 +11,12 @@
 #
 #   ws64 / ws4096  WebSocket relay: 50 clients echoing back to back (64 B, 4096 B)
 #                  -> proxy CPU per relayed message (2 per ack: one each way), ack p99
+#   poll           50 clients on long-polling for good, echoing back to back: a POST
+#                  per message on one keep-alive connection, a GET pending on another
+#                  -> proxy CPU per HTTP request (the load generator counts them)
 #   setup          2000 sessions the real client's way (polling handshake, POST 40,
 #                  GET poll, pending GET poll + WebSocket upgrade with probe), each
-#                  closed once set up -> proxy CPU per session and per HTTP request
-#                  (5 per session: 4 on one keep-alive connection, 1 upgrade)
+#                  closed once set up -> proxy CPU per session
 #   idle           9000 idle WebSockets from 99 source addresses -> VmRSS growth per
 #                  proxied WebSocket
 #   balance        1000 WebSocket sessions from ONE address, each asking `whoami`
@@ -32,7 +34,7 @@ quick=0
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a (only --quick)" >&2; exit 2 ;;
   esac
 done
@@ -194,6 +196,8 @@ run_target() { # name
     --duration "$d" --payload-bytes 64
   measure "$t" ws4096 --transport websocket --mode echo --clients "$echo_clients" \
     --duration "$d" --payload-bytes 4096
+  measure "$t" poll --transport polling-only --mode echo --clients "$echo_clients" \
+    --duration "$d" --payload-bytes 64
   measure "$t" setup --transport polling --mode connect --clients "$setup_n" --concurrency 64
   if [ "$t" != direct ]; then
     measure "$t" idle --transport websocket --mode idle --clients "$idle_n" \
@@ -222,6 +226,6 @@ mkdir -p benches/results
 python3 benches/compare/report.py --results "$results" --machine "$work/machine.txt" \
   --out-dir benches/results --date "$date_s" --host "$host" --quick "$quick" \
   --elapsed "$(( $(date +%s) - started_at ))" \
-  --params "echo: $echo_clients clients x ${echo_secs}s; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions"
+  --params "echo and polling: $echo_clients clients x ${echo_secs}s; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions"
 cp "$results" "benches/results/$date_s-$host.jsonl"
 echo "total $(( $(date +%s) - started_at )) s" >&2

@@ -1,10 +1,13 @@
 //! One simulated Socket.IO client: session setup (the polling handshake then the
-//! WebSocket upgrade with its probe, or a direct WebSocket) and the session afterwards
-//! (emits with acks, answering the server's pings). Every server behaviour ends in a
-//! value, never a panic: what goes wrong is a [`Failure`] with its [`Cause`].
+//! WebSocket upgrade with its probe, a direct WebSocket, or polling for good) and the
+//! session afterwards (emits with acks, answering the server's pings). Every server
+//! behaviour ends in a value, never a panic: what goes wrong is a [`Failure`] with its
+//! [`Cause`].
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -15,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -50,6 +54,10 @@ pub enum Transport {
     Polling,
     /// A WebSocket from the start (`transports: ["websocket"]`).
     Websocket,
+    /// HTTP long-polling for good (`transports: ["polling"]`), as a browser does it:
+    /// a GET always pending on one keep-alive connection, POSTs on another.
+    #[serde(rename = "polling-only")]
+    PollingOnly,
 }
 
 /// Why a client failed.
@@ -190,7 +198,7 @@ fn http_request(
     jar: &Jar,
     method: Method,
     path_and_query: &str,
-    body: Option<&'static str>,
+    body: Option<Bytes>,
 ) -> Result<Request<Full<Bytes>>, Failure> {
     let mut b = Request::builder()
         .method(method)
@@ -202,7 +210,7 @@ fn http_request(
     let body = match body {
         Some(text) => {
             b = b.header(CONTENT_TYPE, "text/plain;charset=UTF-8");
-            Full::new(Bytes::from_static(text.as_bytes()))
+            Full::new(text)
         }
         None => Full::new(Bytes::new()),
     };
@@ -238,18 +246,19 @@ fn status_failure(status: StatusCode, body: &str) -> Result<(), Failure> {
     Err(fail(cause, format!("HTTP {status}: {shown}")))
 }
 
+/// One HTTP request on a keep-alive connection, counted in `requests`.
 async fn exchange(
-    send: &mut SendRequest<Full<Bytes>>,
+    conn: &mut KeepAlive,
     target: &Target,
     jar: &mut Jar,
+    requests: &AtomicU64,
     method: Method,
     path_and_query: &str,
-    body: Option<&'static str>,
+    body: Option<Bytes>,
 ) -> Result<String, Failure> {
     let req = http_request(target, jar, method, path_and_query, body)?;
-    send.ready()
-        .await
-        .map_err(|e| fail(Cause::Connect, format!("polling connection: {e}")))?;
+    let send = conn.ready(target).await?;
+    requests.fetch_add(1, Ordering::Relaxed);
     let resp = send
         .send_request(req)
         .await
@@ -261,10 +270,12 @@ type Ws = WebSocketStream<TcpStream>;
 
 async fn ws_handshake(
     target: &Target,
+    requests: &AtomicU64,
     path_and_query: &str,
     cookie: Option<HeaderValue>,
     stream: TcpStream,
 ) -> Result<Ws, Failure> {
+    requests.fetch_add(1, Ordering::Relaxed);
     let mut req = format!("ws://{}{}", target.authority, path_and_query)
         .into_client_request()
         .map_err(|e| fail(Cause::Protocol, format!("WebSocket request: {e}")))?;
@@ -300,52 +311,127 @@ fn ws_failure(what: &str, e: tungstenite::Error) -> Failure {
     fail(cause, format!("{what}: {e}"))
 }
 
-/// Sets up one session over `transport`.
+/// Sets up one session over `transport`; every HTTP request it makes, then and later,
+/// is counted in `requests`.
 pub async fn setup(
     target: &Target,
     transport: Transport,
     source: Option<Ipv4Addr>,
+    requests: &Arc<AtomicU64>,
 ) -> Result<Session, Failure> {
     match transport {
-        Transport::Polling => setup_polling(target, source).await,
-        Transport::Websocket => setup_websocket(target, source).await,
+        Transport::Polling => {
+            let polling = polling_handshake(target, source, requests).await?;
+            upgrade(target, source, requests, polling).await
+        }
+        Transport::PollingOnly => {
+            let polling = polling_handshake(target, source, requests).await?;
+            stay_polling(target, source, requests, polling).await
+        }
+        Transport::Websocket => setup_websocket(target, source, requests).await,
     }
 }
 
-async fn setup_polling(target: &Target, source: Option<Ipv4Addr>) -> Result<Session, Failure> {
-    let stream = tcp(target, source).await?;
-    let (mut send, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-        .await
-        .map_err(|e| fail(Cause::Connect, format!("HTTP handshake: {e}")))?;
-    let _conn = AbortOnDrop(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
+/// A session connected over polling: its keep-alive connection, cookies and path.
+struct Handshaken {
+    conn: KeepAlive,
+    jar: Jar,
+    sid: String,
+    /// The polling path and query with the sid.
+    with_sid: String,
+    /// Whether the handshake listed `websocket` among the upgrades.
+    offers_websocket: bool,
+}
+
+/// A keep-alive HTTP/1.1 connection, opened again when the server has closed it (nginx
+/// closes one after `keepalive_requests`), as a browser does.
+struct KeepAlive {
+    send: SendRequest<Full<Bytes>>,
+    _conn: AbortOnDrop<()>,
+    source: Option<Ipv4Addr>,
+}
+
+impl KeepAlive {
+    async fn open(target: &Target, source: Option<Ipv4Addr>) -> Result<KeepAlive, Failure> {
+        let stream = tcp(target, source).await?;
+        let (send, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| fail(Cause::Connect, format!("HTTP handshake: {e}")))?;
+        let conn = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        Ok(KeepAlive {
+            send,
+            _conn: conn,
+            source,
+        })
+    }
+
+    /// The connection, ready for a request: a new one if the server closed this one.
+    async fn ready(&mut self, target: &Target) -> Result<&mut SendRequest<Full<Bytes>>, Failure> {
+        if self.send.ready().await.is_err() {
+            *self = KeepAlive::open(target, self.source).await?;
+            self.send
+                .ready()
+                .await
+                .map_err(|e| fail(Cause::Connect, format!("polling connection: {e}")))?;
+        }
+        Ok(&mut self.send)
+    }
+}
+
+/// The Engine.IO polling handshake and the Socket.IO connect over polling.
+async fn polling_handshake(
+    target: &Target,
+    source: Option<Ipv4Addr>,
+    requests: &AtomicU64,
+) -> Result<Handshaken, Failure> {
+    let mut conn = KeepAlive::open(target, source).await?;
     let mut jar = Jar::default();
     let base = format!("{}?EIO=4&transport=polling", target.path);
 
     // Engine.IO handshake.
-    let body = exchange(&mut send, target, &mut jar, Method::GET, &base, None).await?;
+    let body = exchange(
+        &mut conn,
+        target,
+        &mut jar,
+        requests,
+        Method::GET,
+        &base,
+        None,
+    )
+    .await?;
     let first = packet::split_payload(&body).next().unwrap_or_default();
     let open = packet::parse_open(first)?;
     let with_sid = format!("{base}&sid={}", open.sid);
 
     // Socket.IO connect: POST 40, then poll for the answer (40{"sid":...}).
     let ok = exchange(
-        &mut send,
+        &mut conn,
         target,
         &mut jar,
+        requests,
         Method::POST,
         &with_sid,
-        Some("40"),
+        Some(Bytes::from_static(b"40")),
     )
     .await?;
     if ok.trim() != "ok" {
         return Err(fail(Cause::Protocol, format!("POST answered {ok:?}")));
     }
-    let mut connected = false;
     for _ in 0..MAX_CONNECT_POLLS {
-        let body = exchange(&mut send, target, &mut jar, Method::GET, &with_sid, None).await?;
+        let body = exchange(
+            &mut conn,
+            target,
+            &mut jar,
+            requests,
+            Method::GET,
+            &with_sid,
+            None,
+        )
+        .await?;
         let mut pong = false;
+        let mut connected = false;
         for p in packet::split_payload(&body) {
             match packet::parse_engine(p)? {
                 Engine::Message(m) => match packet::parse_socket(m)? {
@@ -365,38 +451,56 @@ async fn setup_polling(target: &Target, source: Option<Ipv4Addr>) -> Result<Sess
         }
         if pong {
             exchange(
-                &mut send,
+                &mut conn,
                 target,
                 &mut jar,
+                requests,
                 Method::POST,
                 &with_sid,
-                Some("3"),
+                Some(Bytes::from_static(b"3")),
             )
             .await?;
         }
         if connected {
-            break;
+            return Ok(Handshaken {
+                conn,
+                jar,
+                offers_websocket: open.upgrades.iter().any(|u| u == "websocket"),
+                sid: open.sid,
+                with_sid,
+            });
         }
     }
-    if !connected {
-        return Err(fail(
-            Cause::Protocol,
-            format!("no Socket.IO connect answer after {MAX_CONNECT_POLLS} polls"),
-        ));
-    }
-    if !open.upgrades.iter().any(|u| u == "websocket") {
+    Err(fail(
+        Cause::Protocol,
+        format!("no Socket.IO connect answer after {MAX_CONNECT_POLLS} polls"),
+    ))
+}
+
+/// The WebSocket upgrade, as the real client does it: a GET poll stays pending while
+/// the upgrade is probed; the server flushes it (noop) once the probe arrived.
+async fn upgrade(
+    target: &Target,
+    source: Option<Ipv4Addr>,
+    requests: &AtomicU64,
+    polling: Handshaken,
+) -> Result<Session, Failure> {
+    let Handshaken {
+        mut conn,
+        jar,
+        sid,
+        with_sid,
+        offers_websocket,
+    } = polling;
+    if !offers_websocket {
         return Err(fail(
             Cause::Protocol,
             "the server offers no WebSocket upgrade",
         ));
     }
-
-    // As the real client: a GET poll stays pending while the upgrade is probed; the
-    // server flushes it (noop) once the probe arrived.
     let req = http_request(target, &jar, Method::GET, &with_sid, None)?;
-    send.ready()
-        .await
-        .map_err(|e| fail(Cause::Connect, format!("polling connection: {e}")))?;
+    let send = conn.ready(target).await?;
+    requests.fetch_add(1, Ordering::Relaxed);
     let pending = send.send_request(req);
     let pending = AbortOnDrop(tokio::spawn(async move {
         let resp = pending
@@ -406,13 +510,9 @@ async fn setup_polling(target: &Target, source: Option<Ipv4Addr>) -> Result<Sess
     }));
 
     let stream = tcp(target, source).await?;
-    let ws_path = format!("{}?EIO=4&transport=websocket&sid={}", target.path, open.sid);
-    let ws = ws_handshake(target, &ws_path, jar.header(), stream).await?;
-    let mut session = Session {
-        ws,
-        upgraded: false,
-        next_id: 0,
-    };
+    let ws_path = format!("{}?EIO=4&transport=websocket&sid={sid}", target.path);
+    let ws = ws_handshake(target, requests, &ws_path, jar.header(), stream).await?;
+    let mut session = Session::over(Link::Ws(ws));
     session.send_text("2probe").await?;
     loop {
         let text = session.next_text().await?;
@@ -439,15 +539,89 @@ async fn setup_polling(target: &Target, source: Option<Ipv4Addr>) -> Result<Sess
     Ok(session)
 }
 
-async fn setup_websocket(target: &Target, source: Option<Ipv4Addr>) -> Result<Session, Failure> {
+/// Polling for good: the handshake connection carries the POSTs, a second keep-alive
+/// connection the GETs, one always pending (a browser's two connections).
+async fn stay_polling(
+    target: &Target,
+    source: Option<Ipv4Addr>,
+    requests: &Arc<AtomicU64>,
+    polling: Handshaken,
+) -> Result<Session, Failure> {
+    let get = KeepAlive::open(target, source).await?;
+    // One poll's packets at a time: the reader waits for the session to take them.
+    let (tx, rx) = mpsc::channel(64);
+    let poller = AbortOnDrop(tokio::spawn(poll_loop(
+        get,
+        target.clone(),
+        polling.jar.header(),
+        polling.with_sid.clone(),
+        tx,
+        Arc::clone(requests),
+    )));
+    Ok(Session::over(Link::Polling(Box::new(Polling {
+        post: polling.conn,
+        _poller: poller,
+        target: target.clone(),
+        jar: polling.jar,
+        with_sid: polling.with_sid,
+        packets: rx,
+        requests: Arc::clone(requests),
+    }))))
+}
+
+/// GET polls back to back, each packet of each answer sent to the session; ends with
+/// the first failure (sent too) or when the session is gone.
+async fn poll_loop(
+    mut get: KeepAlive,
+    target: Target,
+    cookie: Option<HeaderValue>,
+    path: String,
+    packets: mpsc::Sender<Result<Utf8Bytes, Failure>>,
+    requests: Arc<AtomicU64>,
+) {
+    let mut jar = Jar::default();
+    if let Some(c) = cookie.as_ref().and_then(|c| c.to_str().ok()) {
+        for pair in c.split("; ") {
+            if let Some((n, v)) = pair.split_once('=') {
+                jar.0.push((n.to_owned(), v.to_owned()));
+            }
+        }
+    }
+    loop {
+        let body = match exchange(
+            &mut get,
+            &target,
+            &mut jar,
+            &requests,
+            Method::GET,
+            &path,
+            None,
+        )
+        .await
+        {
+            Ok(body) => body,
+            Err(f) => {
+                let _ = packets.send(Err(f)).await;
+                return;
+            }
+        };
+        for p in packet::split_payload(&body) {
+            if packets.send(Ok(Utf8Bytes::from(p))).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn setup_websocket(
+    target: &Target,
+    source: Option<Ipv4Addr>,
+    requests: &AtomicU64,
+) -> Result<Session, Failure> {
     let stream = tcp(target, source).await?;
     let path = format!("{}?EIO=4&transport=websocket", target.path);
-    let ws = ws_handshake(target, &path, None, stream).await?;
-    let mut session = Session {
-        ws,
-        upgraded: false,
-        next_id: 0,
-    };
+    let ws = ws_handshake(target, requests, &path, None, stream).await?;
+    let mut session = Session::over(Link::Ws(ws));
     let open = session.next_text().await?;
     packet::parse_open(&open)?;
     session.send_text("40").await?;
@@ -470,18 +644,65 @@ fn short(text: &str) -> String {
     text.chars().take(80).collect()
 }
 
-/// An established session, over a WebSocket.
+/// The polling half of a polling-only session.
+struct Polling {
+    post: KeepAlive,
+    _poller: AbortOnDrop<()>,
+    target: Target,
+    jar: Jar,
+    with_sid: String,
+    /// Packets the GET polls brought, in order.
+    packets: mpsc::Receiver<Result<Utf8Bytes, Failure>>,
+    requests: Arc<AtomicU64>,
+}
+
+impl Polling {
+    /// POSTs one packet; the server answers `ok`.
+    async fn post(&mut self, text: Utf8Bytes) -> Result<(), Failure> {
+        let ok = exchange(
+            &mut self.post,
+            &self.target,
+            &mut self.jar,
+            &self.requests,
+            Method::POST,
+            &self.with_sid,
+            Some(Bytes::from(text)),
+        )
+        .await?;
+        if ok.trim() != "ok" {
+            return Err(fail(Cause::Protocol, format!("POST answered {ok:?}")));
+        }
+        Ok(())
+    }
+}
+
+/// How an established session talks.
+enum Link {
+    Ws(Ws),
+    Polling(Box<Polling>),
+}
+
+/// An established session.
 pub struct Session {
-    ws: Ws,
+    link: Link,
     /// Whether it came from the polling handshake and upgraded.
     pub upgraded: bool,
     next_id: u64,
 }
 
-/// What one read from the WebSocket gave.
-pub type Frame = Option<Result<Message, tungstenite::Error>>;
+/// What one read gave: a text packet, nothing of interest (a control frame), or the
+/// end of the session.
+pub type Frame = Result<Option<Utf8Bytes>, Failure>;
 
 impl Session {
+    fn over(link: Link) -> Session {
+        Session {
+            link,
+            upgraded: false,
+            next_id: 0,
+        }
+    }
+
     /// The next ack id.
     pub fn next_id(&mut self) -> u64 {
         let id = self.next_id;
@@ -490,43 +711,48 @@ impl Session {
     }
 
     pub async fn send_text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), Failure> {
-        self.ws
-            .send(Message::Text(text.into()))
-            .await
-            .map_err(|e| ws_failure("sending", e))
+        match &mut self.link {
+            Link::Ws(ws) => ws
+                .send(Message::Text(text.into()))
+                .await
+                .map_err(|e| ws_failure("sending", e)),
+            Link::Polling(p) => p.post(text.into()).await,
+        }
     }
 
-    /// Reads one frame (cancel safe: for `select!`).
+    /// Reads one packet (cancel safe: for `select!`).
     pub async fn read_frame(&mut self) -> Frame {
-        self.ws.next().await
+        match &mut self.link {
+            Link::Ws(ws) => match ws.next().await {
+                None => Err(fail(Cause::Closed, "connection closed")),
+                Some(Err(e)) => Err(ws_failure("reading", e)),
+                Some(Ok(Message::Text(t))) => Ok(Some(t)),
+                Some(Ok(Message::Close(_))) => {
+                    Err(fail(Cause::Closed, "server closed the WebSocket"))
+                }
+                Some(Ok(_)) => Ok(None),
+            },
+            Link::Polling(p) => match p.packets.recv().await {
+                Some(r) => r.map(Some),
+                None => Err(fail(Cause::Closed, "polling stopped")),
+            },
+        }
     }
 
-    /// The next text frame, whatever it holds.
+    /// The next text packet, whatever it holds.
     async fn next_text(&mut self) -> Result<Utf8Bytes, Failure> {
         loop {
-            match self.ws.next().await {
-                None => return Err(fail(Cause::Closed, "connection closed")),
-                Some(Err(e)) => return Err(ws_failure("reading", e)),
-                Some(Ok(Message::Text(t))) => return Ok(t),
-                Some(Ok(Message::Close(_))) => {
-                    return Err(fail(Cause::Closed, "server closed the WebSocket"))
-                }
-                Some(Ok(_)) => {}
+            if let Some(t) = self.read_frame().await? {
+                return Ok(t);
             }
         }
     }
 
-    /// Handles one frame: answers Engine.IO pings, returns an Engine.IO message (the
+    /// Handles one packet: answers Engine.IO pings, returns an Engine.IO message (the
     /// whole text, `4...`) if that is what it was.
     pub async fn handle(&mut self, frame: Frame) -> Result<Option<Utf8Bytes>, Failure> {
-        let text = match frame {
-            None => return Err(fail(Cause::Closed, "connection closed")),
-            Some(Err(e)) => return Err(ws_failure("reading", e)),
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_))) => {
-                return Err(fail(Cause::Closed, "server closed the WebSocket"))
-            }
-            Some(Ok(_)) => return Ok(None),
+        let Some(text) = frame? else {
+            return Ok(None);
         };
         match packet::parse_engine(&text)? {
             Engine::Message(_) => Ok(Some(text)),
@@ -543,7 +769,7 @@ impl Session {
     /// The next Engine.IO message (pings answered on the way).
     pub async fn recv_message(&mut self) -> Result<Utf8Bytes, Failure> {
         loop {
-            let frame = self.ws.next().await;
+            let frame = self.read_frame().await;
             if let Some(m) = self.handle(frame).await? {
                 return Ok(m);
             }
@@ -565,9 +791,16 @@ impl Session {
         }
     }
 
-    /// Closes the WebSocket (best effort).
+    /// Closes the session (best effort): a WebSocket close, or the Engine.IO close
+    /// packet over polling.
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.ws.close(None)).await;
+        let limit = std::time::Duration::from_secs(1);
+        let _ = match &mut self.link {
+            Link::Ws(ws) => tokio::time::timeout(limit, ws.close(None)).await.map(drop),
+            Link::Polling(p) => tokio::time::timeout(limit, p.post(Utf8Bytes::from_static("1")))
+                .await
+                .map(drop),
+        };
     }
 }
 

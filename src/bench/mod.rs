@@ -2,9 +2,11 @@
 //!
 //! Each simulated client sets up a session the way socket.io-client does — the
 //! Engine.IO polling handshake, the Socket.IO connect over polling, then the WebSocket
-//! upgrade with its `2probe`/`3probe` (a GET poll pending meanwhile), or a WebSocket
-//! from the start with `--transport websocket` — answers the server's pings, and then,
-//! by `--mode`:
+//! upgrade with its `2probe`/`3probe` (a GET poll pending meanwhile), a WebSocket
+//! from the start with `--transport websocket`, or long-polling for good with
+//! `--transport polling-only` (a GET always pending on one keep-alive connection, POSTs
+//! on another: the polling request path, measured per request) — answers the server's
+//! pings, and then, by `--mode`:
 //!
 //! - `echo`: emits `echo` with an ack and measures the round trip, back to back (one
 //!   in flight) or paced at `--rate` per client (latency then measured from the
@@ -69,8 +71,8 @@ pub struct BenchArgs {
     /// How many clients (sessions).
     #[arg(long, default_value_t = 100)]
     pub clients: u64,
-    /// How sessions are set up: polling then upgrade (the default client), or a
-    /// WebSocket from the start.
+    /// How sessions are set up and talk: polling then upgrade (the default client), a
+    /// WebSocket from the start, or polling for good.
     #[arg(long, value_enum, default_value = "polling")]
     pub transport: Transport,
     /// What the clients do once set up.
@@ -188,6 +190,8 @@ struct Ctx {
     upgraded: AtomicU64,
     sent: AtomicU64,
     acked: AtomicU64,
+    /// HTTP requests made (polling requests and WebSocket handshakes).
+    requests: Arc<AtomicU64>,
     failed: [AtomicU64; Cause::ALL.len()],
     dropped: AtomicU64,
     /// Clients whose setup (and whoami) is over, one way or the other.
@@ -265,6 +269,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         upgraded: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         acked: AtomicU64::new(0),
+        requests: Arc::new(AtomicU64::new(0)),
         failed: Default::default(),
         dropped: AtomicU64::new(0),
         setups_finished: AtomicU64::new(0),
@@ -367,7 +372,7 @@ async fn one_client(
     let t0 = Instant::now();
     let setup = tokio::time::timeout(
         ctx.args.timeout,
-        client::setup(&ctx.target, ctx.args.transport, source),
+        client::setup(&ctx.target, ctx.args.transport, source, &ctx.requests),
     )
     .await;
     drop(permit);

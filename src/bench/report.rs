@@ -75,6 +75,8 @@ pub struct Report {
     pub messages_per_sec: f64,
     /// Echo round trips.
     pub rtt_us: Latency,
+    /// HTTP requests made, setup included: polling requests and WebSocket handshakes.
+    pub http_requests: u64,
     /// Sessions established per second over the setup phase.
     pub setup_rate: f64,
     /// Session setup times.
@@ -152,6 +154,7 @@ pub(super) fn build(ctx: &Ctx, setup: Duration, traffic: Duration, elapsed: Dura
             0.0
         },
         rtt_us: Latency::of(&lock(&ctx.rtt)),
+        http_requests: ctx.requests.load(Ordering::Relaxed),
         setup_rate: rate(established, setup),
         setup_us: Latency::of(&lock(&ctx.setup)),
         max_over_mean: max_over_mean(&per_node),
@@ -221,6 +224,7 @@ impl Report {
                 self.max_over_mean.unwrap_or(0.0)
             );
         }
+        let _ = writeln!(s, "  http requests {}", self.http_requests);
         let _ = writeln!(s, "  elapsed       {:.3} s", self.elapsed_s);
         for e in &self.errors {
             let _ = writeln!(s, "  error         {e}");

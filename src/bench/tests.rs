@@ -143,10 +143,35 @@ async fn echo_over_websocket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_over_polling_only_counts_every_request() {
+    let (r, id) = bench_against_node("polling-only", "echo").await;
+    assert_clean(&r);
+    assert_eq!(r.upgraded, 0, "{r:#?}");
+    assert_eq!(r.per_node.get(&id), Some(&20), "{r:#?}");
+    assert!(r.messages_acked > 0, "{r:#?}");
+    assert_eq!(r.messages_acked, r.messages_sent, "{r:#?}");
+    // Setup: handshake, POST 40, at least one GET poll; then whoami and every echo
+    // take a POST, and the acks come back on GET polls (several per poll at most
+    // when they pile up, so at least one poll per client is all that is certain).
+    let posts = 20 * 2 + r.messages_sent;
+    assert!(
+        r.http_requests >= 20 * 3 + posts + 20,
+        "{} requests for {} messages: {r:#?}",
+        r.http_requests,
+        r.messages_sent
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["transport"], "polling-only");
+    assert_eq!(json["http_requests"], r.http_requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_mode_and_paced_echo() {
     let (r, _) = bench_against_node("polling", "connect").await;
     assert_clean(&r);
     assert_eq!((r.upgraded, r.messages_sent), (20, 0), "{r:#?}");
+    // Per session: handshake, POST 40, GET poll, pending GET, WebSocket handshake.
+    assert!(r.http_requests >= 20 * 5, "{r:#?}");
 
     let node = node::start(NodeOptions::new(([127, 0, 0, 1], 0).into(), "paced"))
         .await
