@@ -558,7 +558,7 @@ async fn stay_polling(
         tx,
         Arc::clone(requests),
     )));
-    Ok(Session::over(Link::Polling(Box::new(Polling {
+    Ok(Session::over(Link::Polling(Polling {
         post: polling.conn,
         _poller: poller,
         target: target.clone(),
@@ -566,7 +566,7 @@ async fn stay_polling(
         with_sid: polling.with_sid,
         packets: rx,
         requests: Arc::clone(requests),
-    }))))
+    })))
 }
 
 /// GET polls back to back, each packet of each answer sent to the session; ends with
@@ -679,7 +679,7 @@ impl Polling {
 /// How an established session talks.
 enum Link {
     Ws(Ws),
-    Polling(Box<Polling>),
+    Polling(Polling),
 }
 
 /// An established session.
