@@ -7,7 +7,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP_COUNT: usize = 8;
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -46,19 +47,40 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `keep_upgrade`, a WebSocket upgrade's `Connection: upgrade` / `Upgrade` survive,
 /// because forwarding the upgrade is the point.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let upgrade = if keep_upgrade {
+    // Most messages carry none of these but `Connection`: one pass over the names finds
+    // which are there, so only those are hashed and removed (this runs twice for every
+    // request).
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut has_upgrade = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        } else if name == header::UPGRADE {
+            has_upgrade = true;
+        }
+    }
+    let upgrade = if keep_upgrade && has_upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // `present[0]`: HOP_BY_HOP starts with `Connection`.
+    if present[0] {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in &named {
+            if *name == header::UPGRADE {
+                has_upgrade = false;
+            }
+            headers.remove(name);
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
     match upgrade {
@@ -66,9 +88,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, value);
         }
-        None => {
+        None if has_upgrade => {
             headers.remove(header::UPGRADE);
         }
+        None => {}
     }
 }
 
@@ -87,39 +110,114 @@ pub struct Origin<'a> {
 /// is a trusted proxy; from anyone else they are replaced.
 pub fn set_forwarded(headers: &mut HeaderMap, o: &Origin<'_>) {
     let keep = o.peer_trusted;
-    let peer = o.peer.to_string();
+    let peer = IpText::new(o.peer);
+    let peer_value = peer.header_value();
 
-    let xff = match joined(headers, &X_FORWARDED_FOR).filter(|_| keep) {
-        Some(prev) => format!("{prev}, {peer}"),
-        None => peer.clone(),
-    };
-    put(headers, &X_FORWARDED_FOR, &xff);
-    put(headers, &X_REAL_IP, &o.client.to_string());
+    match joined(headers, &X_FORWARDED_FOR).filter(|_| keep) {
+        Some(prev) => put(
+            headers,
+            &X_FORWARDED_FOR,
+            format!("{prev}, {}", peer.as_str()),
+        ),
+        None => set(headers, &X_FORWARDED_FOR, peer_value.clone()),
+    }
+    if o.client == o.peer {
+        set(headers, &X_REAL_IP, peer_value);
+    } else {
+        set(headers, &X_REAL_IP, IpText::new(o.client).header_value());
+    }
     if !(keep && headers.contains_key(&X_FORWARDED_PROTO)) {
-        put(headers, &X_FORWARDED_PROTO, o.proto);
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(o.proto));
     }
     if !(keep && headers.contains_key(&X_FORWARDED_HOST)) {
-        match o.host {
-            Some(h) => put(headers, &X_FORWARDED_HOST, h),
-            None => {
+        match o.host.map(HeaderValue::from_str) {
+            Some(Ok(h)) => {
+                headers.insert(X_FORWARDED_HOST.clone(), h);
+            }
+            _ => {
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
     }
 
-    let node = match o.peer {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={}", o.proto);
-    if let Some(h) = o.host.filter(|h| !h.contains(['"', '\\'])) {
-        element.push_str(&format!(";host=\"{h}\""));
+    let prev = joined(headers, &FORWARDED).filter(|_| keep);
+    let mut forwarded = String::with_capacity(64 + prev.as_ref().map_or(0, String::len));
+    if let Some(prev) = &prev {
+        forwarded.push_str(prev);
+        forwarded.push_str(", ");
     }
-    let forwarded = match joined(headers, &FORWARDED).filter(|_| keep) {
-        Some(prev) => format!("{prev}, {element}"),
-        None => element,
-    };
-    put(headers, &FORWARDED, &forwarded);
+    forwarded.push_str("for=");
+    match o.peer {
+        IpAddr::V4(_) => forwarded.push_str(peer.as_str()),
+        IpAddr::V6(_) => {
+            forwarded.push_str("\"[");
+            forwarded.push_str(peer.as_str());
+            forwarded.push_str("]\"");
+        }
+    }
+    forwarded.push_str(";proto=");
+    forwarded.push_str(o.proto);
+    if let Some(h) = o.host.filter(|h| !h.contains(['"', '\\'])) {
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(h);
+        forwarded.push('"');
+    }
+    put(headers, &FORWARDED, forwarded);
+}
+
+/// An address as text, written without `core::fmt` (whose padding machinery cost more
+/// than the rest of the header rewriting: this runs on every request).
+struct IpText {
+    /// The longest IPv6 text is 45 bytes (`ffff:...:255.255.255.255`).
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if octet >= 100 {
+                        t.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        t.push(b'0' + octet / 10 % 10);
+                    }
+                    t.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                let mut w = &mut t.buf[..];
+                let room = w.len();
+                // 48 bytes always hold it; on the impossible overflow the text is cut.
+                let _ = write!(w, "{v6}");
+                t.len = room - w.len();
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_str(self.as_str()).unwrap_or(HeaderValue::from_static(""))
+    }
 }
 
 /// All values of a header joined by ", " (the list form), if any is valid text.
@@ -132,15 +230,18 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
-fn put(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    match HeaderValue::from_str(value) {
-        Ok(v) => {
-            headers.insert(name.clone(), v);
-        }
+/// Sets a header from text that may be invalid (forwarded values): removed if so.
+fn put(headers: &mut HeaderMap, name: &HeaderName, value: String) {
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+        Ok(v) => set(headers, name, v),
         Err(_) => {
             headers.remove(name);
         }
     }
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    headers.insert(name.clone(), value);
 }
 
 #[cfg(test)]
@@ -239,5 +340,30 @@ mod tests {
         o.host = None;
         set_forwarded(&mut h, &o);
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https");
+    }
+
+    #[test]
+    fn address_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "127.0.0.1",
+            "::",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "fe80::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_address_text_matches_display(ip: IpAddr) {
+            let text = IpText::new(ip);
+            proptest::prop_assert_eq!(text.as_str(), ip.to_string());
+        }
     }
 }
