@@ -24,6 +24,7 @@ use crate::config::{
     BackendConfig, Balance, Config, HashKey, HealthConfig, HostMatch, Limits, Placement,
     ServerConfig, Timeouts,
 };
+use crate::proxy::pool::ConnPool;
 use crate::proxy::upstream::TlsUpstream;
 
 #[derive(Debug)]
@@ -48,6 +49,8 @@ pub struct Server {
     pub weight: u32,
     pub max_connections: Option<u64>,
     pub stats: Arc<ServerStats>,
+    /// Keep-alive connections for ordinary requests (new with each snapshot).
+    pub pool: ConnPool,
 }
 
 impl Server {
@@ -105,6 +108,7 @@ impl Backend {
                 weight: s.weight.max(1),
                 max_connections: s.max_connections,
                 stats,
+                pool: ConnPool::default(),
             }
         };
         let mut list: Vec<Server> = servers.iter().map(to_server).collect();

@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod pool;
 pub mod respond;
 mod tcp_relay;
 pub mod tunnel;

@@ -1,21 +1,19 @@
-//! Talking to servers: a pooled keep-alive client for ordinary requests, and a fresh
-//! connection per WebSocket upgrade (an upgraded connection never returns to a pool).
+//! Talking to servers: each server's keep-alive pool ([`super::pool`]) for ordinary
+//! requests, and a fresh connection per WebSocket upgrade (an upgraded connection never
+//! returns to a pool).
 
 use std::time::Duration;
 
 use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::body::ProxyBody;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::respond::ProxyError;
@@ -23,24 +21,9 @@ use crate::config::UpstreamTls;
 use crate::listener::tls::{self, TlsError};
 use crate::snapshot::Server;
 
-/// How long an idle pooled connection to a server is kept.
-const POOL_IDLE: Duration = Duration::from_secs(60);
-/// Idle pooled connections kept per server.
-const POOL_MAX_IDLE: usize = 256;
-/// TCP connect limit of pooled connections (upgrades use the backend's `timeouts.connect`).
-const POOL_CONNECT: Duration = Duration::from_secs(2);
-
-fn http_connector() -> HttpConnector {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(POOL_CONNECT));
-    connector
-}
-
-/// TLS to a backend's servers: a pooled client for ordinary requests and a connector
-/// for upgrades and health probes, sharing one rustls config.
+/// TLS to a backend's servers: the connector for pooled connections, upgrades and
+/// health probes.
 pub struct TlsUpstream {
-    pool: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     connector: TlsConnector,
     server_name: Option<ServerName<'static>>,
 }
@@ -62,23 +45,7 @@ impl TlsUpstream {
             .server_name
             .as_ref()
             .and_then(|n| ServerName::try_from(n.clone()).ok());
-        // hyper-rustls sets ALPN itself (HTTP/1.1 here) and refuses a config that has it.
-        let mut for_pool = (*client_config).clone();
-        for_pool.alpn_protocols.clear();
-        let builder = HttpsConnectorBuilder::new()
-            .with_tls_config(for_pool)
-            .https_only();
-        let builder = match &server_name {
-            Some(name) => {
-                builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone()))
-            }
-            None => builder,
-        };
-        let mut http = http_connector();
-        http.enforce_http(false);
-        let https = builder.enable_http1().wrap_connector(http);
         Ok(TlsUpstream {
-            pool: pool_builder().build(https),
             connector: TlsConnector::from(client_config),
             server_name,
         })
@@ -101,34 +68,17 @@ impl TlsUpstream {
     }
 }
 
-fn pool_builder() -> hyper_util::client::legacy::Builder {
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    b
-}
-
-#[derive(Clone, Debug)]
-pub struct Upstream {
-    pool: Client<HttpConnector, ProxyBody>,
-}
-
-impl Default for Upstream {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Sends requests to servers; the connections themselves live in each server's pool.
+#[derive(Clone, Debug, Default)]
+pub struct Upstream;
 
 impl Upstream {
     pub fn new() -> Self {
-        Upstream {
-            pool: pool_builder().build(http_connector()),
-        }
+        Upstream
     }
 
-    /// Sends `req` (whose URI is origin-form) to `server` over a pooled connection.
+    /// Sends `req` to `server` over one of its pooled connections. The URI goes in
+    /// origin form; an HTTP/2 request's authority becomes the `Host` header.
     pub async fn send(
         &self,
         server: &Server,
@@ -136,24 +86,12 @@ impl Upstream {
         response_timeout: Duration,
         tls: Option<&TlsUpstream>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        *req.uri_mut() = absolute_uri(server, req.uri(), tls.is_some())?;
-        let sent = match tls {
-            Some(t) => t.pool.request(req),
-            None => self.pool.request(req),
-        };
-        match tokio::time::timeout(response_timeout, sent).await {
+        origin_form(&mut req)?;
+        match tokio::time::timeout(response_timeout, server.pool.send(server, req, tls)).await {
             Err(_) => Err(ProxyError::ResponseTimeout {
                 server: server.id.to_string(),
             }),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect {
-                server: server.id.to_string(),
-                source: std::io::Error::other(e),
-            }),
-            Ok(Err(e)) => Err(ProxyError::Upstream {
-                server: server.id.to_string(),
-                source: Box::new(e),
-            }),
+            Ok(r) => r,
         }
     }
 
@@ -229,12 +167,21 @@ where
     }
 }
 
-fn absolute_uri(server: &Server, uri: &Uri, tls: bool) -> Result<Uri, ProxyError> {
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    Uri::builder()
-        .scheme(if tls { "https" } else { "http" })
-        .authority(server.addr.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("unusable request target"))
+/// Makes an absolute-form URI (HTTP/2 requests carry one) origin-form, its authority
+/// the `Host` header unless one is there.
+fn origin_form(req: &mut Request<ProxyBody>) -> Result<(), ProxyError> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return Ok(());
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = path
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+    *req.uri_mut() = uri;
+    if !req.headers().contains_key(http::header::HOST) {
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ProxyError::BadRequest("unusable request authority"))?;
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+    Ok(())
 }

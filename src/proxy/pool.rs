@@ -1,0 +1,287 @@
+//! Keep-alive connections to one server, for ordinary (polling) requests.
+//!
+//! One pool per server, in the routing snapshot, so a request finds its server's idle
+//! connections without hashing anything; a reload starts new pools and the old ones
+//! close as the last requests of the old snapshot finish. hyper-util's general client
+//! did the same job at about 8,000 instructions per request (callgrind): a pool keyed
+//! by URI authority behind SipHash, an absolute URI built only to be taken apart again,
+//! and a task spawned per response to wait for the connection to become idle.
+//!
+//! A connection goes back to the pool as soon as the response head is in; it is only
+//! taken again once hyper says it is ready, i.e. once that response's body is over, so
+//! no request ever waits behind another response's body.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::ProxyBody;
+use super::respond::ProxyError;
+use super::upstream::TlsUpstream;
+use crate::snapshot::Server;
+
+/// How long an idle connection is kept.
+pub const IDLE: Duration = Duration::from_secs(60);
+/// Connections kept per server (busy ones finishing their body included).
+pub const MAX_KEPT: usize = 256;
+/// TCP (and TLS) connect limit of pooled connections; upgrades use the backend's
+/// `timeouts.connect`.
+pub const CONNECT: Duration = Duration::from_secs(2);
+
+struct Kept {
+    send: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// The keep-alive connections to one server.
+#[derive(Default)]
+pub struct ConnPool {
+    kept: Mutex<Vec<Kept>>,
+}
+
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnPool")
+            .field("kept", &self.len())
+            .finish()
+    }
+}
+
+impl ConnPool {
+    /// Connections kept now (idle or finishing a response body).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used ready connection. Closed and expired ones met on the way
+    /// are dropped; busy ones (finishing a response body) stay.
+    fn take(&self) -> Option<SendRequest<ProxyBody>> {
+        let now = Instant::now();
+        let mut kept = self.lock();
+        while let Some(i) = kept
+            .iter()
+            .rposition(|k| k.send.is_ready() || k.send.is_closed())
+        {
+            let k = kept.remove(i);
+            if !k.send.is_closed() && now.duration_since(k.since) < IDLE {
+                return Some(k.send);
+            }
+        }
+        None
+    }
+
+    fn put(&self, send: SendRequest<ProxyBody>) {
+        if send.is_closed() {
+            return;
+        }
+        let mut kept = self.lock();
+        if kept.len() < MAX_KEPT {
+            kept.push(Kept {
+                send,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to `server`: on a kept connection, or
+    /// a new one. A request that a kept connection closed under could not have been
+    /// written, so it goes again on a new connection.
+    pub async fn send(
+        &self,
+        server: &Server,
+        req: Request<ProxyBody>,
+        tls: Option<&TlsUpstream>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut req = req;
+        if let Some(mut send) = self.take() {
+            match send.try_send_request(req).await {
+                Ok(resp) => {
+                    self.put(send);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(upstream_error(server, e.into_error())),
+                },
+            }
+        }
+        // Boxed: connecting (TCP, TLS, handshake) is kilobytes of future, which every
+        // request's future would otherwise carry and copy.
+        let mut send = Box::pin(connect(server, tls)).await?;
+        match send.send_request(req).await {
+            Ok(resp) => {
+                self.put(send);
+                Ok(resp)
+            }
+            Err(e) => Err(upstream_error(server, e)),
+        }
+    }
+}
+
+fn upstream_error(server: &Server, e: hyper::Error) -> ProxyError {
+    ProxyError::Upstream {
+        server: server.id.to_string(),
+        source: Box::new(e),
+    }
+}
+
+/// A new keep-alive connection to `server`, its connection task spawned.
+async fn connect(
+    server: &Server,
+    tls: Option<&TlsUpstream>,
+) -> Result<SendRequest<ProxyBody>, ProxyError> {
+    let id = || server.id.to_string();
+    let failed = |source| ProxyError::Connect {
+        server: id(),
+        source,
+    };
+    let stream = match tokio::time::timeout(CONNECT, TcpStream::connect(server.addr.as_str())).await
+    {
+        Err(_) => return Err(ProxyError::ConnectTimeout { server: id() }),
+        Ok(r) => r.map_err(failed)?,
+    };
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => handshake(server, stream).await,
+        Some(t) => match tokio::time::timeout(CONNECT, t.connect(&server.addr, stream)).await {
+            Err(_) => Err(ProxyError::ConnectTimeout { server: id() }),
+            Ok(r) => handshake(server, r.map_err(failed)?).await,
+        },
+    }
+}
+
+async fn handshake<IO>(server: &Server, io: IO) -> Result<SendRequest<ProxyBody>, ProxyError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| upstream_error(server, e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::backends::ServerStats;
+
+    /// A server answering `per_conn` requests on each connection, then closing it.
+    async fn server(per_conn: usize) -> (Server, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for _ in 0..per_conn {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(resp).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Closes after `per_conn` answers, as a keep-alive timeout would.
+                });
+            }
+        });
+        let stats = Arc::new(ServerStats::new("b".into(), "s".into()));
+        let server = Server {
+            id: Arc::clone(&stats.id),
+            addr: addr.to_string().parse().unwrap(),
+            weight: 1,
+            max_connections: None,
+            stats,
+            pool: ConnPool::default(),
+        };
+        (server, accepted)
+    }
+
+    async fn get(server: &Server) -> Result<(), ProxyError> {
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "t")
+            .body(ProxyBody::empty())
+            .unwrap();
+        let resp = server.pool.send(server, req, None).await?;
+        use http_body_util::BodyExt;
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"ok");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_reuse_one_connection() {
+        let (server, accepted) = server(usize::MAX).await;
+        for _ in 0..20 {
+            get(&server).await.expect("answered");
+            // The connection turns ready once hyper has seen the body end.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(server.pool.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_replaced_not_an_error() {
+        let (server, accepted) = server(1).await;
+        for i in 1..=5 {
+            get(&server).await.expect("answered on a new connection");
+            assert_eq!(accepted.load(Ordering::SeqCst), i);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_get_their_own_connections() {
+        let (server, accepted) = server(usize::MAX).await;
+        let server = Arc::new(server);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = Arc::clone(&server);
+            tasks.push(tokio::spawn(async move { get(&s).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().expect("answered");
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!((1..=8).contains(&opened), "{opened}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Then all of them serve again without new connections.
+        for _ in 0..8 {
+            get(&server).await.expect("answered");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), opened);
+    }
+}
