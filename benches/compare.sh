@@ -9,6 +9,8 @@
 # Costs are the proxy's own CPU time (utime+stime from /proc/PID/stat) and resident
 # memory (VmRSS), read around each scenario:
 #
+#   (ws64, ws4096 and poll run 3 times each, interleaved, 5 s a run; the report takes
+#   the median of each figure)
 #   ws64 / ws4096  WebSocket relay: 50 clients echoing back to back (64 B, 4096 B)
 #                  -> proxy CPU per relayed message (2 per ack: one each way), ack p99
 #   poll           50 clients on long-polling for good, echoing back to back: a POST
@@ -34,14 +36,15 @@ quick=0
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a (only --quick)" >&2; exit 2 ;;
   esac
 done
 # Durations in seconds and client counts; --quick halves them.
-echo_secs=8; echo_clients=50; setup_n=2000; idle_n=9000; idle_hold=6; balance_n=1000
+# The echo and polling scenarios run $reps times, interleaved; the report takes medians.
+echo_secs=5; reps=3; echo_clients=50; setup_n=2000; idle_n=9000; idle_hold=6; balance_n=1000
 if [ "$quick" = 1 ]; then
-  echo_secs=4; echo_clients=25; setup_n=1000; idle_n=4500; idle_hold=3; balance_n=500
+  echo_secs=3; reps=1; echo_clients=25; setup_n=1000; idle_n=4500; idle_hold=3; balance_n=500
 fi
 # The proxy holds two fds per idle WebSocket (client side, node side).
 fd_limit=$(ulimit -n)
@@ -191,13 +194,15 @@ run_target() { # name
   echo "== $t" >&2
   start_nodes
   start_proxy "$t"
-  local d="${echo_secs}s"
-  measure "$t" ws64 --transport websocket --mode echo --clients "$echo_clients" \
-    --duration "$d" --payload-bytes 64
-  measure "$t" ws4096 --transport websocket --mode echo --clients "$echo_clients" \
-    --duration "$d" --payload-bytes 4096
-  measure "$t" poll --transport polling-only --mode echo --clients "$echo_clients" \
-    --duration "$d" --payload-bytes 64
+  local d="${echo_secs}s" rep
+  for rep in $(seq "$reps"); do
+    measure "$t" ws64 --transport websocket --mode echo --clients "$echo_clients" \
+      --duration "$d" --payload-bytes 64
+    measure "$t" ws4096 --transport websocket --mode echo --clients "$echo_clients" \
+      --duration "$d" --payload-bytes 4096
+    measure "$t" poll --transport polling-only --mode echo --clients "$echo_clients" \
+      --duration "$d" --payload-bytes 64
+  done
   measure "$t" setup --transport polling --mode connect --clients "$setup_n" --concurrency 64
   if [ "$t" != direct ]; then
     measure "$t" idle --transport websocket --mode idle --clients "$idle_n" \
@@ -226,6 +231,6 @@ mkdir -p benches/results
 python3 benches/compare/report.py --results "$results" --machine "$work/machine.txt" \
   --out-dir benches/results --date "$date_s" --host "$host" --quick "$quick" \
   --elapsed "$(( $(date +%s) - started_at ))" \
-  --params "echo and polling: $echo_clients clients x ${echo_secs}s; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions"
+  --params "echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions"
 cp "$results" "benches/results/$date_s-$host.jsonl"
 echo "total $(( $(date +%s) - started_at )) s" >&2
