@@ -6,8 +6,8 @@
 //!   signals into the one cancellation token that stops everything.
 //! - [`listener`] accepts connections (plain or TLS) and serves HTTP/1.1 on each.
 //! - [`proxy`] is the request path: route by host and path, pick a server, forward
-//!   the request over the server's keep-alive pool or relay a WebSocket tunnel, and rewrite
-//!   hop-by-hop and forwarding headers on the way.
+//!   the request over that server's keep-alive pool or relay a WebSocket tunnel, and
+//!   rewrite hop-by-hop and forwarding headers on the way.
 //! - [`engineio`] holds the protocol facts the proxy relies on: how a request is
 //!   recognised as Engine.IO, where its sid is, what the open packet says.
 //! - [`affinity`] keeps a client on its server: the learned sid table, the signed
