@@ -77,8 +77,8 @@ impl Upstream {
         Upstream
     }
 
-    /// Sends `req` to `server` over one of its pooled connections. The URI goes in
-    /// origin form; an HTTP/2 request's authority becomes the `Host` header.
+    /// Sends `req` to `server` over one of its pooled connections, in origin form and
+    /// with a `Host`.
     pub async fn send(
         &self,
         server: &Server,
@@ -86,7 +86,7 @@ impl Upstream {
         response_timeout: Duration,
         tls: Option<&TlsUpstream>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        origin_form(&mut req)?;
+        origin_form(&mut req, &server.addr)?;
         match tokio::time::timeout(response_timeout, server.pool.send(server, req, tls)).await {
             Err(_) => Err(ProxyError::ResponseTimeout {
                 server: server.id.to_string(),
@@ -167,21 +167,55 @@ where
     }
 }
 
-/// Makes an absolute-form URI (HTTP/2 requests carry one) origin-form, its authority
-/// the `Host` header unless one is there.
-fn origin_form(req: &mut Request<ProxyBody>) -> Result<(), ProxyError> {
-    let Some(authority) = req.uri().authority().cloned() else {
-        return Ok(());
-    };
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = path
-        .parse()
-        .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-    *req.uri_mut() = uri;
+/// Makes an absolute-form URI (HTTP/2 requests carry one) origin-form, and gives a
+/// request without `Host` (HTTP/2, or an HTTP/1.0 client) the URI's authority, else the
+/// server's address: it goes upstream as HTTP/1.1, where `Host` is required.
+fn origin_form(req: &mut Request<ProxyBody>, server: &Authority) -> Result<(), ProxyError> {
+    let authority = req.uri().authority().cloned();
+    if authority.is_some() {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = path
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+        *req.uri_mut() = uri;
+    }
     if !req.headers().contains_key(http::header::HOST) {
-        let host = http::HeaderValue::from_str(authority.as_str())
+        let host = authority.as_ref().unwrap_or(server).as_str();
+        let host = http::HeaderValue::from_str(host)
             .map_err(|_| ProxyError::BadRequest("unusable request authority"))?;
         req.headers_mut().insert(http::header::HOST, host);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str, host: Option<&str>) -> Request<ProxyBody> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(ProxyBody::empty()).unwrap()
+    }
+
+    #[test]
+    fn requests_go_upstream_in_origin_form_with_a_host() {
+        let server: Authority = "127.0.0.1:3001".parse().unwrap();
+        // HTTP/2: the authority becomes Host.
+        let mut r = request("https://chat.example:8443/socket.io/?EIO=4", None);
+        origin_form(&mut r, &server).unwrap();
+        assert_eq!(r.uri(), "/socket.io/?EIO=4");
+        assert_eq!(r.headers()["host"], "chat.example:8443");
+        // HTTP/1.1 as it came.
+        let mut r = request("/socket.io/?EIO=4", Some("chat.example"));
+        origin_form(&mut r, &server).unwrap();
+        assert_eq!(r.uri(), "/socket.io/?EIO=4");
+        assert_eq!(r.headers()["host"], "chat.example");
+        // HTTP/1.0 without Host: the server's address, as HTTP/1.1 requires one.
+        let mut r = request("/x", None);
+        origin_form(&mut r, &server).unwrap();
+        assert_eq!(r.headers()["host"], "127.0.0.1:3001");
+    }
 }
