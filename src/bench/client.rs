@@ -156,7 +156,7 @@ async fn tcp(target: &Target, source: Option<Ipv4Addr>) -> Result<TcpStream, Fai
 
 /// The cookies the server set (a load balancer's affinity cookie), sent back as a
 /// browser would.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Jar(Vec<(String, String)>);
 
 impl Jar {
@@ -548,12 +548,12 @@ async fn stay_polling(
     polling: Handshaken,
 ) -> Result<Session, Failure> {
     let get = KeepAlive::open(target, source).await?;
-    // One poll's packets at a time: the reader waits for the session to take them.
+    // Bounded: the poller waits when the session falls 64 packets behind.
     let (tx, rx) = mpsc::channel(64);
     let poller = AbortOnDrop(tokio::spawn(poll_loop(
         get,
         target.clone(),
-        polling.jar.header(),
+        polling.jar.clone(),
         polling.with_sid.clone(),
         tx,
         Arc::clone(requests),
@@ -574,19 +574,11 @@ async fn stay_polling(
 async fn poll_loop(
     mut get: KeepAlive,
     target: Target,
-    cookie: Option<HeaderValue>,
+    mut jar: Jar,
     path: String,
     packets: mpsc::Sender<Result<Utf8Bytes, Failure>>,
     requests: Arc<AtomicU64>,
 ) {
-    let mut jar = Jar::default();
-    if let Some(c) = cookie.as_ref().and_then(|c| c.to_str().ok()) {
-        for pair in c.split("; ") {
-            if let Some((n, v)) = pair.split_once('=') {
-                jar.0.push((n.to_owned(), v.to_owned()));
-            }
-        }
-    }
     loop {
         let body = match exchange(
             &mut get,
