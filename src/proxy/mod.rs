@@ -36,7 +36,6 @@ use retry::{into_upstream, note_failure, session_lost, Replay};
 pub use body::ProxyBody;
 use respond::ProxyError;
 use tunnel::IdleLimit;
-use upstream::Upstream;
 
 /// The most of a handshake response read before giving up on finding the open packet
 /// (it is the first packet and a few hundred bytes; the rest streams through untouched).
@@ -56,7 +55,6 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub struct Proxy {
     store: Arc<Store>,
-    upstream: Upstream,
     /// Every tunnel task, so shutdown can wait for them.
     tunnels: TaskTracker,
     /// Fired when the shutdown grace is over: tunnels still open are closed.
@@ -82,7 +80,6 @@ impl Proxy {
     pub fn new(store: Arc<Store>, hard_stop: CancellationToken) -> Self {
         Proxy {
             store,
-            upstream: Upstream::new(),
             tunnels: TaskTracker::new(),
             hard_stop,
         }
@@ -304,7 +301,7 @@ impl Proxy {
             // Boxed: connecting (and a TLS handshake) makes this future kilobytes, and it
             // would otherwise be part of every request's future, copied on each request.
             let sent = if upgrade {
-                Box::pin(self.upstream.send_upgrade(
+                Box::pin(upstream::send_upgrade(
                     target.server,
                     req,
                     t.connect,
@@ -313,9 +310,7 @@ impl Proxy {
                 ))
                 .await
             } else {
-                self.upstream
-                    .send(target.server, req, t.response, backend.tls.as_deref())
-                    .await
+                upstream::send(target.server, req, t.response, backend.tls.as_deref()).await
             };
             let e = match sent {
                 Ok(resp) => {

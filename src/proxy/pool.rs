@@ -18,11 +18,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
 use super::respond::ProxyError;
-use super::upstream::TlsUpstream;
+use super::upstream::{dial, upstream_error, Dialed, TlsUpstream};
 use crate::snapshot::Server;
 
 /// How long an idle connection is kept.
@@ -131,35 +130,14 @@ impl ConnPool {
     }
 }
 
-fn upstream_error(server: &Server, e: hyper::Error) -> ProxyError {
-    ProxyError::Upstream {
-        server: server.id.to_string(),
-        source: Box::new(e),
-    }
-}
-
 /// A new keep-alive connection to `server`, its connection task spawned.
 async fn connect(
     server: &Server,
     tls: Option<&TlsUpstream>,
 ) -> Result<SendRequest<ProxyBody>, ProxyError> {
-    let id = || server.id.to_string();
-    let failed = |source| ProxyError::Connect {
-        server: id(),
-        source,
-    };
-    let stream = match tokio::time::timeout(CONNECT, TcpStream::connect(server.addr.as_str())).await
-    {
-        Err(_) => return Err(ProxyError::ConnectTimeout { server: id() }),
-        Ok(r) => r.map_err(failed)?,
-    };
-    let _ = stream.set_nodelay(true);
-    match tls {
-        None => handshake(server, stream).await,
-        Some(t) => match tokio::time::timeout(CONNECT, t.connect(&server.addr, stream)).await {
-            Err(_) => Err(ProxyError::ConnectTimeout { server: id() }),
-            Ok(r) => handshake(server, r.map_err(failed)?).await,
-        },
+    match dial(server, tls, CONNECT).await? {
+        Dialed::Plain(s) => handshake(server, s).await,
+        Dialed::Tls(s) => handshake(server, s).await,
     }
 }
 

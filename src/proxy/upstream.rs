@@ -7,15 +7,14 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::body::ProxyBody;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
 use super::respond::ProxyError;
 use crate::config::UpstreamTls;
 use crate::listener::tls::{self, TlsError};
@@ -68,75 +67,78 @@ impl TlsUpstream {
     }
 }
 
-/// Sends requests to servers; the connections themselves live in each server's pool.
-#[derive(Clone, Debug, Default)]
-pub struct Upstream;
-
-impl Upstream {
-    pub fn new() -> Self {
-        Upstream
+/// Sends `req` to `server` over one of its pooled connections, in origin form and with
+/// a `Host`.
+pub async fn send(
+    server: &Server,
+    mut req: Request<ProxyBody>,
+    response_timeout: Duration,
+    tls: Option<&TlsUpstream>,
+) -> Result<Response<Incoming>, ProxyError> {
+    origin_form(&mut req, &server.addr)?;
+    match tokio::time::timeout(response_timeout, server.pool.send(server, req, tls)).await {
+        Err(_) => Err(ProxyError::ResponseTimeout {
+            server: server.id.to_string(),
+        }),
+        Ok(r) => r,
     }
+}
 
-    /// Sends `req` to `server` over one of its pooled connections, in origin form and
-    /// with a `Host`.
-    pub async fn send(
-        &self,
-        server: &Server,
-        mut req: Request<ProxyBody>,
-        response_timeout: Duration,
-        tls: Option<&TlsUpstream>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        origin_form(&mut req, &server.addr)?;
-        match tokio::time::timeout(response_timeout, server.pool.send(server, req, tls)).await {
-            Err(_) => Err(ProxyError::ResponseTimeout {
-                server: server.id.to_string(),
-            }),
-            Ok(r) => r,
-        }
+/// Opens a dedicated connection to `server` and sends the upgrade request on it. The
+/// response's upgrade (on 101) yields the server side of the tunnel.
+pub async fn send_upgrade(
+    server: &Server,
+    req: Request<ProxyBody>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    tls: Option<&TlsUpstream>,
+) -> Result<Response<Incoming>, ProxyError> {
+    // Each side keeps its own type: a plain one is relayed without buffers.
+    match dial(server, tls, connect_timeout).await? {
+        Dialed::Plain(s) => upgrade_over(s, req, response_timeout, server).await,
+        Dialed::Tls(s) => upgrade_over(s, req, response_timeout, server).await,
     }
+}
 
-    /// Opens a dedicated connection to `server` and sends the upgrade request on it.
-    /// The response's upgrade (on 101) yields the server side of the tunnel.
-    pub async fn send_upgrade(
-        &self,
-        server: &Server,
-        req: Request<ProxyBody>,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-        tls: Option<&TlsUpstream>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let id = || server.id.to_string();
-        let stream =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(server.addr.as_str()))
-                .await
-            {
-                Err(_) => return Err(ProxyError::ConnectTimeout { server: id() }),
-                Ok(Err(source)) => {
-                    return Err(ProxyError::Connect {
-                        server: id(),
-                        source,
-                    })
-                }
-                Ok(Ok(s)) => s,
-            };
-        let _ = stream.set_nodelay(true);
-        match tls {
-            None => upgrade_over(stream, req, response_timeout, server).await,
-            Some(t) => {
-                let handshake = t.connect(&server.addr, stream);
-                let stream = match tokio::time::timeout(connect_timeout, handshake).await {
-                    Err(_) => return Err(ProxyError::ConnectTimeout { server: id() }),
-                    Ok(Err(source)) => {
-                        return Err(ProxyError::Connect {
-                            server: id(),
-                            source,
-                        })
-                    }
-                    Ok(Ok(s)) => s,
-                };
-                upgrade_over(stream, req, response_timeout, server).await
-            }
-        }
+/// A new connection to a server (a TLS session is a kilobyte: boxed).
+pub(super) enum Dialed {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Connects to `server`, then TLS when the backend speaks it, each step within `limit`.
+pub(super) async fn dial(
+    server: &Server,
+    tls: Option<&TlsUpstream>,
+    limit: Duration,
+) -> Result<Dialed, ProxyError> {
+    let timed_out = || ProxyError::ConnectTimeout {
+        server: server.id.to_string(),
+    };
+    let failed = |source| ProxyError::Connect {
+        server: server.id.to_string(),
+        source,
+    };
+    let stream = tokio::time::timeout(limit, TcpStream::connect(server.addr.as_str()))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(failed)?;
+    let _ = stream.set_nodelay(true);
+    let Some(t) = tls else {
+        return Ok(Dialed::Plain(stream));
+    };
+    let stream = tokio::time::timeout(limit, t.connect(&server.addr, stream))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(failed)?;
+    Ok(Dialed::Tls(Box::new(stream)))
+}
+
+/// What a failed exchange with `server` is.
+pub(super) fn upstream_error(server: &Server, e: hyper::Error) -> ProxyError {
+    ProxyError::Upstream {
+        server: server.id.to_string(),
+        source: Box::new(e),
     }
 }
 
@@ -150,20 +152,17 @@ async fn upgrade_over<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let id = || server.id.to_string();
-    let upstream_err = |e: hyper::Error| ProxyError::Upstream {
-        server: id(),
-        source: Box::new(e),
-    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(upstream_err)?;
+        .map_err(|e| upstream_error(server, e))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
     match tokio::time::timeout(response_timeout, sender.send_request(req)).await {
-        Err(_) => Err(ProxyError::ResponseTimeout { server: id() }),
-        Ok(r) => r.map_err(upstream_err),
+        Err(_) => Err(ProxyError::ResponseTimeout {
+            server: server.id.to_string(),
+        }),
+        Ok(r) => r.map_err(|e| upstream_error(server, e)),
     }
 }
 
