@@ -77,7 +77,9 @@ trap 'exit 130' INT TERM
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # CPU seconds (user+system) a process has used.
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$1/stat"; }
+# "user system" CPU seconds so far, kept apart: on loopback most of a proxy's time is the
+# kernel's (the same system calls for every proxy), and user time is what a proxy controls.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{print $14/hz "," $15/hz}' "/proc/$1/stat"; }
 rss() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 wait_port() {
   for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
@@ -147,11 +149,11 @@ start_proxy() { # name
 }
 
 # One scenario against the current target: runs the load generator on core 1 and
-# appends {target, scenario, cpu_s, rss..., bench} to $results.
+# appends {target, scenario, cpu_s, user_s, sys_s, rss..., bench} to $results.
 measure() { # target scenario bench-args...
   local target=$1 scenario=$2; shift 2
   local out="$work/$target-$scenario.json" samp="$work/$target-$scenario.sample.json"
-  local c0=0 c1=0 r0=0 bp sp=""
+  local c0=0,0 c1=0,0 r0=0 bp sp=""
   if [ -n "$proxy_pid" ]; then c0=$(cpu "$proxy_pid"); r0=$(rss "$proxy_pid"); fi
   taskset -c 1 "$tether" bench --url "http://127.0.0.1:$proxy_port" --threads 1 --json --quiet \
     "$@" >"$out" 2>"$work/$target-$scenario.err" &
@@ -172,7 +174,9 @@ measure() { # target scenario bench-args...
   python3 - "$target" "$scenario" "$c0" "$c1" "$r0" "$out" "$samp" >>"$results" <<'PY'
 import json, os, sys
 target, scenario, c0, c1, r0, out, samp = sys.argv[1:]
-row = {"target": target, "scenario": scenario, "cpu_s": round(float(c1) - float(c0), 4),
+(u0, s0), (u1, s1) = (map(float, c.split(",")) for c in (c0, c1))
+row = {"target": target, "scenario": scenario, "cpu_s": round(u1 + s1 - u0 - s0, 4),
+       "user_s": round(u1 - u0, 4), "sys_s": round(s1 - s0, 4),
        "rss_kib_before": int(r0), "bench": json.load(open(out))}
 if os.path.exists(samp) and os.path.getsize(samp):
     row["sample"] = json.load(open(samp))

@@ -5,7 +5,7 @@ SVG bar chart of the ratios (drawn by hand: no packages needed).
     report.py --results R.jsonl --machine M.txt --out-dir DIR --date D --host H
               [--quick 0|1] [--elapsed S] [--params TEXT]
 
-Each row of R.jsonl: {target, scenario, cpu_s, rss_kib_before, bench: <tether bench
+Each row of R.jsonl: {target, scenario, cpu_s, user_s, sys_s, rss_kib_before, bench: <tether bench
 --json>, sample: <sample.py output, idle only>}. Prints the tables on stdout; writes
 DIR/<date>-<host>.md, DIR/<date>-ratios.svg, DIR/latest.md and DIR/latest.svg.
 """
@@ -67,12 +67,13 @@ def metrics(rows):
             put(f"{sc}_failed", t, sum(x.get("failed_total", 0) for x in b))
             if t == "direct":
                 continue
-            if sc == "poll":
-                put_median("request_cpu", t, [r["cpu_s"] * 1e6 / r["bench"]["http_requests"]
-                                              for r in reps if r["bench"].get("http_requests")])
-            else:
-                put_median(f"{sc}_cpu", t, [r["cpu_s"] * 1e6 / (2 * r["bench"]["messages_acked"])
-                                            for r in reps if r["bench"].get("messages_acked")])
+            key, unit = (("request", "http_requests") if sc == "poll"
+                         else (sc, "messages_acked"))
+            per = 1 if sc == "poll" else 2  # an ack is a message each way
+            for part, field in (("cpu", "cpu_s"), ("user", "user_s"), ("sys", "sys_s")):
+                put_median(f"{key}_{part}", t, [r[field] * 1e6 / (per * r["bench"][unit])
+                                                for r in reps
+                                                if r["bench"].get(unit) and field in r])
         r = (rows.get((t, "setup")) or [None])[-1]
         if r and r["bench"]:
             b = r["bench"]
@@ -100,7 +101,11 @@ def metrics(rows):
 
     spec = [
         ("ws64_cpu", "WS relay 64 B: proxy CPU per message", "µs", True, 2, True, False),
+        ("ws64_user", "WS relay 64 B: of which user space", "µs", True, 2, False, False),
+        ("ws64_sys", "WS relay 64 B: of which kernel", "µs", True, 2, False, False),
         ("ws4096_cpu", "WS relay 4 KiB: proxy CPU per message", "µs", True, 2, True, False),
+        ("ws4096_user", "WS relay 4 KiB: of which user space", "µs", True, 2, False, False),
+        ("ws4096_sys", "WS relay 4 KiB: of which kernel", "µs", True, 2, False, False),
         ("ws64_p99", "WS echo 64 B: ack p99", "µs", True, 0, True, True),
         ("ws4096_p99", "WS echo 4 KiB: ack p99", "µs", True, 0, True, True),
         ("ws64_p50", "WS echo 64 B: ack p50", "µs", True, 0, False, True),
@@ -108,6 +113,8 @@ def metrics(rows):
         ("ws64_rate", "WS echo 64 B: acks per second", "/s", False, 0, False, True),
         ("ws4096_rate", "WS echo 4 KiB: acks per second", "/s", False, 0, False, True),
         ("request_cpu", "Polling: proxy CPU per HTTP request", "µs", True, 2, True, False),
+        ("request_user", "Polling: of which user space", "µs", True, 2, False, False),
+        ("request_sys", "Polling: of which kernel", "µs", True, 2, False, False),
         ("poll_p99", "Polling echo: ack p99", "µs", True, 0, False, True),
         ("poll_rate", "Polling echo: acks per second", "/s", False, 0, False, True),
         ("setup_cpu", "Session setup: proxy CPU per session", "µs", True, 0, True, False),
