@@ -22,7 +22,8 @@
 //! - [`backends`] also keeps each server's health and operator state (ready,
 //!   draining, maint), runs the active health checks and DNS discovery.
 //! - [`admin`] serves the operator's API: `/status`, `/metrics`, reload, drain.
-//! - [`telemetry`] sets up logging and names the metrics.
+//! - [`telemetry`] sets up logging and names the metrics; [`wakers`] lets long-lived
+//!   tasks (tunnels) wait for a rare change without a lock on every poll.
 //! - [`certs`] makes a development CA and certificates it signs (`tether cert`, tests).
 //! - [`pool`] real Socket.IO nodes (socketioxide) to balance: `tether node`, the demo
 //!   chat application, adapters over Redis or an in-process bus.
@@ -44,3 +45,4 @@ pub mod server;
 pub mod shutdown;
 pub mod snapshot;
 pub mod telemetry;
+pub mod wakers;

@@ -141,7 +141,7 @@ impl Tether {
         admin::install_metrics();
         let hard_stop = CancellationToken::new();
         let store = Arc::new(Store::new(&config).map_err(StartError::Upstream)?);
-        let proxy = Arc::new(Proxy::new(Arc::clone(&store), hard_stop.clone()));
+        let proxy = Arc::new(Proxy::new(Arc::clone(&store)));
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let runtime = Runtime {
             store,
@@ -253,6 +253,7 @@ impl Tether {
                 "grace over; closing what is still open"
             );
             rt.life.hard_stop.cancel();
+            rt.proxy.stop_tunnels();
             let _ = tokio::time::timeout(HARD_STOP_WAIT, async {
                 rt.life.connections.wait().await;
                 rt.proxy.tunnels().wait().await;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use crate::wakers::WakerSet;
 
 use crate::config::ServerState;
 
@@ -94,10 +94,11 @@ pub struct ServerCondition {
     down_until_ms: AtomicU64,
     /// When the server last became able to take sessions, for slow start.
     up_since_ms: AtomicU64,
-    /// Woken when the server may have stopped serving its pinned sessions, so each
-    /// tunnel waits on it instead of polling the state on a timer (thousands of idle
-    /// tunnels would otherwise wake every few hundred milliseconds for nothing).
-    pinned_stop: Notify,
+    /// Tasks (tunnels) woken when the server may have stopped serving its pinned
+    /// sessions, so each waits for it instead of polling the state on a timer
+    /// (thousands of idle tunnels would otherwise wake every few hundred milliseconds
+    /// for nothing).
+    pinned_waiters: WakerSet,
 }
 
 impl Default for ServerCondition {
@@ -111,7 +112,7 @@ impl Default for ServerCondition {
             down_until_ms: AtomicU64::new(0),
             // Servers known at start are not ramped: nothing was flooding them.
             up_since_ms: AtomicU64::new(0),
-            pinned_stop: Notify::new(),
+            pinned_waiters: WakerSet::default(),
         }
     }
 }
@@ -139,7 +140,7 @@ impl ServerCondition {
             self.down_until_ms.store(0, Ordering::Release);
             self.up_since_ms.store(now_ms(), Ordering::Release);
         }
-        self.pinned_stop.notify_waiters();
+        self.pinned_waiters.wake_all();
         Some(old)
     }
 
@@ -156,7 +157,7 @@ impl ServerCondition {
         if s == ServerState::Ready {
             self.up_since_ms.store(now_ms(), Ordering::Release);
         }
-        self.pinned_stop.notify_waiters();
+        self.pinned_waiters.wake_all();
         Some(old)
     }
 
@@ -189,19 +190,10 @@ impl ServerCondition {
         self.state() != ServerState::Maint && self.health() != Health::Down
     }
 
-    /// Returns once the server no longer serves its pinned sessions (maintenance, or
-    /// down), at once if it already does not.
-    pub async fn stopped_serving_pinned(&self) {
-        loop {
-            // Registered before the check, so a change between the two is not missed.
-            let changed = self.pinned_stop.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
-            if !self.serves_pinned() {
-                return;
-            }
-            changed.await;
-        }
+    /// Woken whenever [`ServerCondition::serves_pinned`] may have turned false. A
+    /// waiter registers before it checks, so a change between the two is not missed.
+    pub fn pinned_waiters(&self) -> &WakerSet {
+        &self.pinned_waiters
     }
 
     /// Share of its full weight a server gets while it slow-starts, in `0.0..=1.0`.
@@ -234,7 +226,7 @@ impl ServerCondition {
                 self.down_until_ms.store(until, Ordering::Release);
                 // Coming back after the cooldown is a return: ramp it like one.
                 self.up_since_ms.store(until, Ordering::Release);
-                self.pinned_stop.notify_waiters();
+                self.pinned_waiters.wake_all();
                 true
             }
         }
@@ -323,12 +315,27 @@ mod tests {
         assert_eq!(c.ramp(None), 1.0);
     }
 
+    /// Waits as a tunnel does: checks only when woken through the set.
+    async fn stopped_serving_pinned(c: &ServerCondition) {
+        let mut waiting = crate::wakers::Waiting::default();
+        std::future::poll_fn(|cx| {
+            waiting.register(c.pinned_waiters(), cx.waker());
+            if c.serves_pinned() {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        waiting.deregister(c.pinned_waiters());
+    }
+
     #[tokio::test]
     async fn pinned_watchers_wake_on_maint_down_and_passive_down_only() {
         use std::sync::Arc;
         let c = Arc::new(ServerCondition::default());
         let pending =
-            |c: Arc<ServerCondition>| tokio::spawn(async move { c.stopped_serving_pinned().await });
+            |c: Arc<ServerCondition>| tokio::spawn(async move { stopped_serving_pinned(&c).await });
         let short = Duration::from_millis(50);
 
         let w = pending(Arc::clone(&c));
@@ -341,7 +348,8 @@ mod tests {
             .unwrap()
             .unwrap();
         // Already stopped: returns at once.
-        c.stopped_serving_pinned().await;
+        stopped_serving_pinned(&c).await;
+        assert!(c.pinned_waiters().is_empty(), "waiters leave the set");
 
         c.set_state(ServerState::Ready);
         let w = pending(Arc::clone(&c));

@@ -21,11 +21,10 @@ use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::affinity::{self, client_ip, SessionPin};
-use crate::backends::{ServerStats, SessionGuard};
+use crate::backends::SessionGuard;
 use crate::config::Balance;
 use crate::engineio::{self, EioQuery, Transport};
 use crate::snapshot::{Backend, Server, Snapshot, Store};
@@ -35,7 +34,7 @@ use retry::{into_upstream, note_failure, session_lost, Replay};
 
 pub use body::ProxyBody;
 use respond::ProxyError;
-use tunnel::IdleLimit;
+use tunnel::{HardStop, IdleLimit, TunnelStop};
 
 /// The most of a handshake response read before giving up on finding the open packet
 /// (it is the first packet and a few hundred bytes; the rest streams through untouched).
@@ -58,7 +57,7 @@ pub struct Proxy {
     /// Every tunnel task, so shutdown can wait for them.
     tunnels: TaskTracker,
     /// Fired when the shutdown grace is over: tunnels still open are closed.
-    hard_stop: CancellationToken,
+    hard_stop: Arc<HardStop>,
 }
 
 /// Where a request goes, and what it holds while it runs.
@@ -77,12 +76,17 @@ struct Target<'s> {
 }
 
 impl Proxy {
-    pub fn new(store: Arc<Store>, hard_stop: CancellationToken) -> Self {
+    pub fn new(store: Arc<Store>) -> Self {
         Proxy {
             store,
             tunnels: TaskTracker::new(),
-            hard_stop,
+            hard_stop: Arc::default(),
         }
+    }
+
+    /// Ends every tunnel still open (the shutdown grace is over).
+    pub fn stop_tunnels(&self) {
+        self.hard_stop.fire();
     }
 
     /// The tracker of live WebSocket tunnels.
@@ -413,7 +417,7 @@ impl Proxy {
         drop(target.pending);
         let server_id = Arc::clone(&target.server.id);
         let stats = Arc::clone(&target.server.stats);
-        let hard_stop = self.hard_stop.clone();
+        let stop = TunnelStop::new(Arc::clone(&self.hard_stop), stats);
         self.tunnels.spawn(async move {
             let (client, server) = match tokio::join!(client_side, server_side) {
                 (Ok(c), Ok(s)) => (c, s),
@@ -422,7 +426,7 @@ impl Proxy {
                     return;
                 }
             };
-            let end = tunnel::relay(client, server, idle, tunnel_stop(&hard_stop, &stats)).await;
+            let end = tunnel::relay(client, server, idle, stop).await;
             tracing::debug!(server = %server_id, ?end, "tunnel closed");
             drop(session);
         });
@@ -431,16 +435,6 @@ impl Proxy {
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         Ok(Response::from_parts(parts, ProxyBody::empty()))
-    }
-}
-
-/// Completes when a tunnel must end before either side closes it: the process's grace
-/// is over, or its server was put in maintenance or found down (its client then
-/// reconnects elsewhere at once).
-async fn tunnel_stop(hard_stop: &CancellationToken, stats: &ServerStats) {
-    tokio::select! {
-        _ = hard_stop.cancelled() => {}
-        _ = stats.condition.stopped_serving_pinned() => {}
     }
 }
 

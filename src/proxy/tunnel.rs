@@ -8,7 +8,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,9 +23,75 @@ use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use super::tcp_relay;
+use crate::backends::ServerStats;
 use crate::engineio;
+use crate::wakers::{Waiting, WakerSet};
 
 const BUF: usize = 8 * 1024;
+
+/// Fired when the shutdown grace is over: every tunnel still open ends.
+#[derive(Debug, Default)]
+pub struct HardStop {
+    fired: AtomicBool,
+    waiters: WakerSet,
+}
+
+impl HardStop {
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.waiters.wake_all();
+    }
+}
+
+/// Completes when a tunnel must end before either side closes it: the process's grace
+/// is over, or its server was put in maintenance or found down (its client then
+/// reconnects elsewhere at once).
+///
+/// The tunnel polls it with every message it relays, so a poll is two loads and two
+/// waker comparisons; it takes a lock only on its first poll and when dropped.
+#[derive(Debug)]
+pub struct TunnelStop {
+    hard: Arc<HardStop>,
+    stats: Arc<ServerStats>,
+    on_hard: Waiting,
+    on_server: Waiting,
+}
+
+impl TunnelStop {
+    pub fn new(hard: Arc<HardStop>, stats: Arc<ServerStats>) -> TunnelStop {
+        TunnelStop {
+            hard,
+            stats,
+            on_hard: Waiting::default(),
+            on_server: Waiting::default(),
+        }
+    }
+}
+
+impl Future for TunnelStop {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        // Registered before the checks, so a change between the two is not missed.
+        this.on_hard.register(&this.hard.waiters, cx.waker());
+        this.on_server
+            .register(this.stats.condition.pinned_waiters(), cx.waker());
+        if this.hard.fired.load(Ordering::Acquire) || !this.stats.condition.serves_pinned() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for TunnelStop {
+    fn drop(&mut self) {
+        self.on_hard.deregister(&self.hard.waiters);
+        self.on_server
+            .deregister(self.stats.condition.pinned_waiters());
+    }
+}
 
 /// How long the tunnel may stay silent.
 #[derive(Debug, Clone, Copy)]
