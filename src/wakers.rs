@@ -163,7 +163,11 @@ mod tests {
         set.update(k2, &w_new);
         set.update(99, &w_new); // an unknown key is ignored
         set.wake_all();
-        assert_eq!(old.0.load(Ordering::SeqCst), 1, "only k3 still holds the old waker");
+        assert_eq!(
+            old.0.load(Ordering::SeqCst),
+            1,
+            "only k3 still holds the old waker"
+        );
         assert_eq!(new.0.load(Ordering::SeqCst), 1);
         assert_eq!(set.len(), 2);
     }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, TlsConfig};
-use crate::proxy::{ConnInfo, Proxy, ProxyBody};
+use crate::proxy::{ClientRequest, ConnInfo, Proxy, ProxyBody};
 
 /// What a listener does with a connection. Swapped whole by a reload, read once per
 /// connection, so a new certificate or option applies to new connections only.
@@ -170,7 +170,7 @@ impl Handler {
     async fn answer(
         &self,
         proxy: &Proxy,
-        req: Request<Incoming>,
+        req: ClientRequest,
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         match self {
@@ -247,6 +247,7 @@ async fn serve_conn<IO>(
     let service = service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
         let handler = handler.clone();
+        let req = Box::new(req);
         async move { Ok::<_, Infallible>(handler.answer(&proxy, req, conn).await) }
     });
     let io = TokioIo::new(io);

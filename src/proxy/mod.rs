@@ -43,6 +43,15 @@ const OPEN_PACKET_SCAN: usize = 64 * 1024;
 /// Engine.IO's default heartbeat (25 s + 20 s), used until a session says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(45);
 
+/// A request as the client sent it. Boxed: every step of the request path is an
+/// `async fn`, and an async fn keeps each argument twice (as passed, and as moved into
+/// its body), so a 264-byte request by value made a polling request's future 4.9 KB,
+/// copied on every request as each step started the next.
+pub type ClientRequest = Box<Request<Incoming>>;
+
+/// A request on its way to a server; boxed for the same reason.
+pub type UpstreamRequest = Box<Request<ProxyBody>>;
+
 /// What the listener knows about the client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
@@ -100,7 +109,7 @@ impl Proxy {
 
     /// Handles one request; every failure becomes a response, never a panic or a
     /// dropped connection.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: ClientRequest, conn: ConnInfo) -> Response<ProxyBody> {
         let snapshot = self.store.load_full();
         match self.forward(&snapshot, req, conn).await {
             Ok(resp) => resp,
@@ -118,7 +127,7 @@ impl Proxy {
     async fn forward(
         &self,
         snap: &Snapshot,
-        mut req: Request<Incoming>,
+        mut req: ClientRequest,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let host = request_host(&req);
@@ -288,18 +297,20 @@ impl Proxy {
         &self,
         backend: &'b Backend,
         target: &mut Target<'b>,
-        req: Request<Incoming>,
+        req: ClientRequest,
         engine_io: bool,
         upgrade: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
         let replay = target.placed.is_some().then(|| Replay::of(&req)).flatten();
-        let mut first = Some(into_upstream(req, replay.is_some()));
+        let mut first = Some(into_upstream(*req, replay.is_some()));
         let mut tried = Vec::new();
         loop {
             let req = first.take().unwrap_or_else(|| {
-                replay
-                    .as_ref()
-                    .map_or_else(|| Request::new(ProxyBody::empty()), Replay::request)
+                Box::new(
+                    replay
+                        .as_ref()
+                        .map_or_else(|| Request::new(ProxyBody::empty()), Replay::request),
+                )
             });
             let t = &backend.timeouts;
             // Boxed: connecting (and a TLS handshake) makes this future kilobytes, and it
@@ -387,10 +398,10 @@ impl Proxy {
     async fn tunnel(
         &self,
         backend: &Backend,
-        mut req: Request<Incoming>,
+        mut req: ClientRequest,
         mut target: Target<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let client_side = hyper::upgrade::on(&mut req);
+        let client_side = hyper::upgrade::on(&mut *req);
         let mut resp = self.send(backend, &mut target, req, true, true).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (parts, body) = resp.into_parts();

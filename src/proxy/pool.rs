@@ -14,7 +14,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::Response;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use super::body::ProxyBody;
 use super::respond::ProxyError;
 use super::upstream::{dial, upstream_error, Dialed, TlsUpstream};
+use super::UpstreamRequest;
 use crate::snapshot::Server;
 
 /// How long an idle connection is kept.
@@ -101,18 +102,18 @@ impl ConnPool {
     pub async fn send(
         &self,
         server: &Server,
-        req: Request<ProxyBody>,
+        req: UpstreamRequest,
         tls: Option<&TlsUpstream>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut req = req;
         if let Some(mut send) = self.take() {
-            match send.try_send_request(req).await {
+            match send.try_send_request(*req).await {
                 Ok(resp) => {
                     self.put(send);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
+                    Some(unsent) => *req = unsent,
                     None => return Err(upstream_error(server, e.into_error())),
                 },
             }
@@ -120,7 +121,7 @@ impl ConnPool {
         // Boxed: connecting (TCP, TLS, handshake) is kilobytes of future, which every
         // request's future would otherwise carry and copy.
         let mut send = Box::pin(connect(server, tls)).await?;
-        match send.send_request(req).await {
+        match send.send_request(*req).await {
             Ok(resp) => {
                 self.put(send);
                 Ok(resp)
@@ -161,6 +162,8 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    use http::Request;
 
     use super::*;
     use crate::backends::ServerStats;
@@ -211,7 +214,7 @@ mod tests {
             .header("host", "t")
             .body(ProxyBody::empty())
             .unwrap();
-        let resp = server.pool.send(server, req, None).await?;
+        let resp = server.pool.send(server, Box::new(req), None).await?;
         use http_body_util::BodyExt;
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"ok");

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use super::body::ProxyBody;
 use super::respond::ProxyError;
+use super::UpstreamRequest;
 use crate::backends::Health;
 use crate::snapshot::{Backend, Server};
 
@@ -51,12 +52,12 @@ impl Replay {
 
 /// The request as sent upstream; a replayable one drops its (empty) body stream so the
 /// first attempt and any retry are alike.
-pub fn into_upstream(req: Request<Incoming>, replayable: bool) -> Request<ProxyBody> {
-    if replayable {
+pub fn into_upstream(req: Request<Incoming>, replayable: bool) -> UpstreamRequest {
+    Box::new(if replayable {
         req.map(|_| ProxyBody::empty())
     } else {
         req.map(ProxyBody::Stream)
-    }
+    })
 }
 
 /// Counts a failure to reach `server` towards marking it down (passive health).

@@ -16,6 +16,7 @@ use tokio_rustls::TlsConnector;
 
 use super::body::ProxyBody;
 use super::respond::ProxyError;
+use super::UpstreamRequest;
 use crate::config::UpstreamTls;
 use crate::listener::tls::{self, TlsError};
 use crate::snapshot::Server;
@@ -71,7 +72,7 @@ impl TlsUpstream {
 /// a `Host`.
 pub async fn send(
     server: &Server,
-    mut req: Request<ProxyBody>,
+    mut req: UpstreamRequest,
     response_timeout: Duration,
     tls: Option<&TlsUpstream>,
 ) -> Result<Response<Incoming>, ProxyError> {
@@ -88,7 +89,7 @@ pub async fn send(
 /// response's upgrade (on 101) yields the server side of the tunnel.
 pub async fn send_upgrade(
     server: &Server,
-    req: Request<ProxyBody>,
+    req: UpstreamRequest,
     connect_timeout: Duration,
     response_timeout: Duration,
     tls: Option<&TlsUpstream>,
@@ -145,7 +146,7 @@ pub(super) fn upstream_error(server: &Server, e: hyper::Error) -> ProxyError {
 /// Sends an upgrade request on a dedicated connection `io`.
 async fn upgrade_over<IO>(
     io: IO,
-    req: Request<ProxyBody>,
+    req: UpstreamRequest,
     response_timeout: Duration,
     server: &Server,
 ) -> Result<Response<Incoming>, ProxyError>
@@ -158,7 +159,7 @@ where
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    match tokio::time::timeout(response_timeout, sender.send_request(req)).await {
+    match tokio::time::timeout(response_timeout, sender.send_request(*req)).await {
         Err(_) => Err(ProxyError::ResponseTimeout {
             server: server.id.to_string(),
         }),
