@@ -428,8 +428,8 @@ impl Proxy {
         drop(target.pending);
         let server_id = Arc::clone(&target.server.id);
         let stats = Arc::clone(&target.server.stats);
-        let stop = TunnelStop::new(Arc::clone(&self.hard_stop), stats);
-        self.tunnels.spawn(async move {
+        let mut stop = TunnelStop::new(Arc::clone(&self.hard_stop), stats);
+        let task = async move {
             let (client, server) = match tokio::join!(client_side, server_side) {
                 (Ok(c), Ok(s)) => (c, s),
                 (c, s) => {
@@ -437,10 +437,13 @@ impl Proxy {
                     return;
                 }
             };
-            let end = tunnel::relay(client, server, idle, stop).await;
+            // By reference: moved into the relay, the task would keep it twice (as
+            // captured, and in the relay) for the tunnel's whole life.
+            let end = tunnel::relay(client, server, idle, &mut stop).await;
             tracing::debug!(server = %server_id, ?end, "tunnel closed");
             drop(session);
-        });
+        };
+        self.tunnels.spawn(task);
         let (mut parts, _) = resp.into_parts();
         parts
             .headers
