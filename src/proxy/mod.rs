@@ -130,9 +130,13 @@ impl Proxy {
         mut req: ClientRequest,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let host = request_host(&req);
+        let host_value = request_host(&req);
+        let host = host_value
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(strip_port);
         let backend = snap
-            .route(host.as_deref(), req.uri().path())
+            .route(host, req.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         let client = client_ip::resolve(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
         let upgrade = headers::is_websocket_upgrade(req.headers());
@@ -148,7 +152,7 @@ impl Proxy {
             client,
             peer_trusted: client_ip::is_trusted(conn.peer.ip(), &snap.trusted_proxies),
             proto: if conn.tls { "https" } else { "http" },
-            host: host.as_deref(),
+            host,
         };
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
         headers::set_forwarded(req.headers_mut(), &origin);
@@ -459,13 +463,14 @@ enum TunnelSession {
     Counted(SessionGuard),
 }
 
-/// The request's host without port: from the absolute URI, else the `Host` header.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?,
-    };
-    Some(strip_port(raw).to_owned())
+/// The request's host (with any port): from the absolute URI, else the `Host` header.
+/// A `Host` header is returned as a shared view of the request's bytes, not a copy: the
+/// request is rewritten while the host is still needed.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    }
 }
 
 fn strip_port(host: &str) -> &str {
