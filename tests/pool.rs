@@ -313,13 +313,27 @@ fn node_pids(port: u16) -> Vec<u32> {
         .collect()
 }
 
+/// A free port the kernel never hands out on its own. `tether pool` takes a fixed base
+/// port; one found by binding port 0 and letting go could be given to another test's
+/// port-0 listener before the pool's node binds it, and that listener would then answer
+/// in the node's place.
+fn port_outside_ephemeral_range() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let below = low.saturating_sub(10_000).max(1024);
+    let span = low.saturating_sub(below).max(1);
+    let start = std::process::id() as u16 % span;
+    (0..span)
+        .map(|i| below + (start + i) % span)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_restarts_a_node_that_dies() {
-    let base = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let base = port_outside_ephemeral_range();
     let mut pool = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
         // One node: its port was free a moment ago; a second, consecutive one might be
         // an ephemeral port in use by another test's connection.
