@@ -140,11 +140,8 @@ impl App {
     }
 }
 
-/// The connect handler of namespace `/`: `io.ns("/", move |s| app::on_connect(app, s))`.
-///
-/// Everything happens in this synchronous call, which socketioxide makes before it
-/// reads the socket's next packet; an `async fn` would only run once its task is
-/// polled, and an event sent right after the connect answer could find no handler yet.
+/// The connect handler of namespace `/`, with [`register_events`] as its middleware:
+/// `io.ns("/", (move |s| app::on_connect(app, s)).with(move |s| app::register_events(app, s)))`.
 pub fn on_connect<A: Adapter>(app: Arc<App>, socket: SocketRef<A>) -> std::future::Ready<()> {
     socket
         .extensions
@@ -158,7 +155,25 @@ pub fn on_connect<A: Adapter>(app: Arc<App>, socket: SocketRef<A>) -> std::futur
         let n = a.sockets.fetch_sub(1, Ordering::Relaxed) - 1;
         a.sockets_gauge.set(n as f64);
     });
+    // After the connect answer: a packet sent from the middleware would go before it.
+    let _ = socket.emit(
+        "welcome",
+        &json!({ "node": &*app.node, "sid": socket.id.to_string() }),
+    );
+    std::future::ready(())
+}
 
+/// Registers every event handler, as the namespace's connect middleware.
+///
+/// socketioxide (0.18, `Namespace::connect`) sends the connect answer *before* it calls
+/// the connect handler, in a task of its own: a client's first event, sent as soon as
+/// the answer arrives, could be read before handlers registered in the connect handler
+/// existed, and was dropped (a bench client saw its `whoami` go unanswered, once, under
+/// load). Middlewares run before the answer is sent.
+pub fn register_events<A: Adapter>(
+    app: Arc<App>,
+    socket: SocketRef<A>,
+) -> std::future::Ready<Result<(), std::convert::Infallible>> {
     let a = Arc::clone(&app);
     socket.on(
         "whoami",
@@ -282,11 +297,7 @@ pub fn on_connect<A: Adapter>(app: Arc<App>, socket: SocketRef<A>) -> std::futur
         },
     );
 
-    let _ = socket.emit(
-        "welcome",
-        &json!({ "node": &*app.node, "sid": socket.id.to_string() }),
-    );
-    std::future::ready(())
+    std::future::ready(Ok(()))
 }
 
 async fn on_chat<A: Adapter>(

@@ -42,6 +42,7 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use socketioxide::adapter::{Emitter, LocalAdapter};
 use socketioxide::extract::SocketRef;
+use socketioxide::handler::ConnectHandler;
 use socketioxide::service::SocketIoService;
 use socketioxide::SocketIo;
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
@@ -413,11 +414,19 @@ pub async fn start(mut opts: NodeOptions) -> Result<RunningNode, NodeError> {
         builder = builder.ping_timeout(d);
     }
 
-    let a = Arc::clone(&app);
+    // Namespace `/`: events registered by the middleware, before the connect answer
+    // goes out (see `app::register_events`).
+    macro_rules! namespace {
+        ($adapter:ty) => {{
+            let (a, b) = (Arc::clone(&app), Arc::clone(&app));
+            (move |s: SocketRef<$adapter>| app::on_connect(a, s))
+                .with(move |s: SocketRef<$adapter>| app::register_events(b, s))
+        }};
+    }
     let (serving, close_io) = match &opts.adapter {
         AdapterChoice::Local => {
             let (svc, io) = builder.build_with_inner_svc(pages);
-            io.ns("/", move |s: SocketRef<LocalAdapter>| app::on_connect(a, s));
+            io.ns("/", namespace!(LocalAdapter));
             (serve(listener, svc, &shared), closer(io))
         }
         AdapterChoice::Memory(bus) => {
@@ -425,7 +434,7 @@ pub async fn start(mut opts: NodeOptions) -> Result<RunningNode, NodeError> {
             let driver = MemoryDriver::new(Arc::clone(bus));
             let ctr = RedisAdapterCtr::new_with_driver(driver, adapter_config());
             let (svc, io) = builder.with_adapter::<A>(ctr).build_with_inner_svc(pages);
-            io.ns("/", move |s: SocketRef<A>| app::on_connect(a, s))
+            io.ns("/", namespace!(A))
                 .await
                 .map_err(|e| NodeError::AdapterInit {
                     adapter: "memory",
@@ -447,7 +456,7 @@ pub async fn start(mut opts: NodeOptions) -> Result<RunningNode, NodeError> {
             );
             let ctr = RedisAdapterCtr::new_with_driver(driver, adapter_config());
             let (svc, io) = builder.with_adapter::<A>(ctr).build_with_inner_svc(pages);
-            io.ns("/", move |s: SocketRef<A>| app::on_connect(a, s))
+            io.ns("/", namespace!(A))
                 .await
                 .map_err(|e| NodeError::AdapterInit {
                     adapter: "redis",
@@ -471,7 +480,7 @@ pub async fn start(mut opts: NodeOptions) -> Result<RunningNode, NodeError> {
             let ctr =
                 RedisAdapterCtr::new_with_driver(LocalFirst(driver.clone()), adapter_config());
             let (svc, io) = builder.with_adapter::<A>(ctr).build_with_inner_svc(pages);
-            io.ns("/", move |s: SocketRef<A>| app::on_connect(a, s))
+            io.ns("/", namespace!(A))
                 .await
                 .map_err(|e| NodeError::AdapterInit {
                     adapter: "redis-streams",
