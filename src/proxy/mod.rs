@@ -433,7 +433,7 @@ impl Proxy {
         let server_id = Arc::clone(&target.server.id);
         let stats = Arc::clone(&target.server.stats);
         let mut stop = TunnelStop::new(Arc::clone(&self.hard_stop), stats);
-        let task = async move {
+        self.tunnels.spawn(async move {
             let (client, server) = match tokio::join!(client_side, server_side) {
                 (Ok(c), Ok(s)) => (c, s),
                 (c, s) => {
@@ -446,8 +446,7 @@ impl Proxy {
             let end = tunnel::relay(client, server, idle, &mut stop).await;
             tracing::debug!(server = %server_id, ?end, "tunnel closed");
             drop(session);
-        };
-        self.tunnels.spawn(task);
+        });
         let (mut parts, _) = resp.into_parts();
         parts
             .headers

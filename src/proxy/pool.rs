@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 
 use http::Response;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http1::SendRequest;
 
 use super::body::ProxyBody;
 use super::respond::ProxyError;
-use super::upstream::{dial, upstream_error, Dialed, TlsUpstream};
+use super::upstream::{dial, handshake, upstream_error, Dialed, TlsUpstream};
 use super::UpstreamRequest;
 use crate::snapshot::Server;
 
@@ -102,10 +101,9 @@ impl ConnPool {
     pub async fn send(
         &self,
         server: &Server,
-        req: UpstreamRequest,
+        mut req: UpstreamRequest,
         tls: Option<&TlsUpstream>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut req = req;
         if let Some(mut send) = self.take() {
             match send.try_send_request(*req).await {
                 Ok(resp) => {
@@ -140,19 +138,6 @@ async fn connect(
         Dialed::Plain(s) => handshake(server, s).await,
         Dialed::Tls(s) => handshake(server, s).await,
     }
-}
-
-async fn handshake<IO>(server: &Server, io: IO) -> Result<SendRequest<ProxyBody>, ProxyError>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (send, conn) = http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| upstream_error(server, e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(send)
 }
 
 #[cfg(test)]

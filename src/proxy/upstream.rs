@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -153,18 +154,32 @@ async fn upgrade_over<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| upstream_error(server, e))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    let mut sender = handshake(server, io).await?;
     match tokio::time::timeout(response_timeout, sender.send_request(*req)).await {
         Err(_) => Err(ProxyError::ResponseTimeout {
             server: server.id.to_string(),
         }),
         Ok(r) => r.map_err(|e| upstream_error(server, e)),
     }
+}
+
+/// HTTP/1.1 over a new connection `io`, its connection task spawned. The task allows
+/// upgrades: an upgrade request's connection becomes the tunnel's server side, and a
+/// pooled one behaves as any (it never sees a `101`).
+pub(super) async fn handshake<IO>(
+    server: &Server,
+    io: IO,
+) -> Result<SendRequest<ProxyBody>, ProxyError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| upstream_error(server, e))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(send)
 }
 
 /// Makes an absolute-form URI (HTTP/2 requests carry one) origin-form, and gives a
