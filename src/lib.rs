@@ -2,8 +2,8 @@
 //!
 //! Module map, in the order a request meets them:
 //!
-//! - [`server`] binds the configured listeners and runs them; [`shutdown`] turns
-//!   signals into the one cancellation token that stops everything.
+//! - [`server`] binds the configured listeners and runs them until the shutdown token
+//!   (fed by signals, `tether_kit::signal`) is cancelled.
 //! - [`listener`] accepts connections (plain or TLS) and serves HTTP/1.1 on each.
 //! - [`proxy`] is the request path: route by host and path, pick a server, forward
 //!   the request over that server's keep-alive pool or relay a WebSocket tunnel, and
@@ -24,25 +24,22 @@
 //! - [`admin`] serves the operator's API: `/status`, `/metrics`, reload, drain.
 //! - [`telemetry`] sets up logging and names the metrics; [`wakers`] lets long-lived
 //!   tasks (tunnels) wait for a rare change without a lock on every poll.
-//! - [`certs`] makes a development CA and certificates it signs (`tether cert`, tests).
-//! - [`pool`] real Socket.IO nodes (socketioxide) to balance: `tether node`, the demo
-//!   chat application, adapters over Redis or an in-process bus.
-//! - [`bench`] a Socket.IO-aware load generator (`tether bench`): real client sessions
-//!   (polling then upgrade, or WebSocket), echo round trips, sessions per node.
+//! - [`tls`] certificates, SNI, upstream TLS, and a development CA (`tether cert`, tests).
+//! - [`demo`] (feature `bundled`) `tether demo`: the bundled nodes of the
+//!   `tether-node` crate behind tether, one command.
 
 pub mod admin;
 pub mod affinity;
 pub mod backends;
 pub mod balance;
-pub mod bench;
-pub mod certs;
 pub mod config;
+#[cfg(feature = "bundled")]
+pub mod demo;
 pub mod engineio;
 pub mod listener;
-pub mod pool;
 pub mod proxy;
 pub mod server;
-pub mod shutdown;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod wakers;

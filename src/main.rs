@@ -47,6 +47,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    #[cfg(feature = "bundled")]
     /// Run one Socket.IO node (socketioxide) with the demo chat application. Prints
     /// {"event":"listening","port":N,"id":"..."} once serving; SIGTERM drains then stops.
     Node {
@@ -73,6 +74,7 @@ enum Command {
         #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
         ping_timeout: Option<u64>,
     },
+    #[cfg(feature = "bundled")]
     /// Run N nodes as supervised child processes (restarted with back-off when they
     /// die); signals are forwarded and all of them stop with the pool.
     Pool {
@@ -88,6 +90,7 @@ enum Command {
         #[arg(long, value_enum, requires = "redis", default_value = "redis")]
         adapter: NodeAdapter,
     },
+    #[cfg(feature = "bundled")]
     /// A Socket.IO cluster on this machine in one command: 3 nodes, tether in front
     /// (plain and TLS), the admin dashboard, the chat page.
     Demo {
@@ -118,11 +121,13 @@ enum Command {
         #[arg(long)]
         cert_dir: Option<PathBuf>,
     },
+    #[cfg(feature = "bundled")]
     /// A Socket.IO-aware load generator against a loopback target: real client
     /// sessions (polling then upgrade, or WebSocket), echo round trips, sessions per node.
-    Bench(tether::bench::BenchArgs),
+    Bench(tether_bench::BenchArgs),
 }
 
+#[cfg(feature = "bundled")]
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum NodeAdapter {
     /// Redis pub/sub (socketioxide-redis).
@@ -138,6 +143,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Run { config } => run(config),
         Command::Cert { out, names, force } => cert(out, names, force),
+        #[cfg(feature = "bundled")]
         Command::Node {
             port,
             bind,
@@ -150,20 +156,20 @@ fn main() -> ExitCode {
             std::net::SocketAddr::new(bind, port),
             id,
             redis.map(|url| match adapter {
-                NodeAdapter::Redis => tether::pool::node::AdapterChoice::RedisPubSub { url },
-                NodeAdapter::RedisStreams => {
-                    tether::pool::node::AdapterChoice::RedisStreams { url }
-                }
+                NodeAdapter::Redis => tether_node::node::AdapterChoice::RedisPubSub { url },
+                NodeAdapter::RedisStreams => tether_node::node::AdapterChoice::RedisStreams { url },
             }),
             ping_interval.map(std::time::Duration::from_millis),
             ping_timeout.map(std::time::Duration::from_millis),
         ),
+        #[cfg(feature = "bundled")]
         Command::Pool {
             nodes,
             base_port,
             redis,
             adapter,
         } => pool(nodes, base_port, redis, adapter),
+        #[cfg(feature = "bundled")]
         Command::Demo {
             redis,
             no_redis,
@@ -173,7 +179,7 @@ fn main() -> ExitCode {
             nodes,
             base_port,
             cert_dir,
-        } => demo(tether::pool::demo::DemoOptions {
+        } => demo(tether::demo::DemoOptions {
             redis,
             no_redis,
             http: ([127, 0, 0, 1], port).into(),
@@ -184,7 +190,8 @@ fn main() -> ExitCode {
             cert_dir: cert_dir.unwrap_or_else(|| std::env::temp_dir().join("tether-demo")),
             exe: std::env::current_exe().unwrap_or_else(|_| "tether".into()),
         }),
-        Command::Bench(args) => tether::bench::main(args),
+        #[cfg(feature = "bundled")]
+        Command::Bench(args) => tether_bench::main(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,12 +207,12 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     // What `run` would read besides the file: certificates, keys, CA bundles.
     for l in &config.listeners {
         if let Some(t) = &l.tls {
-            tether::listener::tls::acceptor(t).with_context(|| format!("listener {}", l.bind))?;
+            tether::tls::acceptor(t).with_context(|| format!("listener {}", l.bind))?;
         }
     }
     for b in &config.backends {
         if let Some(t) = &b.tls {
-            tether::proxy::upstream::TlsUpstream::new(t)
+            tether::tls::TlsUpstream::new(t)
                 .with_context(|| format!("backend {}: upstream TLS", b.name))?;
         }
     }
@@ -239,7 +246,7 @@ fn cert(out: PathBuf, mut names: Vec<String>, force: bool) -> anyhow::Result<()>
             );
         }
     }
-    let dev = tether::certs::generate_dev_cert(&names)?;
+    let dev = tether::tls::dev_ca::generate_dev_cert(&names)?;
     let paths = dev
         .write(&out)
         .with_context(|| format!("writing certificates into {}", out.display()))?;
@@ -268,7 +275,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         if let Some(addr) = tether.admin_addr() {
             println!("tether admin on {addr}");
         }
-        tokio::spawn(tether::shutdown::on_signal(tether.shutdown_token()));
+        tokio::spawn(tether_kit::signal::on_signal(tether.shutdown_token()));
         tether.run().await;
         Ok::<(), anyhow::Error>(())
     })?;
@@ -277,18 +284,19 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "bundled")]
 fn node(
     bind: std::net::SocketAddr,
     id: Option<String>,
-    adapter: Option<tether::pool::node::AdapterChoice>,
+    adapter: Option<tether_node::node::AdapterChoice>,
     ping_interval: Option<std::time::Duration>,
     ping_timeout: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
-    let opts = tether::pool::node::NodeOptions {
+    let opts = tether_node::node::NodeOptions {
         bind,
         // Empty: node-<port>, once the port is known.
         id: id.unwrap_or_default(),
-        adapter: adapter.unwrap_or(tether::pool::node::AdapterChoice::Local),
+        adapter: adapter.unwrap_or(tether_node::node::AdapterChoice::Local),
         ping_interval,
         ping_timeout,
     };
@@ -296,11 +304,12 @@ fn node(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(tether::pool::node::run_until_signal(opts))?;
+    runtime.block_on(tether_node::node::run_until_signal(opts))?;
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(())
 }
 
+#[cfg(feature = "bundled")]
 fn adapter_args(redis: Option<String>, adapter: NodeAdapter) -> Vec<String> {
     match redis {
         None => Vec::new(),
@@ -314,6 +323,7 @@ fn adapter_args(redis: Option<String>, adapter: NodeAdapter) -> Vec<String> {
     }
 }
 
+#[cfg(feature = "bundled")]
 /// A runtime whose work stops on the first SIGINT/SIGTERM (a second exits at once).
 fn with_signals<F, Fut>(f: F) -> anyhow::Result<()>
 where
@@ -326,13 +336,14 @@ where
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(tether::shutdown::on_signal(stop.clone()));
+        tokio::spawn(tether_kit::signal::on_signal(stop.clone()));
         f(stop).await
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     result
 }
 
+#[cfg(feature = "bundled")]
 fn pool(
     nodes: usize,
     base_port: u16,
@@ -340,21 +351,22 @@ fn pool(
     adapter: NodeAdapter,
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the tether executable")?;
-    let opts = tether::pool::supervisor::PoolOptions::consecutive(
+    let opts = tether_node::supervisor::PoolOptions::consecutive(
         exe,
         nodes,
         base_port,
         &adapter_args(redis, adapter),
     );
     with_signals(|stop| async move {
-        tether::pool::supervisor::run(opts, stop).await;
+        tether_node::supervisor::run(opts, stop).await;
         Ok(())
     })
 }
 
-fn demo(opts: tether::pool::demo::DemoOptions) -> anyhow::Result<()> {
+#[cfg(feature = "bundled")]
+fn demo(opts: tether::demo::DemoOptions) -> anyhow::Result<()> {
     with_signals(|stop| async move {
-        tether::pool::demo::run(opts, stop).await?;
+        tether::demo::run(opts, stop).await?;
         Ok(())
     })
 }

@@ -21,9 +21,10 @@ use tokio_util::task::TaskTracker;
 use crate::admin;
 use crate::config::watch::{self, Trigger};
 use crate::config::{self, AdminConfig, Config, ListenerConfig};
-use crate::listener::{self, tls, Lifecycle, Mode};
+use crate::listener::{self, Lifecycle, Mode};
 use crate::proxy::Proxy;
 use crate::snapshot::Store;
+use crate::tls;
 
 /// How often expired sessions are swept out of the sid table, and drained servers
 /// dropped.
@@ -110,10 +111,11 @@ impl Tether {
     /// Binds every listener of `config` (port 0 picks a free port) and the admin
     /// listener. With `config.source` set, `run` also reloads from that file.
     pub async fn bind(config: Config) -> Result<Tether, StartError> {
+        let stop_accepting = CancellationToken::new();
         let mut bound = Vec::with_capacity(config.listeners.len());
         let mut sockets = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let (socket, b) = bind_listener(l).await?;
+            let (socket, b) = bind_listener(l, &stop_accepting).await?;
             sockets.push((i, socket));
             bound.push(b);
         }
@@ -138,7 +140,7 @@ impl Tether {
             }
             None => (None, None),
         };
-        admin::install_metrics();
+        tether_kit::recorder::handle();
         let hard_stop = CancellationToken::new();
         let store = Arc::new(Store::new(&config).map_err(StartError::Upstream)?);
         let proxy = Arc::new(Proxy::new(Arc::clone(&store)));
@@ -159,7 +161,7 @@ impl Tether {
                 failed: 0,
             }),
             life: Lifecycle {
-                stop_accepting: CancellationToken::new(),
+                stop_accepting,
                 shutdown: CancellationToken::new(),
                 hard_stop,
                 connections: TaskTracker::new(),
@@ -267,7 +269,10 @@ impl Tether {
     }
 }
 
-async fn bind_listener(l: &ListenerConfig) -> Result<(TcpListener, Bound), StartError> {
+async fn bind_listener(
+    l: &ListenerConfig,
+    stop_accepting: &CancellationToken,
+) -> Result<(TcpListener, Bound), StartError> {
     let mode = listener_mode(l)?;
     let socket = TcpListener::bind(l.bind)
         .await
@@ -282,7 +287,7 @@ async fn bind_listener(l: &ListenerConfig) -> Result<(TcpListener, Bound), Start
             config: l.clone(),
             local,
             mode: Arc::new(ArcSwap::from_pointee(mode)),
-            stop_accepting: CancellationToken::new(),
+            stop_accepting: stop_accepting.child_token(),
         },
     ))
 }
@@ -451,7 +456,11 @@ impl Runtime {
         let mut swaps = Vec::new();
         for l in wanted {
             match current.get(&l.bind) {
-                None => new_binds.push(bind_listener(l).await.map_err(|e| e.to_string())?),
+                None => new_binds.push(
+                    bind_listener(l, &self.life.stop_accepting)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
                 // Rebuilt even when unchanged: certificate files may have been replaced.
                 Some(slot) => swaps.push((
                     Arc::clone(slot),

@@ -25,7 +25,7 @@ use crate::config::{
     ServerConfig, Timeouts,
 };
 use crate::proxy::pool::ConnPool;
-use crate::proxy::upstream::TlsUpstream;
+use crate::tls::TlsUpstream;
 
 #[derive(Debug)]
 pub struct Snapshot {

@@ -26,7 +26,7 @@ async fn tls_cluster() -> TlsCluster {
         nodes.push(NodeServer::spawn_rust(&format!("node-{i}"), &["--redis", &url]).await);
     }
     let certs = tempfile::tempdir().unwrap();
-    let paths = tether::certs::generate_dev_cert(&["localhost"])
+    let paths = tether::tls::dev_ca::generate_dev_cert(&["localhost"])
         .unwrap()
         .write(certs.path())
         .unwrap();

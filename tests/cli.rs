@@ -117,7 +117,7 @@ fn cert_writes_a_dev_ca_and_a_certificate_tether_can_serve() {
     assert!(tether(&["check", "--config", &path]).status.success());
     let config = tether::config::load(Path::new(&path)).unwrap();
     let tls = config.listeners[0].tls.as_ref().unwrap();
-    assert!(tether::listener::tls::acceptor(tls).is_ok());
+    assert!(tether::tls::acceptor(tls).is_ok());
     // `check` reads the pair too: a key that does not match is caught before `run`.
     let other = dir.path().join("other");
     assert!(tether(&["cert", "--out", other.to_str().unwrap()])

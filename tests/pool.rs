@@ -85,8 +85,8 @@ async fn rust_nodes_share_broadcasts_and_rooms_through_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_nodes_share_broadcasts_and_rooms_without_redis() {
-    use tether::pool::drivers::memory::MemoryBus;
-    use tether::pool::node::{self, AdapterChoice, NodeOptions};
+    use tether_node::drivers::memory::MemoryBus;
+    use tether_node::node::{self, AdapterChoice, NodeOptions};
     let _heavy = HEAVY.lock().await;
     let bus = MemoryBus::new();
     let mut nodes = Vec::new();
@@ -158,7 +158,7 @@ async fn redis_outage_keeps_local_delivery_and_cross_node_delivery_resumes() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let during = s.report().await;
 
-    let redis = redis.restart().await;
+    redis.restart().await;
     s.send("mark").await;
     let restarted = std::time::Instant::now();
     let mut after = s.report().await;
@@ -290,7 +290,7 @@ async fn demo_runs_with_nothing_installed_and_its_page_and_cluster_work() {
     .await;
     println!("demo: {r}");
     assert_rooms(&r, 30);
-    tether::pool::supervisor::send_signal(child.id().unwrap(), "TERM");
+    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("demo stops on SIGTERM")
@@ -358,13 +358,13 @@ async fn pool_restarts_a_node_that_dies() {
     assert!(healthy(node1).await, "node-1 serving");
     let before = node_pids(base);
     assert_eq!(before.len(), 1, "{before:?}");
-    tether::pool::supervisor::send_signal(before[0], "KILL");
+    tether_kit::signal::send_signal(before[0], "KILL");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(healthy(node1).await, "node-1 restarted");
     let after = node_pids(base);
     assert_eq!(after.len(), 1);
     assert_ne!(after, before, "a new process");
-    tether::pool::supervisor::send_signal(pool.id().unwrap(), "TERM");
+    tether_kit::signal::send_signal(pool.id().unwrap(), "TERM");
     let status = tokio::time::timeout(Duration::from_secs(10), pool.wait())
         .await
         .expect("pool stops")

@@ -48,7 +48,7 @@ async fn run_binary(node: &NodeServer, dir: &std::path::Path) -> (Child, SocketA
 }
 
 fn signal(child: &Child, sig: &str) {
-    tether::pool::supervisor::send_signal(child.id().expect("running"), sig);
+    tether_kit::signal::send_signal(child.id().expect("running"), sig);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,6 +122,6 @@ async fn second_signal_exits_at_once() {
         .await
         .expect("a second signal exits at once")
         .unwrap();
-    assert_eq!(status.code(), Some(tether::shutdown::FORCED_EXIT));
+    assert_eq!(status.code(), Some(tether_kit::signal::FORCED_EXIT));
     assert!(t0.elapsed() < GRACE);
 }

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
 use support::*;
-use tether::certs::DevCa;
+use tether::tls::dev_ca::DevCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -486,7 +486,7 @@ async fn tls_upstream(pki: &Pki) -> SocketAddr {
         }],
         hsts: None,
     };
-    let acceptor = tether::listener::tls::acceptor(&cfg).unwrap();
+    let acceptor = tether::tls::acceptor(&cfg).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {

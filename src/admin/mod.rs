@@ -8,7 +8,7 @@
 mod status;
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -17,7 +17,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,34 +26,9 @@ use crate::server::Runtime;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// The process-wide Prometheus recorder. Installed once, whatever the number of tethers
-/// in the process (tests run several).
-pub fn install_metrics() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::debug!("a metrics recorder was already installed");
-        }
-        handle
-    })
-}
-
 /// Serves admin requests until `stop`.
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    tether_kit::accept::accept_loop(&listener, &stop.clone(), "admin", |stream, _| {
         let rt = Arc::clone(&rt);
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -68,7 +42,8 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationTo
                 _ = stop.cancelled() => {}
             }
         });
-    }
+    })
+    .await
 }
 
 fn reply(
@@ -127,7 +102,7 @@ async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Byte
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                install_metrics().render(),
+                tether_kit::recorder::handle().render(),
             )
         }
         (&Method::POST, ["reload"]) => match rt.reload(Trigger::Admin).await {

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Health, ServerStats};
 use crate::config::{HealthConfig, HealthMode};
-use crate::proxy::upstream::TlsUpstream;
 use crate::snapshot::Snapshot;
+use crate::tls::TlsUpstream;
 
 /// The most of a health response read: the status line is all that matters.
 const MAX_RESPONSE_HEAD: usize = 1024;

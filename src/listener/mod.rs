@@ -4,11 +4,8 @@
 //! back. Each connection is one hyper HTTP/1.1 connection with upgrades enabled; the
 //! proxy routes each request on it independently.
 
-pub mod tls;
-
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -24,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, TlsConfig};
 use crate::proxy::{ClientRequest, ConnInfo, Proxy, ProxyBody};
+use crate::tls;
 
 /// What a listener does with a connection. Swapped whole by a reload, read once per
 /// connection, so a new certificate or option applies to new connections only.
@@ -86,8 +84,8 @@ const MIN_HEADER_BUF: usize = 8192;
 /// The tokens and tracker a listener's connections answer to.
 #[derive(Clone, Debug)]
 pub struct Lifecycle {
-    /// Stops this listener accepting (its removal by a reload, or shutdown). Open
-    /// connections are not touched by it.
+    /// Stops this listener accepting (its removal by a reload; shutdown cancels its
+    /// parent). Open connections are not touched by it.
     pub stop_accepting: CancellationToken,
     /// Process shutdown: finish the request in flight on each connection, then close.
     pub shutdown: CancellationToken,
@@ -105,21 +103,8 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     life: Lifecycle,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = life.stop_accepting.cancelled() => break,
-            _ = life.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of descriptors or a reset during accept: log, breathe, go on.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let stop = life.stop_accepting.clone();
+    tether_kit::accept::accept_loop(&listener, &stop, "proxy", |stream, peer| {
         let mode = mode.load_full();
         let proxy = Arc::clone(&proxy);
         let l = life.clone();
@@ -154,7 +139,8 @@ pub async fn serve(
                 }
             }
         });
-    }
+    })
+    .await;
 }
 
 /// What answers the requests of a connection.

@@ -20,9 +20,10 @@ use hyper::client::conn::http1::SendRequest;
 
 use super::body::ProxyBody;
 use super::respond::ProxyError;
-use super::upstream::{dial, handshake, upstream_error, Dialed, TlsUpstream};
+use super::upstream::{dial, handshake, upstream_error, Dialed};
 use super::UpstreamRequest;
 use crate::snapshot::Server;
+use crate::tls::TlsUpstream;
 
 /// How long an idle connection is kept.
 pub const IDLE: Duration = Duration::from_secs(60);

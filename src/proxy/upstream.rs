@@ -9,65 +9,15 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 use super::body::ProxyBody;
 use super::respond::ProxyError;
 use super::UpstreamRequest;
-use crate::config::UpstreamTls;
-use crate::listener::tls::{self, TlsError};
 use crate::snapshot::Server;
-
-/// TLS to a backend's servers: the connector for pooled connections, upgrades and
-/// health probes.
-pub struct TlsUpstream {
-    connector: TlsConnector,
-    server_name: Option<ServerName<'static>>,
-}
-
-impl std::fmt::Debug for TlsUpstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsUpstream")
-            .field("server_name", &self.server_name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TlsUpstream {
-    /// Reads the CA file now, so a bad one fails the reload instead of a request.
-    pub fn new(cfg: &UpstreamTls) -> Result<TlsUpstream, TlsError> {
-        let client_config = tls::client_config(cfg)?;
-        // Validated with the config; an unusable name falls back to each address's host.
-        let server_name = cfg
-            .server_name
-            .as_ref()
-            .and_then(|n| ServerName::try_from(n.clone()).ok());
-        Ok(TlsUpstream {
-            connector: TlsConnector::from(client_config),
-            server_name,
-        })
-    }
-
-    /// A TLS session over `tcp` to `addr`, verified against the configured name or the
-    /// address's host.
-    pub async fn connect<IO>(&self, addr: &Authority, tcp: IO) -> std::io::Result<TlsStream<IO>>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin,
-    {
-        let name = match &self.server_name {
-            Some(n) => n.clone(),
-            None => {
-                let host = addr.host().trim_start_matches('[').trim_end_matches(']');
-                ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?
-            }
-        };
-        self.connector.connect(name, tcp).await
-    }
-}
+use crate::tls::TlsUpstream;
 
 /// Sends `req` to `server` over one of its pooled connections, in origin form and with
 /// a `Host`.

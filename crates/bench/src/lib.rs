@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
+use tether_kit::lock;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -122,13 +122,30 @@ fn positive(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Why a bench could not run. Everything a target does once the bench runs is a counted
+/// failure in the report instead.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// `--url` or `--path` is not a loopback target.
+    #[error("{0}")]
+    Target(String),
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("writing the report: {0}")]
+    Report(#[from] serde_json::Error),
+}
+
+fn bad_target(message: String) -> BenchError {
+    BenchError::Target(message)
+}
+
 /// `tether bench`: runs on its own runtime, prints the report.
-pub fn main(args: BenchArgs) -> anyhow::Result<()> {
+pub fn main(args: BenchArgs) -> Result<(), BenchError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads as usize)
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
+        .map_err(BenchError::Runtime)?;
     let report = runtime.block_on(run(&args))?;
     runtime.shutdown_timeout(Duration::from_millis(100));
     if args.json {
@@ -140,16 +157,26 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Resolves `--url` (and `--path`) to a loopback target.
-pub fn target(url: &str, path: &str) -> anyhow::Result<Target> {
-    let uri: http::Uri = url.parse().with_context(|| format!("--url {url:?}"))?;
+pub fn target(url: &str, path: &str) -> Result<Target, BenchError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| bad_target(format!("--url {url:?}: {e}")))?;
     match uri.scheme_str() {
         Some("http") | Some("ws") => {}
-        Some(s) => bail!("--url {url}: scheme {s} not supported (http:// only, no TLS)"),
-        None => bail!("--url {url}: give a URL like http://127.0.0.1:8080"),
+        Some(s) => {
+            return Err(bad_target(format!(
+                "--url {url}: scheme {s} not supported (http:// only, no TLS)"
+            )))
+        }
+        None => {
+            return Err(bad_target(format!(
+                "--url {url}: give a URL like http://127.0.0.1:8080"
+            )))
+        }
     }
     let authority = uri
         .authority()
-        .with_context(|| format!("--url {url}: no host"))?;
+        .ok_or_else(|| bad_target(format!("--url {url}: no host")))?;
     let host = authority.host();
     let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
         Ipv4Addr::LOCALHOST.into()
@@ -157,13 +184,21 @@ pub fn target(url: &str, path: &str) -> anyhow::Result<Target> {
         host.trim_start_matches('[')
             .trim_end_matches(']')
             .parse()
-            .with_context(|| format!("--url {url}: the host must be a 127.x.y.z address"))?
+            .map_err(|e| {
+                bad_target(format!(
+                    "--url {url}: the host must be a 127.x.y.z address: {e}"
+                ))
+            })?
     };
     let IpAddr::V4(v4) = ip else {
-        bail!("--url {url}: only 127.0.0.0/8 targets are allowed");
+        return Err(bad_target(format!(
+            "--url {url}: only 127.0.0.0/8 targets are allowed"
+        )));
     };
     if !sources::is_loopback(v4) {
-        bail!("--url {url}: only 127.0.0.0/8 targets are allowed (this is a load generator)");
+        return Err(bad_target(format!(
+            "--url {url}: only 127.0.0.0/8 targets are allowed (this is a load generator)"
+        )));
     }
     let port = authority.port_u16().unwrap_or(80);
     let path = match uri.path() {
@@ -171,7 +206,7 @@ pub fn target(url: &str, path: &str) -> anyhow::Result<Target> {
         p => p,
     };
     if !path.starts_with('/') {
-        bail!("--path {path:?} must start with /");
+        return Err(bad_target(format!("--path {path:?} must start with /")));
     }
     Ok(Target {
         addr: SocketAddr::from((v4, port)),
@@ -215,10 +250,6 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Ctx {
     fn fail(&self, f: &Failure, after_setup: bool) {
         self.failed[f.cause.index()].fetch_add(1, Ordering::Relaxed);
@@ -259,7 +290,7 @@ struct Phase {
 }
 
 /// Runs a bench and returns its report.
-pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
+pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let target = target(&args.url, &args.path)?;
     let ctx = Arc::new(Ctx {
         target,

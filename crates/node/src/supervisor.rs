@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use tether_kit::signal::send_signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
+use tether_kit::Backoff;
 
 /// First wait before restarting a node that died.
 const BACKOFF_START: Duration = Duration::from_millis(200);
@@ -139,17 +140,6 @@ async fn terminate(child: &mut Child) {
     {
         let _ = child.kill().await;
     }
-}
-
-/// Sends a signal by pid through kill(1): the crate forbids `unsafe`, and this is the
-/// one place that needs a signal other than SIGKILL.
-pub fn send_signal(pid: u32, signal: &str) {
-    let _ = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }
 
 #[cfg(test)]

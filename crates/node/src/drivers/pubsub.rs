@@ -19,7 +19,7 @@ use redis::{Client, RedisError};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{mpsc, Notify};
 
-use crate::pool::backoff::Backoff;
+use tether_kit::Backoff;
 
 /// First wait before reconnecting the subscriber.
 const BACKOFF_START: Duration = Duration::from_millis(100);

@@ -8,7 +8,7 @@
 //!   and while the adapter's Redis connection is down (Redis adapters only: the driver is
 //!   probed through its own connection, see [`DriverHealth`]);
 //! - `GET /metrics`: Prometheus text (the process-wide recorder of
-//!   [`crate::admin::install_metrics`]), with `tether_node_sockets{node}`,
+//!   [`tether_kit::recorder::handle`]), with `tether_node_sockets{node}`,
 //!   `tether_node_messages_total{node,event}` and, on Redis adapters,
 //!   `tether_node_redis_up{node}`;
 //! - `GET /`: the chat page; `GET /tether-client.js`: its client;
@@ -55,7 +55,7 @@ use super::drivers::memory::{MemoryBus, MemoryDriver};
 use super::drivers::pubsub::PubSubDriver;
 use super::drivers::streams::StreamsDriver;
 use super::drivers::{DriverHealth, LocalFirst};
-use crate::shutdown::Signal;
+use tether_kit::signal::Signal;
 
 /// The header naming the node that answered.
 pub const NODE_ID_HEADER: &str = "x-node-id";
@@ -372,7 +372,7 @@ pub async fn start(mut opts: NodeOptions) -> Result<RunningNode, NodeError> {
     if !opts.id.is_empty() {
         node_header(&opts.id)?;
     }
-    let metrics = crate::admin::install_metrics();
+    let metrics = tether_kit::recorder::handle();
     let listener = TcpListener::bind(opts.bind)
         .await
         .map_err(|source| NodeError::Bind {
@@ -634,19 +634,7 @@ fn serve<A: socketioxide::adapter::Adapter>(
         let stop = stop.clone();
         let conns = conns.clone();
         tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = listener.accept() => match r {
-                        Ok((s, _)) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "node accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let _ = stream.set_nodelay(true);
+            tether_kit::accept::accept_loop(&listener, &stop.clone(), "node", |stream, _| {
                 let svc = svc.clone();
                 let header = header.clone();
                 let stop = stop.clone();
@@ -677,7 +665,8 @@ fn serve<A: socketioxide::adapter::Adapter>(
                         }
                     }
                 });
-            }
+            })
+            .await
         })
     };
     Serving {
@@ -705,7 +694,7 @@ pub async fn run_until_signal(opts: NodeOptions) -> Result<(), NodeError> {
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
-    match crate::shutdown::first_signal().await {
+    match tether_kit::signal::first_signal().await {
         Some(Signal::Terminate) => {
             node.drain();
             node.stop().await;
@@ -719,7 +708,7 @@ pub async fn run_until_signal(opts: NodeOptions) -> Result<(), NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::test_redis::TestRedis;
+    use tether_testkit::TestRedis;
 
     #[test]
     fn ids_must_fit_a_header() {
@@ -1084,7 +1073,7 @@ mod tests {
     /// `/health` to 503, its return back to 200 and broadcasts cross again.
     async fn redis_cluster(streams: bool) {
         let mut redis = TestRedis::start().await;
-        let url = redis.url();
+        let url = redis.unix_url();
         let adapter = if streams {
             AdapterChoice::RedisStreams { url }
         } else {

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::certs;
-use crate::pool::drivers::memory::MemoryBus;
-use crate::pool::node::{self, AdapterChoice, NodeOptions, RunningNode};
-use crate::pool::supervisor::{self, PoolOptions};
+use tether_node::drivers::memory::MemoryBus;
+use tether_node::node::{self, AdapterChoice, NodeOptions, RunningNode};
+use tether_node::supervisor::{self, PoolOptions};
+
 use crate::server::Tether;
+use crate::tls::dev_ca;
 
 /// Where a local Redis is looked for when none is given.
 pub const LOCAL_REDIS: &str = "127.0.0.1:6379";
@@ -120,7 +121,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
         }
     };
 
-    let cert = certs::generate_dev_cert(&["localhost", "127.0.0.1"])
+    let cert = dev_ca::generate_dev_cert(&["localhost", "127.0.0.1"])
         .map_err(|e| DemoError::Cert(e.to_string()))?;
     let paths = cert
         .write(&opts.cert_dir)

@@ -9,7 +9,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::client::{Cause, Transport};
-use super::{lock, Ctx, Mode};
+use super::{Ctx, Mode};
+use tether_kit::lock;
 
 /// Failed clients by cause (a client counts once, at its first failure).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]

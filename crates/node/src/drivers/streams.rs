@@ -54,11 +54,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::pool::backoff::Backoff;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tether_kit::Backoff;
 use tokio::sync::mpsc;
 
 /// Tunables of a [`StreamsDriver`]; [`Default`] gives the documented values.
@@ -811,7 +811,16 @@ mod tests {
     use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
     use super::*;
-    use crate::pool::test_redis::TestRedis;
+    use tether_testkit::TestRedis;
+
+    /// A connection for commands the test sends itself (CLIENT KILL, XLEN, ...).
+    async fn admin(server: &TestRedis) -> MultiplexedConnection {
+        Client::open(server.unix_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
 
     /// The `CLIENT ID` of the connection named `name`, from `CLIENT LIST`.
     async fn client_id_by_name(admin: &mut MultiplexedConnection, name: &str) -> Option<i64> {
@@ -848,17 +857,17 @@ mod tests {
     /// killed (twice); returns the numbers received, in order.
     async fn publish_through_kills(server: &TestRedis, kill_all: bool) -> Vec<u32> {
         const N: u32 = 1000;
-        let publisher = StreamsDriver::new(&server.url, "t").await.unwrap();
+        let publisher = StreamsDriver::new(&server.unix_url(), "t").await.unwrap();
         // A first reconnect delay long enough that the publishes right after a kill
         // is noticed certainly fall while the reader is away, even on a busy machine.
         let opts = StreamsOptions {
             backoff_min: Duration::from_millis(400),
             ..StreamsOptions::default()
         };
-        let subscriber = StreamsDriver::with_options(&server.url, "t", opts)
+        let subscriber = StreamsDriver::with_options(&server.unix_url(), "t", opts)
             .await
             .unwrap();
-        let mut admin = server.admin().await;
+        let mut admin = admin(server).await;
         let mut stream = subscriber.subscribe("numbers".into(), 64).await.unwrap();
         wait_until("reader connected", || subscriber.connected()).await;
 
@@ -947,12 +956,12 @@ mod tests {
     #[tokio::test]
     async fn new_subscriber_starts_at_the_end_and_records_it() {
         let server = TestRedis::start().await;
-        let a = StreamsDriver::new(&server.url, "t").await.unwrap();
-        let b = StreamsDriver::new(&server.url, "t").await.unwrap();
+        let a = StreamsDriver::new(&server.unix_url(), "t").await.unwrap();
+        let b = StreamsDriver::new(&server.unix_url(), "t").await.unwrap();
         for i in 0..3u8 {
             a.publish("c".into(), vec![i]).await.unwrap();
         }
-        let mut admin = server.admin().await;
+        let mut admin = admin(&server).await;
         let reply: StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(a.stream_key("c"))
             .arg("+")
@@ -981,8 +990,8 @@ mod tests {
     #[tokio::test]
     async fn publish_subscribe_across_drivers_exact_channels() {
         let server = TestRedis::start().await;
-        let a = StreamsDriver::new(&server.url, "t").await.unwrap();
-        let b = StreamsDriver::new(&server.url, "t").await.unwrap();
+        let a = StreamsDriver::new(&server.unix_url(), "t").await.unwrap();
+        let b = StreamsDriver::new(&server.unix_url(), "t").await.unwrap();
         let global = "socket.io-request#/#".to_string();
         let specific = format!("{global}abc#");
         let mut sg = a.subscribe(global.clone(), 8).await.unwrap();
@@ -1003,9 +1012,9 @@ mod tests {
     #[tokio::test]
     async fn num_serv_counts_present_nodes() {
         let server = TestRedis::start().await;
-        let a = StreamsDriver::new(&server.url, "t").await.unwrap();
-        let b = StreamsDriver::new(&server.url, "t").await.unwrap();
-        let c = StreamsDriver::new(&server.url, "t").await.unwrap();
+        let a = StreamsDriver::new(&server.unix_url(), "t").await.unwrap();
+        let b = StreamsDriver::new(&server.unix_url(), "t").await.unwrap();
+        let c = StreamsDriver::new(&server.unix_url(), "t").await.unwrap();
         assert_eq!(c.num_serv("req").await.unwrap(), 0);
         let _sa = a.subscribe("req".into(), 8).await.unwrap();
         let _sb = b.subscribe("req".into(), 8).await.unwrap();
@@ -1014,7 +1023,7 @@ mod tests {
         assert_eq!(c.num_serv("other").await.unwrap(), 0);
 
         // An entry older than the presence TTL (a node that died) does not count.
-        let mut admin = server.admin().await;
+        let mut admin = admin(&server).await;
         redis::cmd("ZADD")
             .arg("t:srv:req")
             .arg(0)
@@ -1040,7 +1049,7 @@ mod tests {
             heartbeat: Duration::from_millis(100),
             ..StreamsOptions::default()
         };
-        let a = StreamsDriver::with_options(&server.url, "t", opts)
+        let a = StreamsDriver::with_options(&server.unix_url(), "t", opts)
             .await
             .unwrap();
         let s = a.subscribe("req".into(), 8).await.unwrap();
@@ -1058,7 +1067,7 @@ mod tests {
     #[tokio::test]
     async fn unsubscribe_ends_the_stream() {
         let server = TestRedis::start().await;
-        let a = StreamsDriver::new(&server.url, "t").await.unwrap();
+        let a = StreamsDriver::new(&server.unix_url(), "t").await.unwrap();
         let mut s = a.subscribe("c".into(), 8).await.unwrap();
         a.unsubscribe("c".into()).await.unwrap();
         assert!(a.subscription("c").is_none());
@@ -1078,7 +1087,7 @@ mod tests {
             stream_ttl: Some(Duration::from_secs(60)),
             ..StreamsOptions::default()
         };
-        let a = StreamsDriver::with_options(&server.url, "t", opts)
+        let a = StreamsDriver::with_options(&server.unix_url(), "t", opts)
             .await
             .unwrap();
         for i in 0..500u32 {
@@ -1086,7 +1095,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut admin = server.admin().await;
+        let mut admin = admin(&server).await;
         let len: u64 = redis::cmd("XLEN")
             .arg("t:stream:c")
             .query_async(&mut admin)
@@ -1105,7 +1114,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_subscriber_loses_nothing_and_holds_up_no_one() {
         let server = TestRedis::start().await;
-        let a = StreamsDriver::new(&server.url, "t").await.unwrap();
+        let a = StreamsDriver::new(&server.unix_url(), "t").await.unwrap();
         let mut slow = a.subscribe("slow".into(), 2).await.unwrap();
         let mut fast = a.subscribe("fast".into(), 64).await.unwrap();
         for i in 0..20u8 {
@@ -1155,9 +1164,9 @@ mod tests {
     async fn socketioxide_nodes_answer_each_other_over_streams() {
         let server = TestRedis::start().await;
         let nodes = [
-            node(&server.url).await,
-            node(&server.url).await,
-            node(&server.url).await,
+            node(&server.unix_url()).await,
+            node(&server.unix_url()).await,
+            node(&server.unix_url()).await,
         ];
         for io in &nodes {
             let started = Instant::now();

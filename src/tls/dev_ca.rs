@@ -212,7 +212,7 @@ mod tests {
 
     use super::*;
     use crate::config::{CertPair, TlsConfig};
-    use crate::listener::tls;
+    use crate::tls;
 
     fn client_trusting(ca_pem: &str) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();

@@ -3,7 +3,7 @@
 use clap::Parser;
 
 use super::*;
-use crate::pool::node::{self, NodeOptions};
+use tether_node::node::{self, NodeOptions};
 
 fn args(extra: &[&str]) -> BenchArgs {
     let mut v = vec!["bench"];

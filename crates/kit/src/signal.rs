@@ -1,7 +1,7 @@
-//! Signals → one cancellation token: the single path by which tether stops.
+//! Signals → one cancellation token: the single path by which a tether process stops.
 //!
-//! The first SIGINT or SIGTERM starts a graceful shutdown (see `server::Tether::run`);
-//! a second one means the operator will not wait, so the process exits at once.
+//! The first SIGINT or SIGTERM starts a graceful shutdown (the proxy's runtime, a node's
+//! drain); a second one means the operator will not wait, so the process exits at once.
 
 use tokio_util::sync::CancellationToken;
 
@@ -58,4 +58,15 @@ pub async fn first_signal() -> Option<Signal> {
             .ok()
             .map(|_| Signal::Interrupt)
     }
+}
+
+/// Sends a signal by pid through kill(1): the workspace forbids `unsafe`, and the pool
+/// supervisor (and tests) need signals other than SIGKILL.
+pub fn send_signal(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }

@@ -1,0 +1,79 @@
+//! The accept loop every listener in the process runs (proxy listeners, the admin API,
+//! the bundled nodes).
+//!
+//! A failed `accept` is almost always passing (a connection reset while still in the
+//! backlog) or a shortage that other connections closing will end (out of descriptors).
+//! Neither may end the loop, and retrying at once would spin on the shortage, so the
+//! loop logs, pauses briefly and goes on.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long to wait after a failed accept before the next.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Accepts on `listener` until `stop` is cancelled, handing each connection (with
+/// `TCP_NODELAY` set: every peer here speaks request/response or WebSocket frames) to
+/// `on_conn`. `name` says whose listener it is in the log.
+pub async fn accept_loop<F>(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    name: &'static str,
+    mut on_conn: F,
+) where
+    F: FnMut(TcpStream, SocketAddr),
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                on_conn(stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hands_over_each_connection_and_stops_when_told() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                accept_loop(&listener, &stop, "test", |s, peer| {
+                    let _ = tx.send((s.nodelay().unwrap(), peer));
+                })
+                .await
+            }
+        });
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (nodelay, peer) = rx.recv().await.unwrap();
+        assert!(nodelay);
+        assert_eq!(peer, client.local_addr().unwrap());
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the loop ends once stopped")
+            .unwrap();
+    }
+}

@@ -1,0 +1,18 @@
+//! Process plumbing that the proxy and the bundled tools (node pool, load generator) share,
+//! so each exists once: the accept loop, the way to take a lock, retry back-off, signals,
+//! and the process-wide metrics recorder. Nothing here knows about HTTP or Socket.IO.
+//!
+//! - [`accept`] accepts on a bound listener until told to stop, riding out failed accepts.
+//! - [`sync`] the one way to take a `std` mutex.
+//! - [`backoff`] delays that double from a minimum to a maximum.
+//! - [`signal`] SIGINT/SIGTERM into one cancellation token; a second signal exits.
+//! - [`recorder`] the process-wide Prometheus recorder.
+
+pub mod accept;
+pub mod backoff;
+pub mod recorder;
+pub mod signal;
+pub mod sync;
+
+pub use backoff::Backoff;
+pub use sync::lock;
