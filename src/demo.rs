@@ -15,7 +15,7 @@ use tether_node::drivers::memory::MemoryBus;
 use tether_node::node::{self, AdapterChoice, NodeOptions, RunningNode};
 use tether_node::supervisor::{self, PoolOptions};
 
-use crate::server::Tether;
+use crate::server;
 use crate::tls::dev_ca;
 
 /// Where a local Redis is looked for when none is given.
@@ -141,7 +141,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
     }
     let config = crate::config::parse(&yaml, std::path::Path::new("<demo>"))
         .map_err(|e| DemoError::Tether(e.to_string()))?;
-    let tether = Tether::bind(config)
+    let tether = server::bind(config)
         .await
         .map_err(|e| DemoError::Tether(e.to_string()))?;
     let addrs = tether.local_addrs();

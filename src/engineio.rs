@@ -83,6 +83,14 @@ fn valid_sid(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
 }
 
+/// Engine.IO's default ping interval and timeout.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_millis(25_000);
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_millis(20_000);
+
+/// Engine.IO's default heartbeat (`pingInterval + pingTimeout`), for a session whose
+/// open packet tether has not read.
+pub const DEFAULT_HEARTBEAT: Duration = DEFAULT_PING_INTERVAL.saturating_add(DEFAULT_PING_TIMEOUT);
+
 /// What tether learns from a session's open packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenPacket<'a> {
@@ -96,8 +104,8 @@ impl OpenPacket<'_> {
     /// `pingInterval` and waits `pingTimeout` for the pong, so a session quiet for longer
     /// than both is dead. Engine.IO's defaults (25 s + 20 s) when the packet omits them.
     pub fn heartbeat(&self) -> Duration {
-        self.ping_interval.unwrap_or(Duration::from_millis(25_000))
-            + self.ping_timeout.unwrap_or(Duration::from_millis(20_000))
+        self.ping_interval.unwrap_or(DEFAULT_PING_INTERVAL)
+            + self.ping_timeout.unwrap_or(DEFAULT_PING_TIMEOUT)
     }
 }
 

@@ -32,14 +32,17 @@ pub mod admin;
 pub mod affinity;
 pub mod backends;
 pub mod balance;
+pub mod body;
 pub mod config;
 #[cfg(feature = "bundled")]
 pub mod demo;
 pub mod engineio;
 pub mod listener;
 pub mod proxy;
+pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;
 pub mod wakers;

@@ -268,7 +268,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let tether = tether::server::Tether::bind(config).await?;
+        let tether = tether::server::bind(config).await?;
         for addr in tether.local_addrs() {
             println!("tether listening on {addr}");
         }

@@ -11,6 +11,7 @@
 
 use std::sync::Mutex;
 use std::task::Waker;
+use tether_kit::lock;
 
 /// The wakers of the tasks waiting for one kind of change.
 #[derive(Debug, Default)]
@@ -29,7 +30,7 @@ struct Slots {
 impl WakerSet {
     /// Adds `waker`; the key is for [`WakerSet::update`] and [`WakerSet::remove`].
     pub fn insert(&self, waker: &Waker) -> u32 {
-        let mut s = self.lock();
+        let mut s = lock(&self.slots);
         match s.free.pop() {
             Some(key) => {
                 s.wakers[key as usize] = Some(waker.clone());
@@ -46,13 +47,13 @@ impl WakerSet {
 
     /// Replaces the waker under `key` (the task moved to another waker).
     pub fn update(&self, key: u32, waker: &Waker) {
-        if let Some(slot) = self.lock().wakers.get_mut(key as usize) {
+        if let Some(slot) = lock(&self.slots).wakers.get_mut(key as usize) {
             *slot = Some(waker.clone());
         }
     }
 
     pub fn remove(&self, key: u32) {
-        let mut s = self.lock();
+        let mut s = lock(&self.slots);
         if let Some(slot) = s.wakers.get_mut(key as usize) {
             if slot.take().is_some() {
                 s.free.push(key);
@@ -62,25 +63,19 @@ impl WakerSet {
 
     /// Wakes every registered task; each checks its condition when polled.
     pub fn wake_all(&self) {
-        for w in self.lock().wakers.iter().flatten() {
+        for w in lock(&self.slots).wakers.iter().flatten() {
             w.wake_by_ref();
         }
     }
 
     /// Tasks registered now.
     pub fn len(&self) -> usize {
-        let s = self.lock();
+        let s = lock(&self.slots);
         s.wakers.len() - s.free.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
-        // A panic while holding it leaves nothing half-done: every operation is a
-        // single slot or vector write.
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

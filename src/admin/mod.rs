@@ -8,6 +8,8 @@
 mod status;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,11 +22,26 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::watch::Trigger;
 use crate::config::ServerState;
-use crate::server::Runtime;
+use crate::runtime::watch::Trigger;
+use crate::runtime::{AdminApi, Runtime};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The admin API, as the runtime serves it on the admin listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Api;
+
+impl AdminApi for Api {
+    fn serve(
+        &self,
+        listener: TcpListener,
+        rt: Arc<Runtime>,
+        stop: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(serve(listener, rt, stop))
+    }
+}
 
 /// Serves admin requests until `stop`.
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
@@ -112,7 +129,7 @@ async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Byte
             ),
             Err(e) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &serde_json::json!({ "ok": false, "error": e }),
+                &serde_json::json!({ "ok": false, "error": e.to_string() }),
             ),
         },
         (&Method::POST, ["backends", backend, "servers", server, action]) => {

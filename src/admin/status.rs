@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::backends::{Health, ServerStats};
 use crate::config::ServerState;
 use crate::engineio::Transport;
-use crate::server::Runtime;
+use crate::runtime::Runtime;
 use crate::telemetry;
 
 /// A server that takes no new sessions (draining or removed) and carries none: safe to stop.

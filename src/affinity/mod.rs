@@ -1,20 +1,53 @@
-//! Keys that keep a client on its server: the learned sid table (first), the signed
-//! cookie (second), and the hash key of a new session (last), plus the trusted-proxy
-//! rules that decide which client address those keys may believe.
+//! Keeping a client on its server: the learned sid table (first), the signed cookie
+//! (second), and the hash key of a new session (last), plus the trusted-proxy rules that
+//! decide which client address those keys may believe.
+//!
+//! - [`Affinity`]: one backend's rules, built with each routing snapshot.
+//! - [`pick`]: which server a request goes to, key by key (sid, cookie, placement).
+//! - [`learn`]: what a response teaches (a new sid, a session found by its cookie) and
+//!   the cookie it sets.
+//! - [`sid_table`], [`cookie`], [`client_ip`]: the keys themselves.
 
 pub mod client_ip;
 pub mod cookie;
+pub mod learn;
+pub mod pick;
 pub mod sid_table;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::{HeaderMap, Uri};
 
 use crate::balance::placement_hash;
-use crate::config::HashKey;
+use crate::config::{BackendConfig, Balance, HashKey};
 
 pub use cookie::CookieSigner;
+pub use pick::{Miss, Target};
 pub use sid_table::{SessionPin, SidTable};
+
+/// One backend's affinity rules.
+#[derive(Debug)]
+pub struct Affinity {
+    /// Sessions stay on their server (`balance: sticky`); `false` for round robin, where
+    /// nothing is learned and no cookie is set.
+    pub sticky: bool,
+    pub hash_key: HashKey,
+    pub cookie: Option<CookieSigner>,
+    /// How long past its heartbeat a silent session is kept.
+    pub idle_margin: Duration,
+}
+
+impl Affinity {
+    pub fn new(cfg: &BackendConfig) -> Affinity {
+        Affinity {
+            sticky: cfg.balance == Balance::Sticky,
+            hash_key: cfg.hash_key.clone(),
+            cookie: cfg.cookie.as_ref().map(|c| CookieSigner::new(c, &cfg.name)),
+            idle_margin: cfg.sessions.idle_margin,
+        }
+    }
+}
 
 /// The placement hash of a new session's key. A request that lacks the configured
 /// header / query parameter / cookie falls back to its client address, so it is still

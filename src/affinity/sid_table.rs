@@ -113,7 +113,7 @@ impl SidTable {
         let i = (self.hasher.hash_one(sid) as usize) % SHARDS;
         // A panic while holding the lock cannot leave an entry half-updated in a way
         // that matters more than losing the table, so poisoning is ignored.
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+        tether_kit::lock(&self.shards[i])
     }
 
     /// Records a session learned from a handshake response; `ttl` is how long it may
@@ -217,10 +217,7 @@ impl SidTable {
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| tether_kit::lock(s).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -233,7 +230,7 @@ impl SidTable {
         let now = Instant::now();
         self.shards
             .iter()
-            .map(|s| sweep_shard(&mut s.lock().unwrap_or_else(|e| e.into_inner()), now))
+            .map(|s| sweep_shard(&mut tether_kit::lock(s), now))
             .sum()
     }
 

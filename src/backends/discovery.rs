@@ -1,28 +1,46 @@
 //! DNS discovery: a backend's `discover: { dns: "name:port" }` is resolved on a clock and
 //! every address found becomes a server with id `ip:port` — the way a Kubernetes headless
-//! Service is consumed. A change in the answer is applied like a reload (servers that stay
-//! keep everything; vanished ones drain). A failed lookup changes nothing: a DNS hiccup
-//! must not empty a backend.
+//! Service is consumed. A change in the answer is sent as a [`Discovered`] to whoever owns
+//! the routing state (the runtime), which applies it like a reload (servers that stay keep
+//! everything; vanished ones drain). A failed lookup sends nothing: a DNS hiccup must not
+//! empty a backend.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 
 use ahash::AHashMap;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DiscoverConfig, ServerConfig, ServerState};
-use crate::snapshot::Store;
+
+/// What DNS says a backend's servers are now (empty: discovery stopped for it).
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    pub backend: String,
+    pub servers: Vec<ServerConfig>,
+}
 
 /// Owns one resolver task per backend that asks for discovery.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Discovery {
     tasks: Mutex<AHashMap<String, (DiscoverConfig, CancellationToken)>>,
+    found: UnboundedSender<Discovered>,
 }
 
 impl Discovery {
-    /// Starts, restarts or stops resolvers to match `config`.
-    pub fn sync(&self, store: &Arc<Store>, config: &Config) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+    /// Resolvers report their findings on `found`.
+    pub fn new(found: UnboundedSender<Discovered>) -> Discovery {
+        Discovery {
+            tasks: Mutex::default(),
+            found,
+        }
+    }
+
+    /// Starts, restarts or stops resolvers to match `config`. A backend whose discovery
+    /// stops gets an empty [`Discovered`], so its discovered servers leave.
+    pub fn sync(&self, config: &Config) {
+        let mut tasks = tether_kit::lock(&self.tasks);
         let mut wanted = Vec::new();
         for b in &config.backends {
             let Some(d) = &b.discover else { continue };
@@ -37,7 +55,7 @@ impl Discovery {
             }
             let stop = CancellationToken::new();
             tokio::spawn(run(
-                Arc::downgrade(store),
+                self.found.clone(),
                 b.name.clone(),
                 d.clone(),
                 stop.clone(),
@@ -48,21 +66,29 @@ impl Discovery {
             let keep = wanted.contains(name);
             if !keep {
                 stop.cancel();
-                store.set_discovered(name, Vec::new());
+                let _ = self.found.send(Discovered {
+                    backend: name.clone(),
+                    servers: Vec::new(),
+                });
             }
             keep
         });
     }
 
     pub fn stop_all(&self) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = tether_kit::lock(&self.tasks);
         for (_, (_, stop)) in tasks.drain() {
             stop.cancel();
         }
     }
 }
 
-async fn run(store: Weak<Store>, backend: String, cfg: DiscoverConfig, stop: CancellationToken) {
+async fn run(
+    found: UnboundedSender<Discovered>,
+    backend: String,
+    cfg: DiscoverConfig,
+    stop: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Vec<SocketAddr>> = None;
@@ -71,11 +97,11 @@ async fn run(store: Weak<Store>, backend: String, cfg: DiscoverConfig, stop: Can
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let found = tokio::select! {
+        let answer = tokio::select! {
             _ = stop.cancelled() => return,
             r = tokio::net::lookup_host(cfg.dns.as_str()) => r,
         };
-        let mut addrs: Vec<SocketAddr> = match found {
+        let mut addrs: Vec<SocketAddr> = match answer {
             Ok(a) => a.collect(),
             Err(e) => {
                 tracing::warn!(%backend, dns = %cfg.dns, error = %e, "DNS discovery failed; keeping the servers found before");
@@ -87,9 +113,14 @@ async fn run(store: Weak<Store>, backend: String, cfg: DiscoverConfig, stop: Can
         if last.as_ref() == Some(&addrs) {
             continue;
         }
-        let Some(store) = store.upgrade() else { return };
         tracing::info!(%backend, dns = %cfg.dns, servers = addrs.len(), "DNS discovery changed the servers");
-        store.set_discovered(&backend, servers_of(&addrs));
+        let news = Discovered {
+            backend: backend.clone(),
+            servers: servers_of(&addrs),
+        };
+        if found.send(news).is_err() {
+            return; // nobody listens any more: tether is stopping
+        }
         last = Some(addrs);
     }
 }

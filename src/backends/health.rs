@@ -1,23 +1,28 @@
-//! Active health checks: one small task per checked server, probing on its own clock.
+//! Health: what active probes and live traffic say about a server.
 //!
-//! A probe's verdict only moves the server's [`Health`] atomic, which the request path
+//! Active checks are one small task per checked server, probing on its own clock. A
+//! probe's verdict only moves the server's [`Health`] atomic, which the request path
 //! reads on its next placement; nothing is rebuilt on a flip. Tasks are keyed by
 //! (backend, server id), so a reload that keeps a server keeps its task, its streak of
 //! passes or failures and its health; only a changed address or check config restarts
 //! the task (still keeping the health).
+//!
+//! Passive health ([`note_failure`]) counts failed exchanges on live traffic, so a server
+//! nobody probes is still taken out when it stops answering.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ahash::AHashMap;
 use http::uri::Authority;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Health, ServerStats};
+use super::{Backend, Health, Server, ServerStats};
 use crate::config::{HealthConfig, HealthMode};
-use crate::snapshot::Snapshot;
+use crate::telemetry;
 use crate::tls::TlsUpstream;
+use crate::upstream::{dial, Dialed, Peer, UpstreamError};
 
 /// The most of a health response read: the status line is all that matters.
 const MAX_RESPONSE_HEAD: usize = 1024;
@@ -53,11 +58,12 @@ impl std::fmt::Debug for HealthChecks {
 }
 
 impl HealthChecks {
-    /// Starts checks for servers that need one, stops those no longer wanted.
-    pub fn sync(&self, snap: &Snapshot) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+    /// Starts checks for servers that need one, stops those no longer wanted: called
+    /// with the backends of every new routing snapshot.
+    pub fn sync(&self, backends: &[Backend]) {
+        let mut tasks = tether_kit::lock(&self.tasks);
         let mut wanted: AHashMap<Key, ()> = AHashMap::new();
-        for backend in &snap.backends {
+        for backend in backends {
             let Some(cfg) = &backend.health else { continue };
             for server in &backend.servers {
                 let key: Key = (Arc::clone(&backend.name), Arc::clone(&server.id));
@@ -71,6 +77,7 @@ impl HealthChecks {
                 let stop = CancellationToken::new();
                 let probe = Probe {
                     config: cfg.clone(),
+                    id: Arc::clone(&server.id),
                     addr: server.addr.clone(),
                     tls: backend.tls.clone(),
                 };
@@ -96,7 +103,7 @@ impl HealthChecks {
     }
 
     pub fn stop_all(&self) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = tether_kit::lock(&self.tasks);
         for (_, r) in tasks.drain() {
             r.stop.cancel();
         }
@@ -112,9 +119,37 @@ impl Drop for HealthChecks {
 /// One server's check: what to probe and how to reach it.
 pub struct Probe {
     pub config: HealthConfig,
+    pub id: Arc<str>,
     pub addr: Authority,
     /// The backend's TLS, when its servers speak only TLS.
     pub tls: Option<Arc<TlsUpstream>>,
+}
+
+impl Probe {
+    fn peer(&self) -> Peer<'_> {
+        Peer {
+            id: &self.id,
+            addr: &self.addr,
+            tls: self.tls.as_deref(),
+        }
+    }
+}
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Connect(#[from] UpstreamError),
+    #[error("write: {0}")]
+    Write(std::io::Error),
+    #[error("read: {0}")]
+    Read(std::io::Error),
+    #[error("status {got}, expected {expected}")]
+    Status { got: u16, expected: u16 },
+    #[error("not an HTTP response")]
+    NotHttp,
 }
 
 async fn run(p: Probe, stats: Arc<ServerStats>, stop: CancellationToken) {
@@ -149,7 +184,7 @@ async fn run(p: Probe, stats: Arc<ServerStats>, stop: CancellationToken) {
                 fails += 1;
                 passes = 0;
                 if condition.health() != Health::Down && fails >= cfg.fall {
-                    flip(&stats, Health::Down, &why);
+                    flip(&stats, Health::Down, &why.to_string());
                 }
             }
         }
@@ -169,8 +204,12 @@ pub fn flip(stats: &ServerStats, to: Health, why: &str) {
             tracing::warn!(backend = %stats.backend, server = %stats.id, from = from.as_str(), reason = why, "server down")
         }
     }
+    count_flip(stats, to);
+}
+
+fn count_flip(stats: &ServerStats, to: Health) {
     metrics::counter!(
-        crate::telemetry::HEALTH_FLIPS,
+        telemetry::HEALTH_FLIPS,
         "backend" => stats.backend.to_string(),
         "server" => stats.id.to_string(),
         "to" => to.as_str(),
@@ -178,32 +217,48 @@ pub fn flip(stats: &ServerStats, to: Health, why: &str) {
     .increment(1);
 }
 
-/// One probe, bounded by the check's timeout. `Err` says why it failed.
-pub async fn probe(p: &Probe) -> Result<(), String> {
+/// Counts a failed exchange with `server` on live traffic towards marking it down
+/// (passive health). A slow answer says nothing about health: a long poll is slow.
+pub fn note_failure(backend: &Backend, server: &Server, e: &UpstreamError) {
+    if e.is_response_timeout() {
+        return;
+    }
+    let stats = &server.stats;
+    if stats
+        .condition
+        .record_failure(backend.health.as_ref().map(|h| h.fall))
+    {
+        tracing::warn!(backend = %backend.name, server = %server.id, error = %e, "server marked down by live traffic");
+        count_flip(stats, Health::Down);
+    }
+}
+
+/// A good exchange with `server`: its streak of failures is over.
+pub fn note_success(server: &Server) {
+    server.stats.condition.record_success();
+}
+
+/// One probe, bounded by the check's timeout.
+pub async fn probe(p: &Probe) -> Result<(), ProbeError> {
     let cfg = &p.config;
     match tokio::time::timeout(cfg.timeout, probe_inner(p)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
+        Err(_) => Err(ProbeError::Timeout(cfg.timeout)),
     }
 }
 
-async fn probe_inner(p: &Probe) -> Result<(), String> {
-    let stream = TcpStream::connect(p.addr.as_str())
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    match &p.tls {
-        None => probe_over(stream, &p.config.mode, &p.addr).await,
-        Some(tls) => {
-            let stream = tls
-                .connect(&p.addr, stream)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            probe_over(stream, &p.config.mode, &p.addr).await
-        }
+async fn probe_inner(p: &Probe) -> Result<(), ProbeError> {
+    match dial(p.peer(), p.config.timeout).await? {
+        Dialed::Plain(s) => probe_over(s, &p.config.mode, &p.addr).await,
+        Dialed::Tls(s) => probe_over(s, &p.config.mode, &p.addr).await,
     }
 }
 
-async fn probe_over<IO>(mut stream: IO, mode: &HealthMode, addr: &Authority) -> Result<(), String>
+async fn probe_over<IO>(
+    mut stream: IO,
+    mode: &HealthMode,
+    addr: &Authority,
+) -> Result<(), ProbeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -220,14 +275,11 @@ where
     stream
         .write_all(req.as_bytes())
         .await
-        .map_err(|e| format!("write: {e}"))?;
+        .map_err(ProbeError::Write)?;
     let mut head = Vec::with_capacity(128);
     let mut buf = [0u8; 256];
     while !head.windows(2).any(|w| w == b"\r\n") && head.len() < MAX_RESPONSE_HEAD {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
+        let n = stream.read(&mut buf).await.map_err(ProbeError::Read)?;
         if n == 0 {
             break;
         }
@@ -235,8 +287,11 @@ where
     }
     match status_of(&head) {
         Some(s) if s == expect => Ok(()),
-        Some(s) => Err(format!("status {s}, expected {expect}")),
-        None => Err("not an HTTP response".to_owned()),
+        Some(got) => Err(ProbeError::Status {
+            got,
+            expected: expect,
+        }),
+        None => Err(ProbeError::NotHttp),
     }
 }
 
@@ -254,7 +309,6 @@ fn status_of(head: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use tokio::net::TcpListener;
 
     #[test]
@@ -303,15 +357,15 @@ mod tests {
         };
         let p = |config, addr| Probe {
             config,
+            id: "s".into(),
             addr,
             tls: None,
         };
-        assert_eq!(
-            probe(&p(http("/health"), answer_with("200 OK").await)).await,
-            Ok(())
-        );
+        assert!(probe(&p(http("/health"), answer_with("200 OK").await))
+            .await
+            .is_ok());
         let err = probe(&p(http("/health"), answer_with("503 Nope").await)).await;
-        assert!(err.unwrap_err().contains("503"));
+        assert!(err.unwrap_err().to_string().contains("503"));
     }
 
     #[tokio::test]
@@ -320,10 +374,11 @@ mod tests {
         let addr: Authority = l.local_addr().unwrap().to_string().parse().unwrap();
         let p = Probe {
             config: cfg(HealthMode::Tcp),
+            id: "s".into(),
             addr,
             tls: None,
         };
-        assert_eq!(probe(&p).await, Ok(()));
+        assert!(probe(&p).await.is_ok());
         drop(l);
         assert!(probe(&p).await.is_err());
     }
@@ -338,6 +393,7 @@ mod tests {
         let stop = CancellationToken::new();
         let p = Probe {
             config: cfg(HealthMode::Tcp),
+            id: "s".into(),
             addr,
             tls: None,
         };

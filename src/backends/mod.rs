@@ -1,152 +1,176 @@
-//! Per-server state that must outlive any one routing snapshot.
+//! A backend's servers and everything about them that changes while tether runs.
 //!
-//! A reload or a health flip replaces the snapshot, but a server that stays must keep
-//! its live session counts (placement reads them) and every session pinned to it. So
-//! counters live in an `Arc<ServerStats>` owned by the [`Registry`], keyed by
-//! (backend, server id), and each snapshot merely points at them.
+//! - [`Backend`] and [`Server`]: one backend's servers as one routing snapshot sees them,
+//!   with the backend's placement ([`crate::balance::Placer`]) and capacity.
+//! - [`stats`]: each server's live counters, kept across snapshots by the [`Registry`].
+//! - [`condition`]: each server's health and operator state (ready, draining, maint).
+//! - [`health`]: active checks on a clock, and passive health from live traffic.
+//! - [`discovery`]: servers found in DNS, reported to whoever owns the routing state.
+//!
+//! Nothing here holds the routing state: checks move a server's condition atomics, and
+//! discovery sends what it found down a channel.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-
-use ahash::AHashMap;
-
-use crate::engineio::Transport;
-
+pub mod condition;
 pub mod discovery;
 pub mod health;
-pub mod state;
+pub mod stats;
 
-pub use state::{Health, ServerCondition};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Live counters of one server. Signed so that a decrement racing a reload can never
-/// wrap around; readers clamp at zero.
+use ahash::AHashMap;
+use http::uri::Authority;
+
+use crate::balance::{Candidate, Placer, Policy};
+use crate::config::{BackendConfig, Balance, HealthConfig, Placement, ServerConfig, Timeouts};
+use crate::tls::TlsUpstream;
+use crate::upstream::{ConnPool, Peer};
+
+pub use condition::{Health, ServerCondition};
+pub use stats::{Registry, ServerStats, SessionGuard};
+
+/// One server of a backend, as one routing snapshot sees it.
 #[derive(Debug)]
-pub struct ServerStats {
-    pub backend: Arc<str>,
+pub struct Server {
     pub id: Arc<str>,
-    polling: AtomicI64,
-    websocket: AtomicI64,
-    /// Handshakes placed on this server whose response has not come back yet. Counted
-    /// as load so a burst of simultaneous handshakes spreads instead of piling onto the
-    /// server that looked emptiest when the burst began.
-    pending: AtomicI64,
-    /// Health and operator state.
-    pub condition: ServerCondition,
+    pub addr: Authority,
+    pub weight: u32,
+    pub max_connections: Option<u64>,
+    /// Live counters, health and state: shared by every snapshot that has this server.
+    pub stats: Arc<ServerStats>,
+    /// Keep-alive connections for ordinary requests (new with each snapshot).
+    pub pool: ConnPool,
+    /// The backend's TLS, when its servers speak only TLS.
+    pub tls: Option<Arc<TlsUpstream>>,
 }
 
-impl ServerStats {
-    pub fn new(backend: Arc<str>, id: Arc<str>) -> Self {
-        ServerStats {
-            backend,
-            id,
-            polling: AtomicI64::new(0),
-            websocket: AtomicI64::new(0),
-            pending: AtomicI64::new(0),
-            condition: ServerCondition::default(),
-        }
+impl Server {
+    /// Whether a new session may be placed here now: ready, healthy, not removed, not
+    /// full.
+    pub fn accepts_new_sessions(&self) -> bool {
+        self.stats.condition.accepts_new_sessions()
+            && self.max_connections.is_none_or(|m| self.stats.load() < m)
     }
 
-    /// Live sessions using `transport` now.
-    pub fn sessions(&self, transport: Transport) -> u64 {
-        self.counter(transport).load(Ordering::Relaxed).max(0) as u64
+    /// Whether requests of sessions already pinned here may still be sent.
+    pub fn serves_pinned(&self) -> bool {
+        self.stats.condition.serves_pinned()
     }
 
-    /// What placement compares: live sessions plus handshakes in flight.
-    pub fn load(&self) -> u64 {
-        let sum = self.polling.load(Ordering::Relaxed)
-            + self.websocket.load(Ordering::Relaxed)
-            + self.pending.load(Ordering::Relaxed);
-        sum.max(0) as u64
-    }
-
-    pub fn add_session(&self, transport: Transport, delta: i64) {
-        self.counter(transport).fetch_add(delta, Ordering::Relaxed);
-    }
-
-    fn counter(&self, transport: Transport) -> &AtomicI64 {
-        match transport {
-            Transport::Polling => &self.polling,
-            Transport::WebSocket => &self.websocket,
+    /// How to reach it.
+    pub fn peer(&self) -> Peer<'_> {
+        Peer {
+            id: &self.id,
+            addr: &self.addr,
+            tls: self.tls.as_deref(),
         }
     }
 }
 
-/// Counts a session against its server for as long as the guard lives (a WebSocket
-/// tunnel without sid, a handshake in flight).
+impl Candidate for Server {
+    fn accepts_new_sessions(&self) -> bool {
+        Server::accepts_new_sessions(self)
+    }
+
+    fn load(&self) -> u64 {
+        self.stats.load()
+    }
+
+    fn up_for(&self) -> Option<Duration> {
+        self.stats.condition.up_for()
+    }
+}
+
+/// One backend's servers and how new sessions are placed on them.
 #[derive(Debug)]
-pub struct SessionGuard {
-    stats: Arc<ServerStats>,
-    kind: GuardKind,
+pub struct Backend {
+    pub name: Arc<str>,
+    /// The configured (and discovered) servers placement chooses from, then retired
+    /// ones, kept only for the sessions still pinned to them.
+    pub servers: Vec<Server>,
+    by_id: AHashMap<Arc<str>, usize>,
+    placer: Placer,
+    pub timeouts: Timeouts,
+    pub health: Option<HealthConfig>,
+    max_connections: Option<u64>,
+    /// TLS to the servers, when the backend asks for it.
+    pub tls: Option<Arc<TlsUpstream>>,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum GuardKind {
-    Session(Transport),
-    Pending,
-}
-
-impl SessionGuard {
-    pub fn session(stats: Arc<ServerStats>, transport: Transport) -> Self {
-        stats.add_session(transport, 1);
-        SessionGuard {
-            stats,
-            kind: GuardKind::Session(transport),
-        }
-    }
-
-    pub fn pending(stats: Arc<ServerStats>) -> Self {
-        stats.pending.fetch_add(1, Ordering::Relaxed);
-        SessionGuard {
-            stats,
-            kind: GuardKind::Pending,
-        }
-    }
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        match self.kind {
-            GuardKind::Session(t) => self.stats.add_session(t, -1),
-            GuardKind::Pending => {
-                self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+impl Backend {
+    /// `servers`: those in the config (and discovery), then `retired` ones, which left
+    /// the config but still carry sessions: reachable for those, never placed on.
+    pub fn build(
+        cfg: &BackendConfig,
+        servers: &[ServerConfig],
+        retired: &[ServerConfig],
+        registry: &Registry,
+        tls: Option<Arc<TlsUpstream>>,
+    ) -> Backend {
+        let name: Arc<str> = cfg.name.as_str().into();
+        let to_server = |s: &ServerConfig| {
+            let stats = registry.stats(&name, &s.id);
+            Server {
+                id: Arc::clone(&stats.id),
+                addr: s.addr.clone(),
+                weight: s.weight.max(1),
+                max_connections: s.max_connections,
+                stats,
+                pool: ConnPool::default(),
+                tls: tls.clone(),
             }
+        };
+        let mut list: Vec<Server> = servers.iter().map(to_server).collect();
+        let ids: Vec<(&str, u32)> = list.iter().map(|s| (&*s.id, s.weight)).collect();
+        let policy = match (cfg.balance, cfg.placement) {
+            (Balance::RoundRobin, _) => Policy::RoundRobin,
+            (Balance::Sticky, Placement::LeastSessions) => Policy::LeastSessions,
+            (Balance::Sticky, Placement::Hash) => Policy::Hash {
+                load_factor: cfg.load_factor,
+            },
+        };
+        let placer = Placer::new(&ids, policy, cfg.slow_start);
+        list.extend(retired.iter().map(to_server));
+        Backend {
+            by_id: list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (Arc::clone(&s.id), i))
+                .collect(),
+            servers: list,
+            name,
+            placer,
+            timeouts: cfg.timeouts.clone(),
+            health: cfg.health.clone(),
+            max_connections: cfg.max_connections,
+            tls,
         }
     }
-}
 
-/// (backend name, server id): a server's identity across config versions.
-type ServerKey = (Arc<str>, Arc<str>);
-
-/// Hands out the one `ServerStats` of each (backend, server id), so every snapshot built
-/// from any config version shares them.
-#[derive(Debug, Default)]
-pub struct Registry {
-    stats: Mutex<AHashMap<ServerKey, Arc<ServerStats>>>,
-}
-
-impl Registry {
-    pub fn stats(&self, backend: &str, id: &str) -> Arc<ServerStats> {
-        self.get_or_create(backend, id).0
+    /// The servers placement may choose from (retired ones excluded).
+    pub fn placeable(&self) -> &[Server] {
+        &self.servers[..self.placer.server_count().min(self.servers.len())]
     }
 
-    /// The server's stats, and whether they were created by this call (a server tether
-    /// has not seen before).
-    pub fn get_or_create(&self, backend: &str, id: &str) -> (Arc<ServerStats>, bool) {
-        let mut map = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = map.get(&(Arc::from(backend), Arc::from(id))) {
-            return (Arc::clone(s), false);
+    /// Whether the backend as a whole is at its `max_connections`.
+    pub fn is_full(&self) -> bool {
+        self.max_connections
+            .is_some_and(|m| self.servers.iter().map(|s| s.stats.load()).sum::<u64>() >= m)
+    }
+
+    pub fn server(&self, id: &str) -> Option<&Server> {
+        self.by_id.get(id).map(|i| &self.servers[*i])
+    }
+
+    /// The server for a new session with placement hash `key`, skipping servers in
+    /// `exclude` (tried already and failed).
+    pub fn place(&self, key: u64, exclude: &[usize]) -> Option<(usize, &Server)> {
+        if self.is_full() {
+            return None;
         }
-        let key: ServerKey = (backend.into(), id.into());
-        let stats = Arc::new(ServerStats::new(Arc::clone(&key.0), Arc::clone(&key.1)));
-        map.insert(key, Arc::clone(&stats));
-        (stats, true)
-    }
-
-    /// Forgets servers for which `keep` is false and that nothing references any more
-    /// (no snapshot, no session), so DNS churn does not grow the map for ever.
-    pub fn prune(&self, keep: impl Fn(&ServerStats) -> bool) {
-        let mut map = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, s| keep(s) || Arc::strong_count(s) > 1);
+        self.placer
+            .place(&self.servers, key, exclude)
+            .map(|i| (i, &self.servers[i]))
     }
 }
 
@@ -154,24 +178,51 @@ impl Registry {
 mod tests {
     use super::*;
 
-    #[test]
-    fn registry_returns_the_same_counters_for_the_same_server() {
-        let reg = Registry::default();
-        let a = reg.stats("sockets", "node-1");
-        let _g = SessionGuard::session(a.clone(), Transport::WebSocket);
-        assert_eq!(reg.stats("sockets", "node-1").load(), 1);
-        assert_eq!(reg.stats("other", "node-1").load(), 0);
+    fn backend(yaml: &str) -> Backend {
+        let config = crate::config::parse(yaml, std::path::Path::new("<t>")).unwrap();
+        let b = &config.backends[0];
+        Backend::build(b, &b.servers, &[], &Registry::default(), None)
     }
 
     #[test]
-    fn guards_count_while_alive() {
-        let stats = Arc::new(ServerStats::new("b".into(), "s".into()));
-        let p = SessionGuard::pending(stats.clone());
-        let w = SessionGuard::session(stats.clone(), Transport::WebSocket);
-        assert_eq!(stats.load(), 2);
-        assert_eq!(stats.sessions(Transport::WebSocket), 1);
-        drop(p);
-        drop(w);
-        assert_eq!(stats.load(), 0);
+    fn full_servers_and_a_full_backend_take_no_new_sessions() {
+        let backend = backend("listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  b:\n    max_connections: 3\n    servers:\n      - { id: a, addr: \"127.0.0.1:1\", max_connections: 1 }\n      - { id: c, addr: \"127.0.0.1:2\" }\n");
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (_, s) = backend.place(7, &[]).expect("room left");
+            held.push(SessionGuard::pending(Arc::clone(&s.stats)));
+        }
+        assert_eq!(
+            backend.server("a").unwrap().stats.load(),
+            1,
+            "a is full at 1"
+        );
+        assert!(backend.place(7, &[]).is_none(), "backend full at 3");
+        held.pop();
+        assert_eq!(&*backend.place(7, &[]).unwrap().1.id, "c");
+    }
+
+    #[test]
+    fn returning_server_slow_starts() {
+        let backend = backend("listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  b:\n    slow_start: 60s\n    servers:\n      - { id: a, addr: \"127.0.0.1:1\" }\n      - { id: c, addr: \"127.0.0.1:2\" }\n");
+        let on_c = |backend: &Backend| {
+            (0..400u64)
+                .filter(|k| {
+                    &*backend
+                        .place(k.wrapping_mul(0x9e3779b97f4a7c15), &[])
+                        .unwrap()
+                        .1
+                        .id
+                        == "c"
+                })
+                .count()
+        };
+        let before = on_c(&backend);
+        assert!(before > 100, "both take sessions at first: {before}/400");
+        let c = &backend.server("c").unwrap().stats.condition;
+        c.set_health(Health::Down);
+        c.set_health(Health::Up);
+        let after = on_c(&backend);
+        assert!(after < 20, "just back, c gets a trickle: {after}/400");
     }
 }

@@ -1,4 +1,6 @@
-//! Where a new session lands when nothing (sid, cookie) pins it to a server yet.
+//! Where a new session lands when nothing (sid, cookie) pins it to a server yet: the
+//! pick functions below, and [`Placer`], one backend's placement (policy, slow start,
+//! round robin) over servers it knows only as [`Candidate`]s.
 //!
 //! Placement hangs off a consistent-hash ring, not `hash % n` or a random pick, because
 //! tether runs as several instances that restart independently and never talk to each other:
@@ -12,7 +14,9 @@
 //! to break ties: instances that start empty would otherwise all send their first clients to
 //! the first server in config order.
 
+pub mod placer;
 pub mod ring;
+pub use placer::{Candidate, Placer, Policy};
 pub use ring::{Ring, Walk};
 
 #[cfg(test)]
@@ -67,7 +71,7 @@ pub fn pick_least(
 ) -> Option<usize> {
     ring.walk(key)
         .filter(|&s| eligible(s))
-        .map(|s| Candidate {
+        .map(|s| Weighed {
             server: s,
             load: load(s),
             weight: weight(weights, s),
@@ -118,16 +122,16 @@ impl Totals {
     }
 }
 
-struct Candidate {
+struct Weighed {
     server: usize,
     load: u64,
     weight: u64,
 }
 
-impl Candidate {
+impl Weighed {
     /// Strictly lighter per unit of weight, cross-multiplied in u128 so it is exact and
     /// cannot overflow; strictness keeps the earlier candidate on a tie.
-    fn is_lighter_than(&self, other: &Candidate) -> bool {
+    fn is_lighter_than(&self, other: &Weighed) -> bool {
         u128::from(self.load) * u128::from(other.weight)
             < u128::from(other.load) * u128::from(self.weight)
     }

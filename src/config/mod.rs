@@ -19,7 +19,6 @@ mod locate;
 pub mod model;
 mod schema;
 mod validate;
-pub mod watch;
 
 use std::io::Read;
 use std::path::Path;

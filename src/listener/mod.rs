@@ -19,8 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::ProxyBody;
 use crate::config::{ListenerConfig, TlsConfig};
-use crate::proxy::{ClientRequest, ConnInfo, Proxy, ProxyBody};
+use crate::proxy::{ClientRequest, ConnInfo, Proxy};
 use crate::tls;
 
 /// What a listener does with a connection. Swapped whole by a reload, read once per

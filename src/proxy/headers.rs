@@ -6,6 +6,8 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Request, Uri};
 
 const HOP_BY_HOP_COUNT: usize = 8;
 static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
@@ -244,6 +246,25 @@ fn put(headers: &mut HeaderMap, name: &HeaderName, value: String) {
     }
 }
 
+/// Makes an absolute-form URI (HTTP/2 requests carry one) origin-form, and gives a
+/// request without `Host` (HTTP/2, or an HTTP/1.0 client) the URI's authority, else the
+/// server's address: it goes upstream as HTTP/1.1, where `Host` is required. `Err` says
+/// what about the request cannot be sent on.
+pub fn origin_form<B>(req: &mut Request<B>, server: &Authority) -> Result<(), &'static str> {
+    let authority = req.uri().authority().cloned();
+    if authority.is_some() {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = path.parse().map_err(|_| "unusable request target")?;
+        *req.uri_mut() = uri;
+    }
+    if !req.headers().contains_key(header::HOST) {
+        let host = authority.as_ref().unwrap_or(server).as_str();
+        let host = HeaderValue::from_str(host).map_err(|_| "unusable request authority")?;
+        req.headers_mut().insert(header::HOST, host);
+    }
+    Ok(())
+}
+
 fn set(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
     headers.insert(name.clone(), value);
 }
@@ -369,5 +390,32 @@ mod tests {
             let text = IpText::new(ip);
             proptest::prop_assert_eq!(text.as_str(), ip.to_string());
         }
+    }
+
+    fn request(uri: &str, host: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn requests_go_upstream_in_origin_form_with_a_host() {
+        let server: Authority = "127.0.0.1:3001".parse().unwrap();
+        // HTTP/2: the authority becomes Host.
+        let mut r = request("https://chat.example:8443/socket.io/?EIO=4", None);
+        origin_form(&mut r, &server).unwrap();
+        assert_eq!(r.uri(), "/socket.io/?EIO=4");
+        assert_eq!(r.headers()["host"], "chat.example:8443");
+        // HTTP/1.1 as it came.
+        let mut r = request("/socket.io/?EIO=4", Some("chat.example"));
+        origin_form(&mut r, &server).unwrap();
+        assert_eq!(r.uri(), "/socket.io/?EIO=4");
+        assert_eq!(r.headers()["host"], "chat.example");
+        // HTTP/1.0 without Host: the server's address, as HTTP/1.1 requires one.
+        let mut r = request("/x", None);
+        origin_form(&mut r, &server).unwrap();
+        assert_eq!(r.headers()["host"], "127.0.0.1:3001");
     }
 }

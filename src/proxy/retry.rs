@@ -1,5 +1,4 @@
-//! Failures on the way to a server: what they say about the server (passive health),
-//! and when a request may be sent again elsewhere.
+//! When a request may be sent again elsewhere.
 //!
 //! Only a request that starts a session may be retried, and only when its server could
 //! not be reached: then no session exists anywhere and the request has no body, so
@@ -9,11 +8,8 @@
 use http::{header, HeaderMap, Method, Request, Uri, Version};
 use hyper::body::Incoming;
 
-use super::body::ProxyBody;
-use super::respond::ProxyError;
-use super::UpstreamRequest;
-use crate::backends::Health;
-use crate::snapshot::{Backend, Server};
+use crate::body::ProxyBody;
+use crate::upstream::UpstreamRequest;
 
 /// What is needed to send a bodiless request again.
 pub struct Replay {
@@ -58,29 +54,4 @@ pub fn into_upstream(req: Request<Incoming>, replayable: bool) -> UpstreamReques
     } else {
         req.map(ProxyBody::Stream)
     })
-}
-
-/// Counts a failure to reach `server` towards marking it down (passive health).
-pub fn note_failure(backend: &Backend, server: &Server, e: &ProxyError) {
-    if !e.is_connect() && !matches!(e, ProxyError::Upstream { .. }) {
-        return; // a slow answer (long poll) says nothing about health
-    }
-    let condition = &server.stats.condition;
-    if condition.record_failure(backend.health.as_ref().map(|h| h.fall)) {
-        tracing::warn!(backend = %backend.name, server = %server.id, error = %e, "server marked down by live traffic");
-        metrics::counter!(
-            crate::telemetry::HEALTH_FLIPS,
-            "backend" => backend.name.to_string(),
-            "server" => server.id.to_string(),
-            "to" => Health::Down.as_str(),
-        )
-        .increment(1);
-    }
-}
-
-/// The answer for a request whose session's server is gone.
-pub fn session_lost(backend: &Backend) -> ProxyError {
-    metrics::counter!(crate::telemetry::SESSIONS_LOST, "backend" => backend.name.to_string())
-        .increment(1);
-    ProxyError::SessionUnknown
 }

@@ -178,7 +178,7 @@ impl TetherHandle {
     }
 
     async fn start_config(config: tether::config::Config) -> TetherHandle {
-        let server = tether::server::Tether::bind(config).await.expect("bind");
+        let server = tether::server::bind(config).await.expect("bind");
         let addr = server.local_addrs()[0];
         let admin = server.admin_addr();
         let token = server.shutdown_token();

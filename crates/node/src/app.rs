@@ -42,6 +42,7 @@ use serde_json::json;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::{SocketIo, TransportType};
+use tether_kit::lock;
 
 /// Counter: Socket.IO events handled by a pool node (`node`, `event`).
 pub const MESSAGES: &str = "tether_node_messages_total";
@@ -411,10 +412,6 @@ type SharedProfile = Arc<Mutex<Profile>>;
 
 fn profile_of<A: Adapter>(s: &SocketRef<A>) -> Option<SharedProfile> {
     s.extensions.get::<SharedProfile>()
-}
-
-fn lock(p: &SharedProfile) -> std::sync::MutexGuard<'_, Profile> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Applies `change` (a join, a leave, a rename) and moves the socket into the presence

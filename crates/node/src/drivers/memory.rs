@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tether_kit::lock;
 use tokio::sync::mpsc;
 
 /// One subscription: the driver that made it and where its messages go.
@@ -38,7 +39,7 @@ pub struct MemoryBus {
 
 impl fmt::Debug for MemoryBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let channels = lock(&self.channels);
         f.debug_struct("MemoryBus")
             .field("channels", &channels.len())
             .finish()
@@ -56,19 +57,19 @@ impl MemoryBus {
 
     /// Number of drivers subscribed to `chan`.
     pub fn subscribers(&self, chan: &str) -> usize {
-        self.lock().get(chan).map_or(0, Vec::len)
+        lock(&self.channels).get(chan).map_or(0, Vec::len)
     }
 
     /// Names of the channels with at least one subscription, sorted.
     pub fn channels(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        let mut names: Vec<String> = lock(&self.channels).keys().cloned().collect();
         names.sort();
         names
     }
 
     /// Delivers `val` to every subscription on `chan`; returns how many got it.
     fn publish(&self, chan: &str, val: Vec<u8>) -> usize {
-        let mut channels = self.lock();
+        let mut channels = lock(&self.channels);
         let Some(subs) = channels.get_mut(chan) else {
             return 0;
         };
@@ -94,7 +95,7 @@ impl MemoryBus {
     }
 
     fn subscribe(&self, driver: u64, chan: String, tx: mpsc::Sender<ChanItem>) {
-        let mut channels = self.lock();
+        let mut channels = lock(&self.channels);
         let subs = channels.entry(chan).or_default();
         match subs.iter_mut().find(|sub| sub.driver == driver) {
             Some(sub) => sub.tx = tx,
@@ -103,7 +104,7 @@ impl MemoryBus {
     }
 
     fn unsubscribe(&self, driver: u64, chan: &str) {
-        let mut channels = self.lock();
+        let mut channels = lock(&self.channels);
         if let Some(subs) = channels.get_mut(chan) {
             subs.retain(|sub| sub.driver != driver);
             if subs.is_empty() {
@@ -113,7 +114,7 @@ impl MemoryBus {
     }
 
     fn unsubscribe_all(&self, driver: u64) {
-        self.lock().retain(|_, subs| {
+        lock(&self.channels).retain(|_, subs| {
             subs.retain(|sub| sub.driver != driver);
             !subs.is_empty()
         });
@@ -121,7 +122,7 @@ impl MemoryBus {
 
     /// Counts live subscriptions only: a dropped stream no longer counts as a server.
     fn num_serv(&self, chan: &str) -> usize {
-        let mut channels = self.lock();
+        let mut channels = lock(&self.channels);
         let Some(subs) = channels.get_mut(chan) else {
             return 0;
         };
@@ -131,11 +132,6 @@ impl MemoryBus {
             channels.remove(chan);
         }
         n
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscriber>>> {
-        // No code path panics while holding the lock; recover the map if one ever does.
-        self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

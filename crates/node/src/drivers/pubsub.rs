@@ -19,6 +19,7 @@ use redis::{Client, RedisError};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{mpsc, Notify};
 
+use tether_kit::lock;
 use tether_kit::Backoff;
 
 /// First wait before reconnecting the subscriber.
@@ -88,10 +89,6 @@ impl PubSubDriver {
         self.inner.closed.store(true, Ordering::Relaxed);
         self.inner.changed.notify_one();
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<ChanItem>>> {
-        self.inner.subs.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// Keeps one subscriber connection alive and subscribed to every wanted channel.
@@ -119,7 +116,7 @@ async fn subscriber(weak: std::sync::Weak<Inner>) {
         loop {
             // Subscribe to what is wanted and not yet subscribed; drop what is not.
             let wanted: Vec<String> = {
-                let subs = inner.subs.lock().unwrap_or_else(|e| e.into_inner());
+                let subs = lock(&inner.subs);
                 subs.keys().cloned().collect()
             };
             let missing: Vec<String> = wanted
@@ -156,7 +153,7 @@ async fn subscriber(weak: std::sync::Weak<Inner>) {
                     Some(msg) => {
                         let chan = msg.get_channel_name().to_owned();
                         let data = msg.get_payload_bytes().to_vec();
-                        let tx = inner.subs.lock().unwrap_or_else(|e| e.into_inner()).get(&chan).cloned();
+                        let tx = lock(&inner.subs).get(&chan).cloned();
                         if let Some(tx) = tx {
                             if tx.try_send((chan, data)).is_err() {
                                 tracing::warn!("redis pub/sub: a subscriber is full; message dropped");
@@ -209,13 +206,13 @@ impl Driver for PubSubDriver {
         size: usize,
     ) -> Result<MessageStream<ChanItem>, Self::Error> {
         let (tx, rx) = mpsc::channel(size.max(1));
-        self.lock().insert(chan, tx);
+        lock(&self.inner.subs).insert(chan, tx);
         self.inner.changed.notify_one();
         Ok(MessageStream::new(rx))
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
-        self.lock().remove(&chan);
+        lock(&self.inner.subs).remove(&chan);
         self.inner.changed.notify_one();
         Ok(())
     }

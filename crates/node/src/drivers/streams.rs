@@ -51,13 +51,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tether_kit::lock;
 use tether_kit::Backoff;
 use tokio::sync::mpsc;
 
@@ -270,11 +271,13 @@ impl StreamsDriver {
 
     /// Where the subscription to `chan` stands, if there is one.
     pub fn subscription(&self, chan: &str) -> Option<SubscriptionInfo> {
-        self.inner.lock().get(chan).map(|sub| SubscriptionInfo {
-            key: sub.key.clone(),
-            start_id: sub.start_id.clone(),
-            last_id: sub.last_id.clone(),
-        })
+        lock(&self.inner.subs)
+            .get(chan)
+            .map(|sub| SubscriptionInfo {
+                key: sub.key.clone(),
+                start_id: sub.start_id.clone(),
+                last_id: sub.last_id.clone(),
+            })
     }
 
     /// Ends every subscription (their streams end), withdraws this node's presence
@@ -283,7 +286,10 @@ impl StreamsDriver {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let chans: Vec<String> = self.inner.lock().drain().map(|(chan, _)| chan).collect();
+        let chans: Vec<String> = lock(&self.inner.subs)
+            .drain()
+            .map(|(chan, _)| chan)
+            .collect();
         let mut pipe = redis::pipe();
         for chan in &chans {
             pipe.cmd("ZREM")
@@ -315,11 +321,6 @@ impl Inner {
 
     fn reader_name(&self) -> String {
         format!("tether-streams-reader-{}", self.uid)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Subscription>> {
-        // Nothing panics while holding the lock; recover the map if something ever does.
-        self.subs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check_open(&self) -> Result<(), RedisError> {
@@ -403,7 +404,7 @@ impl Inner {
         let mut ids = vec![wake_id.to_owned()];
         let mut chans = HashMap::new();
         let mut throttled = false;
-        for (chan, sub) in self.lock().iter() {
+        for (chan, sub) in lock(&self.subs).iter() {
             if sub.tx.is_closed() {
                 continue;
             }
@@ -439,7 +440,7 @@ impl Inner {
         wake_id: &mut String,
     ) {
         let wake_key = self.wake_key();
-        let mut subs = self.lock();
+        let mut subs = lock(&self.subs);
         for stream in reply.keys {
             if stream.key == wake_key {
                 if let Some(entry) = stream.ids.last() {
@@ -498,7 +499,7 @@ impl Inner {
     /// whose stream was dropped without unsubscribing.
     async fn heartbeat(&self) {
         let (live, dropped) = {
-            let mut subs = self.lock();
+            let mut subs = lock(&self.subs);
             let dropped: Vec<String> = subs
                 .iter()
                 .filter(|(_, sub)| sub.tx.is_closed())
@@ -541,7 +542,7 @@ impl Drop for Inner {
             return;
         }
         // Best effort: withdraw presence now rather than when it times out.
-        let chans: Vec<String> = self.lock().keys().cloned().collect();
+        let chans: Vec<String> = lock(&self.subs).keys().cloned().collect();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -603,7 +604,7 @@ impl Driver for StreamsDriver {
         let start_id = inner.last_id(&key).await?;
         tracing::debug!(chan, key, start_id, "redis streams: subscribing");
         let (tx, rx) = mpsc::channel(size.max(1));
-        inner.lock().insert(
+        lock(&inner.subs).insert(
             chan.clone(),
             Subscription {
                 tx,
@@ -622,7 +623,7 @@ impl Driver for StreamsDriver {
             .run(|mut c| async move { pipe.exec_async(&mut c).await })
             .await
         {
-            inner.lock().remove(&chan);
+            lock(&inner.subs).remove(&chan);
             return Err(e);
         }
         Ok(MessageStream::new(rx))
@@ -630,7 +631,7 @@ impl Driver for StreamsDriver {
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
         let inner = &self.inner;
-        inner.lock().remove(&chan);
+        lock(&inner.subs).remove(&chan);
         let mut cmd = redis::cmd("ZREM");
         cmd.arg(inner.presence_key(&chan)).arg(&inner.uid);
         let cmd = &cmd;
@@ -685,8 +686,7 @@ async fn reader_task(weak: Weak<Inner>) {
                 let Some(inner) = weak.upgrade() else { return };
                 inner.reader_client_id.store(id, Ordering::Relaxed);
                 inner.reader_up.store(true, Ordering::Relaxed);
-                let resume: Vec<(String, String)> = inner
-                    .lock()
+                let resume: Vec<(String, String)> = lock(&inner.subs)
                     .iter()
                     .map(|(chan, sub)| (chan.clone(), sub.last_id.clone()))
                     .collect();

@@ -5,8 +5,10 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::body::ProxyBody;
+use crate::affinity::Miss;
+use crate::body::ProxyBody;
 use crate::engineio;
+use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -16,22 +18,19 @@ pub enum ProxyError {
     SessionUnknown,
     #[error("no server can take a new session")]
     NoServer,
-    #[error("connecting to {server}: {source}")]
-    Connect {
-        server: String,
-        source: std::io::Error,
-    },
-    #[error("connecting to {server}: timed out")]
-    ConnectTimeout { server: String },
-    #[error("{server} did not answer in time")]
-    ResponseTimeout { server: String },
-    #[error("talking to {server}: {source}")]
-    Upstream {
-        server: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+}
+
+impl From<Miss> for ProxyError {
+    fn from(m: Miss) -> ProxyError {
+        match m {
+            Miss::SessionUnknown => ProxyError::SessionUnknown,
+            Miss::NoServer => ProxyError::NoServer,
+        }
+    }
 }
 
 impl ProxyError {
@@ -40,19 +39,13 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::SessionUnknown | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::Upstream(
+                UpstreamError::Connect { .. } | UpstreamError::Exchange { .. },
+            ) => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream(
+                UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout { .. },
+            ) => StatusCode::GATEWAY_TIMEOUT,
         }
-    }
-
-    /// Whether the server could not be reached at all (nothing was sent).
-    pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
-        )
     }
 
     /// Whether the client caused it (logged at debug) or something behind tether did

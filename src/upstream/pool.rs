@@ -1,11 +1,10 @@
 //! Keep-alive connections to one server, for ordinary (polling) requests.
 //!
-//! One pool per server, in the routing snapshot, so a request finds its server's idle
-//! connections without hashing anything; a reload starts new pools and the old ones
-//! close as the last requests of the old snapshot finish. hyper-util's general client
-//! did the same job at about 8,000 instructions per request (callgrind): a pool keyed
-//! by URI authority behind SipHash, an absolute URI built only to be taken apart again,
-//! and a task spawned per response to wait for the connection to become idle.
+//! One pool per server, held by the server's handle in the routing snapshot, so a
+//! request finds its server's idle connections without hashing anything (a general client
+//! keys its pool by authority and builds an absolute URI per request only to take it apart
+//! again); a reload starts new pools and the old ones close as the last requests of the
+//! old snapshot finish.
 //!
 //! A connection goes back to the pool as soon as the response head is in; it is only
 //! taken again once hyper says it is ready, i.e. once that response's body is over, so
@@ -17,13 +16,10 @@ use std::time::{Duration, Instant};
 use http::Response;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use tether_kit::lock;
 
-use super::body::ProxyBody;
-use super::respond::ProxyError;
-use super::upstream::{dial, handshake, upstream_error, Dialed};
-use super::UpstreamRequest;
-use crate::snapshot::Server;
-use crate::tls::TlsUpstream;
+use super::{dial, handshake, Dialed, Peer, UpstreamError, UpstreamRequest};
+use crate::body::ProxyBody;
 
 /// How long an idle connection is kept.
 pub const IDLE: Duration = Duration::from_secs(60);
@@ -55,22 +51,18 @@ impl std::fmt::Debug for ConnPool {
 impl ConnPool {
     /// Connections kept now (idle or finishing a response body).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        lock(&self.kept).len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
-        self.kept.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The most recently used ready connection. Closed and expired ones met on the way
     /// are dropped; busy ones (finishing a response body) stay.
     fn take(&self) -> Option<SendRequest<ProxyBody>> {
         let now = Instant::now();
-        let mut kept = self.lock();
+        let mut kept = lock(&self.kept);
         while let Some(i) = kept
             .iter()
             .rposition(|k| k.send.is_ready() || k.send.is_closed())
@@ -87,7 +79,7 @@ impl ConnPool {
         if send.is_closed() {
             return;
         }
-        let mut kept = self.lock();
+        let mut kept = lock(&self.kept);
         if kept.len() < MAX_KEPT {
             kept.push(Kept {
                 send,
@@ -96,15 +88,14 @@ impl ConnPool {
         }
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `server`: on a kept connection, or
+    /// Sends `req` (origin-form URI, `Host` set) to `peer`: on a kept connection, or
     /// a new one. A request that a kept connection closed under could not have been
     /// written, so it goes again on a new connection.
     pub async fn send(
         &self,
-        server: &Server,
+        peer: Peer<'_>,
         mut req: UpstreamRequest,
-        tls: Option<&TlsUpstream>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         if let Some(mut send) = self.take() {
             match send.try_send_request(*req).await {
                 Ok(resp) => {
@@ -113,31 +104,28 @@ impl ConnPool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => *req = unsent,
-                    None => return Err(upstream_error(server, e.into_error())),
+                    None => return Err(UpstreamError::exchange(peer.id, e.into_error())),
                 },
             }
         }
         // Boxed: connecting (TCP, TLS, handshake) is kilobytes of future, which every
         // request's future would otherwise carry and copy.
-        let mut send = Box::pin(connect(server, tls)).await?;
+        let mut send = Box::pin(connect(peer)).await?;
         match send.send_request(*req).await {
             Ok(resp) => {
                 self.put(send);
                 Ok(resp)
             }
-            Err(e) => Err(upstream_error(server, e)),
+            Err(e) => Err(UpstreamError::exchange(peer.id, e)),
         }
     }
 }
 
-/// A new keep-alive connection to `server`, its connection task spawned.
-async fn connect(
-    server: &Server,
-    tls: Option<&TlsUpstream>,
-) -> Result<SendRequest<ProxyBody>, ProxyError> {
-    match dial(server, tls, CONNECT).await? {
-        Dialed::Plain(s) => handshake(server, s).await,
-        Dialed::Tls(s) => handshake(server, s).await,
+/// A new keep-alive connection to `peer`, its connection task spawned.
+async fn connect(peer: Peer<'_>) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    match dial(peer, CONNECT).await? {
+        Dialed::Plain(s) => handshake(peer, s).await,
+        Dialed::Tls(s) => handshake(peer, s).await,
     }
 }
 
@@ -151,8 +139,25 @@ mod tests {
 
     use http::Request;
 
+    use http::uri::Authority;
+
     use super::*;
-    use crate::backends::ServerStats;
+
+    /// A server's address and its pool, as a backend's server handle holds them.
+    struct Server {
+        addr: Authority,
+        pool: ConnPool,
+    }
+
+    impl Server {
+        fn peer(&self) -> Peer<'_> {
+            Peer {
+                id: "s",
+                addr: &self.addr,
+                tls: None,
+            }
+        }
+    }
 
     /// A server answering `per_conn` requests on each connection, then closing it.
     async fn server(per_conn: usize) -> (Server, Arc<AtomicUsize>) {
@@ -182,25 +187,20 @@ mod tests {
                 });
             }
         });
-        let stats = Arc::new(ServerStats::new("b".into(), "s".into()));
         let server = Server {
-            id: Arc::clone(&stats.id),
             addr: addr.to_string().parse().unwrap(),
-            weight: 1,
-            max_connections: None,
-            stats,
             pool: ConnPool::default(),
         };
         (server, accepted)
     }
 
-    async fn get(server: &Server) -> Result<(), ProxyError> {
+    async fn get(server: &Server) -> Result<(), UpstreamError> {
         let req = Request::builder()
             .uri("/x")
             .header("host", "t")
             .body(ProxyBody::empty())
             .unwrap();
-        let resp = server.pool.send(server, Box::new(req), None).await?;
+        let resp = server.pool.send(server.peer(), Box::new(req)).await?;
         use http_body_util::BodyExt;
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"ok");

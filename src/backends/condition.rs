@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::wakers::WakerSet;
-
 use crate::config::ServerState;
+use crate::wakers::WakerSet;
 
 /// A server's health as tether knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +162,7 @@ impl ServerCondition {
 
     /// Applies the state a config file asks for, unless it asked for the same last time.
     pub fn apply_config_state(&self, s: ServerState) -> Option<ServerState> {
-        let mut last = self.config_state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = tether_kit::lock(&self.config_state);
         if *last == Some(s) {
             return None;
         }
@@ -196,17 +195,11 @@ impl ServerCondition {
         &self.pinned_waiters
     }
 
-    /// Share of its full weight a server gets while it slow-starts, in `0.0..=1.0`.
-    pub fn ramp(&self, slow_start: Option<Duration>) -> f64 {
-        let Some(window) = slow_start.filter(|w| !w.is_zero()) else {
-            return 1.0;
-        };
+    /// How long since the server last became able to take sessions (slow start ramps
+    /// from then); `None` when it has been able to since tether started.
+    pub fn up_for(&self) -> Option<Duration> {
         let since = self.up_since_ms.load(Ordering::Acquire);
-        if since == 0 {
-            return 1.0;
-        }
-        let elapsed = now_ms().saturating_sub(since) as f64;
-        (elapsed / window.as_millis() as f64).min(1.0)
+        (since != 0).then(|| Duration::from_millis(now_ms().saturating_sub(since)))
     }
 
     /// A failed connection on live traffic. Returns true when it marks the server down.
@@ -306,13 +299,18 @@ mod tests {
 
     #[test]
     fn slow_start_ramps_from_the_return() {
+        use crate::balance::placer::ramp;
         let c = ServerCondition::default();
-        assert_eq!(c.ramp(Some(Duration::from_secs(10))), 1.0, "known at start");
+        assert_eq!(
+            ramp(c.up_for(), Some(Duration::from_secs(10))),
+            1.0,
+            "known at start"
+        );
         c.set_health(Health::Down);
         c.set_health(Health::Up);
-        let r = c.ramp(Some(Duration::from_secs(10)));
+        let r = ramp(c.up_for(), Some(Duration::from_secs(10)));
         assert!(r < 0.1, "just back: {r}");
-        assert_eq!(c.ramp(None), 1.0);
+        assert_eq!(ramp(c.up_for(), None), 1.0);
     }
 
     /// Waits as a tunnel does: checks only when woken through the set.

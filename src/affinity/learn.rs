@@ -1,0 +1,98 @@
+//! What a server's answer teaches, on a sticky backend:
+//!
+//! - a handshake's open packet names the new session's sid: `sid → server` is recorded;
+//! - a session found only through its cookie (tether restarted, or another instance
+//!   learned it) and accepted by the server is recorded again, so its later requests
+//!   need no cookie;
+//! - a session placed by this request gets a cookie naming its server.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::response::Parts;
+use http::{header, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::{Affinity, SidTable, Target};
+use crate::body::ProxyBody;
+use crate::engineio::{self, EioQuery, Transport};
+
+/// The most of a handshake response read before giving up on finding the open packet
+/// (it is the first packet and a few hundred bytes; the rest streams through untouched).
+const OPEN_PACKET_SCAN: usize = 64 * 1024;
+
+impl Affinity {
+    /// Learns from a response to a request sent to `target` (its head in `parts`, which
+    /// may gain a `Set-Cookie`) and returns the body to send on. Only a handshake's body
+    /// is read here, and only as far as its open packet; the bytes read go out first.
+    pub async fn learn(
+        &self,
+        sids: &SidTable,
+        target: &Target<'_>,
+        eio: Option<EioQuery<'_>>,
+        parts: &mut Parts,
+        body: Incoming,
+    ) -> Result<ProxyBody, hyper::Error> {
+        if !self.sticky {
+            return Ok(ProxyBody::Stream(body));
+        }
+        let accepted = parts.status == StatusCode::OK;
+        let stats = &target.server.stats;
+        if let Some(sid) = eio.and_then(|q| q.sid) {
+            if target.pin.is_none() && accepted {
+                let ttl = engineio::DEFAULT_HEARTBEAT + self.idle_margin;
+                let _ = sids.insert(sid, Arc::clone(stats), ttl);
+            }
+        }
+        // Only a session placed by this request gets a cookie: requests of a pinned
+        // session from a client that keeps no cookies would otherwise be told again and
+        // again.
+        if !target.cookie_current && target.pin.is_none() {
+            if let Some(signer) = &self.cookie {
+                if let Ok(v) = HeaderValue::from_str(&signer.set_cookie(&target.server.id)) {
+                    parts.headers.append(header::SET_COOKIE, v);
+                }
+            }
+        }
+        let handshake = eio.is_some_and(|q| q.sid.is_none() && q.transport == Transport::Polling);
+        if handshake && accepted {
+            self.learn_sid(sids, target, body).await
+        } else {
+            Ok(ProxyBody::Stream(body))
+        }
+    }
+
+    /// Reads the start of a handshake response for the open packet and records
+    /// `sid → server`.
+    async fn learn_sid(
+        &self,
+        sids: &SidTable,
+        target: &Target<'_>,
+        mut body: Incoming,
+    ) -> Result<ProxyBody, hyper::Error> {
+        let mut buf = BytesMut::new();
+        while buf.len() < OPEN_PACKET_SCAN && engineio::parse_open_packet(&buf).is_none() {
+            match body.frame().await {
+                None => break,
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+        let prefix: Bytes = buf.freeze();
+        let server = target.server;
+        match engineio::parse_open_packet(&prefix) {
+            Some(open) => {
+                let ttl = open.heartbeat() + self.idle_margin;
+                if let Err(e) = sids.insert(open.sid, Arc::clone(&server.stats), ttl) {
+                    tracing::warn!(error = %e, "session not recorded; it relies on cookie or hash");
+                }
+            }
+            None => tracing::debug!(server = %server.id, "handshake response without open packet"),
+        }
+        Ok(ProxyBody::Prefixed(Some(prefix), body))
+    }
+}

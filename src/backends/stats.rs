@@ -1,0 +1,172 @@
+//! Per-server counters that must outlive any one routing snapshot.
+//!
+//! A reload or a health flip replaces the snapshot, but a server that stays must keep
+//! its live session counts (placement reads them) and every session pinned to it. So
+//! counters live in an `Arc<ServerStats>` owned by the [`Registry`], keyed by
+//! (backend, server id), and each snapshot merely points at them.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ahash::AHashMap;
+
+use super::ServerCondition;
+use crate::engineio::Transport;
+
+/// Live counters of one server. Signed so that a decrement racing a reload can never
+/// wrap around; readers clamp at zero.
+#[derive(Debug)]
+pub struct ServerStats {
+    pub backend: Arc<str>,
+    pub id: Arc<str>,
+    polling: AtomicI64,
+    websocket: AtomicI64,
+    /// Handshakes placed on this server whose response has not come back yet. Counted
+    /// as load so a burst of simultaneous handshakes spreads instead of piling onto the
+    /// server that looked emptiest when the burst began.
+    pending: AtomicI64,
+    /// Health and operator state.
+    pub condition: ServerCondition,
+}
+
+impl ServerStats {
+    pub fn new(backend: Arc<str>, id: Arc<str>) -> Self {
+        ServerStats {
+            backend,
+            id,
+            polling: AtomicI64::new(0),
+            websocket: AtomicI64::new(0),
+            pending: AtomicI64::new(0),
+            condition: ServerCondition::default(),
+        }
+    }
+
+    /// Live sessions using `transport` now.
+    pub fn sessions(&self, transport: Transport) -> u64 {
+        self.counter(transport).load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// What placement compares: live sessions plus handshakes in flight.
+    pub fn load(&self) -> u64 {
+        let sum = self.polling.load(Ordering::Relaxed)
+            + self.websocket.load(Ordering::Relaxed)
+            + self.pending.load(Ordering::Relaxed);
+        sum.max(0) as u64
+    }
+
+    pub fn add_session(&self, transport: Transport, delta: i64) {
+        self.counter(transport).fetch_add(delta, Ordering::Relaxed);
+    }
+
+    fn counter(&self, transport: Transport) -> &AtomicI64 {
+        match transport {
+            Transport::Polling => &self.polling,
+            Transport::WebSocket => &self.websocket,
+        }
+    }
+}
+
+/// Counts a session against its server for as long as the guard lives (a WebSocket
+/// tunnel without sid, a handshake in flight).
+#[derive(Debug)]
+pub struct SessionGuard {
+    stats: Arc<ServerStats>,
+    kind: GuardKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum GuardKind {
+    Session(Transport),
+    Pending,
+}
+
+impl SessionGuard {
+    pub fn session(stats: Arc<ServerStats>, transport: Transport) -> Self {
+        stats.add_session(transport, 1);
+        SessionGuard {
+            stats,
+            kind: GuardKind::Session(transport),
+        }
+    }
+
+    pub fn pending(stats: Arc<ServerStats>) -> Self {
+        stats.pending.fetch_add(1, Ordering::Relaxed);
+        SessionGuard {
+            stats,
+            kind: GuardKind::Pending,
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        match self.kind {
+            GuardKind::Session(t) => self.stats.add_session(t, -1),
+            GuardKind::Pending => {
+                self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// (backend name, server id): a server's identity across config versions.
+type ServerKey = (Arc<str>, Arc<str>);
+
+/// Hands out the one `ServerStats` of each (backend, server id), so every snapshot built
+/// from any config version shares them.
+#[derive(Debug, Default)]
+pub struct Registry {
+    stats: Mutex<AHashMap<ServerKey, Arc<ServerStats>>>,
+}
+
+impl Registry {
+    pub fn stats(&self, backend: &str, id: &str) -> Arc<ServerStats> {
+        self.get_or_create(backend, id).0
+    }
+
+    /// The server's stats, and whether they were created by this call (a server tether
+    /// has not seen before).
+    pub fn get_or_create(&self, backend: &str, id: &str) -> (Arc<ServerStats>, bool) {
+        let mut map = tether_kit::lock(&self.stats);
+        if let Some(s) = map.get(&(Arc::from(backend), Arc::from(id))) {
+            return (Arc::clone(s), false);
+        }
+        let key: ServerKey = (backend.into(), id.into());
+        let stats = Arc::new(ServerStats::new(Arc::clone(&key.0), Arc::clone(&key.1)));
+        map.insert(key, Arc::clone(&stats));
+        (stats, true)
+    }
+
+    /// Forgets servers for which `keep` is false and that nothing references any more
+    /// (no snapshot, no session), so DNS churn does not grow the map for ever.
+    pub fn prune(&self, keep: impl Fn(&ServerStats) -> bool) {
+        let mut map = tether_kit::lock(&self.stats);
+        map.retain(|_, s| keep(s) || Arc::strong_count(s) > 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_returns_the_same_counters_for_the_same_server() {
+        let reg = Registry::default();
+        let a = reg.stats("sockets", "node-1");
+        let _g = SessionGuard::session(a.clone(), Transport::WebSocket);
+        assert_eq!(reg.stats("sockets", "node-1").load(), 1);
+        assert_eq!(reg.stats("other", "node-1").load(), 0);
+    }
+
+    #[test]
+    fn guards_count_while_alive() {
+        let stats = Arc::new(ServerStats::new("b".into(), "s".into()));
+        let p = SessionGuard::pending(stats.clone());
+        let w = SessionGuard::session(stats.clone(), Transport::WebSocket);
+        assert_eq!(stats.load(), 2);
+        assert_eq!(stats.sessions(Transport::WebSocket), 1);
+        drop(p);
+        drop(w);
+        assert_eq!(stats.load(), 0);
+    }
+}

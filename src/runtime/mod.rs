@@ -1,0 +1,356 @@
+//! One running tether: its listeners, its routing store, the tasks that keep them up to
+//! date, and the way it stops.
+//!
+//! Binding is separate from running so a caller (the CLI, or a test binding port 0)
+//! learns the real addresses before traffic flows, and a bind failure is reported
+//! before anything starts. After that, everything that changes while tether runs goes
+//! through the runtime: a reload ([`reload`]), a discovery answer or a drained server
+//! dropped ([`upkeep`]); each new routing snapshot is followed by the health checks.
+//!
+//! The admin API reads the runtime, so it sits a layer above it; the runtime owns only
+//! the admin *listener* (a reload may move it) and hands it to the [`AdminApi`] it was
+//! given.
+
+pub mod reload;
+mod upkeep;
+pub mod watch;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tether_kit::lock;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backends::discovery::{Discovered, Discovery};
+use crate::backends::health::HealthChecks;
+use crate::config::{AdminConfig, Config, ListenerConfig};
+use crate::listener::{self, Lifecycle, Mode};
+use crate::proxy::Proxy;
+use crate::snapshot::{Snapshot, Store, StoreError};
+use crate::tls::TlsError;
+
+pub use reload::{ReloadError, ReloadStatus};
+use watch::Trigger;
+
+/// After the grace, how long closing what is left may take.
+const HARD_STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Serves the admin API on a bound listener until `stop`.
+pub trait AdminApi: Send + Sync + 'static {
+    fn serve(
+        &self,
+        listener: TcpListener,
+        rt: Arc<Runtime>,
+        stop: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// Why tether could not start (or a reload could not open what it asked for).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin: cannot listen on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS listener {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: Box<TlsError>,
+    },
+}
+
+/// One bound listener and what controls it.
+struct Bound {
+    config: ListenerConfig,
+    local: SocketAddr,
+    mode: Arc<ArcSwap<Mode>>,
+    stop_accepting: CancellationToken,
+}
+
+struct AdminBound {
+    config: AdminConfig,
+    local: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// Everything a running tether shares between its listeners, its upkeep tasks and its
+/// admin API.
+pub struct Runtime {
+    pub store: Arc<Store>,
+    pub proxy: Arc<Proxy>,
+    health: HealthChecks,
+    discovery: Discovery,
+    source: Option<PathBuf>,
+    listeners: Mutex<Vec<Bound>>,
+    admin: Mutex<Option<AdminBound>>,
+    admin_api: Arc<dyn AdminApi>,
+    /// Sockets bound by `Tether::bind` and not yet serving.
+    pending: Mutex<Vec<(usize, TcpListener)>>,
+    pending_admin: Mutex<Option<TcpListener>>,
+    status: Mutex<ReloadStatus>,
+    life: Lifecycle,
+    reload_tx: mpsc::Sender<Trigger>,
+    reload_rx: Mutex<Option<mpsc::Receiver<Trigger>>>,
+    discovered_rx: Mutex<Option<mpsc::UnboundedReceiver<Discovered>>>,
+    /// One reload at a time, whoever asks.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bound, not yet running tether.
+pub struct Tether {
+    runtime: Arc<Runtime>,
+}
+
+impl Tether {
+    /// Binds every listener of `config` (port 0 picks a free port) and the admin
+    /// listener, which `admin` will serve. With `config.source` set, `run` also reloads
+    /// from that file.
+    pub async fn bind(config: Config, admin_api: Arc<dyn AdminApi>) -> Result<Tether, StartError> {
+        let stop_accepting = CancellationToken::new();
+        let mut bound = Vec::with_capacity(config.listeners.len());
+        let mut sockets = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let (socket, b) = bind_listener(l, &stop_accepting).await?;
+            sockets.push((i, socket));
+            bound.push(b);
+        }
+        let (admin, admin_socket) = match &config.admin {
+            Some(a) => {
+                let socket = bind_admin(a.bind).await?;
+                let local = socket.local_addr().unwrap_or(a.bind);
+                (
+                    Some(AdminBound {
+                        config: a.clone(),
+                        local,
+                        stop: CancellationToken::new(),
+                    }),
+                    Some(socket),
+                )
+            }
+            None => (None, None),
+        };
+        tether_kit::recorder::handle();
+        let store = Arc::new(Store::new(&config)?);
+        let proxy = Arc::new(Proxy::new(Arc::clone(&store)));
+        let (reload_tx, reload_rx) = mpsc::channel(1);
+        let (discovered_tx, discovered_rx) = mpsc::unbounded_channel();
+        let runtime = Runtime {
+            health: HealthChecks::default(),
+            discovery: Discovery::new(discovered_tx),
+            store,
+            proxy,
+            source: config.source.clone(),
+            listeners: Mutex::new(bound),
+            admin: Mutex::new(admin),
+            admin_api,
+            pending: Mutex::new(sockets),
+            pending_admin: Mutex::new(admin_socket),
+            status: Mutex::new(ReloadStatus::first()),
+            life: Lifecycle {
+                stop_accepting,
+                shutdown: CancellationToken::new(),
+                hard_stop: CancellationToken::new(),
+                connections: TaskTracker::new(),
+            },
+            reload_tx,
+            reload_rx: Mutex::new(Some(reload_rx)),
+            discovered_rx: Mutex::new(Some(discovered_rx)),
+            reloading: tokio::sync::Mutex::new(()),
+        };
+        runtime.routing_changed(&runtime.store.load_full());
+        Ok(Tether {
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// The bound addresses, in the order of `listeners` in the config.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.runtime.local_addrs()
+    }
+
+    /// The admin listener's address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.runtime.admin_addr()
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.runtime.store
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Cancelling this token starts a graceful shutdown and ends [`Tether::run`].
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.runtime.life.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains: no new connections,
+    /// requests in flight finish, tunnels get the grace, then everything closes.
+    pub async fn run(self) {
+        let rt = self.runtime;
+        let sockets: Vec<_> = std::mem::take(&mut *lock(&rt.pending));
+        {
+            let listeners = lock(&rt.listeners);
+            for (i, socket) in sockets {
+                if let Some(b) = listeners.get(i) {
+                    rt.spawn_listener(socket, b);
+                }
+            }
+        }
+        if let Some(socket) = lock(&rt.pending_admin).take() {
+            if let Some(a) = lock(&rt.admin).as_ref() {
+                rt.spawn_admin(socket, a);
+            }
+        }
+        rt.discovery.sync(&rt.store.config());
+        let upkeep = upkeep::spawn(&rt);
+        let reloads = tokio::spawn(Arc::clone(&rt).reload_loop());
+
+        rt.life.shutdown.cancelled().await;
+        let grace = rt.store.config().shutdown_grace;
+        tracing::info!(
+            ?grace,
+            "shutting down: no new connections; in-flight requests and tunnels get the grace"
+        );
+        rt.life.stop_accepting.cancel();
+        if let Some(a) = lock(&rt.admin).as_ref() {
+            a.stop.cancel();
+        }
+        reloads.abort();
+        rt.life.connections.close();
+        rt.proxy.tunnels().close();
+        let drained = async {
+            rt.life.connections.wait().await;
+            rt.proxy.tunnels().wait().await;
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::info!(
+                connections = rt.life.connections.len(),
+                tunnels = rt.proxy.tunnels().len(),
+                "grace over; closing what is still open"
+            );
+            rt.life.hard_stop.cancel();
+            rt.proxy.stop_tunnels();
+            let _ = tokio::time::timeout(HARD_STOP_WAIT, async {
+                rt.life.connections.wait().await;
+                rt.proxy.tunnels().wait().await;
+            })
+            .await;
+        }
+        upkeep.abort();
+        rt.health.stop_all();
+        rt.discovery.stop_all();
+        tracing::info!("stopped");
+    }
+}
+
+async fn bind_listener(
+    l: &ListenerConfig,
+    stop_accepting: &CancellationToken,
+) -> Result<(TcpListener, Bound), StartError> {
+    let mode = listener_mode(l)?;
+    let socket = TcpListener::bind(l.bind)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: l.bind,
+            source,
+        })?;
+    let local = socket.local_addr().unwrap_or(l.bind);
+    Ok((
+        socket,
+        Bound {
+            config: l.clone(),
+            local,
+            mode: Arc::new(ArcSwap::from_pointee(mode)),
+            stop_accepting: stop_accepting.child_token(),
+        },
+    ))
+}
+
+async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::AdminBind { addr, source })
+}
+
+fn listener_mode(l: &ListenerConfig) -> Result<Mode, StartError> {
+    Mode::build(l).map_err(|source| StartError::Tls {
+        addr: l.bind,
+        source: Box::new(source),
+    })
+}
+
+impl Runtime {
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        lock(&self.listeners).iter().map(|b| b.local).collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        lock(&self.admin).as_ref().map(|a| a.local)
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        lock(&self.status).clone()
+    }
+
+    /// The admin token in force (read per request, so a reload changes it at once).
+    pub fn admin_token(&self) -> Option<String> {
+        lock(&self.admin)
+            .as_ref()
+            .and_then(|a| a.config.token.clone())
+    }
+
+    /// Brings what watches servers in line with a new routing snapshot: health checks
+    /// start for new servers and stop for gone ones.
+    fn routing_changed(&self, snapshot: &Snapshot) {
+        self.health.sync(&snapshot.backends);
+    }
+
+    fn spawn_listener(&self, socket: TcpListener, b: &Bound) {
+        let life = Lifecycle {
+            stop_accepting: b.stop_accepting.clone(),
+            ..self.life.clone()
+        };
+        tracing::info!(addr = %b.local, tls = b.config.tls.is_some(), "listening");
+        tokio::spawn(listener::serve(
+            socket,
+            Arc::clone(&b.mode),
+            Arc::clone(&self.proxy),
+            life,
+        ));
+    }
+
+    fn spawn_admin(self: &Arc<Self>, socket: TcpListener, a: &AdminBound) {
+        tracing::info!(addr = %a.local, "admin listening");
+        tokio::spawn(
+            self.admin_api
+                .serve(socket, Arc::clone(self), a.stop.clone()),
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! The routing snapshot: everything a request needs, immutable, behind one `ArcSwap`.
+//!
+//! A request does one `load()` and sees one consistent world (routes, backends with their
+//! placement and server handles, each backend's affinity rules) however many reloads or
+//! health flips happen while it runs. Building a snapshot happens off the request path,
+//! in the [`Store`], which also keeps what must survive a swap (live counters, the sid
+//! table, servers that left the config but still carry sessions).
+
+pub mod store;
+
+use ipnet::IpNet;
+
+use crate::affinity::Affinity;
+use crate::backends::Backend;
+use crate::config::{Config, HostMatch, Limits};
+
+pub use store::{Store, StoreError};
+
+#[derive(Debug)]
+pub struct Snapshot {
+    routes: Vec<Route>,
+    pub backends: Vec<Backend>,
+    /// Each backend's affinity rules, by the same index as `backends`.
+    affinity: Vec<Affinity>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub limits: Limits,
+}
+
+#[derive(Debug)]
+struct Route {
+    host: Option<HostMatch>,
+    path_prefix: String,
+    backend: usize,
+}
+
+impl Route {
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        if !path.starts_with(&self.path_prefix) {
+            return false;
+        }
+        match (&self.host, host) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(HostMatch::Exact(want)), Some(h)) => h.eq_ignore_ascii_case(want),
+            (Some(HostMatch::Suffix(suffix)), Some(h)) => {
+                h.len() > suffix.len()
+                    && h.is_char_boundary(h.len() - suffix.len())
+                    && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
+impl Snapshot {
+    /// `backends` are `config`'s backends, in its order, with their servers resolved.
+    fn new(config: &Config, backends: Vec<Backend>) -> Snapshot {
+        Snapshot {
+            routes: config
+                .routes
+                .iter()
+                .map(|r| Route {
+                    host: r.host.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    backend: r.backend,
+                })
+                .collect(),
+            affinity: config.backends.iter().map(Affinity::new).collect(),
+            backends,
+            trusted_proxies: config.trusted_proxies.clone(),
+            limits: config.limits.clone(),
+        }
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| &*b.name == name)
+    }
+
+    /// The backend (and its affinity rules) of the first route matching `host` (port
+    /// already stripped) and `path`.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<(&Backend, &Affinity)> {
+        let i = self.routes.iter().find(|r| r.matches(host, path))?.backend;
+        Some((self.backends.get(i)?, self.affinity.get(i)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: Option<HostMatch>, prefix: &str) -> Route {
+        Route {
+            host,
+            path_prefix: prefix.into(),
+            backend: 0,
+        }
+    }
+
+    #[test]
+    fn routes_match_host_and_prefix() {
+        let r = route(Some(HostMatch::Exact("example.com".into())), "/socket.io/");
+        assert!(r.matches(Some("EXAMPLE.com"), "/socket.io/?EIO=4"));
+        assert!(!r.matches(Some("example.org"), "/socket.io/"));
+        assert!(!r.matches(None, "/socket.io/"));
+        assert!(!r.matches(Some("example.com"), "/other"));
+        let w = route(Some(HostMatch::Suffix(".example.com".into())), "/");
+        assert!(w.matches(Some("a.example.com"), "/x"));
+        assert!(!w.matches(Some("example.com"), "/x"));
+        assert!(!w.matches(Some("é.example.co"), "/x"));
+        assert!(route(None, "/").matches(None, "/anything"));
+    }
+}

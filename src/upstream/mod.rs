@@ -1,0 +1,178 @@
+//! Talking to servers: each server's keep-alive pool ([`pool`]) for ordinary requests,
+//! and a fresh connection per WebSocket upgrade (an upgraded connection never returns to
+//! a pool).
+//!
+//! This layer knows a server only as a [`Peer`] (its id for messages, its address, its
+//! TLS), not as a member of a backend: what a failure means for the server's health is
+//! the business of `backends`, and what it means for the client that of `proxy`.
+
+pub mod pool;
+
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::body::ProxyBody;
+use crate::tls::TlsUpstream;
+
+pub use pool::ConnPool;
+
+/// A request on its way to a server (origin-form URI, `Host` set). Boxed: each async fn
+/// on the way keeps its arguments twice, and a request by value is hundreds of bytes.
+pub type UpstreamRequest = Box<Request<ProxyBody>>;
+
+/// The server a connection goes to.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    /// For messages and logs.
+    pub id: &'a str,
+    pub addr: &'a Authority,
+    /// The backend's TLS, when its servers speak only TLS.
+    pub tls: Option<&'a TlsUpstream>,
+}
+
+/// What went wrong between tether and a server. Each knows whether anything reached the
+/// server ([`UpstreamError::is_connect`]): only a request that never left may be sent
+/// elsewhere.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {server}: {source}")]
+    Connect {
+        server: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {server}: timed out")]
+    ConnectTimeout { server: String },
+    #[error("{server} did not answer in time")]
+    ResponseTimeout { server: String },
+    #[error("talking to {server}: {source}")]
+    Exchange {
+        server: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl UpstreamError {
+    /// Whether the server could not be reached at all (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
+        )
+    }
+
+    /// Whether it was only slow to answer: a long poll is allowed to be.
+    pub fn is_response_timeout(&self) -> bool {
+        matches!(self, UpstreamError::ResponseTimeout { .. })
+    }
+
+    /// A failed exchange with `peer` (the connection broke, the answer was not HTTP).
+    pub fn exchange(peer: &str, e: hyper::Error) -> UpstreamError {
+        UpstreamError::Exchange {
+            server: peer.to_owned(),
+            source: Box::new(e),
+        }
+    }
+}
+
+/// Sends `req` to `peer` over one of its pooled connections, within `response_timeout`.
+pub async fn send(
+    pool: &ConnPool,
+    peer: Peer<'_>,
+    req: UpstreamRequest,
+    response_timeout: Duration,
+) -> Result<Response<Incoming>, UpstreamError> {
+    match tokio::time::timeout(response_timeout, pool.send(peer, req)).await {
+        Err(_) => Err(UpstreamError::ResponseTimeout {
+            server: peer.id.to_owned(),
+        }),
+        Ok(r) => r,
+    }
+}
+
+/// Opens a dedicated connection to `peer` and sends the upgrade request on it. The
+/// response's upgrade (on 101) yields the server side of the tunnel.
+pub async fn send_upgrade(
+    peer: Peer<'_>,
+    req: UpstreamRequest,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<Response<Incoming>, UpstreamError> {
+    // Each side keeps its own type: a plain one is relayed without buffers.
+    match dial(peer, connect_timeout).await? {
+        Dialed::Plain(s) => upgrade_over(s, req, response_timeout, peer).await,
+        Dialed::Tls(s) => upgrade_over(s, req, response_timeout, peer).await,
+    }
+}
+
+/// A new connection to a server (a TLS session is a kilobyte: boxed).
+pub enum Dialed {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Connects to `peer`, then TLS when it speaks it, each step within `limit`.
+pub async fn dial(peer: Peer<'_>, limit: Duration) -> Result<Dialed, UpstreamError> {
+    let timed_out = || UpstreamError::ConnectTimeout {
+        server: peer.id.to_owned(),
+    };
+    let failed = |source| UpstreamError::Connect {
+        server: peer.id.to_owned(),
+        source,
+    };
+    let stream = tokio::time::timeout(limit, TcpStream::connect(peer.addr.as_str()))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(failed)?;
+    let _ = stream.set_nodelay(true);
+    let Some(t) = peer.tls else {
+        return Ok(Dialed::Plain(stream));
+    };
+    let stream = tokio::time::timeout(limit, t.connect(peer.addr, stream))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(failed)?;
+    Ok(Dialed::Tls(Box::new(stream)))
+}
+
+/// Sends an upgrade request on a dedicated connection `io`.
+async fn upgrade_over<IO>(
+    io: IO,
+    req: UpstreamRequest,
+    response_timeout: Duration,
+    peer: Peer<'_>,
+) -> Result<Response<Incoming>, UpstreamError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut sender = handshake(peer, io).await?;
+    match tokio::time::timeout(response_timeout, sender.send_request(*req)).await {
+        Err(_) => Err(UpstreamError::ResponseTimeout {
+            server: peer.id.to_owned(),
+        }),
+        Ok(r) => r.map_err(|e| UpstreamError::exchange(peer.id, e)),
+    }
+}
+
+/// HTTP/1.1 over a new connection `io`, its connection task spawned. The task allows
+/// upgrades: an upgrade request's connection becomes the tunnel's server side, and a
+/// pooled one behaves as any (it never sees a `101`).
+async fn handshake<IO>(peer: Peer<'_>, io: IO) -> Result<SendRequest<ProxyBody>, UpstreamError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| UpstreamError::exchange(peer.id, e))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(send)
+}
