@@ -1,32 +1,39 @@
 //! tether: a sticky-session-aware layer-7 load balancer for Socket.IO / Engine.IO.
 //!
-//! Module map, in the order a request meets them:
+//! Module map, in layers from the bottom (a module uses only layers below its own;
+//! `tests/architecture.rs` holds that, ARCHITECTURE.md explains it):
 //!
-//! - [`server`] binds the configured listeners and runs them until the shutdown token
-//!   (fed by signals, `tether_kit::signal`) is cancelled.
-//! - [`listener`] accepts connections (plain or TLS) and serves HTTP/1.1 on each.
-//! - [`proxy`] is the request path: route by host and path, pick a server, forward
-//!   the request over that server's keep-alive pool or relay a WebSocket tunnel, and
-//!   rewrite hop-by-hop and forwarding headers on the way.
-//! - [`engineio`] holds the protocol facts the proxy relies on: how a request is
-//!   recognised as Engine.IO, where its sid is, what the open packet says.
-//! - [`affinity`] keeps a client on its server: the learned sid table, the signed
-//!   cookie, the hash key of a new session, trusted-proxy client addresses.
-//! - [`balance`] places new sessions: consistent hashing with bounded load, and
-//!   least-sessions; fixed-seed hashing so every instance routes alike.
-//! - [`snapshot`] is the immutable routing snapshot behind one `ArcSwap`, and the
-//!   store of what outlives snapshots; [`backends`] holds the per-server counters
-//!   that survive a reload.
-//! - [`config`] turns a YAML file into a validated runtime config, or an error that
-//!   names file, line, column and key.
-//! - [`backends`] also keeps each server's health and operator state (ready,
-//!   draining, maint), runs the active health checks and DNS discovery.
-//! - [`admin`] serves the operator's API: `/status`, `/metrics`, reload, drain.
-//! - [`telemetry`] sets up logging and names the metrics; [`wakers`] lets long-lived
-//!   tasks (tunnels) wait for a rare change without a lock on every poll.
-//! - [`tls`] certificates, SNI, upstream TLS, and a development CA (`tether cert`, tests).
-//! - [`demo`] (feature `bundled`) `tether demo`: the bundled nodes of the
-//!   `tether-node` crate behind tether, one command.
+//! - [`telemetry`] logging and the metric names; [`wakers`] lets long-lived tasks
+//!   (tunnels) wait for a rare change without a lock per poll; [`body`] the one body type
+//!   that crosses the proxy.
+//! - [`config`] turns a YAML file into a validated runtime config, or an error that names
+//!   file, line, column and key.
+//! - [`engineio`] the protocol facts the proxy relies on: how a request is recognised as
+//!   Engine.IO, where its sid is, what the open packet says. [`tls`] certificates chosen
+//!   by SNI, upstream TLS, PEM loading, a development CA (`tether cert`, tests).
+//! - [`balance`] places new sessions: least sessions, consistent hash with bounded load,
+//!   round robin, slow start; fixed-seed hashing so every instance routes alike.
+//! - [`upstream`] talks to one server: dial (TCP, TLS), its keep-alive pool, upgrades.
+//! - [`backends`] a backend's servers and their live state (counters that outlive
+//!   reloads, health, ready / draining / maint), active and passive health, DNS discovery.
+//! - [`affinity`] keeps a client on its server: the learned sid table, the signed cookie,
+//!   the hash key of a new session, trusted-proxy client addresses; which server a
+//!   request goes to, and what a response teaches.
+//! - [`snapshot`] the immutable routing snapshot behind one `ArcSwap`, and the store of
+//!   what outlives snapshots.
+//! - [`proxy`] the request path: route, pick, rewrite headers, forward over the server's
+//!   pool (a new session retried elsewhere if its server cannot be reached), or relay a
+//!   WebSocket tunnel.
+//! - [`listener`] accepts connections (plain or TLS) and serves HTTP/1.1 or HTTP/2.
+//! - [`runtime`] one running tether: binding, reloads, upkeep (sweeps, discovery, health
+//!   checks following each new snapshot), graceful shutdown.
+//! - [`admin`] the operator's API: `/status`, `/metrics`, reload, drain, the dashboard.
+//! - [`server`] the composition root: a runtime with the admin API ([`server::bind`]).
+//! - [`demo`] (feature `bundled`) `tether demo`: the bundled nodes of the `tether-node`
+//!   crate behind tether, one command.
+//!
+//! The bundled node pool (`tether node`, `tether pool`) and the load generator
+//! (`tether bench`) are crates of their own under `crates/`; the proxy never links them.
 
 pub mod admin;
 pub mod affinity;

@@ -37,7 +37,7 @@ async fn post_pong(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learned_sid_pins_requests_whatever_their_source_address_or_connection() {
     let nodes = nodes(3).await;
-    let tether = TetherHandle::start(&config_for(&nodes, "")).await;
+    let tether = TetherHandle::start(&sockets(&nodes).build()).await;
     let mut sessions = Vec::new();
     for i in 0..12u8 {
         let hs = get(tether.addr, ip(10 + i), &eio_path(None), &[]).await;
@@ -60,7 +60,7 @@ async fn learned_sid_pins_requests_whatever_their_source_address_or_connection()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_sid_gets_engine_io_session_unknown_at_once() {
     let nodes = nodes(1).await;
-    let tether = TetherHandle::start(&config_for(&nodes, "")).await;
+    let tether = TetherHandle::start(&sockets(&nodes).build()).await;
     for path in [
         eio_path(Some("neverissued123456789")),
         eio_path(Some("%zz%00")),
@@ -75,10 +75,9 @@ async fn unknown_sid_gets_engine_io_session_unknown_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_cookie_keeps_a_polling_session_across_a_tether_restart() {
     let nodes = nodes(3).await;
-    let config = config_for(
-        &nodes,
-        "cookie:\n  secret: \"restart-test-secret-0123456789\"",
-    );
+    let config = sockets(&nodes)
+        .with("cookie:\n  secret: \"restart-test-secret-0123456789\"")
+        .build();
     let first = TetherHandle::start(&config).await;
     let hs = get(first.addr, None, &eio_path(None), &[]).await;
     let sid = hs.sid();
@@ -112,7 +111,7 @@ async fn signed_cookie_keeps_a_polling_session_across_a_tether_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_placement_maps_source_addresses_alike_across_a_restart() {
     let nodes = nodes(3).await;
-    let config = config_for(&nodes, "placement: hash");
+    let config = sockets(&nodes).with("placement: hash").build();
     let mut maps = Vec::new();
     for _run in 0..2 {
         let tether = TetherHandle::start(&config).await;

@@ -18,12 +18,9 @@ async fn still_serves(tether: &TetherHandle) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_answers_and_the_proxy_keeps_serving() {
     let node = NodeServer::spawn("node-1", None, &[]).await;
-    let routes = "routes:\n  - { path_prefix: \"/socket.io/\", backend: sockets }\n";
-    let yaml = config_for(std::slice::from_ref(&node), "").replacen(
-        "backends:",
-        &format!("{routes}backends:"),
-        1,
-    );
+    let yaml = sockets(std::slice::from_ref(&node))
+        .route("{ path_prefix: \"/socket.io/\", backend: sockets }")
+        .build();
     let tether = TetherHandle::start(&yaml).await;
 
     // Malformed query strings: not Engine.IO, or a sid that cannot be one.

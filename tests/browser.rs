@@ -12,14 +12,14 @@ use support::*;
 
 /// Three Rust nodes sharing a Redis, behind a TLS listener.
 struct TlsCluster {
-    _redis: Redis,
+    _redis: TestRedis,
     nodes: Vec<NodeServer>,
     tether: TetherHandle,
     _certs: tempfile::TempDir,
 }
 
 async fn tls_cluster() -> TlsCluster {
-    let redis = Redis::start_tcp().await;
+    let redis = TestRedis::start_tcp().await;
     let url = redis.url();
     let mut nodes = Vec::new();
     for i in 1..=3 {
@@ -30,18 +30,16 @@ async fn tls_cluster() -> TlsCluster {
         .unwrap()
         .write(certs.path())
         .unwrap();
-    let mut yaml = format!(
-        "listeners:\n  - bind: \"127.0.0.1:0\"\n    tls:\n      certificates:\n        - {{ cert: \"{}\", key: \"{}\" }}\n\
-         backends:\n  chat:\n    health: {{ path: /health, interval: 500ms, timeout: 400ms, fall: 2 }}\n    servers:\n",
-        paths.cert.display(),
-        paths.key.display()
-    );
-    for n in &nodes {
-        yaml.push_str(&format!(
-            "      - {{ id: {}, addr: \"{}\" }}\n",
-            n.id, n.addr
-        ));
-    }
+    let yaml = nodes
+        .iter()
+        .fold(
+            ConfigBuilder::new()
+                .tls_listener(paths.cert.display(), paths.key.display())
+                .backend("chat")
+                .with("health: { path: /health, interval: 500ms, timeout: 400ms, fall: 2 }"),
+            |b, n| b.server(&n.id, n.addr),
+        )
+        .build();
     let tether = TetherHandle::start(&yaml).await;
     TlsCluster {
         _redis: redis,

@@ -67,17 +67,21 @@ fn seen<'a>(echo: &'a str, name: &str) -> Vec<&'a str> {
 }
 
 async fn start(extra_top: &str, a: &Upstream, b: &Upstream) -> TetherHandle {
-    let yaml = format!(
-        "listeners:\n  - bind: \"127.0.0.1:0\"\n{extra_top}\
-         routes:\n\
-         \x20 - {{ host: \"*.b.test\", backend: b }}\n\
-         \x20 - {{ host: api.test, path_prefix: /v2/, backend: b }}\n\
-         \x20 - {{ backend: a }}\n\
-         backends:\n\
-         \x20 a:\n    balance: round_robin\n    servers: [{{ id: a1, addr: \"{}\" }}]\n\
-         \x20 b:\n    balance: round_robin\n    servers: [{{ id: b1, addr: \"{}\" }}]\n",
-        a.addr, b.addr
-    );
+    let mut config = ConfigBuilder::new();
+    if !extra_top.is_empty() {
+        config = config.top(extra_top);
+    }
+    let yaml = config
+        .route("{ host: \"*.b.test\", backend: b }")
+        .route("{ host: api.test, path_prefix: /v2/, backend: b }")
+        .route("{ backend: a }")
+        .backend("a")
+        .with("balance: round_robin")
+        .server("a1", a.addr)
+        .backend("b")
+        .with("balance: round_robin")
+        .server("b1", b.addr)
+        .build();
     TetherHandle::start(&yaml).await
 }
 

@@ -18,21 +18,15 @@ fn n(v: &Value) -> u64 {
 }
 
 /// A config for `servers` (id, addr, weight) with an admin listener and health checks.
-fn live_config(servers: &[(&str, String, u32)], extra: &str) -> String {
-    let mut yaml = String::from(
-        "listeners:\n  - bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nbackends:\n  sockets:\n",
-    );
-    yaml.push_str(&format!("    {HEALTH}\n"));
-    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
-        yaml.push_str(&format!("    {line}\n"));
-    }
-    yaml.push_str("    servers:\n");
-    for (id, addr, weight) in servers {
-        yaml.push_str(&format!(
-            "      - {{ id: {id}, addr: \"{addr}\", weight: {weight} }}\n"
-        ));
-    }
-    yaml
+fn live(servers: &[(&str, String, u32)]) -> ConfigBuilder {
+    servers.iter().fold(
+        ConfigBuilder::new().admin().backend("sockets").with(HEALTH),
+        |b, (id, addr, weight)| b.server_with(id, addr, &format!("weight: {weight}")),
+    )
+}
+
+fn live_config(servers: &[(&str, String, u32)]) -> String {
+    live(servers).build()
 }
 
 fn servers_of(nodes: &[&NodeServer]) -> Vec<(&'static str, String, u32)> {
@@ -50,7 +44,7 @@ async fn killed_node_clients_move_to_survivors_and_nobody_else_notices() {
     let _heavy = HEAVY.lock().await;
     let cluster = Cluster::start(3).await;
     let all: Vec<&NodeServer> = cluster.nodes.iter().collect();
-    let tether = TetherHandle::start(&live_config(&servers_of(&all), "")).await;
+    let tether = TetherHandle::start(&live_config(&servers_of(&all))).await;
     let (mut soak, ready) =
         Soak::start(json!({ "url": tether.url(), "clients": 300, "durationMs": 60000 })).await;
     assert_eq!(n(&ready["connected"]), 300, "{ready}");
@@ -124,11 +118,11 @@ async fn reload_storm_under_load_loses_nobody() {
             }
             _ => {}
         }
-        live_config(&s, "")
+        live_config(&s)
     };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tether.yaml");
-    write_atomically(&file, &live_config(&base, ""));
+    write_atomically(&file, &live_config(&base));
     let tether = TetherHandle::start_file(&file).await;
     let admin = tether.admin.unwrap();
     let (soak, ready) =
@@ -155,7 +149,7 @@ async fn reload_storm_under_load_loses_nobody() {
     let mut last = base.clone();
     last[1].2 = 3;
     last.extend(extra(&[&n5]));
-    write_atomically(&file, &live_config(&last, ""));
+    write_atomically(&file, &live_config(&last));
     let storm = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -209,7 +203,7 @@ async fn drained_node_keeps_its_sessions_takes_no_new_ones_and_reports_drained()
     let _heavy = HEAVY.lock().await;
     let cluster = Cluster::start(3).await;
     let all: Vec<&NodeServer> = cluster.nodes.iter().collect();
-    let tether = TetherHandle::start(&live_config(&servers_of(&all), "")).await;
+    let tether = TetherHandle::start(&live_config(&servers_of(&all))).await;
     let admin = tether.admin.unwrap();
     let (mut soak, ready) =
         Soak::start(json!({ "url": tether.url(), "clients": 150, "durationMs": 60000 })).await;
@@ -265,7 +259,7 @@ async fn maint_cuts_a_server_off_and_ready_brings_it_back() {
         NodeServer::spawn("node-2", None, &[]).await,
     ];
     let all: Vec<&NodeServer> = nodes.iter().collect();
-    let tether = TetherHandle::start(&live_config(&servers_of(&all), "")).await;
+    let tether = TetherHandle::start(&live_config(&servers_of(&all))).await;
     let admin = tether.admin.unwrap();
     let hs = get(tether.addr, None, &eio_path(None), &[]).await;
     let node = hs.header("x-node-id").unwrap().to_owned();
@@ -302,7 +296,7 @@ async fn failing_health_check_takes_a_node_out_and_rise_brings_it_back() {
         NodeServer::spawn("node-2", None, &[]).await,
     ];
     let all: Vec<&NodeServer> = nodes.iter().collect();
-    let tether = TetherHandle::start(&live_config(&servers_of(&all), "")).await;
+    let tether = TetherHandle::start(&live_config(&servers_of(&all))).await;
     nodes[0].command("health fail").await;
     let t0 = Instant::now();
     while tether.server_status("sockets", "node-1").await["health"] != "down" {
@@ -334,11 +328,12 @@ async fn failing_health_check_takes_a_node_out_and_rise_brings_it_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_discovery_finds_servers_by_name() {
     let node = NodeServer::spawn("node-1", None, &[]).await;
-    let yaml = format!(
-        "listeners:\n  - bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nbackends:\n  sockets:\n    \
-         {HEALTH}\n    discover: {{ dns: \"localhost:{}\", interval: 200ms }}\n",
-        node.addr.port()
-    );
+    let yaml = live(&[])
+        .with(&format!(
+            "discover: {{ dns: \"localhost:{}\", interval: 200ms }}",
+            node.addr.port()
+        ))
+        .build();
     let tether = TetherHandle::start(&yaml).await;
     let id = format!("127.0.0.1:{}", node.addr.port());
     let t0 = Instant::now();
@@ -362,15 +357,7 @@ async fn reload_adds_and_removes_listeners_without_dropping_open_connections() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tether.yaml");
     let servers = servers_of(&[&node]);
-    let with_listeners = |binds: &[&str]| {
-        let mut yaml = live_config(&servers, "");
-        let list: String = binds
-            .iter()
-            .map(|b| format!("  - bind: \"{b}\"\n"))
-            .collect();
-        yaml = yaml.replacen("  - bind: \"127.0.0.1:0\"\n", &list, 1);
-        yaml
-    };
+    let with_listeners = |binds: &[&str]| live(&servers).listeners(binds).build();
     write_atomically(&file, &with_listeners(&["127.0.0.1:0"]));
     let tether = TetherHandle::start_file(&file).await;
     let admin = tether.admin.unwrap();
@@ -425,11 +412,12 @@ async fn new_sessions_are_retried_past_an_unreachable_server() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
-    let yaml = format!(
-        "listeners:\n  - bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nbackends:\n  sockets:\n    servers:\n      \
-         - {{ id: dead, addr: \"{dead_addr}\" }}\n      - {{ id: node-1, addr: \"{}\" }}\n",
-        node.addr
-    );
+    let yaml = ConfigBuilder::new()
+        .admin()
+        .backend("sockets")
+        .server("dead", dead_addr)
+        .server("node-1", node.addr)
+        .build();
     let tether = TetherHandle::start(&yaml).await;
     // Sources spread over 127.0.0.x so the hash tie-break puts the dead server first
     // for some of them.

@@ -17,12 +17,12 @@ fn n(v: &Value) -> u64 {
 }
 
 fn yaml_for(servers: &[(String, SocketAddr)]) -> String {
-    let mut yaml =
-        String::from("listeners:\n  - bind: \"127.0.0.1:0\"\nbackends:\n  chat:\n    servers:\n");
-    for (id, addr) in servers {
-        yaml.push_str(&format!("      - {{ id: {id}, addr: \"{addr}\" }}\n"));
-    }
-    yaml
+    servers
+        .iter()
+        .fold(ConfigBuilder::new().backend("chat"), |b, (id, addr)| {
+            b.server(id, addr)
+        })
+        .build()
 }
 
 async fn rust_nodes(n: usize, args: &[&str]) -> Vec<NodeServer> {
@@ -69,7 +69,7 @@ fn assert_rooms(r: &Value, clients: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_nodes_share_broadcasts_and_rooms_through_redis() {
     let _heavy = HEAVY.lock().await;
-    let redis = Redis::start_tcp().await;
+    let redis = TestRedis::start_tcp().await;
     let url = redis.url();
     let nodes = rust_nodes(3, &["--redis", &url]).await;
     let tether = TetherHandle::start(&yaml_for(&servers_of(&nodes))).await;
@@ -124,7 +124,7 @@ async fn in_process_nodes_share_broadcasts_and_rooms_without_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_keeps_local_delivery_and_cross_node_delivery_resumes() {
     let _heavy = HEAVY.lock().await;
-    let mut redis = Redis::start_tcp().await;
+    let mut redis = TestRedis::start_tcp().await;
     let url = redis.url();
     let nodes = rust_nodes(3, &["--redis", &url]).await;
     let tether = TetherHandle::start(&yaml_for(&servers_of(&nodes))).await;
@@ -191,7 +191,7 @@ async fn redis_outage_keeps_local_delivery_and_cross_node_delivery_resumes() {
 
 /// 1,000 numbered broadcasts, the nodes' Redis connections killed half-way.
 async fn numbered_with_a_connection_kill(adapter: &str) -> Value {
-    let redis = Redis::start_tcp().await;
+    let redis = TestRedis::start_tcp().await;
     let url = redis.url();
     let nodes = rust_nodes(3, &["--redis", &url, "--adapter", adapter]).await;
     let tether = TetherHandle::start(&yaml_for(&servers_of(&nodes))).await;

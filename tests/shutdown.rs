@@ -18,11 +18,9 @@ const GRACE: Duration = Duration::from_secs(3);
 /// `tether run` on a config file for `node`; returns the child and its listener address.
 async fn run_binary(node: &NodeServer, dir: &std::path::Path) -> (Child, SocketAddr) {
     let file = dir.join("tether.yaml");
-    let yaml = config_for(std::slice::from_ref(node), "").replacen(
-        "backends:",
-        &format!("shutdown_grace: {}s\nbackends:", GRACE.as_secs()),
-        1,
-    );
+    let yaml = sockets(std::slice::from_ref(node))
+        .top(&format!("shutdown_grace: {}s", GRACE.as_secs()))
+        .build();
     std::fs::write(&file, yaml).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["run", "--config"])

@@ -25,7 +25,7 @@ fn assert_all_passed(report: &serde_json::Value, clients: u64, upgraded: bool) {
 async fn polling_first_swarm_passes_and_spreads_evenly_from_one_ip() {
     let _heavy = HEAVY.lock().await;
     let cluster = Cluster::start(3).await;
-    let tether = TetherHandle::start(&cluster.config("")).await;
+    let tether = TetherHandle::start(&cluster.config().build()).await;
     let report = swarm(json!({ "url": tether.url(), "clients": CLIENTS })).await;
     assert_all_passed(&report, CLIENTS, true);
     let ratio = max_over_mean(&report, 3);
@@ -41,7 +41,7 @@ async fn polling_first_swarm_passes_and_spreads_evenly_from_one_ip() {
 async fn round_robin_config_breaks_the_same_swarm() {
     let _heavy = HEAVY.lock().await;
     let cluster = Cluster::start(3).await;
-    let tether = TetherHandle::start(&cluster.config("balance: round_robin")).await;
+    let tether = TetherHandle::start(&cluster.config().with("balance: round_robin").build()).await;
     let report = swarm(json!({ "url": tether.url(), "clients": CLIENTS })).await;
     println!("round-robin swarm: {report}");
     let n = |k: &str| report[k].as_u64().unwrap_or(0);
@@ -61,7 +61,7 @@ async fn websocket_only_polling_only_and_cookie_clients_pass() {
     let _heavy = HEAVY.lock().await;
     let cluster = Cluster::start(3).await;
     let cookie = "cookie:\n  secret: \"integration-test-secret-0123456789\"";
-    let tether = TetherHandle::start(&cluster.config(cookie)).await;
+    let tether = TetherHandle::start(&cluster.config().with(cookie).build()).await;
 
     let ws =
         swarm(json!({ "url": tether.url(), "clients": 100, "transports": ["websocket"] })).await;

@@ -92,8 +92,10 @@ fn presented(s: &tokio_rustls::client::TlsStream<TcpStream>) -> CertificateDer<'
         .into_owned()
 }
 
+/// A TLS listener's entry for [`ConfigBuilder::listener`]: `certs` (cert, key, default)
+/// and `extra` keys of its `tls` section.
 fn tls_listener(certs: &[(&Path, &Path, bool)], extra: &str) -> String {
-    let mut yaml = String::from("  - bind: \"127.0.0.1:0\"\n    tls:\n      certificates:\n");
+    let mut yaml = String::from("bind: \"127.0.0.1:0\"\n    tls:\n      certificates:\n");
     for (c, k, default) in certs {
         yaml.push_str(&format!(
             "        - {{ cert: \"{}\", key: \"{}\", default: {default} }}\n",
@@ -107,13 +109,9 @@ fn tls_listener(certs: &[(&Path, &Path, bool)], extra: &str) -> String {
     yaml
 }
 
-/// `config_for(nodes)` with its listener replaced by `listeners` (YAML list items).
-fn with_listeners(nodes: &[NodeServer], listeners: &str, backend_extra: &str) -> String {
-    config_for(nodes, backend_extra).replacen(
-        "listeners:\n  - bind: \"127.0.0.1:0\"\n",
-        &format!("listeners:\n{listeners}"),
-        1,
-    )
+/// A config for `nodes` behind one TLS listener.
+fn behind_tls(nodes: &[NodeServer], listener: &str) -> String {
+    sockets(nodes).listener(listener).build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +120,7 @@ async fn socket_io_swarm_passes_over_tls_with_a_private_ca() {
     let pki = Pki::new();
     let (c, k) = pki.issue("server", &["localhost", "127.0.0.1"]);
     let cluster = Cluster::start(3).await;
-    let yaml = with_listeners(&cluster.nodes, &tls_listener(&[(&c, &k, false)], ""), "");
+    let yaml = behind_tls(&cluster.nodes, &tls_listener(&[(&c, &k, false)], ""));
     let tether = TetherHandle::start(&yaml).await;
     let url = format!("https://localhost:{}", tether.addr.port());
     let report = swarm(json!({
@@ -157,7 +155,7 @@ async fn http2_polling_keeps_each_multiplexed_session_on_its_server() {
     for i in 1..=3 {
         nodes.push(NodeServer::spawn(&format!("node-{i}"), None, &[]).await);
     }
-    let yaml = with_listeners(&nodes, &tls_listener(&[(&c, &k, false)], ""), "");
+    let yaml = behind_tls(&nodes, &tls_listener(&[(&c, &k, false)], ""));
     let tether = TetherHandle::start(&yaml).await;
     let tls = tls_connect(&pki.client(&[b"h2"]), tether.addr, "localhost")
         .await
@@ -249,10 +247,9 @@ async fn sni_chooses_the_certificate_by_name() {
     let (bc, bk) = pki.issue("b", &["*.b.test"]);
     let node = NodeServer::spawn("node-1", None, &[]).await;
     let nodes = [node];
-    let yaml = with_listeners(
+    let yaml = behind_tls(
         &nodes,
         &tls_listener(&[(&ac, &ak, false), (&bc, &bk, false)], ""),
-        "",
     );
     let tether = TetherHandle::start(&yaml).await;
     let client = pki.client(&[b"http/1.1"]);
@@ -270,10 +267,9 @@ async fn sni_chooses_the_certificate_by_name() {
     tether.stop().await;
 
     // With a default, unknown names and clients without SNI get it.
-    let yaml = with_listeners(
+    let yaml = behind_tls(
         &nodes,
         &tls_listener(&[(&ac, &ak, false), (&bc, &bk, true)], ""),
-        "",
     );
     let tether = TetherHandle::start(&yaml).await;
     // The client checks the name it sent; "nobody.test" is not in B's certificate, so
@@ -296,7 +292,7 @@ async fn certificates_rotate_under_load_without_dropping_anyone() {
     let cluster = Cluster::start(3).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tether.yaml");
-    let yaml = with_listeners(&cluster.nodes, &tls_listener(&[(&c, &k, false)], ""), "");
+    let yaml = behind_tls(&cluster.nodes, &tls_listener(&[(&c, &k, false)], ""));
     write_atomically(&file, &yaml);
     let tether = TetherHandle::start_file(&file).await;
     let url = format!("https://localhost:{}", tether.addr.port());
@@ -370,7 +366,7 @@ async fn hostile_tls_input_is_refused_and_harms_nobody_else() {
     let pki = Pki::new();
     let (c, k) = pki.issue("server", &["localhost"]);
     let nodes = [NodeServer::spawn("node-1", None, &[]).await];
-    let yaml = with_listeners(&nodes, &tls_listener(&[(&c, &k, false)], ""), "");
+    let yaml = behind_tls(&nodes, &tls_listener(&[(&c, &k, false)], ""));
     let tether = TetherHandle::start(&yaml).await;
     let client = pki.client(&[b"http/1.1"]);
     // A healthy connection open throughout.
@@ -434,14 +430,13 @@ async fn plain_listener_redirects_to_https_and_tls_answers_carry_hsts() {
     let pki = Pki::new();
     let (c, k) = pki.issue("server", &["localhost"]);
     let nodes = [NodeServer::spawn("node-1", None, &[]).await];
-    let listeners = format!(
-        "{}  - bind: \"127.0.0.2:0\"\n    redirect_https: 8443\n",
-        tls_listener(
+    let yaml = sockets(&nodes)
+        .listener(&tls_listener(
             &[(&c, &k, false)],
-            "hsts: { max_age: 1d, include_subdomains: true }"
-        )
-    );
-    let yaml = with_listeners(&nodes, &listeners, "");
+            "hsts: { max_age: 1d, include_subdomains: true }",
+        ))
+        .listener("bind: \"127.0.0.2:0\"\n    redirect_https: 8443")
+        .build();
     let tether = TetherHandle::start(&yaml).await;
     let redirect_addr = tether.runtime.local_addrs()[1];
     let req = "POST /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: chat.example:80\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
@@ -520,13 +515,15 @@ async fn tls_to_upstream_servers_verifies_them_with_the_configured_ca() {
     let ca = pki.dir.path().join("ca.pem");
     std::fs::write(&ca, pki.ca_pem()).unwrap();
     let yaml = |ca: &Path| {
-        format!(
-            "listeners:\n  - bind: \"127.0.0.1:0\"\nbackends:\n  secure:\n    \
-             tls: {{ ca: \"{}\", server_name: localhost }}\n    \
-             health: {{ path: /health, interval: 200ms, timeout: 500ms }}\n    \
-             servers:\n      - {{ id: s1, addr: \"{upstream}\" }}\n",
-            ca.display()
-        )
+        ConfigBuilder::new()
+            .backend("secure")
+            .with(&format!(
+                "tls: {{ ca: \"{}\", server_name: localhost }}",
+                ca.display()
+            ))
+            .with("health: { path: /health, interval: 200ms, timeout: 500ms }")
+            .server("s1", upstream)
+            .build()
     };
     let tether = TetherHandle::start(&yaml(&ca)).await;
     let r = get(tether.addr, None, "/hello", &[]).await;

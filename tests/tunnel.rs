@@ -13,7 +13,7 @@ const WS_ONLY: &str = "/socket.io/?EIO=4&transport=websocket";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_death_closes_the_client_side_at_once() {
     let node = NodeServer::spawn("node-1", None, &[]).await;
-    let tether = TetherHandle::start(&config_for(std::slice::from_ref(&node), "")).await;
+    let tether = TetherHandle::start(&sockets(std::slice::from_ref(&node)).build()).await;
     let mut ws = ws_connect(tether.addr, WS_ONLY).await;
     let open = ws_read_text(&mut ws).await;
     assert!(open.starts_with("0{\"sid\""), "{open}");
@@ -30,7 +30,7 @@ async fn server_death_closes_the_client_side_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_close_ends_the_session_on_its_server() {
     let node = NodeServer::spawn("node-1", None, &[]).await;
-    let tether = TetherHandle::start(&config_for(std::slice::from_ref(&node), "")).await;
+    let tether = TetherHandle::start(&sockets(std::slice::from_ref(&node)).build()).await;
     let mut ws = ws_connect(tether.addr, WS_ONLY).await;
     ws_read_text(&mut ws).await;
     let stats = tether.store.load().backends[0].servers[0].stats.clone();
@@ -61,10 +61,9 @@ async fn silent_tunnel_closes_after_the_sessions_own_heartbeat() {
         &["--ping-interval", "300", "--ping-timeout", "200"],
     )
     .await;
-    let yaml = config_for(
-        std::slice::from_ref(&node),
-        "sessions:\n  idle_margin: 200ms",
-    );
+    let yaml = sockets(std::slice::from_ref(&node))
+        .with("sessions:\n  idle_margin: 200ms")
+        .build();
     let tether = TetherHandle::start(&yaml).await;
     let mut ws = ws_connect(tether.addr, WS_ONLY).await;
     let open = ws_read_text(&mut ws).await;
@@ -86,7 +85,7 @@ async fn silent_tunnel_closes_after_the_sessions_own_heartbeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maint_closes_open_tunnels_at_once_and_draining_does_not() {
     let node = NodeServer::spawn("node-1", None, &[]).await;
-    let tether = TetherHandle::start(&config_for(std::slice::from_ref(&node), "")).await;
+    let tether = TetherHandle::start(&sockets(std::slice::from_ref(&node)).build()).await;
     let mut ws = ws_connect(tether.addr, WS_ONLY).await;
     ws_read_text(&mut ws).await;
     let stats = tether.store.load().backends[0].servers[0].stats.clone();

@@ -47,7 +47,7 @@ impl ConfigBuilder {
     /// A listener given as the YAML of its list entry, after `  - ` (continuation lines
     /// indented by four spaces), e.g. `bind: "127.0.0.1:0"\n    redirect_https: 443`.
     pub fn listener(mut self, entry: &str) -> ConfigBuilder {
-        self.listeners.push(format!("  - {entry}\n"));
+        self.listeners.push(format!("  - {}\n", entry.trim_end()));
         self
     }
 

@@ -1,0 +1,105 @@
+//! tether itself, in this process, on ephemeral ports; and its admin API.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{raw_exchange, RawResponse};
+
+/// tether running in this process, stopped on drop.
+pub struct TetherHandle {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub store: std::sync::Arc<tether::snapshot::Store>,
+    pub runtime: std::sync::Arc<tether::server::Runtime>,
+    token: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TetherHandle {
+    pub async fn start(yaml: &str) -> TetherHandle {
+        let config = tether::config::parse(yaml, Path::new("<test>"))
+            .unwrap_or_else(|e| panic!("test config rejected: {e}\n{yaml}"));
+        Self::start_config(config).await
+    }
+
+    /// From a file, as `tether run --config FILE` does: it reloads when the file changes.
+    pub async fn start_file(path: &Path) -> TetherHandle {
+        let config =
+            tether::config::load(path).unwrap_or_else(|e| panic!("test config rejected: {e}"));
+        Self::start_config(config).await
+    }
+
+    async fn start_config(config: tether::config::Config) -> TetherHandle {
+        let server = tether::server::bind(config).await.expect("bind");
+        let addr = server.local_addrs()[0];
+        let admin = server.admin_addr();
+        let token = server.shutdown_token();
+        let store = server.store().clone();
+        let runtime = server.runtime().clone();
+        let task = tokio::spawn(server.run());
+        TetherHandle {
+            addr,
+            admin,
+            store,
+            runtime,
+            token,
+            task: Some(task),
+        }
+    }
+
+    /// `GET /status` of the admin API, as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        let r = admin_request(self.admin.expect("admin listener"), "GET", "/status").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_str(&r.text()).expect("status is JSON")
+    }
+
+    /// The `/status` entry of one server.
+    pub async fn server_status(&self, backend: &str, id: &str) -> serde_json::Value {
+        let status = self.status().await;
+        status["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b["name"] == backend)
+            .flat_map(|b| b["servers"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["id"] == id)
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets connections finish, and waits for the end.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Drop for TetherHandle {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// One admin request with an empty body.
+pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> RawResponse {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    raw_exchange(admin, None, req.as_bytes()).await
+}
+
+/// Writes `text` to `path` the way editors save: a new file renamed over the old one.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
