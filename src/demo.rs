@@ -12,11 +12,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use tether_node::drivers::memory::MemoryBus;
-use tether_node::node::{self, AdapterChoice, NodeOptions, RunningNode};
+use tether_node::node::{self, AdapterChoice, NodeError, NodeOptions, RunningNode};
 use tether_node::supervisor::{self, PoolOptions};
 
-use crate::server;
-use crate::tls::dev_ca;
+use crate::config::ConfigError;
+use crate::server::{self, StartError};
+use crate::tls::dev_ca::{self, CertError};
 
 /// Where a local Redis is looked for when none is given.
 pub const LOCAL_REDIS: &str = "127.0.0.1:6379";
@@ -42,11 +43,18 @@ pub struct DemoOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("generating the demo certificate: {0}")]
-    Cert(String),
+    Cert(#[from] CertError),
+    #[error("writing the demo certificate into {dir}: {source}")]
+    CertWrite {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("starting a node: {0}")]
-    Node(String),
+    Node(#[from] NodeError),
+    #[error("the demo config: {0}")]
+    Config(#[from] ConfigError),
     #[error("starting tether: {0}")]
-    Tether(String),
+    Tether(#[from] StartError),
 }
 
 /// Whether something answers PING like a Redis at `addr`.
@@ -110,8 +118,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
                     ping_interval: None,
                     ping_timeout: None,
                 })
-                .await
-                .map_err(|e| DemoError::Node(e.to_string()))?;
+                .await?;
                 in_process.push(n);
             }
             in_process
@@ -121,11 +128,13 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
         }
     };
 
-    let cert = dev_ca::generate_dev_cert(&["localhost", "127.0.0.1"])
-        .map_err(|e| DemoError::Cert(e.to_string()))?;
+    let cert = dev_ca::generate_dev_cert(&["localhost", "127.0.0.1"])?;
     let paths = cert
         .write(&opts.cert_dir)
-        .map_err(|e| DemoError::Cert(format!("{}: {e}", opts.cert_dir.display())))?;
+        .map_err(|source| DemoError::CertWrite {
+            dir: opts.cert_dir.clone(),
+            source,
+        })?;
 
     let mut yaml = format!(
         "listeners:\n  - bind: \"{}\"\n  - bind: \"{}\"\n    tls:\n      certificates:\n        - {{ cert: \"{}\", key: \"{}\", default: true }}\n\
@@ -139,11 +148,8 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
     for (id, addr) in &servers {
         yaml.push_str(&format!("      - {{ id: {id}, addr: \"{addr}\" }}\n"));
     }
-    let config = crate::config::parse(&yaml, std::path::Path::new("<demo>"))
-        .map_err(|e| DemoError::Tether(e.to_string()))?;
-    let tether = server::bind(config)
-        .await
-        .map_err(|e| DemoError::Tether(e.to_string()))?;
+    let config = crate::config::parse(&yaml, std::path::Path::new("<demo>"))?;
+    let tether = server::bind(config).await?;
     let addrs = tether.local_addrs();
     let admin = tether.admin_addr();
     let (http, https) = (addrs[0], addrs[1]);
