@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Instructions tether executes per unit of work, counted by callgrind: repeatable for the
+# same binary and workload whatever else the machine is doing, so two builds can be
+# compared without the run-to-run noise of CPU time.
+#
+#   bash benches/instructions.sh [TETHER_BINARY]
+#
+# TETHER_BINARY (default: a release build of this tree) runs under callgrind with one
+# worker thread in front of one bundled node; `tether bench` (from this tree) drives it.
+# Instrumentation is switched on only after a warm-up, so start-up is not counted.
+# Prints instructions per polling request (10 clients on long-polling for 5 s), per
+# session set up (500 sessions, polling handshake then upgrade) and per relayed WebSocket
+# message (10 clients echoing for 5 s; two messages per ack). Loopback only; stops what
+# it started, by pid.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+command -v valgrind >/dev/null || { echo "valgrind is required (apt-get install valgrind)" >&2; exit 1; }
+cargo build --release --quiet --bin tether
+tools="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/tether"
+target="${1:-$tools}"
+work=$(mktemp -d "${TMPDIR:-/tmp}/tether-instructions.XXXXXX")
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_for() { for _ in $(seq 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "no '$2' in $1" >&2; exit 1; }
+
+# measure NAME BENCH-ARGS...: prints "Ir http_requests sessions acks"
+measure() {
+  local name=$1; shift
+  local dir="$work/$name"; mkdir -p "$dir"
+  "$tools" node --port 0 --id n1 >"$dir/node.out" 2>/dev/null &
+  local node=$!; pids+=("$node")
+  wait_for "$dir/node.out" listening
+  local node_port; node_port=$(python3 -c "import json;print(json.loads(open('$dir/node.out').readline())['port'])")
+  local port; port=$(free_port)
+  printf 'listeners:\n  - bind: "127.0.0.1:%s"\nbackends:\n  b:\n    servers:\n      - { id: n1, addr: "127.0.0.1:%s" }\n' "$port" "$node_port" >"$dir/t.yaml"
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.out" \
+    "$target" run --config "$dir/t.yaml" >"$dir/t.out" 2>&1 &
+  local t=$!; pids+=("$t")
+  wait_for "$dir/t.out" "listening on"
+  "$tools" bench --url "http://127.0.0.1:$port" "$@" --quiet --json >/dev/null
+  callgrind_control -i on "$t" >/dev/null
+  "$tools" bench --url "http://127.0.0.1:$port" "$@" --quiet --json >"$dir/bench.json"
+  callgrind_control -i off "$t" >/dev/null
+  callgrind_control -d "$t" >/dev/null
+  kill "$t" "$node" 2>/dev/null || true
+  wait "$t" 2>/dev/null || true
+  local ir; ir=$(callgrind_annotate "$dir"/cg.out.1 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",","",$1); print $1; done = 1}')
+  python3 -c "import json;d=json.load(open('$dir/bench.json'));print($ir, d['http_requests'], d['established'], d['messages_acked'])"
+}
+
+read -r ir req _ _ < <(measure poll --transport polling-only --clients 10 --duration 5s)
+echo "polling request:           $((ir / req)) instructions ($req requests)"
+read -r ir _ sessions _ < <(measure setup --mode connect --clients 500 --concurrency 16)
+echo "session set up:            $((ir / sessions)) instructions ($sessions sessions)"
+read -r ir _ _ acks < <(measure ws --transport websocket --clients 10 --duration 5s)
+echo "relayed WebSocket message: $((ir / (acks * 2))) instructions ($((acks * 2)) messages)"
