@@ -20,8 +20,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
-use crate::affinity::pick::Keys;
-use crate::affinity::{client_ip, Affinity, SessionPin, Target};
+use crate::affinity::{client_ip, Affinity, Keys, SessionPin, Target};
 use crate::backends::health::{note_failure, note_success};
 use crate::backends::{Backend, SessionGuard};
 use crate::body::ProxyBody;
