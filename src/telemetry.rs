@@ -13,6 +13,11 @@ pub fn init() {
 /// Metric names, in one place so dashboards and code agree.
 /// Counter: a server's health changed (`backend`, `server`, `to`).
 pub const HEALTH_FLIPS: &str = "tether_health_flips_total";
+/// Counter: servers avoided for new sessions by passive health (`backend`, `server`).
+pub const PASSIVE_AVOIDS: &str = "tether_passive_avoids_total";
+/// Counter: work that failed for want of a local resource (descriptors, memory, ports),
+/// not held against any server (`what`).
+pub const LOCAL_SHORTAGES: &str = "tether_local_shortages_total";
 /// Counter: config reloads (`result` = ok | error).
 pub const RELOADS: &str = "tether_config_reloads_total";
 /// Counter: requests answered (`backend`, `status` class).

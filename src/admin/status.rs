@@ -25,6 +25,7 @@ pub fn server_json(stats: &ServerStats, addr: Option<&str>, weight: Option<u32>)
         "weight": weight,
         "state": if c.is_removed() { "removed" } else { c.state().as_str() },
         "health": c.health().as_str(),
+        "avoided": c.is_avoided(),
         "drained": drained(stats),
         "sessions": {
             "polling": stats.sessions(Transport::Polling),

@@ -107,7 +107,9 @@ impl Affinity {
             return Ok(found(server, true));
         }
 
-        if let Some(server) = cookie_server.filter(|s| s.accepts_new_sessions()) {
+        // A cookie names a server for a new session only while nothing advises against it.
+        let welcome = |s: &&Server| s.accepts_new_sessions() && !s.stats.condition.is_avoided();
+        if let Some(server) = cookie_server.filter(welcome) {
             return Ok(found(server, true));
         }
         // Only a new session needs its hash key: requests of known sessions (the vast

@@ -71,13 +71,30 @@ pub fn now_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
-/// How long a server marked down by live traffic stays out when no active check will
-/// bring it back (nginx's `fail_timeout`).
+/// How long a server whose process is gone (it refused connections on live traffic)
+/// stays down when no active check will bring it back (nginx's `fail_timeout`).
 pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
 
-/// Consecutive failed connections on live traffic that mark a server down when its
-/// backend has no active checks (with checks, their `fall` is used).
+/// How long a server found unwell on live traffic first takes no new sessions; each
+/// further trip without a good exchange in between doubles it, up to
+/// [`PASSIVE_AVOID_MAX`].
+pub const PASSIVE_AVOID: Duration = Duration::from_secs(10);
+pub const PASSIVE_AVOID_MAX: Duration = Duration::from_secs(160);
+
+/// Consecutive failures on live traffic that trip passive health when the backend has no
+/// active checks (with checks, their `fall` is used).
 pub const PASSIVE_FALL: u32 = 3;
+
+/// What live traffic concluded about a server when its failures tripped passive health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passive {
+    /// It refuses connections: its process is gone, its sessions with it. Down until
+    /// active checks bring it back, or for [`PASSIVE_COOLDOWN`] without them.
+    Down,
+    /// It is slow or broke exchanges: no new sessions for this long; its established
+    /// sessions go on.
+    Avoided(Duration),
+}
 
 #[derive(Debug)]
 pub struct ServerCondition {
@@ -88,9 +105,14 @@ pub struct ServerCondition {
     /// The state the config file last asked for; a reload applies the file's state only
     /// when it differs, so an admin `drain` survives a reload that did not touch it.
     config_state: Mutex<Option<ServerState>>,
+    /// Consecutive failures on live traffic that say something about the server.
     failures: AtomicU32,
     /// Passive down without active checks lasts until this time (`now_ms`).
     down_until_ms: AtomicU64,
+    /// Passive health advises against new sessions here until this time (`now_ms`).
+    avoid_until_ms: AtomicU64,
+    /// Times passive health tripped since the last good exchange, for the back-off.
+    trips: AtomicU32,
     /// When the server last became able to take sessions, for slow start.
     up_since_ms: AtomicU64,
     /// Tasks (tunnels) woken when the server may have stopped serving its pinned
@@ -109,6 +131,8 @@ impl Default for ServerCondition {
             config_state: Mutex::new(None),
             failures: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
+            avoid_until_ms: AtomicU64::new(0),
+            trips: AtomicU32::new(0),
             // Servers known at start are not ramped: nothing was flooding them.
             up_since_ms: AtomicU64::new(0),
             pinned_waiters: WakerSet::default(),
@@ -202,32 +226,58 @@ impl ServerCondition {
         (since != 0).then(|| Duration::from_millis(now_ms().saturating_sub(since)))
     }
 
-    /// A failed connection on live traffic. Returns true when it marks the server down.
-    /// With active checks (`fall` given), the checks bring it back; without, it returns
-    /// by itself after [`PASSIVE_COOLDOWN`].
-    pub fn record_failure(&self, active_fall: Option<u32>) -> bool {
+    /// Whether passive health advises against new sessions here for now: placement
+    /// tries other servers first.
+    pub fn is_avoided(&self) -> bool {
+        let until = self.avoid_until_ms.load(Ordering::Acquire);
+        until != 0 && now_ms() < until
+    }
+
+    /// A failure on live traffic that says something about the server: `gone` when it
+    /// refused the connection. Returns what passive health concluded when this failure
+    /// tripped it (at `active_fall` consecutive failures with active checks, else
+    /// [`PASSIVE_FALL`]).
+    ///
+    /// Only a server that refuses connections loses its sessions: one that is slow to
+    /// accept or answer may still be serving every established session, so it is only
+    /// spared new ones, for a back-off that grows while it keeps failing.
+    pub fn record_failure(&self, gone: bool, active_fall: Option<u32>) -> Option<Passive> {
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let threshold = active_fall.unwrap_or(PASSIVE_FALL);
         if n < threshold || self.health() == Health::Down {
-            return false;
+            return None;
         }
         self.failures.store(0, Ordering::Relaxed);
-        match active_fall {
-            Some(_) => self.set_health(Health::Down).is_some(),
-            None => {
-                let until = now_ms() + PASSIVE_COOLDOWN.as_millis() as u64;
-                self.down_until_ms.store(until, Ordering::Release);
-                // Coming back after the cooldown is a return: ramp it like one.
-                self.up_since_ms.store(until, Ordering::Release);
-                self.pinned_waiters.wake_all();
-                true
-            }
+        if gone {
+            return match active_fall {
+                Some(_) => self.set_health(Health::Down).map(|_| Passive::Down),
+                None => {
+                    let until = now_ms() + PASSIVE_COOLDOWN.as_millis() as u64;
+                    self.down_until_ms.store(until, Ordering::Release);
+                    // Coming back after the cooldown is a return: ramp it like one.
+                    self.up_since_ms.store(until, Ordering::Release);
+                    self.pinned_waiters.wake_all();
+                    Some(Passive::Down)
+                }
+            };
         }
+        let trips = self.trips.fetch_add(1, Ordering::AcqRel).min(16);
+        let avoid = PASSIVE_AVOID
+            .saturating_mul(1 << trips)
+            .min(PASSIVE_AVOID_MAX);
+        let until = now_ms() + avoid.as_millis() as u64;
+        self.avoid_until_ms.store(until, Ordering::Release);
+        self.up_since_ms.store(until, Ordering::Release);
+        Some(Passive::Avoided(avoid))
     }
 
+    /// A good exchange on live traffic: the streak of failures, and the back-off, are over.
     pub fn record_success(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.trips.load(Ordering::Relaxed) != 0 {
+            self.trips.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -265,25 +315,62 @@ mod tests {
     }
 
     #[test]
-    fn passive_failures_mark_down_at_the_threshold_and_success_resets() {
+    fn refused_connections_mark_down_at_the_threshold_and_success_resets() {
         let c = ServerCondition::default();
-        assert!(!c.record_failure(None));
-        assert!(!c.record_failure(None));
+        assert_eq!(c.record_failure(true, None), None);
+        assert_eq!(c.record_failure(true, None), None);
         c.record_success();
-        assert!(!c.record_failure(None));
-        assert!(!c.record_failure(None));
-        assert!(c.record_failure(None), "third consecutive failure");
+        assert_eq!(c.record_failure(true, None), None);
+        assert_eq!(c.record_failure(true, None), None);
+        assert_eq!(
+            c.record_failure(true, None),
+            Some(Passive::Down),
+            "third consecutive failure"
+        );
         assert_eq!(c.health(), Health::Down);
-        assert!(!c.record_failure(None), "already down: no second flip");
+        assert!(
+            !c.serves_pinned(),
+            "a gone process takes its sessions with it"
+        );
+        assert_eq!(
+            c.record_failure(true, None),
+            None,
+            "already down: no second flip"
+        );
     }
 
     #[test]
-    fn passive_failure_with_active_checks_waits_for_a_probe() {
+    fn refusal_with_active_checks_waits_for_a_probe() {
         let c = ServerCondition::default();
-        assert!(c.record_failure(Some(1)));
+        assert_eq!(c.record_failure(true, Some(1)), Some(Passive::Down));
         assert_eq!(c.health(), Health::Down);
         c.set_health(Health::Up);
         assert_eq!(c.health(), Health::Up);
+    }
+
+    #[test]
+    fn an_unwell_server_keeps_its_sessions_and_is_avoided_with_a_growing_back_off() {
+        let c = ServerCondition::default();
+        let trip = |c: &ServerCondition| {
+            (0..PASSIVE_FALL)
+                .filter_map(|_| c.record_failure(false, None))
+                .last()
+        };
+        assert_eq!(trip(&c), Some(Passive::Avoided(PASSIVE_AVOID)));
+        assert!(c.is_avoided());
+        assert_eq!(c.health(), Health::Up, "health is not passive's to decide");
+        assert!(c.serves_pinned() && c.accepts_new_sessions());
+        assert_eq!(trip(&c), Some(Passive::Avoided(PASSIVE_AVOID * 2)));
+        for _ in 0..8 {
+            trip(&c);
+        }
+        assert_eq!(trip(&c), Some(Passive::Avoided(PASSIVE_AVOID_MAX)));
+        c.record_success();
+        assert_eq!(
+            trip(&c),
+            Some(Passive::Avoided(PASSIVE_AVOID)),
+            "a good exchange resets the back-off"
+        );
     }
 
     #[test]
@@ -329,7 +416,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pinned_watchers_wake_on_maint_down_and_passive_down_only() {
+    async fn pinned_watchers_wake_on_maint_down_and_refused_connections_only() {
         use std::sync::Arc;
         let c = Arc::new(ServerCondition::default());
         let pending =
@@ -362,7 +449,12 @@ mod tests {
         c.set_health(Health::Up);
         let w = pending(Arc::clone(&c));
         for _ in 0..PASSIVE_FALL {
-            c.record_failure(None);
+            c.record_failure(false, None);
+        }
+        tokio::time::sleep(short).await;
+        assert!(!w.is_finished(), "an unwell server keeps its sessions");
+        for _ in 0..PASSIVE_FALL {
+            c.record_failure(true, None);
         }
         tokio::time::timeout(Duration::from_secs(5), w)
             .await

@@ -18,11 +18,12 @@ use http::uri::Authority;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::condition::Passive;
 use super::{Backend, Health, Server, ServerStats};
 use crate::config::{HealthConfig, HealthMode};
 use crate::telemetry;
 use crate::tls::TlsUpstream;
-use crate::upstream::{dial, Dialed, Peer, UpstreamError};
+use crate::upstream::{dial, Blame, Dialed, Peer, UpstreamError};
 
 /// The most of a health response read: the status line is all that matters.
 const MAX_RESPONSE_HEAD: usize = 1024;
@@ -180,6 +181,12 @@ async fn run(p: Probe, stats: Arc<ServerStats>, stop: CancellationToken) {
                     flip(&stats, Health::Up, "probe passed");
                 }
             }
+            Err(ProbeError::Connect(e)) if e.blame() == Blame::Local => {
+                // Out of descriptors or memory here: says nothing about the server.
+                metrics::counter!(telemetry::LOCAL_SHORTAGES, "what" => "health probe")
+                    .increment(1);
+                tracing::debug!(backend = %stats.backend, server = %stats.id, error = %e, "health probe skipped: local shortage");
+            }
             Err(why) => {
                 fails += 1;
                 passes = 0;
@@ -217,19 +224,40 @@ fn count_flip(stats: &ServerStats, to: Health) {
     .increment(1);
 }
 
-/// Counts a failed exchange with `server` on live traffic towards marking it down
-/// (passive health). A slow answer says nothing about health: a long poll is slow.
+/// Weighs a failed exchange with `server` on live traffic (passive health). What it can
+/// say depends on whose doing it was: nothing when it was the client's or a shortage in
+/// this process; a refused connection counts towards marking the server down (its
+/// process is gone); anything else slow or broken on the server's side towards avoiding
+/// it for new sessions, its established sessions untouched.
 pub fn note_failure(backend: &Backend, server: &Server, e: &UpstreamError) {
-    if e.is_response_timeout() {
-        return;
+    let blame = e.blame();
+    match blame {
+        Blame::Client => return,
+        Blame::Local => {
+            metrics::counter!(telemetry::LOCAL_SHORTAGES, "what" => "upstream connect")
+                .increment(1);
+            tracing::warn!(backend = %backend.name, server = %server.id, error = %e, "out of a local resource; not held against the server");
+            return;
+        }
+        Blame::Gone | Blame::Unwell => {}
     }
     let stats = &server.stats;
-    if stats
-        .condition
-        .record_failure(backend.health.as_ref().map(|h| h.fall))
-    {
-        tracing::warn!(backend = %backend.name, server = %server.id, error = %e, "server marked down by live traffic");
-        count_flip(stats, Health::Down);
+    let fall = backend.health.as_ref().map(|h| h.fall);
+    match stats.condition.record_failure(blame == Blame::Gone, fall) {
+        None => {}
+        Some(Passive::Down) => {
+            tracing::warn!(backend = %backend.name, server = %server.id, error = %e, "server marked down by live traffic: it refuses connections");
+            count_flip(stats, Health::Down);
+        }
+        Some(Passive::Avoided(for_)) => {
+            tracing::warn!(backend = %backend.name, server = %server.id, error = %e, avoid_for = ?for_, "server avoided for new sessions by live traffic; its sessions go on");
+            metrics::counter!(
+                telemetry::PASSIVE_AVOIDS,
+                "backend" => backend.name.to_string(),
+                "server" => server.id.to_string(),
+            )
+            .increment(1);
+        }
     }
 }
 

@@ -79,6 +79,10 @@ impl Candidate for Server {
     fn up_for(&self) -> Option<Duration> {
         self.stats.condition.up_for()
     }
+
+    fn avoided(&self) -> bool {
+        self.stats.condition.is_avoided()
+    }
 }
 
 /// One backend's servers and how new sessions are placed on them.

@@ -21,6 +21,11 @@ pub trait Candidate {
     /// How long since it last became able to take sessions; `None` when it has been able
     /// to since tether started (nothing to ramp up from).
     fn up_for(&self) -> Option<Duration>;
+    /// Whether live traffic advises against it for now (slow or failing): others are
+    /// tried first, and it is chosen only when no other can take the session.
+    fn avoided(&self) -> bool {
+        false
+    }
 }
 
 /// How a new session's server is chosen.
@@ -69,23 +74,31 @@ impl Placer {
     pub fn place<C: Candidate>(&self, servers: &[C], key: u64, exclude: &[usize]) -> Option<usize> {
         let n = self.server_count().min(servers.len());
         let servers = &servers[..n];
-        let base = |i: usize| !exclude.contains(&i) && servers[i].accepts_new_sessions();
+        let open = |i: usize| !exclude.contains(&i) && servers[i].accepts_new_sessions();
+        let trusted = |i: usize| open(i) && !servers[i].avoided();
         match self.policy {
-            Policy::RoundRobin => (0..n)
-                .map(|_| self.turn.fetch_add(1, Ordering::Relaxed) % n)
-                .find(|&i| base(i)),
+            Policy::RoundRobin => {
+                let mut turn = (0..n).map(|_| self.turn.fetch_add(1, Ordering::Relaxed) % n);
+                let first = turn.next()?;
+                std::iter::once(first)
+                    .chain(turn)
+                    .find(|&i| trusted(i))
+                    .or_else(|| (0..n).map(|k| (first + k) % n).find(|&i| open(i)))
+            }
             Policy::LeastSessions | Policy::Hash { .. } => {
                 // Slow start: a returning server takes each new session with probability
                 // equal to its ramp, so its share grows from ~0 to full over the window.
-                // Should that leave nobody (every server just returned), ramps are ignored.
+                // Should that leave nobody (every server just returned), ramps are
+                // ignored; should avoided servers be all that is left, they are used.
                 let ramped = |i: usize| {
-                    base(i) && {
+                    trusted(i) && {
                         let r = ramp(servers[i].up_for(), self.slow_start);
                         r >= 1.0 || lottery() < r
                     }
                 };
                 self.pick(servers, key, ramped)
-                    .or_else(|| self.pick(servers, key, base))
+                    .or_else(|| self.pick(servers, key, trusted))
+                    .or_else(|| self.pick(servers, key, open))
             }
         }
     }
@@ -141,6 +154,7 @@ mod tests {
         open: bool,
         load: u64,
         up_for: Option<Duration>,
+        avoided: bool,
     }
 
     fn s(load: u64) -> S {
@@ -148,6 +162,7 @@ mod tests {
             open: true,
             load,
             up_for: None,
+            avoided: false,
         }
     }
 
@@ -160,6 +175,9 @@ mod tests {
         }
         fn up_for(&self) -> Option<Duration> {
             self.up_for
+        }
+        fn avoided(&self) -> bool {
+            self.avoided
         }
     }
 
@@ -223,5 +241,29 @@ mod tests {
         assert!(on_new < 20, "just back: a trickle, {on_new}/400");
         servers[0].open = false;
         assert_eq!(p.place(&servers, 1, &[]), Some(1), "alone: takes it all");
+    }
+
+    #[test]
+    fn avoided_servers_are_used_only_when_no_other_can_take_the_session() {
+        for policy in [
+            Policy::LeastSessions,
+            Policy::Hash { load_factor: 1.25 },
+            Policy::RoundRobin,
+        ] {
+            let p = placer(3, policy, None);
+            let mut servers = vec![s(0), s(9), s(9)];
+            servers[0].avoided = true;
+            for k in 0..50u64 {
+                let i = p.place(&servers, k.wrapping_mul(0x9e37_79b9), &[]);
+                assert!(matches!(i, Some(1 | 2)), "{policy:?}: {i:?}");
+            }
+            servers[1].open = false;
+            servers[2].open = false;
+            assert_eq!(
+                p.place(&servers, 5, &[]),
+                Some(0),
+                "{policy:?}: last resort"
+            );
+        }
     }
 }

@@ -45,6 +45,7 @@ impl ProxyError {
             ProxyError::Upstream(
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout { .. },
             ) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::RequestBody { .. }) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -53,7 +54,10 @@ impl ProxyError {
     pub fn is_client_side(&self) -> bool {
         matches!(
             self,
-            ProxyError::NoRoute | ProxyError::SessionUnknown | ProxyError::BadRequest(_)
+            ProxyError::NoRoute
+                | ProxyError::SessionUnknown
+                | ProxyError::BadRequest(_)
+                | ProxyError::Upstream(UpstreamError::RequestBody { .. })
         )
     }
 

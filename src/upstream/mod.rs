@@ -38,9 +38,9 @@ pub struct Peer<'a> {
     pub tls: Option<&'a TlsUpstream>,
 }
 
-/// What went wrong between tether and a server. Each knows whether anything reached the
-/// server ([`UpstreamError::is_connect`]): only a request that never left may be sent
-/// elsewhere.
+/// What went wrong on the way to a server. Each knows whether anything reached the
+/// server ([`UpstreamError::is_connect`]: only a request that never left may be sent
+/// elsewhere) and whose doing it was ([`UpstreamError::blame`]).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("connecting to {server}: {source}")]
@@ -55,8 +55,27 @@ pub enum UpstreamError {
     #[error("talking to {server}: {source}")]
     Exchange {
         server: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: hyper::Error,
     },
+    /// The client's request body failed while it was being sent on (malformed chunks,
+    /// the client went away): nothing is wrong with the server.
+    #[error("the client's request body: {source}")]
+    RequestBody { source: hyper::Error },
+}
+
+/// Whose doing a failure on the way to a server was, which decides what it may say
+/// about the server's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// Nothing listens at the server's address: its process is gone.
+    Gone,
+    /// The server is slow to take connections or to answer, or broke an exchange.
+    Unwell,
+    /// The client's doing (a bad or aborted request body).
+    Client,
+    /// A shortage in this process (descriptors, memory, local ports): overload here,
+    /// nothing to do with the server.
+    Local,
 }
 
 impl UpstreamError {
@@ -68,18 +87,45 @@ impl UpstreamError {
         )
     }
 
-    /// Whether it was only slow to answer: a long poll is allowed to be.
-    pub fn is_response_timeout(&self) -> bool {
-        matches!(self, UpstreamError::ResponseTimeout { .. })
-    }
-
-    /// A failed exchange with `peer` (the connection broke, the answer was not HTTP).
+    /// A failed exchange with `peer`: the server's side, unless it was the client's body
+    /// that failed while being sent.
     pub fn exchange(peer: &str, e: hyper::Error) -> UpstreamError {
-        UpstreamError::Exchange {
-            server: peer.to_owned(),
-            source: Box::new(e),
+        if e.is_user() {
+            UpstreamError::RequestBody { source: e }
+        } else {
+            UpstreamError::Exchange {
+                server: peer.to_owned(),
+                source: e,
+            }
         }
     }
+
+    pub fn blame(&self) -> Blame {
+        match self {
+            UpstreamError::Connect { source, .. } if is_local_shortage(source) => Blame::Local,
+            UpstreamError::Connect { source, .. }
+                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                Blame::Gone
+            }
+            UpstreamError::Connect { .. }
+            | UpstreamError::ConnectTimeout { .. }
+            | UpstreamError::ResponseTimeout { .. }
+            | UpstreamError::Exchange { .. } => Blame::Unwell,
+            UpstreamError::RequestBody { .. } => Blame::Client,
+        }
+    }
+}
+
+/// Whether a failed connect ran out of something of this process or host rather than
+/// reaching the server: descriptors (EMFILE, ENFILE), memory (ENOMEM, ENOBUFS), local
+/// ports (EADDRNOTAVAIL, and EAGAIN, which `connect` returns when they are exhausted).
+pub fn is_local_shortage(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+            | Some(libc::EADDRNOTAVAIL | libc::EAGAIN)
+    ) || e.kind() == std::io::ErrorKind::OutOfMemory
 }
 
 /// Sends `req` to `peer` over one of its pooled connections, within `response_timeout`.

@@ -1,0 +1,169 @@
+//! What no client, and no passing trouble at a server, may do to the sessions of others:
+//! the findings of the hostile-input probe (issue 12), one test each, real Node
+//! `socket.io` servers behind tether on ephemeral ports.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+const WS_ONLY: &str = "/socket.io/?EIO=4&transport=websocket";
+
+/// A TCP forwarder in front of a server whose accepting can be stopped, with a backlog of
+/// one: once stopped and its queue filled, connects to it time out — a server too busy to
+/// take new connections while its established ones go on.
+struct Gate {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    /// Connections parked in the full accept queue.
+    parked: Vec<TcpStream>,
+}
+
+impl Gate {
+    async fn before(server: SocketAddr) -> Gate {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicBool::new(true));
+        let gate = Arc::clone(&open);
+        tokio::spawn(async move {
+            loop {
+                if !gate.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut upstream) = TcpStream::connect(server).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        Gate {
+            addr,
+            open,
+            parked: Vec::new(),
+        }
+    }
+
+    /// Stops accepting and fills the accept queue, so the next connects time out.
+    async fn stall(&mut self) {
+        self.open.store(false, Ordering::Release);
+        // The acceptor may be inside one last accept: let it take a connection first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..16 {
+            match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(self.addr))
+                .await
+            {
+                Ok(Ok(s)) => self.parked.push(s),
+                _ => return, // the queue is full: connects now hang
+            }
+        }
+        panic!("the gate's accept queue never filled");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_never_count_against_a_server() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let tether = TetherHandle::start(&sockets(std::slice::from_ref(&node)).admin().build()).await;
+    let mut ws = ws_connect(tether.addr, WS_ONLY).await;
+    assert!(ws_read_text(&mut ws).await.starts_with("0{"));
+    let sid = get(tether.addr, None, &eio_path(None), &[]).await.sid();
+    let path = eio_path(Some(&sid));
+
+    // Malformed chunked bodies, five times (three used to mark the server down).
+    for _ in 0..5 {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+        );
+        let r = raw_exchange(tether.addr, None, req.as_bytes()).await;
+        assert_eq!(r.status, 400, "the client's own body: {}", r.text());
+    }
+    // Clients that give up half-way through a POST body, five times.
+    for _ in 0..5 {
+        let mut s = connect_from(tether.addr, None).await;
+        let head = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n3");
+        s.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let status = tether.server_status("sockets", "node-1").await;
+    assert_eq!(status["health"], "up", "{status}");
+    assert_eq!(status["avoided"], false, "{status}");
+    assert!(
+        wait_closed(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a tunnel on the server was closed"
+    );
+    let hs = get(tether.addr, None, &eio_path(None), &[]).await;
+    assert_eq!(hs.status, 200, "new sessions still placed: {}", hs.text());
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_slow_to_accept_keeps_its_sessions_and_only_loses_new_ones() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let mut gate = Gate::before(node.addr).await;
+    let yaml = ConfigBuilder::new()
+        .admin()
+        .backend("sockets")
+        .with("timeouts: { connect: 300ms }")
+        .server("gated", gate.addr)
+        .build();
+    let tether = TetherHandle::start(&yaml).await;
+
+    // Established before the trouble: a WebSocket tunnel and a polling session.
+    let mut ws = ws_connect(tether.addr, WS_ONLY).await;
+    assert!(ws_read_text(&mut ws).await.starts_with("0{"));
+    let hs = get(tether.addr, None, &eio_path(None), &[]).await;
+    assert_eq!(hs.status, 200, "{}", hs.text());
+    let sid = hs.sid();
+
+    // The server stops taking new connections: upgrades (each on a new connection) fail.
+    gate.stall().await;
+    let upgrade = format!(
+        "GET {WS_ONLY} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    for _ in 0..4 {
+        let r = raw_exchange(tether.addr, None, upgrade.as_bytes()).await;
+        assert_eq!(r.status, 504, "{}", r.text());
+    }
+    let status = tether.server_status("sockets", "gated").await;
+    assert_eq!(status["avoided"], true, "passive health noticed: {status}");
+    assert_eq!(status["health"], "up", "but did not mark it down: {status}");
+
+    // What was established goes on: the tunnel stays open, the polling session is served
+    // over the connection tether already holds.
+    assert!(
+        wait_closed(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the established tunnel was closed"
+    );
+    let req = format!(
+        "POST {} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: 1\r\n\r\n3",
+        eio_path(Some(&sid))
+    );
+    let r = raw_exchange(tether.addr, None, req.as_bytes()).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "ok"),
+        "the pinned session"
+    );
+    tether.stop().await;
+}
