@@ -1,6 +1,7 @@
 # Build: docker build -t tether .
 # Run:   docker run -p 8080:8080 -v $PWD/conf:/etc/tether tether
-# (Mount a config whose listeners bind 0.0.0.0, not the loopback of the sample.)
+# (Mount a config whose listeners bind 0.0.0.0, not the loopback of the sample; an admin
+# bind other than loopback needs admin.token.)
 # The image carries the proxy alone: built without the `bundled` feature, it has no
 # Socket.IO node pool, demo or load generator (`tether node|pool|demo|bench`).
 FROM rust:1-bookworm AS build

@@ -167,3 +167,63 @@ async fn a_server_slow_to_accept_keeps_its_sessions_and_only_loses_new_ones() {
     );
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_cannot_be_driven_by_a_web_page_or_held_by_a_silent_client() {
+    let yaml = ConfigBuilder::new()
+        .admin()
+        .top("limits: { header_read_timeout: 1s }")
+        .backend("chat")
+        .server("node-1", "127.0.0.1:1")
+        .build();
+    let tether = TetherHandle::start(&yaml).await;
+    let admin = tether.admin.unwrap();
+    let send = |req: String| async move { raw_exchange(admin, None, req.as_bytes()).await };
+
+    // A form a foreign page posts (the browser adds Origin / Sec-Fetch-Site).
+    let r = send(format!(
+        "POST /backends/chat/servers/node-1/maint HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n\
+         Connection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = send(format!(
+        "POST /reload HTTP/1.1\r\nHost: {admin}\r\nSec-Fetch-Site: cross-site\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(
+        tether.server_status("chat", "node-1").await["state"],
+        "ready",
+        "nothing changed"
+    );
+    // DNS rebinding: a page on evil.example resolved to 127.0.0.1.
+    let r = send(format!(
+        "GET /status HTTP/1.1\r\nHost: evil.example:{}\r\nConnection: close\r\n\r\n",
+        admin.port()
+    ))
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // The operator's own page and scripts still work.
+    let r = send(format!(
+        "POST /backends/chat/servers/node-1/drain HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://{admin}\r\n\
+         Connection: close\r\nContent-Length: 0\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        admin_request(admin, "POST", "/backends/chat/servers/node-1/ready")
+            .await
+            .status,
+        200
+    );
+
+    // Half a request head, then silence: closed after the header timeout.
+    let mut s = connect_from(admin, None).await;
+    s.write_all(b"GET /status HTTP/1.1\r\nX-a: ").await.unwrap();
+    assert!(
+        wait_closed(&mut s, Duration::from_secs(10)).await.is_some(),
+        "a silent half head holds an admin connection"
+    );
+    tether.stop().await;
+}

@@ -3,8 +3,10 @@
 //! `GET /metrics` (Prometheus text), `GET /status` (JSON: backends, servers, state,
 //! health, sessions, drained, last reload), `GET /` (a small live dashboard),
 //! `POST /reload`, `POST /backends/{b}/servers/{s}/{drain|ready|maint}`. With a token
-//! configured, every request needs `Authorization: Bearer <token>`.
+//! configured, every request needs `Authorization: Bearer <token>`; [`guard`] says who
+//! else is refused (foreign host names, cross-origin changes).
 
+mod guard;
 mod status;
 
 use std::convert::Infallible;
@@ -18,13 +20,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerState;
+use crate::listener::MIN_HEADER_BUF;
 use crate::runtime::watch::Trigger;
 use crate::runtime::{AdminApi, Runtime};
+use guard::Refusal;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -46,6 +50,7 @@ impl AdminApi for Api {
 /// Serves admin requests until `stop`.
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
     tether_kit::accept::accept_loop(&listener, &stop.clone(), "admin", |stream, _| {
+        let rt_limits = rt.store.load().limits.clone();
         let rt = Arc::clone(&rt);
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -53,7 +58,14 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationTo
                 let rt = Arc::clone(&rt);
                 async move { Ok::<_, Infallible>(handle(&rt, req).await) }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            // The proxy's limits on a request head apply here too: a client that sends
+            // half a head and goes quiet is closed, not kept for ever.
+            let limits = rt_limits.clone();
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BUF))
+                .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.cancelled() => {}
@@ -81,33 +93,28 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
     reply(status, "application/json", v.to_string())
 }
 
-fn authorized(rt: &Runtime, req: &Request<Incoming>) -> bool {
-    let Some(token) = rt.admin_token() else {
-        return true;
-    };
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if !authorized(rt, &req) {
-        let mut r = reply(
-            StatusCode::UNAUTHORIZED,
-            "text/plain",
-            "admin token required\n",
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer"),
-        );
-        return r;
+    let Some(cfg) = rt.admin_config() else {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+    };
+    match guard::check(&cfg, req.method(), req.headers()) {
+        Ok(()) => {}
+        Err(Refusal::Token) => {
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "admin token required\n",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+        Err(refused) => {
+            tracing::debug!(error = %refused, "admin request refused");
+            return reply(StatusCode::FORBIDDEN, "text/plain", format!("{refused}\n"));
+        }
     }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();

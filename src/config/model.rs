@@ -93,6 +93,10 @@ pub struct AdminConfig {
     pub bind: SocketAddr,
     /// When set, every admin request needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Host names (lower case, no port) the API answers to besides IP addresses and
+    /// `localhost`: a request naming another host is refused, so a web page cannot reach
+    /// the API through a name that resolves to it (DNS rebinding).
+    pub hosts: Vec<String>,
 }
 
 /// Limits applied to client connections.

@@ -117,9 +117,12 @@ pub struct RawUpstreamTls {
 pub struct RawAdmin {
     /// `ip:port`.
     pub bind: String,
-    /// Absent: no authentication (keep the admin bind on loopback then).
+    /// Absent: no authentication (allowed on a loopback bind only).
     #[serde(default)]
     pub token: Option<String>,
+    /// Host names the admin API answers to, besides IP addresses and `localhost`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -180,9 +180,32 @@ fn admin(raw: RawAdmin, path: &KeyPath, listeners: &[ListenerConfig]) -> R<Admin
             );
         }
     }
+    if raw.token.is_none() && !bind.ip().is_loopback() {
+        return bad(
+            &path.key("bind"),
+            format!("{bind} is reachable from other hosts and the admin API can drain, stop and reload tether: set admin.token (then every request needs Authorization: Bearer <token>), or bind a loopback address such as 127.0.0.1:{}", bind.port()),
+        );
+    }
+    let mut hosts = Vec::with_capacity(raw.hosts.len());
+    for (i, h) in raw.hosts.iter().enumerate() {
+        let name = h.trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty()
+            || name.contains(':')
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return bad(
+                &path.key("hosts").index(i),
+                format!("{h:?} is not a host name (no port, no scheme), e.g. admin.example.com"),
+            );
+        }
+        hosts.push(name);
+    }
     Ok(AdminConfig {
         bind,
         token: raw.token,
+        hosts,
     })
 }
 
@@ -783,5 +806,32 @@ mod tests {
         assert!(!binds_clash(a("127.0.0.1:80"), a("127.0.0.2:80")));
         assert!(!binds_clash(a("127.0.0.1:0"), a("127.0.0.1:0")));
         assert!(!binds_clash(a("[::]:80"), a("0.0.0.0:80")));
+    }
+
+    #[test]
+    fn an_admin_api_reachable_from_other_hosts_needs_a_token() {
+        let yaml = |admin: &str| {
+            format!(
+                "listeners:\n  - bind: 127.0.0.1:0\nadmin: {admin}\nbackends:\n  b:\n    servers: [{{ id: a, addr: \"127.0.0.1:1\" }}]\n"
+            )
+        };
+        let parse =
+            |admin: &str| crate::config::parse(&yaml(admin), std::path::Path::new("t.yaml"));
+        let err = parse("{ bind: \"0.0.0.0:9900\" }").unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.yaml:3:")
+                && err.contains("admin.bind")
+                && err.contains("admin.token"),
+            "{err}"
+        );
+        assert!(parse("{ bind: \"0.0.0.0:9900\", token: abc }").is_ok());
+        assert!(parse("{ bind: \"127.0.0.1:9900\" }").is_ok());
+        assert!(parse("{ bind: \"[::1]:9900\" }").is_ok());
+        let hosts = parse("{ bind: \"127.0.0.1:9900\", hosts: [Admin.Example.COM.] }").unwrap();
+        assert_eq!(hosts.admin.unwrap().hosts, ["admin.example.com"]);
+        let err = parse("{ bind: \"127.0.0.1:9900\", hosts: [\"http://x\"] }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.hosts[0]"), "{err}");
     }
 }

@@ -80,7 +80,7 @@ impl Mode {
 }
 
 /// hyper refuses a read buffer below this; smaller configured limits are raised to it.
-const MIN_HEADER_BUF: usize = 8192;
+pub const MIN_HEADER_BUF: usize = 8192;
 
 /// The tokens and tracker a listener's connections answer to.
 #[derive(Clone, Debug)]

@@ -319,11 +319,10 @@ impl Runtime {
         lock(&self.status).clone()
     }
 
-    /// The admin token in force (read per request, so a reload changes it at once).
-    pub fn admin_token(&self) -> Option<String> {
-        lock(&self.admin)
-            .as_ref()
-            .and_then(|a| a.config.token.clone())
+    /// The admin config in force (read per request, so a reload changes its token and
+    /// host names at once).
+    pub fn admin_config(&self) -> Option<AdminConfig> {
+        lock(&self.admin).as_ref().map(|a| a.config.clone())
     }
 
     /// Brings what watches servers in line with a new routing snapshot: health checks

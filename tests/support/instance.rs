@@ -92,7 +92,7 @@ impl Drop for TetherHandle {
 /// One admin request with an empty body.
 pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> RawResponse {
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
     );
     raw_exchange(admin, None, req.as_bytes()).await
 }
