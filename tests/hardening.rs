@@ -227,3 +227,78 @@ async fn the_admin_api_cannot_be_driven_by_a_web_page_or_held_by_a_silent_client
     );
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_failing_requests_is_not_a_flood_of_log_lines() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    // A server nobody listens on: every request fails (502, then 503 once it is down).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tether.yaml");
+    std::fs::write(
+        &file,
+        ConfigBuilder::new()
+            .backend("sockets")
+            .server("dead", dead_addr)
+            .build(),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether binary");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), stdout.next_line())
+        .await
+        .expect("tether printed its address")
+        .unwrap()
+        .unwrap();
+    let addr: SocketAddr = line
+        .strip_prefix("tether listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        clients.spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..50 {
+                statuses.push(get(addr, None, &eio_path(None), &[]).await.status);
+            }
+            statuses
+        });
+    }
+    let mut failed = 0;
+    while let Some(statuses) = clients.join_next().await {
+        failed += statuses
+            .unwrap()
+            .into_iter()
+            .filter(|s| *s == 502 || *s == 503)
+            .count();
+    }
+    assert_eq!(failed, 400, "every request failed");
+    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let log = log.await.unwrap();
+    let lines = log.lines().filter(|l| l.contains("request failed")).count();
+    println!("400 failed requests, {lines} log lines");
+    assert!(
+        (1..=20).contains(&lines),
+        "{lines} 'request failed' lines for 400 failures:\n{log}"
+    );
+}

@@ -7,8 +7,10 @@
 //! and both survive reloads with the server's counters.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tether_kit::clock::now_ms;
 
 use crate::config::ServerState;
 use crate::wakers::WakerSet;
@@ -62,13 +64,6 @@ fn state_from_u8(v: u8) -> ServerState {
         1 => ServerState::Draining,
         _ => ServerState::Maint,
     }
-}
-
-/// Milliseconds since the first call, from 1: a clock that fits an atomic, where 0 is
-/// free to mean "never".
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// How long a server whose process is gone (it refused connections on live traffic)

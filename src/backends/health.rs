@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use ahash::AHashMap;
 use http::uri::Authority;
+use tether_kit::throttle::Throttle;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -236,7 +237,10 @@ pub fn note_failure(backend: &Backend, server: &Server, e: &UpstreamError) {
         Blame::Local => {
             metrics::counter!(telemetry::LOCAL_SHORTAGES, "what" => "upstream connect")
                 .increment(1);
-            tracing::warn!(backend = %backend.name, server = %server.id, error = %e, "out of a local resource; not held against the server");
+            static LOG: Throttle = Throttle::new(Duration::from_secs(1));
+            if let Some(suppressed) = LOG.allow() {
+                tracing::warn!(backend = %backend.name, server = %server.id, error = %e, suppressed, "out of a local resource; not held against the server");
+            }
             return;
         }
         Blame::Gone | Blame::Unwell => {}

@@ -49,6 +49,27 @@ impl ProxyError {
         }
     }
 
+    /// How many [`ProxyError::cause`]s there are.
+    pub const CAUSES: usize = 9;
+
+    /// Which kind of failure it is, as an index below [`ProxyError::CAUSES`]: logs are
+    /// throttled per cause.
+    pub fn cause(&self) -> usize {
+        match self {
+            ProxyError::NoRoute => 0,
+            ProxyError::SessionUnknown => 1,
+            ProxyError::NoServer => 2,
+            ProxyError::BadRequest(_) => 3,
+            ProxyError::Upstream(u) => match u {
+                UpstreamError::Connect { .. } => 4,
+                UpstreamError::ConnectTimeout { .. } => 5,
+                UpstreamError::ResponseTimeout { .. } => 6,
+                UpstreamError::Exchange { .. } => 7,
+                UpstreamError::RequestBody { .. } => 8,
+            },
+        }
+    }
+
     /// Whether the client caused it (logged at debug) or something behind tether did
     /// (logged at warn).
     pub fn is_client_side(&self) -> bool {

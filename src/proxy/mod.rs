@@ -15,9 +15,11 @@ pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use tether_kit::throttle::Throttle;
 use tokio_util::task::TaskTracker;
 
 use crate::affinity::{client_ip, Affinity, Keys, SessionPin, Target};
@@ -32,6 +34,11 @@ use crate::upstream::{self, UpstreamError, UpstreamRequest};
 pub use error::ProxyError;
 use retry::{into_upstream, Replay};
 use tunnel::{HardStop, IdleLimit, TunnelStop};
+
+/// One warning per second per cause of failed requests at most: a flood of failing
+/// requests must not become a flood of log lines (the rest are counted in the next line).
+static FAILURE_LOG: [Throttle; ProxyError::CAUSES] =
+    [const { Throttle::new(Duration::from_secs(1)) }; ProxyError::CAUSES];
 
 /// A request as the client sent it. Boxed: every step of the request path is an
 /// `async fn`, and an async fn keeps each argument twice (as passed, and as moved into
@@ -88,8 +95,8 @@ impl Proxy {
             Err(e) => {
                 if e.is_client_side() {
                     tracing::debug!(peer = %conn.peer, error = %e, "request refused");
-                } else {
-                    tracing::warn!(peer = %conn.peer, error = %e, "request failed");
+                } else if let Some(suppressed) = FAILURE_LOG[e.cause()].allow() {
+                    tracing::warn!(peer = %conn.peer, error = %e, suppressed, "request failed");
                 }
                 e.into_response()
             }

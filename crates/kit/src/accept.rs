@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::throttle::Throttle;
+
 /// How long to wait after a failed accept before the next.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -37,7 +39,11 @@ pub async fn accept_loop<F>(
                 on_conn(stream, peer);
             }
             Err(e) => {
-                tracing::warn!(listener = name, error = %e, "accept failed");
+                // Out of descriptors, this fails as fast as connections arrive.
+                static LOG: Throttle = Throttle::new(Duration::from_secs(1));
+                if let Some(suppressed) = LOG.allow() {
+                    tracing::warn!(listener = name, error = %e, suppressed, "accept failed");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}

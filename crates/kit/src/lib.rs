@@ -7,12 +7,16 @@
 //! - [`backoff`] delays that double from a minimum to a maximum.
 //! - [`signal`] SIGINT/SIGTERM into one cancellation token; a second signal exits.
 //! - [`recorder`] the process-wide Prometheus recorder.
+//! - [`throttle`] at most one log line per cause per interval, with a count of the rest;
+//!   [`clock`] the coarse clock it (and server conditions) read.
 
 pub mod accept;
 pub mod backoff;
+pub mod clock;
 pub mod recorder;
 pub mod signal;
 pub mod sync;
+pub mod throttle;
 
 pub use backoff::Backoff;
 pub use sync::lock;
