@@ -14,7 +14,12 @@ fn engineio(c: &mut Criterion) {
     let mut g = c.benchmark_group("engineio");
     let query = "EIO=4&transport=polling&t=PZ3cQ8f&sid=fUvk3y5PQy1b8aqfAAAB";
     g.bench_function("sid_from_query", |b| {
-        b.iter(|| parse_query(black_box(query)).and_then(|q| q.sid))
+        b.iter(|| {
+            parse_query(black_box(query))
+                .ok()
+                .flatten()
+                .and_then(|q| q.sid)
+        })
     });
     let open = br#"0{"sid":"fUvk3y5PQy1b8aqfAAAB","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
     g.bench_function("open_packet", |b| {

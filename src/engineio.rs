@@ -41,36 +41,122 @@ pub struct EioQuery<'a> {
     pub sid: Option<&'a str>,
 }
 
-/// Parses the query of an Engine.IO request; `None` when the request is not one.
+/// Why a request that says it is Engine.IO (it carries `EIO`) is refused by tether itself.
+///
+/// tether and the server must read a request alike: if tether took the last of two `EIO`
+/// parameters and the server the first, the server could create sessions tether never
+/// counts. So anything the two could read differently is refused at the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EioError {
+    #[error("Engine.IO parameter `{0}` given more than once")]
+    Duplicate(&'static str),
+    #[error("unsupported Engine.IO protocol version")]
+    Version,
+    #[error("unknown Engine.IO transport")]
+    Transport,
+}
+
+impl EioError {
+    /// Engine.IO's own error body for it, so clients react as they would to the server.
+    pub fn body(self) -> &'static str {
+        match self {
+            EioError::Transport => TRANSPORT_UNKNOWN_BODY,
+            EioError::Version => UNSUPPORTED_VERSION_BODY,
+            EioError::Duplicate(_) => BAD_REQUEST_BODY,
+        }
+    }
+}
+
+/// Engine.IO's answer to an unknown transport (`code` 0).
+pub const TRANSPORT_UNKNOWN_BODY: &str = r#"{"code":0,"message":"Transport unknown"}"#;
+
+/// Engine.IO's answer to an unsupported protocol version (`code` 5).
+pub const UNSUPPORTED_VERSION_BODY: &str = r#"{"code":5,"message":"Unsupported protocol version"}"#;
+
+/// Parses the query of a request: `Ok(None)` when it is not Engine.IO (no `EIO`), `Err`
+/// when it says it is but could be read two ways or names what no server speaks.
 ///
 /// Only versions 3 and 4 are accepted (v3's polling payload differs, but the sid and
-/// the error body are the same). An empty or oversized sid is treated as absent for
-/// classification but reported as present-but-bad via `Some("")`, so the caller can
-/// answer "Session ID unknown" rather than place a new session.
-pub fn parse_query(query: &str) -> Option<EioQuery<'_>> {
+/// the error body are the same). A parameter name written with percent-escapes
+/// (`%45IO`) counts as the name, as a server decoding it would read it; values are taken
+/// as they are, so an escaped version or transport is refused. An empty or oversized sid
+/// is reported as present-but-bad via `Some("")`, so the caller can answer "Session ID
+/// unknown" rather than place a new session.
+pub fn parse_query(query: &str) -> Result<Option<EioQuery<'_>>, EioError> {
     let mut version = None;
     let mut transport = None;
     let mut sid = None;
+    let mut duplicate = None;
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "EIO" => version = value.parse::<u8>().ok().filter(|v| *v == 3 || *v == 4),
-            "transport" => {
-                transport = match value {
-                    "polling" => Some(Transport::Polling),
-                    "websocket" => Some(Transport::WebSocket),
-                    _ => None,
-                }
-            }
-            "sid" => sid = Some(if valid_sid(value) { value } else { "" }),
-            _ => {}
+        let Some(name) = param_name(key) else {
+            continue;
+        };
+        let slot = match name {
+            "EIO" => &mut version,
+            "transport" => &mut transport,
+            _ => &mut sid,
+        };
+        if slot.replace(value).is_some() {
+            duplicate = duplicate.or(Some(name));
         }
     }
-    Some(EioQuery {
-        version: version?,
-        transport: transport?,
-        sid,
-    })
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    if let Some(name) = duplicate {
+        return Err(EioError::Duplicate(name));
+    }
+    let version = match version {
+        "3" => 3,
+        "4" => 4,
+        _ => return Err(EioError::Version),
+    };
+    let transport = match transport {
+        Some("polling") => Transport::Polling,
+        Some("websocket") => Transport::WebSocket,
+        _ => return Err(EioError::Transport),
+    };
+    Ok(Some(EioQuery {
+        version,
+        transport,
+        sid: sid.map(|s| if valid_sid(s) { s } else { "" }),
+    }))
+}
+
+/// Which of the three Engine.IO parameters `key` names, escaped or not.
+fn param_name(key: &str) -> Option<&'static str> {
+    const NAMES: [&str; 3] = ["EIO", "transport", "sid"];
+    if let Some(n) = NAMES.iter().find(|n| **n == key) {
+        return Some(n);
+    }
+    if !key.contains('%') || key.len() > 3 * 9 {
+        return None;
+    }
+    let decoded = percent_decode(key)?;
+    NAMES.iter().find(|n| **n == decoded).copied()
+}
+
+/// `%XX` escapes of a short ASCII text decoded; `None` when malformed or not ASCII.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            let b = u8::from_str_radix(hex, 16).ok()?;
+            if !b.is_ascii() {
+                return None;
+            }
+            out.push(b as char);
+            i += 3;
+        } else {
+            out.push(bytes[i] as char);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// Sids in the wild are base64id (20 chars, Node), 16 alphanumerics (socketioxide),
@@ -215,7 +301,9 @@ mod tests {
 
     #[test]
     fn handshake_query_has_no_sid() {
-        let q = parse_query("EIO=4&transport=polling&t=OzKx1").unwrap();
+        let q = parse_query("EIO=4&transport=polling&t=OzKx1")
+            .unwrap()
+            .unwrap();
         assert_eq!(q.version, 4);
         assert_eq!(q.transport, Transport::Polling);
         assert_eq!(q.sid, None);
@@ -223,27 +311,68 @@ mod tests {
 
     #[test]
     fn sid_is_read_in_any_position() {
-        let q = parse_query("sid=abc_DEF-123&transport=websocket&EIO=4").unwrap();
+        let q = parse_query("sid=abc_DEF-123&transport=websocket&EIO=4")
+            .unwrap()
+            .unwrap();
         assert_eq!(q.transport, Transport::WebSocket);
         assert_eq!(q.sid, Some("abc_DEF-123"));
     }
 
     #[test]
-    fn requests_without_eio_or_transport_are_not_engine_io() {
-        assert_eq!(parse_query("transport=polling"), None);
-        assert_eq!(parse_query("EIO=4"), None);
-        assert_eq!(parse_query("EIO=5&transport=polling"), None);
-        assert_eq!(parse_query("EIO=4&transport=carrier-pigeon"), None);
-        assert_eq!(parse_query(""), None);
-        assert_eq!(parse_query("&&&==&"), None);
+    fn requests_without_eio_are_not_engine_io() {
+        assert_eq!(parse_query("transport=polling"), Ok(None));
+        assert_eq!(
+            parse_query("sid=x&sid=y"),
+            Ok(None),
+            "no EIO: not ours to judge"
+        );
+        assert_eq!(parse_query(""), Ok(None));
+        assert_eq!(parse_query("&&&==&"), Ok(None));
+    }
+
+    #[test]
+    fn engine_io_requests_a_server_could_read_otherwise_are_refused() {
+        assert_eq!(parse_query("EIO=4"), Err(EioError::Transport));
+        assert_eq!(
+            parse_query("EIO=5&transport=polling"),
+            Err(EioError::Version)
+        );
+        assert_eq!(
+            parse_query("EIO=%34&transport=polling"),
+            Err(EioError::Version)
+        );
+        assert_eq!(
+            parse_query("EIO=4&transport=carrier-pigeon"),
+            Err(EioError::Transport)
+        );
+        assert_eq!(
+            parse_query("EIO=4&transport=polling&EIO=5"),
+            Err(EioError::Duplicate("EIO"))
+        );
+        assert_eq!(
+            parse_query("EIO=4&transport=polling&%45IO=4"),
+            Err(EioError::Duplicate("EIO")),
+            "an escaped name is the name"
+        );
+        assert_eq!(
+            parse_query("EIO=4&transport=polling&transport=websocket"),
+            Err(EioError::Duplicate("transport"))
+        );
+        assert_eq!(
+            parse_query("EIO=4&transport=polling&sid=a&s%69d=b"),
+            Err(EioError::Duplicate("sid"))
+        );
+        assert_eq!(EioError::Version.body(), UNSUPPORTED_VERSION_BODY);
     }
 
     #[test]
     fn malformed_sid_is_present_but_empty() {
-        let q = parse_query("EIO=4&transport=polling&sid=%00%2F..").unwrap();
+        let q = parse_query("EIO=4&transport=polling&sid=%00%2F..")
+            .unwrap()
+            .unwrap();
         assert_eq!(q.sid, Some(""));
         let long = format!("EIO=4&transport=polling&sid={}", "a".repeat(65));
-        assert_eq!(parse_query(&long).unwrap().sid, Some(""));
+        assert_eq!(parse_query(&long).unwrap().unwrap().sid, Some(""));
     }
 
     #[test]

@@ -111,6 +111,7 @@ async fn client_errors_never_count_against_a_server() {
     );
     let hs = get(tether.addr, None, &eio_path(None), &[]).await;
     assert_eq!(hs.status, 200, "new sessions still placed: {}", hs.text());
+    drop(ws);
     tether.stop().await;
 }
 
@@ -165,6 +166,7 @@ async fn a_server_slow_to_accept_keeps_its_sessions_and_only_loses_new_ones() {
         (200, "ok"),
         "the pinned session"
     );
+    drop(ws);
     tether.stop().await;
 }
 
@@ -301,4 +303,128 @@ async fn a_flood_of_failing_requests_is_not_a_flood_of_log_lines() {
         (1..=20).contains(&lines),
         "{lines} 'request failed' lines for 400 failures:\n{log}"
     );
+}
+
+/// A raw WebSocket handshake with these header lines (after `Host`), answered as is.
+async fn upgrade_with(addr: SocketAddr, lines: &str) -> RawResponse {
+    let req = format!("GET {WS_ONLY} HTTP/1.1\r\nHost: t\r\n{lines}\r\n");
+    raw_exchange(addr, None, req.as_bytes()).await
+}
+
+const GOOD_KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_handshakes_are_held_to_the_rfc_at_both_ends() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let tether = TetherHandle::start(&sockets(std::slice::from_ref(&node)).build()).await;
+    let upgrade = "Connection: Upgrade, close\r\nUpgrade: websocket\r\n";
+
+    let r = upgrade_with(
+        tether.addr,
+        &format!("{upgrade}Sec-WebSocket-Version: 8\r\n{GOOD_KEY}"),
+    )
+    .await;
+    assert_eq!(r.status, 400, "version 8: {}", r.text());
+    assert_eq!(r.header("sec-websocket-version"), Some("13"));
+    for key in [
+        "abc",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        let r = upgrade_with(
+            tether.addr,
+            &format!("{upgrade}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"),
+        )
+        .await;
+        assert_eq!(r.status, 400, "key {key:?}: {}", r.text());
+    }
+    let r = upgrade_with(
+        tether.addr,
+        &format!("Connection: Upgrade, close\r\nUpgrade: h2c, websocket\r\nSec-WebSocket-Version: 13\r\n{GOOD_KEY}"),
+    )
+    .await;
+    assert_eq!(r.status, 400, "h2c smuggled along: {}", r.text());
+    // A valid one still opens.
+    let mut ws = ws_connect(tether.addr, WS_ONLY).await;
+    assert!(ws_read_text(&mut ws).await.starts_with("0{"));
+    drop(ws);
+    tether.stop().await;
+
+    // A server that "switches protocols" without completing the handshake gets no tunnel.
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = fake.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: tcp\r\n\r\nraw bytes")
+                    .await;
+                let _ = tokio::io::copy(&mut tokio::io::empty(), &mut s).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    let tether = TetherHandle::start(
+        &ConfigBuilder::new()
+            .backend("sockets")
+            .server("fake", fake_addr)
+            .build(),
+    )
+    .await;
+    let r = upgrade_with(
+        tether.addr,
+        &format!("{upgrade}Sec-WebSocket-Version: 13\r\n{GOOD_KEY}"),
+    )
+    .await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(!r.text().contains("raw bytes"), "{}", r.text());
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_io_parameters_a_server_could_read_otherwise_are_refused() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let tether = TetherHandle::start(&sockets(std::slice::from_ref(&node)).build()).await;
+    for (query, body) in [
+        (
+            "EIO=4&transport=polling&EIO=5",
+            r#"{"code":3,"message":"Bad request"}"#,
+        ),
+        (
+            "EIO=4&transport=polling&%45IO=4",
+            r#"{"code":3,"message":"Bad request"}"#,
+        ),
+        (
+            "EIO=4&transport=polling&transport=websocket",
+            r#"{"code":3,"message":"Bad request"}"#,
+        ),
+        (
+            "EIO=9&transport=polling",
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
+        (
+            "EIO=4&transport=carrier-pigeon",
+            r#"{"code":0,"message":"Transport unknown"}"#,
+        ),
+    ] {
+        let r = get(tether.addr, None, &format!("/socket.io/?{query}"), &[]).await;
+        assert_eq!((r.status, r.text().as_str()), (400, body), "{query}");
+        assert_eq!(
+            r.header("x-node-id"),
+            None,
+            "{query}: answered by tether, not the node"
+        );
+    }
+    let stats = tether.store.load().backends[0].servers[0].stats.clone();
+    assert_eq!(stats.load(), 0, "no session reached the node uncounted");
+    tether.stop().await;
 }

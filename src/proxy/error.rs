@@ -5,9 +5,10 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
+use super::websocket;
 use crate::affinity::Miss;
 use crate::body::ProxyBody;
-use crate::engineio;
+use crate::engineio::{self, EioError};
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,10 @@ pub enum ProxyError {
     Upstream(#[from] UpstreamError),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("bad Engine.IO request: {0}")]
+    EngineIo(EioError),
+    #[error("bad WebSocket handshake: {0}")]
+    WebSocket(websocket::Refusal),
 }
 
 impl From<Miss> for ProxyError {
@@ -37,10 +42,15 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::SessionUnknown | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::SessionUnknown
+            | ProxyError::BadRequest(_)
+            | ProxyError::EngineIo(_)
+            | ProxyError::WebSocket(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(
-                UpstreamError::Connect { .. } | UpstreamError::Exchange { .. },
+                UpstreamError::Connect { .. }
+                | UpstreamError::Exchange { .. }
+                | UpstreamError::NotWebSocket { .. },
             ) => StatusCode::BAD_GATEWAY,
             ProxyError::Upstream(
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout { .. },
@@ -50,7 +60,7 @@ impl ProxyError {
     }
 
     /// How many [`ProxyError::cause`]s there are.
-    pub const CAUSES: usize = 9;
+    pub const CAUSES: usize = 12;
 
     /// Which kind of failure it is, as an index below [`ProxyError::CAUSES`]: logs are
     /// throttled per cause.
@@ -60,12 +70,15 @@ impl ProxyError {
             ProxyError::SessionUnknown => 1,
             ProxyError::NoServer => 2,
             ProxyError::BadRequest(_) => 3,
+            ProxyError::EngineIo(_) => 9,
+            ProxyError::WebSocket(_) => 10,
             ProxyError::Upstream(u) => match u {
                 UpstreamError::Connect { .. } => 4,
                 UpstreamError::ConnectTimeout { .. } => 5,
                 UpstreamError::ResponseTimeout { .. } => 6,
                 UpstreamError::Exchange { .. } => 7,
                 UpstreamError::RequestBody { .. } => 8,
+                UpstreamError::NotWebSocket { .. } => 11,
             },
         }
     }
@@ -78,6 +91,8 @@ impl ProxyError {
             ProxyError::NoRoute
                 | ProxyError::SessionUnknown
                 | ProxyError::BadRequest(_)
+                | ProxyError::EngineIo(_)
+                | ProxyError::WebSocket(_)
                 | ProxyError::Upstream(UpstreamError::RequestBody { .. })
         )
     }
@@ -86,6 +101,8 @@ impl ProxyError {
     /// for a lost session, because that is what makes them re-handshake at once.
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
+        // RFC 6455 §4.4: a refused version is answered with the one spoken.
+        let refused_version = matches!(self, ProxyError::WebSocket(websocket::Refusal::Version));
         let (content_type, body) = match self {
             ProxyError::SessionUnknown => (
                 "application/json",
@@ -94,6 +111,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => {
                 ("application/json", engineio::BAD_REQUEST_BODY.to_owned())
             }
+            ProxyError::EngineIo(e) => ("application/json", e.body().to_owned()),
             other => ("text/plain; charset=utf-8", format!("{other}\n")),
         };
         let mut resp = Response::new(ProxyBody::text(body));
@@ -103,6 +121,12 @@ impl ProxyError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if refused_version {
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static(websocket::VERSION),
+            );
         }
         resp
     }

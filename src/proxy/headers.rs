@@ -27,16 +27,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Whether a request asks to become a WebSocket (`Connection: upgrade` + `Upgrade: websocket`).
-pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    let upgrade = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    upgrade && connection_has(headers, "upgrade")
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+/// Whether the `Connection` header lists `token`.
+pub(super) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -305,11 +297,9 @@ mod tests {
             ("connection", "keep-alive, Upgrade"),
             ("upgrade", "websocket"),
         ]);
-        assert!(is_websocket_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
-        assert!(!is_websocket_upgrade(&map(&[("upgrade", "websocket")])));
     }
 
     fn origin(trusted: bool) -> Origin<'static> {

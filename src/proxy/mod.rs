@@ -12,6 +12,7 @@ pub mod headers;
 mod retry;
 mod tcp_relay;
 pub mod tunnel;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,18 +120,25 @@ impl Proxy {
             .route(host, req.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         let client = client_ip::resolve(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
-        let upgrade = headers::is_websocket_upgrade(req.headers());
+        let upgrade =
+            websocket::check_request(req.method(), req.headers()).map_err(ProxyError::WebSocket)?;
+        let upgrading = matches!(upgrade, websocket::Upgrade::WebSocket(_));
         // A cheap clone (shared bytes), so the parsed query can borrow it while the
         // request's headers are rewritten.
         let uri = req.uri().clone();
-        let eio = uri.query().and_then(engineio::parse_query);
+        let eio = uri
+            .query()
+            .map(engineio::parse_query)
+            .transpose()
+            .map_err(ProxyError::EngineIo)?
+            .flatten();
 
         let keys = Keys {
             uri: req.uri(),
             headers: req.headers(),
             client,
             eio,
-            upgrade,
+            upgrade: upgrading,
         };
         let mut target = affinity.pick(backend, &self.store.sids, keys)?;
 
@@ -141,13 +149,13 @@ impl Proxy {
             proto: if conn.tls { "https" } else { "http" },
             host,
         };
-        headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+        headers::strip_hop_by_hop(req.headers_mut(), upgrading);
         headers::set_forwarded(req.headers_mut(), &origin);
         *req.version_mut() = Version::HTTP_11;
 
-        if upgrade {
+        if let websocket::Upgrade::WebSocket(key) = upgrade {
             // Boxed, like the upgrade's connect: the rarer path keeps its size to itself.
-            return Box::pin(self.tunnel(backend, affinity, req, target)).await;
+            return Box::pin(self.tunnel(backend, affinity, req, target, key)).await;
         }
         // A new session's bodiless request can be sent again elsewhere if its server
         // cannot be reached: no session exists yet, so nothing can be duplicated.
@@ -236,6 +244,7 @@ impl Proxy {
         affinity: &Affinity,
         mut req: ClientRequest,
         mut target: Target<'_>,
+        key: HeaderValue,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_side = hyper::upgrade::on(&mut *req);
         let mut resp = self
@@ -244,6 +253,13 @@ impl Proxy {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (parts, body) = resp.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::Stream(body)));
+        }
+        if !websocket::completes(resp.headers(), &key) {
+            let e = UpstreamError::NotWebSocket {
+                server: target.server.id.to_string(),
+            };
+            note_failure(backend, target.server, &e);
+            return Err(e.into());
         }
         let server_side = hyper::upgrade::on(&mut resp);
         let idle = match (backend.timeouts.tunnel_idle, &target.pin) {

@@ -57,6 +57,10 @@ pub enum UpstreamError {
         server: String,
         source: hyper::Error,
     },
+    /// A `101 Switching Protocols` that does not complete a WebSocket handshake: no
+    /// tunnel is opened to whatever answered it.
+    #[error("{server} switched protocols without completing the WebSocket handshake")]
+    NotWebSocket { server: String },
     /// The client's request body failed while it was being sent on (malformed chunks,
     /// the client went away): nothing is wrong with the server.
     #[error("the client's request body: {source}")]
@@ -111,7 +115,8 @@ impl UpstreamError {
             UpstreamError::Connect { .. }
             | UpstreamError::ConnectTimeout { .. }
             | UpstreamError::ResponseTimeout { .. }
-            | UpstreamError::Exchange { .. } => Blame::Unwell,
+            | UpstreamError::Exchange { .. }
+            | UpstreamError::NotWebSocket { .. } => Blame::Unwell,
             UpstreamError::RequestBody { .. } => Blame::Client,
         }
     }
