@@ -74,6 +74,7 @@ async fn start(extra_top: &str, a: &Upstream, b: &Upstream) -> TetherHandle {
     let yaml = config
         .route("{ host: \"*.b.test\", backend: b }")
         .route("{ host: api.test, path_prefix: /v2/, backend: b }")
+        .route("{ host: seg.test, path_prefix: /a, backend: b }")
         .route("{ backend: a }")
         .backend("a")
         .with("balance: round_robin")
@@ -204,5 +205,59 @@ async fn upstream_connections_are_pooled_across_client_connections() {
         opened <= 2,
         "{opened} upstream connections for sequential requests"
     );
+    tether.stop().await;
+}
+
+/// One raw request (its head lines after the request line), answered to EOF.
+async fn raw(tether: &TetherHandle, line: &str, head: &str) -> RawResponse {
+    let req = format!("{line}\r\n{head}Connection: close\r\n\r\n");
+    raw_exchange(tether.addr, None, req.as_bytes()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_and_path_are_read_as_the_server_will_read_them() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let tether = start("", &a, &b).await;
+
+    // An absolute-form target names the host: routed by it, and forwarded with it.
+    let r = raw(&tether, "GET http://x.b.test/x HTTP/1.1", "Host: pub\r\n").await;
+    let echo = r.text();
+    assert_eq!(seen(&echo, "upstream"), ["b"], "{echo}");
+    assert_eq!(seen(&echo, "host"), ["x.b.test"], "{echo}");
+    assert_eq!(seen(&echo, "path"), ["/x"], "{echo}");
+
+    // HTTP/1.1 needs exactly one Host.
+    let r = raw(
+        &tether,
+        "GET / HTTP/1.1",
+        "Host: a.test\r\nHost: x.b.test\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400, "two Host headers: {}", r.text());
+    let r = raw(&tether, "GET / HTTP/1.1", "").await;
+    assert_eq!(r.status, 400, "no Host: {}", r.text());
+
+    // Dot segments are resolved before routing, and the server gets the resolved path.
+    let r = raw(
+        &tether,
+        "GET /v2/../v1/users HTTP/1.1",
+        "Host: api.test\r\n",
+    )
+    .await;
+    let echo = r.text();
+    assert_eq!(seen(&echo, "upstream"), ["a"], "{echo}");
+    assert_eq!(seen(&echo, "path"), ["/v1/users"], "{echo}");
+    let r = raw(
+        &tether,
+        "GET /v1/..%2fv2/users HTTP/1.1",
+        "Host: api.test\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400, "escaped slash: {}", r.text());
+
+    // Prefixes match whole segments; a trailing dot does not lose the host's route.
+    assert_eq!(get_host(&tether, "seg.test", "/a/x").await, "b");
+    assert_eq!(get_host(&tether, "seg.test", "/apple").await, "a");
+    assert_eq!(get_host(&tether, "api.test.", "/v2/users").await, "b");
     tether.stop().await;
 }

@@ -5,7 +5,7 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::websocket;
+use super::{target, websocket};
 use crate::affinity::Miss;
 use crate::body::ProxyBody;
 use crate::engineio::{self, EioError};
@@ -27,6 +27,8 @@ pub enum ProxyError {
     EngineIo(EioError),
     #[error("bad WebSocket handshake: {0}")]
     WebSocket(websocket::Refusal),
+    #[error("bad request target: {0}")]
+    Target(target::BadTarget),
 }
 
 impl From<Miss> for ProxyError {
@@ -45,7 +47,8 @@ impl ProxyError {
             ProxyError::SessionUnknown
             | ProxyError::BadRequest(_)
             | ProxyError::EngineIo(_)
-            | ProxyError::WebSocket(_) => StatusCode::BAD_REQUEST,
+            | ProxyError::WebSocket(_)
+            | ProxyError::Target(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(
                 UpstreamError::Connect { .. }
@@ -60,7 +63,7 @@ impl ProxyError {
     }
 
     /// How many [`ProxyError::cause`]s there are.
-    pub const CAUSES: usize = 12;
+    pub const CAUSES: usize = 13;
 
     /// Which kind of failure it is, as an index below [`ProxyError::CAUSES`]: logs are
     /// throttled per cause.
@@ -72,6 +75,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => 3,
             ProxyError::EngineIo(_) => 9,
             ProxyError::WebSocket(_) => 10,
+            ProxyError::Target(_) => 12,
             ProxyError::Upstream(u) => match u {
                 UpstreamError::Connect { .. } => 4,
                 UpstreamError::ConnectTimeout { .. } => 5,
@@ -93,6 +97,7 @@ impl ProxyError {
                 | ProxyError::BadRequest(_)
                 | ProxyError::EngineIo(_)
                 | ProxyError::WebSocket(_)
+                | ProxyError::Target(_)
                 | ProxyError::Upstream(UpstreamError::RequestBody { .. })
         )
     }

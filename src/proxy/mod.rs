@@ -10,6 +10,7 @@
 pub mod error;
 pub mod headers;
 mod retry;
+pub mod target;
 mod tcp_relay;
 pub mod tunnel;
 pub mod websocket;
@@ -111,21 +112,16 @@ impl Proxy {
         mut req: ClientRequest,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let host_value = request_host(&req);
-        let host = host_value
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .map(strip_port);
-        let (backend, affinity) = snap
-            .route(host, req.uri().path())
-            .ok_or(ProxyError::NoRoute)?;
+        // A cheap clone (shared bytes), so the target and the parsed query can borrow it
+        // while the request is rewritten.
+        let uri = req.uri().clone();
+        let aim = target::read(req.version(), &uri, req.headers()).map_err(ProxyError::Target)?;
+        let host = aim.route_host();
+        let (backend, affinity) = snap.route(host, &aim.path).ok_or(ProxyError::NoRoute)?;
         let client = client_ip::resolve(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
         let upgrade =
             websocket::check_request(req.method(), req.headers()).map_err(ProxyError::WebSocket)?;
         let upgrading = matches!(upgrade, websocket::Upgrade::WebSocket(_));
-        // A cheap clone (shared bytes), so the parsed query can borrow it while the
-        // request's headers are rewritten.
-        let uri = req.uri().clone();
         let eio = uri
             .query()
             .map(engineio::parse_query)
@@ -149,6 +145,7 @@ impl Proxy {
             proto: if conn.tls { "https" } else { "http" },
             host,
         };
+        target::apply(&aim, &uri, &mut req).map_err(ProxyError::Target)?;
         headers::strip_hop_by_hop(req.headers_mut(), upgrading);
         headers::set_forwarded(req.headers_mut(), &origin);
         *req.version_mut() = Version::HTTP_11;
@@ -310,37 +307,4 @@ impl Proxy {
 enum TunnelSession {
     Pinned(SessionPin),
     Counted(SessionGuard),
-}
-
-/// The request's host (with any port): from the absolute URI, else the `Host` header.
-/// A `Host` header is returned as a shared view of the request's bytes, not a copy: the
-/// request is rewritten while the host is still needed.
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
-    match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_is_stripped() {
-        assert_eq!(strip_port("example.com:8080"), "example.com");
-        assert_eq!(strip_port("example.com"), "example.com");
-        assert_eq!(strip_port("[::1]:80"), "::1");
-        assert_eq!(strip_port("a:b"), "a:b");
-    }
 }

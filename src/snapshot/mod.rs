@@ -34,8 +34,15 @@ struct Route {
 }
 
 impl Route {
+    /// `host`: no port, no trailing dot. A prefix matches whole segments: `/a` matches
+    /// `/a` and `/a/…`, not `/apple`.
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
-        if !path.starts_with(&self.path_prefix) {
+        let Some(rest) = path.strip_prefix(self.path_prefix.as_str()) else {
+            return false;
+        };
+        let whole_segments =
+            rest.is_empty() || self.path_prefix.ends_with('/') || rest.starts_with('/');
+        if !whole_segments {
             return false;
         }
         match (&self.host, host) {
@@ -107,5 +114,9 @@ mod tests {
         assert!(!w.matches(Some("example.com"), "/x"));
         assert!(!w.matches(Some("é.example.co"), "/x"));
         assert!(route(None, "/").matches(None, "/anything"));
+        let a = route(None, "/a");
+        assert!(a.matches(None, "/a") && a.matches(None, "/a/x") && a.matches(None, "/a/"));
+        assert!(!a.matches(None, "/apple"), "prefixes match whole segments");
+        assert!(route(None, "/socket.io/").matches(None, "/socket.io/"));
     }
 }
