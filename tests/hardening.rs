@@ -428,3 +428,72 @@ async fn engine_io_parameters_a_server_could_read_otherwise_are_refused() {
     assert_eq!(stats.load(), 0, "no session reached the node uncounted");
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_or_oversized_message_is_cut_off_and_held_against_nobody() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let yaml = sockets(std::slice::from_ref(&node))
+        .admin()
+        .top("limits: { body_read_timeout: 1s, max_payload: 2048 }")
+        .build();
+    let tether = TetherHandle::start(&yaml).await;
+    let sid = get(tether.addr, None, &eio_path(None), &[]).await.sid();
+    let path = eio_path(Some(&sid));
+
+    // Says 2,000 bytes (within max_payload), sends one every 300 ms.
+    let mut s = connect_from(tether.addr, None).await;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: 2000\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let trickle = async {
+        loop {
+            if s.write_all(b"4").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            _ = trickle => {}
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    })
+    .await;
+    let cut_after = started.elapsed();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    println!("trickled message cut after {cut_after:?}");
+    assert!(
+        cut_after < Duration::from_secs(5),
+        "a trickled body held its connection for {cut_after:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // Larger than max_payload, said up front: 413 before the node sees it.
+    let big = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 5000\r\n\r\n{}",
+        "4".repeat(5000)
+    );
+    let r = raw_exchange(tether.addr, None, big.as_bytes()).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    // ... or found out on the way (chunked).
+    let chunked = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n{}\r\n0\r\n\r\n",
+        "4".repeat(4096)
+    );
+    let r = raw_exchange(tether.addr, None, chunked.as_bytes()).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+
+    let status = tether.server_status("sockets", "node-1").await;
+    assert_eq!(status["health"], "up", "{status}");
+    assert_eq!(status["avoided"], false, "{status}");
+    tether.stop().await;
+}

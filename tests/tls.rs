@@ -544,3 +544,46 @@ async fn tls_to_upstream_servers_verifies_them_with_the_configured_ca() {
     assert_eq!(r.status, 502, "{}", r.text());
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_that_sends_no_request_is_closed() {
+    let pki = Pki::new();
+    let (c, k) = pki.issue("server", &["localhost"]);
+    let nodes = [NodeServer::spawn("node-1", None, &[]).await];
+    let yaml = sockets(&nodes)
+        .listener(&tls_listener(&[(&c, &k, false)], ""))
+        .top("limits: { header_read_timeout: 1s }")
+        .build();
+    let tether = TetherHandle::start(&yaml).await;
+    let client = pki.client(&[b"h2"]);
+
+    // The preface and SETTINGS, then silence (pings would be answered by a real client;
+    // the point is that no request ever comes).
+    let mut idle = tls_connect(&client, tether.addr, "localhost")
+        .await
+        .unwrap();
+    assert_eq!(idle.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // SETTINGS, SETTINGS ACK, GOAWAY
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "an HTTP/2 connection without a request stayed open"
+    );
+    println!(
+        "silent HTTP/2 connection closed after {:?}",
+        started.elapsed()
+    );
+    tether.stop().await;
+}

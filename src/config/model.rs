@@ -104,8 +104,19 @@ pub struct AdminConfig {
 pub struct Limits {
     /// Largest request head accepted; larger gets 431. Default 16 KiB.
     pub max_header_bytes: usize,
-    /// Time a client has to send a complete request head. Default 10 s.
+    /// Time a client has to send a complete request head (and, on HTTP/1.1, to start its
+    /// next request on a kept-alive connection; on HTTP/2, its first). Default 10 s.
     pub header_read_timeout: Duration,
+    /// An HTTP/2 connection with no request in flight this long is closed. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Streams one HTTP/2 connection may have open at once. Default 128.
+    pub h2_max_streams: u32,
+    /// Longest silence within a request body, and the longest an Engine.IO polling POST
+    /// may take to arrive whole. Default 10 s.
+    pub body_read_timeout: Duration,
+    /// Largest Engine.IO polling POST body; larger gets 413 before a server sees it.
+    /// Default 1 MB, Node's `maxHttpBufferSize`.
+    pub max_payload: u64,
 }
 
 impl Default for Limits {
@@ -113,6 +124,10 @@ impl Default for Limits {
         Limits {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            h2_max_streams: 128,
+            body_read_timeout: Duration::from_secs(10),
+            max_payload: 1_000_000,
         }
     }
 }

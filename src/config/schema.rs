@@ -134,6 +134,18 @@ pub struct RawLimits {
     /// Default 10s.
     #[serde(default)]
     pub header_read_timeout: Option<DurationSpec>,
+    /// Default 60s.
+    #[serde(default)]
+    pub idle_timeout: Option<DurationSpec>,
+    /// Default 128; 1..=10000.
+    #[serde(default)]
+    pub h2_max_streams: Option<u64>,
+    /// Default 10s.
+    #[serde(default)]
+    pub body_read_timeout: Option<DurationSpec>,
+    /// Bytes. Default 1000000; 1024..=1073741824.
+    #[serde(default)]
+    pub max_payload: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

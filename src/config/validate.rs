@@ -249,9 +249,39 @@ fn limits(raw: RawLimits, path: &KeyPath) -> R<Limits> {
         d.header_read_timeout,
         &path.key("header_read_timeout"),
     )?;
+    let idle_timeout = positive(raw.idle_timeout, d.idle_timeout, &path.key("idle_timeout"))?;
+    let body_read_timeout = positive(
+        raw.body_read_timeout,
+        d.body_read_timeout,
+        &path.key("body_read_timeout"),
+    )?;
+    let h2_max_streams = match raw.h2_max_streams {
+        None => d.h2_max_streams,
+        Some(n @ 1..=10_000) => n as u32,
+        Some(n) => {
+            return bad(
+                &path.key("h2_max_streams"),
+                format!("{n} is out of range 1..=10000"),
+            )
+        }
+    };
+    let max_payload = match raw.max_payload {
+        None => d.max_payload,
+        Some(n @ 1024..=1_073_741_824) => n,
+        Some(n) => {
+            return bad(
+                &path.key("max_payload"),
+                format!("{n} bytes is out of range 1024..=1073741824"),
+            )
+        }
+    };
     Ok(Limits {
         max_header_bytes,
         header_read_timeout,
+        idle_timeout,
+        h2_max_streams,
+        body_read_timeout,
+        max_payload,
     })
 }
 

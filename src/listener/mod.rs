@@ -5,7 +5,9 @@
 //! proxy routes each request on it independently.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -13,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tether_kit::clock::now_ms;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -231,34 +234,19 @@ async fn serve_conn<IO>(
 {
     // Limits in force when the connection opened apply to all of it.
     let limits = proxy.store().load().limits.clone();
-    let service = service_fn(move |req| {
-        let proxy = Arc::clone(&proxy);
-        let handler = handler.clone();
-        let req = Box::new(req);
-        async move { Ok::<_, Infallible>(handler.answer(&proxy, req, conn).await) }
-    });
     let io = TokioIo::new(io);
     let result = if h2 {
         // HTTP/2 carries polling requests of many sessions on one connection; each is
         // routed by its own sid, like HTTP/1.1 keep-alive requests.
         // Boxed: only TLS connections that chose h2 need HTTP/2's state.
-        let mut http = Box::pin(
-            http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
-                .serve_connection(io, service),
-        );
-        tokio::select! {
-            r = http.as_mut() => r,
-            _ = life.shutdown.cancelled() => {
-                http.as_mut().graceful_shutdown();
-                tokio::select! {
-                    r = http.as_mut() => r,
-                    _ = life.hard_stop.cancelled() => Ok(()),
-                }
-            }
-        }
+        Box::pin(serve_h2(io, conn, proxy, life.clone(), handler, &limits)).await
     } else {
+        let service = service_fn(move |req| {
+            let proxy = Arc::clone(&proxy);
+            let handler = handler.clone();
+            let req = Box::new(req);
+            async move { Ok::<_, Infallible>(handler.answer(&proxy, req, conn).await) }
+        });
         let mut http = std::pin::pin!(http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
@@ -280,6 +268,127 @@ async fn serve_conn<IO>(
     };
     if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// How often an HTTP/2 connection is pinged, and how long an answer may take: a peer
+/// that vanished without a word is noticed.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Serves HTTP/2 on `io`. hyper closes a connection whose peer stops answering pings,
+/// but not one that answers them and sends nothing else (a preface and SETTINGS, then
+/// silence, would hold a connection for ever), so requests in flight are counted here
+/// and a connection without any is closed: after `header_read_timeout` if none ever
+/// came, after `idle_timeout` once one has.
+async fn serve_h2<IO>(
+    io: TokioIo<IO>,
+    conn: ConnInfo,
+    proxy: Arc<Proxy>,
+    life: Lifecycle,
+    handler: Handler,
+    limits: &crate::config::Limits,
+) -> hyper::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let activity = Arc::clone(&activity);
+        service_fn(move |req| {
+            let proxy = Arc::clone(&proxy);
+            let handler = handler.clone();
+            let req = Box::new(req);
+            let busy = Activity::begin(&activity);
+            async move {
+                let resp = handler.answer(&proxy, req, conn).await;
+                drop(busy);
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let mut http = std::pin::pin!(http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
+        .max_concurrent_streams(limits.h2_max_streams)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .serve_connection(io, service));
+    let opened = now_ms();
+    let check = limits.header_read_timeout.min(limits.idle_timeout) / 4;
+    let mut watchdog = tokio::time::interval(check.max(Duration::from_millis(50)));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle = loop {
+        tokio::select! {
+            r = http.as_mut() => return r,
+            _ = life.shutdown.cancelled() => break false,
+            _ = watchdog.tick() => {
+                let limit = if activity.ever() { limits.idle_timeout } else { limits.header_read_timeout };
+                if activity.idle_for(opened) >= limit {
+                    tracing::debug!(peer = %conn.peer, "idle HTTP/2 connection closed");
+                    break true;
+                }
+            }
+        }
+    };
+    // GOAWAY: streams in flight finish, no new ones start. An idle connection has none;
+    // its peer gets a moment to acknowledge, not more (one that never answers would
+    // otherwise hold it until the ping timeout).
+    http.as_mut().graceful_shutdown();
+    let patience = if idle {
+        H2_IDLE_CLOSE_WAIT
+    } else {
+        Duration::MAX
+    };
+    tokio::select! {
+        r = http.as_mut() => r,
+        _ = life.hard_stop.cancelled() => Ok(()),
+        _ = tokio::time::sleep(patience) => Ok(()),
+    }
+}
+
+/// How long an idle HTTP/2 connection told to go away may take to close by itself.
+const H2_IDLE_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Debug, Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    /// `now_ms` when the last request ended; 0: none has started yet.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn begin(this: &Arc<Activity>) -> Busy {
+        this.in_flight.fetch_add(1, Ordering::AcqRel);
+        this.last_ms.store(now_ms(), Ordering::Release);
+        Busy(Arc::clone(this))
+    }
+
+    fn ever(&self) -> bool {
+        self.last_ms.load(Ordering::Acquire) != 0
+    }
+
+    /// How long the connection has carried no request (since `opened`, if none yet).
+    fn idle_for(&self, opened: u64) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let since = match self.last_ms.load(Ordering::Acquire) {
+            0 => opened,
+            t => t,
+        };
+        Duration::from_millis(now_ms().saturating_sub(since))
+    }
+}
+
+/// A request in flight; ends it when dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_ms.store(now_ms(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

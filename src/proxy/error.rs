@@ -7,7 +7,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use super::{target, websocket};
 use crate::affinity::Miss;
-use crate::body::ProxyBody;
+use crate::body::{BodyLimit, ProxyBody};
 use crate::engineio::{self, EioError};
 use crate::upstream::UpstreamError;
 
@@ -29,6 +29,8 @@ pub enum ProxyError {
     WebSocket(websocket::Refusal),
     #[error("bad request target: {0}")]
     Target(target::BadTarget),
+    #[error("an Engine.IO message larger than {0} bytes")]
+    PayloadTooLarge(u64),
 }
 
 impl From<Miss> for ProxyError {
@@ -40,6 +42,18 @@ impl From<Miss> for ProxyError {
     }
 }
 
+/// Whether a request body error is the body outgrowing its limit.
+fn too_large(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if matches!(s.downcast_ref::<BodyLimit>(), Some(BodyLimit::TooLarge(_))) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -49,6 +63,10 @@ impl ProxyError {
             | ProxyError::EngineIo(_)
             | ProxyError::WebSocket(_)
             | ProxyError::Target(_) => StatusCode::BAD_REQUEST,
+            ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Upstream(UpstreamError::RequestBody { source }) if too_large(source) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(
                 UpstreamError::Connect { .. }
@@ -63,7 +81,7 @@ impl ProxyError {
     }
 
     /// How many [`ProxyError::cause`]s there are.
-    pub const CAUSES: usize = 13;
+    pub const CAUSES: usize = 14;
 
     /// Which kind of failure it is, as an index below [`ProxyError::CAUSES`]: logs are
     /// throttled per cause.
@@ -76,6 +94,7 @@ impl ProxyError {
             ProxyError::EngineIo(_) => 9,
             ProxyError::WebSocket(_) => 10,
             ProxyError::Target(_) => 12,
+            ProxyError::PayloadTooLarge(_) => 13,
             ProxyError::Upstream(u) => match u {
                 UpstreamError::Connect { .. } => 4,
                 UpstreamError::ConnectTimeout { .. } => 5,
@@ -98,6 +117,7 @@ impl ProxyError {
                 | ProxyError::EngineIo(_)
                 | ProxyError::WebSocket(_)
                 | ProxyError::Target(_)
+                | ProxyError::PayloadTooLarge(_)
                 | ProxyError::Upstream(UpstreamError::RequestBody { .. })
         )
     }

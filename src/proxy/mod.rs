@@ -27,7 +27,8 @@ use tokio_util::task::TaskTracker;
 use crate::affinity::{client_ip, Affinity, Keys, SessionPin, Target};
 use crate::backends::health::{note_failure, note_success};
 use crate::backends::{Backend, SessionGuard};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, Rules};
+use crate::config::Limits;
 use crate::engineio::{self, Transport};
 use crate::snapshot::{Snapshot, Store};
 use crate::telemetry;
@@ -150,14 +151,25 @@ impl Proxy {
         headers::set_forwarded(req.headers_mut(), &origin);
         *req.version_mut() = Version::HTTP_11;
 
+        let rules = body_rules(&snap.limits, &req, eio)?;
         if let websocket::Upgrade::WebSocket(key) = upgrade {
             // Boxed, like the upgrade's connect: the rarer path keeps its size to itself.
-            return Box::pin(self.tunnel(backend, affinity, req, target, key)).await;
+            return Box::pin(self.tunnel(backend, affinity, req, target, key, rules)).await;
         }
         // A new session's bodiless request can be sent again elsewhere if its server
         // cannot be reached: no session exists yet, so nothing can be duplicated.
         let resp = self
-            .send(backend, affinity, &mut target, req, eio.is_some(), false)
+            .send(
+                backend,
+                affinity,
+                &mut target,
+                req,
+                Delivery {
+                    engine_io: eio.is_some(),
+                    upgrade: false,
+                    rules,
+                },
+            )
             .await?;
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
@@ -179,11 +191,15 @@ impl Proxy {
         affinity: &Affinity,
         target: &mut Target<'b>,
         req: ClientRequest,
-        engine_io: bool,
-        upgrade: bool,
+        how: Delivery,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let Delivery {
+            engine_io,
+            upgrade,
+            rules,
+        } = how;
         let replay = target.placed.is_some().then(|| Replay::of(&req)).flatten();
-        let mut first = Some(into_upstream(*req, replay.is_some()));
+        let mut first = Some(into_upstream(*req, replay.is_some(), rules));
         let mut tried = Vec::new();
         loop {
             let mut req: UpstreamRequest = first.take().unwrap_or_else(|| {
@@ -242,10 +258,21 @@ impl Proxy {
         mut req: ClientRequest,
         mut target: Target<'_>,
         key: HeaderValue,
+        rules: Rules,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_side = hyper::upgrade::on(&mut *req);
         let mut resp = self
-            .send(backend, affinity, &mut target, req, true, true)
+            .send(
+                backend,
+                affinity,
+                &mut target,
+                req,
+                Delivery {
+                    engine_io: true,
+                    upgrade: true,
+                    rules,
+                },
+            )
             .await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (parts, body) = resp.into_parts();
@@ -307,4 +334,42 @@ impl Proxy {
 enum TunnelSession {
     Pinned(SessionPin),
     Counted(SessionGuard),
+}
+
+/// How [`Proxy::send`] sends a request.
+#[derive(Debug, Clone, Copy)]
+struct Delivery {
+    /// An Engine.IO request: a new session placed by a retry counts as pending.
+    engine_io: bool,
+    /// A WebSocket upgrade: on a connection of its own, which becomes the tunnel.
+    upgrade: bool,
+    /// How its body must arrive.
+    rules: Rules,
+}
+
+/// How the request's body must arrive: never silent for longer than
+/// `body_read_timeout`; an Engine.IO polling POST (a message) also whole within it and no
+/// larger than `max_payload`, refused at once when it says it is larger.
+fn body_rules(
+    limits: &Limits,
+    req: &Request<Incoming>,
+    eio: Option<engineio::EioQuery<'_>>,
+) -> Result<Rules, ProxyError> {
+    let message = eio.is_some_and(|q| q.transport == Transport::Polling)
+        && req.method() == http::Method::POST;
+    if message {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limits.max_payload) {
+            return Err(ProxyError::PayloadTooLarge(limits.max_payload));
+        }
+    }
+    Ok(Rules {
+        gap: limits.body_read_timeout,
+        total: message.then_some(limits.body_read_timeout),
+        max_bytes: message.then_some(limits.max_payload),
+    })
 }

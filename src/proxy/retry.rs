@@ -8,7 +8,7 @@
 use http::{header, HeaderMap, Method, Request, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::body::ProxyBody;
+use crate::body::{Guarded, ProxyBody, Rules};
 use crate::upstream::UpstreamRequest;
 
 /// What is needed to send a bodiless request again.
@@ -47,11 +47,18 @@ impl Replay {
 }
 
 /// The request as sent upstream; a replayable one drops its (empty) body stream so the
-/// first attempt and any retry are alike.
-pub fn into_upstream(req: Request<Incoming>, replayable: bool) -> UpstreamRequest {
+/// first attempt and any retry are alike, and a body is held to `rules` on its way.
+pub fn into_upstream(req: Request<Incoming>, replayable: bool, rules: Rules) -> UpstreamRequest {
+    use http_body::Body as _;
     Box::new(if replayable {
         req.map(|_| ProxyBody::empty())
     } else {
-        req.map(ProxyBody::Stream)
+        req.map(|body| {
+            if body.is_end_stream() {
+                ProxyBody::Stream(body)
+            } else {
+                ProxyBody::Guarded(Guarded::new(body, rules))
+            }
+        })
     })
 }
