@@ -497,3 +497,56 @@ async fn a_trickled_or_oversized_message_is_cut_off_and_held_against_nobody() {
     assert_eq!(status["avoided"], false, "{status}");
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_waits_at_the_cap_and_harms_no_server() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let yaml = sockets(std::slice::from_ref(&node))
+        .admin()
+        .with("health: { path: /health, interval: 200ms, timeout: 1s, rise: 1, fall: 2 }")
+        .top("limits: { max_connections: 40, header_read_timeout: 1s }")
+        .build();
+    let tether = TetherHandle::start(&yaml).await;
+    assert_eq!(tether.status().await["connections"]["max"], 40);
+
+    // 100 connections that never send a byte, from one address.
+    let flooder = Some(std::net::IpAddr::from([127, 0, 0, 66]));
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(connect_from(tether.addr, flooder).await);
+    }
+    let started = std::time::Instant::now();
+    // Each is closed a header timeout after tether accepts it; at most 40 are accepted
+    // at a time, so they close in rounds instead of all after one timeout.
+    let mut closes = tokio::task::JoinSet::new();
+    for mut s in flood {
+        closes.spawn(async move {
+            wait_closed(&mut s, Duration::from_secs(20)).await;
+            started.elapsed()
+        });
+    }
+    let r = get(tether.addr, None, &eio_path(None), &[]).await;
+    let (status, served_after) = (r.status, started.elapsed());
+    let mut closed = Vec::new();
+    while let Some(t) = closes.join_next().await {
+        closed.push(t.unwrap());
+    }
+    let first_round = closed
+        .iter()
+        .filter(|t| **t < Duration::from_millis(1700))
+        .count();
+    println!(
+        "flood of 100 idle connections, cap 40: {first_round} closed in the first round, \
+         the last after {:?}; a client behind them served after {served_after:?}",
+        closed.iter().max().unwrap()
+    );
+    assert!(
+        first_round <= 40,
+        "{first_round} accepted at once past a cap of 40"
+    );
+    assert_eq!(status, 200, "the client behind the flood is served");
+    let server = tether.server_status("sockets", "node-1").await;
+    assert_eq!(server["health"], "up", "{server}");
+    assert_eq!(server["avoided"], false, "{server}");
+    tether.stop().await;
+}

@@ -49,7 +49,7 @@ impl AdminApi for Api {
 
 /// Serves admin requests until `stop`.
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
-    tether_kit::accept::accept_loop(&listener, &stop.clone(), "admin", |stream, _| {
+    tether_kit::accept::accept_loop(&listener, &stop.clone(), "admin", &[], |stream, _, _| {
         let rt_limits = rt.store.load().limits.clone();
         let rt = Arc::clone(&rt);
         let stop = stop.clone();

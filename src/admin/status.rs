@@ -54,6 +54,7 @@ pub fn status(rt: &Runtime) -> Value {
         "backends": backends,
         "listeners": rt.local_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "sids": rt.store.sids.len(),
+        "connections": { "open": rt.connections().0, "max": rt.connections().1 },
         "reload": {
             "generation": reload.generation,
             "ok": reload.error.is_none(),

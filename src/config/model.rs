@@ -40,6 +40,8 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     /// Plain listener that only redirects to `https://host:PORT/...` (308).
     pub redirect_https: Option<u16>,
+    /// Connections this listener holds open at most; absent: only the process-wide cap.
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +119,9 @@ pub struct Limits {
     /// Largest Engine.IO polling POST body; larger gets 413 before a server sees it.
     /// Default 1 MB, Node's `maxHttpBufferSize`.
     pub max_payload: u64,
+    /// Client connections (WebSocket tunnels included) the process holds open at most;
+    /// `None`: derived from the open-file limit at start.
+    pub max_connections: Option<u64>,
 }
 
 impl Default for Limits {
@@ -128,6 +133,7 @@ impl Default for Limits {
             h2_max_streams: 128,
             body_read_timeout: Duration::from_secs(10),
             max_payload: 1_000_000,
+            max_connections: None,
         }
     }
 }

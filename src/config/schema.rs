@@ -66,6 +66,9 @@ pub struct RawListener {
     /// this port.
     #[serde(default)]
     pub redirect_https: Option<u64>,
+    /// Absent: only the process-wide cap.
+    #[serde(default)]
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +149,9 @@ pub struct RawLimits {
     /// Bytes. Default 1000000; 1024..=1073741824.
     #[serde(default)]
     pub max_payload: Option<u64>,
+    /// Absent: derived from the open-file limit.
+    #[serde(default)]
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

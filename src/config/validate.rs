@@ -108,10 +108,17 @@ fn listeners(raw: Vec<RawListener>, path: &KeyPath) -> R<Vec<ListenerConfig>> {
                 )
             }
         };
+        if l.max_connections == Some(0) {
+            return bad(
+                &p.key("max_connections"),
+                "0 would accept nothing; remove the key for no per-listener cap",
+            );
+        }
         out.push(ListenerConfig {
             bind,
             tls,
             redirect_https,
+            max_connections: l.max_connections,
         });
     }
     Ok(out)
@@ -275,6 +282,12 @@ fn limits(raw: RawLimits, path: &KeyPath) -> R<Limits> {
             )
         }
     };
+    if raw.max_connections == Some(0) {
+        return bad(
+            &path.key("max_connections"),
+            "0 would accept nothing; remove the key to derive it from the open-file limit",
+        );
+    }
     Ok(Limits {
         max_header_bytes,
         header_read_timeout,
@@ -282,6 +295,7 @@ fn limits(raw: RawLimits, path: &KeyPath) -> R<Limits> {
         h2_max_streams,
         body_read_timeout,
         max_payload,
+        max_connections: raw.max_connections,
     })
 }
 

@@ -16,6 +16,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tether_kit::clock::now_ms;
+use tether_kit::gate::Gate;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -99,22 +100,27 @@ pub struct Lifecycle {
     pub connections: TaskTracker,
 }
 
-/// Accepts until `stop_accepting` fires. The mode is read per connection, so a reload
-/// that swaps it (a new certificate) changes new connections only.
+/// Accepts until `stop_accepting` fires, holding a place in each of `gates` (the
+/// process-wide connection cap, the listener's own) per connection. The mode is read per
+/// connection, so a reload that swaps it (a new certificate) changes new connections only.
 pub async fn serve(
     listener: TcpListener,
     mode: Arc<ArcSwap<Mode>>,
     proxy: Arc<Proxy>,
     life: Lifecycle,
+    gates: Vec<Arc<Gate>>,
 ) {
     let stop = life.stop_accepting.clone();
-    tether_kit::accept::accept_loop(&listener, &stop, "proxy", |stream, peer| {
+    tether_kit::accept::accept_loop(&listener, &stop, "proxy", &gates, |stream, peer, passes| {
         let mode = mode.load_full();
         let proxy = Arc::clone(&proxy);
         let l = life.clone();
         let tls = matches!(*mode, Mode::Tls { .. });
         let conn = ConnInfo { peer, tls };
         life.connections.spawn(async move {
+            // Held until the connection closes (a tunnel it becomes holds a place of its
+            // own).
+            let _passes = passes;
             match &*mode {
                 Mode::Plain => {
                     serve_conn(stream, conn, proxy, l, Handler::Proxy(None), false).await

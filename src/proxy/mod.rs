@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use tether_kit::gate::Gate;
 use tether_kit::throttle::Throttle;
 use tokio_util::task::TaskTracker;
 
@@ -60,6 +61,9 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub struct Proxy {
     store: Arc<Store>,
+    /// The process-wide connection cap: a tunnel holds a place of its own for its life
+    /// (it outlives the HTTP connection it came from).
+    connections: Arc<Gate>,
     /// Every tunnel task, so shutdown can wait for them.
     tunnels: TaskTracker,
     /// Fired when the shutdown grace is over: tunnels still open are closed.
@@ -67,9 +71,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<Store>, connections: Arc<Gate>) -> Self {
         Proxy {
             store,
+            connections,
             tunnels: TaskTracker::new(),
             hard_stop: Arc::default(),
         }
@@ -307,7 +312,9 @@ impl Proxy {
         let server_id = Arc::clone(&target.server.id);
         let stats = Arc::clone(&target.server.stats);
         let mut stop = TunnelStop::new(Arc::clone(&self.hard_stop), stats);
+        let place = self.connections.force_enter();
         self.tunnels.spawn(async move {
+            let _place = place;
             let (client, server) = match tokio::join!(client_side, server_side) {
                 (Ok(c), Ok(s)) => (c, s),
                 (c, s) => {

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tether_kit::gate::Gate;
 use tether_kit::lock;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -31,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backends::discovery::{Discovered, Discovery};
 use crate::backends::health::HealthChecks;
-use crate::config::{AdminConfig, Config, ListenerConfig};
+use crate::config::{AdminConfig, Config, Limits, ListenerConfig};
 use crate::listener::{self, Lifecycle, Mode};
 use crate::proxy::Proxy;
 use crate::snapshot::{Snapshot, Store, StoreError};
@@ -81,6 +82,8 @@ struct Bound {
     local: SocketAddr,
     mode: Arc<ArcSwap<Mode>>,
     stop_accepting: CancellationToken,
+    /// The listener's own connection cap (unbounded when the config sets none).
+    gate: Arc<Gate>,
 }
 
 struct AdminBound {
@@ -94,6 +97,8 @@ struct AdminBound {
 pub struct Runtime {
     pub store: Arc<Store>,
     pub proxy: Arc<Proxy>,
+    /// The process-wide cap on client connections, WebSocket tunnels included.
+    connections: Arc<Gate>,
     health: HealthChecks,
     discovery: Discovery,
     source: Option<PathBuf>,
@@ -155,10 +160,12 @@ impl Tether {
         };
         tether_kit::recorder::handle();
         let store = Arc::new(Store::new(&config)?);
-        let proxy = Arc::new(Proxy::new(Arc::clone(&store)));
+        let connections = Gate::new(connection_cap(&config.limits));
+        let proxy = Arc::new(Proxy::new(Arc::clone(&store), Arc::clone(&connections)));
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let (discovered_tx, discovered_rx) = mpsc::unbounded_channel();
         let runtime = Runtime {
+            connections,
             health: HealthChecks::default(),
             discovery: Discovery::new(discovered_tx),
             store,
@@ -289,8 +296,42 @@ async fn bind_listener(
             local,
             mode: Arc::new(ArcSwap::from_pointee(mode)),
             stop_accepting: stop_accepting.child_token(),
+            gate: Gate::new(listener_cap(l)),
         },
     ))
+}
+
+fn listener_cap(l: &ListenerConfig) -> usize {
+    l.max_connections
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// File descriptors kept free of client connections, beyond a share of the limit: for
+/// connections to servers (kept-alive pools, each tunnel's server side is counted in the
+/// halving below), health probes, DNS, the admin API, logs.
+const RESERVED_FILES: u64 = 256;
+
+/// The process-wide cap on client connections: the configured one, else what the open-file
+/// limit allows, each connection counted with the server connection it may need, less a
+/// reserve so that the work of connections already open never runs out of descriptors.
+fn connection_cap(limits: &Limits) -> usize {
+    let files = tether_kit::gate::open_files_limit();
+    let reserve = RESERVED_FILES + files / 20;
+    let fits = (files.saturating_sub(reserve) / 2).max(1);
+    let cap = match limits.max_connections {
+        None => fits,
+        Some(n) if n > fits => {
+            tracing::warn!(
+                configured = n,
+                open_files = files,
+                cap = fits,
+                "limits.max_connections does not fit in the open-file limit; capped lower"
+            );
+            fits
+        }
+        Some(n) => n,
+    };
+    usize::try_from(cap).unwrap_or(usize::MAX)
 }
 
 async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -319,6 +360,11 @@ impl Runtime {
         lock(&self.status).clone()
     }
 
+    /// Client connections open now (WebSocket tunnels included), and the cap.
+    pub fn connections(&self) -> (usize, usize) {
+        (self.connections.open(), self.connections.max())
+    }
+
     /// The admin config in force (read per request, so a reload changes its token and
     /// host names at once).
     pub fn admin_config(&self) -> Option<AdminConfig> {
@@ -342,6 +388,7 @@ impl Runtime {
             Arc::clone(&b.mode),
             Arc::clone(&self.proxy),
             life,
+            vec![Arc::clone(&self.connections), Arc::clone(&b.gate)],
         ));
     }
 

@@ -175,6 +175,8 @@ impl Runtime {
         let prepared = self.store.prepare(&config)?;
         self.sync_listeners(&config.listeners).await?;
         self.sync_admin(config.admin.as_ref()).await?;
+        self.connections
+            .set_max(super::connection_cap(&config.limits));
         let snapshot = self.store.commit(&config, prepared);
         self.routing_changed(&snapshot);
         self.discovery.sync(&config);
@@ -202,6 +204,7 @@ impl Runtime {
         for (slot, mode, cfg) in swaps {
             slot.store(Arc::new(mode));
             if let Some(b) = listeners.iter_mut().find(|b| b.config.bind == cfg.bind) {
+                b.gate.set_max(super::listener_cap(&cfg));
                 b.config = cfg;
             }
         }

@@ -7,28 +7,59 @@
 //! loop logs, pauses briefly and goes on.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::gate::{Gate, Pass};
 use crate::throttle::Throttle;
+
+/// Counter: times an accept loop waited at a connection cap (`listener`).
+pub const CAP_WAITS: &str = "tether_connection_cap_waits_total";
 
 /// How long to wait after a failed accept before the next.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Accepts on `listener` until `stop` is cancelled, handing each connection (with
 /// `TCP_NODELAY` set: every peer here speaks request/response or WebSocket frames) to
-/// `on_conn`. `name` says whose listener it is in the log.
+/// `on_conn`, with a place in each of `gates`: while one is full, nothing is accepted
+/// (clients wait in the listen backlog). `name` says whose listener it is in the log.
 pub async fn accept_loop<F>(
     listener: &TcpListener,
     stop: &CancellationToken,
     name: &'static str,
+    gates: &[Arc<Gate>],
     mut on_conn: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr),
+    F: FnMut(TcpStream, SocketAddr, Vec<Pass>),
 {
     loop {
+        let mut passes = Vec::with_capacity(gates.len());
+        for gate in gates {
+            let pass = match gate.try_enter() {
+                Some(pass) => pass,
+                None => {
+                    static LOG: Throttle = Throttle::new(Duration::from_secs(1));
+                    if let Some(suppressed) = LOG.allow() {
+                        tracing::warn!(
+                            listener = name,
+                            open = gate.open(),
+                            max = gate.max(),
+                            suppressed,
+                            "at the connection cap: not accepting until a connection closes"
+                        );
+                    }
+                    metrics::counter!(CAP_WAITS, "listener" => name).increment(1);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        pass = gate.enter() => pass,
+                    }
+                }
+            };
+            passes.push(pass);
+        }
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => r,
@@ -36,7 +67,7 @@ pub async fn accept_loop<F>(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                on_conn(stream, peer);
+                on_conn(stream, peer, passes);
             }
             Err(e) => {
                 // Out of descriptors, this fails as fast as connections arrive.
@@ -66,7 +97,7 @@ mod tests {
         let task = tokio::spawn({
             let stop = stop.clone();
             async move {
-                accept_loop(&listener, &stop, "test", |s, peer| {
+                accept_loop(&listener, &stop, "test", &[], |s, peer, _| {
                     let _ = tx.send((s.nodelay().unwrap(), peer));
                 })
                 .await

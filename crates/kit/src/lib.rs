@@ -2,7 +2,8 @@
 //! so each exists once: the accept loop, the way to take a lock, retry back-off, signals,
 //! and the process-wide metrics recorder. Nothing here knows about HTTP or Socket.IO.
 //!
-//! - [`accept`] accepts on a bound listener until told to stop, riding out failed accepts.
+//! - [`accept`] accepts on a bound listener until told to stop, riding out failed accepts;
+//!   [`gate`] caps open connections by making it wait.
 //! - [`sync`] the one way to take a `std` mutex.
 //! - [`backoff`] delays that double from a minimum to a maximum.
 //! - [`signal`] SIGINT/SIGTERM into one cancellation token; a second signal exits.
@@ -13,6 +14,7 @@
 pub mod accept;
 pub mod backoff;
 pub mod clock;
+pub mod gate;
 pub mod recorder;
 pub mod signal;
 pub mod sync;

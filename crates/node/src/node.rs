@@ -634,38 +634,44 @@ fn serve<A: socketioxide::adapter::Adapter>(
         let stop = stop.clone();
         let conns = conns.clone();
         tokio::spawn(async move {
-            tether_kit::accept::accept_loop(&listener, &stop.clone(), "node", |stream, _| {
-                let svc = svc.clone();
-                let header = header.clone();
-                let stop = stop.clone();
-                conns.spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let fut = svc.call(req);
-                        let header = header.clone();
-                        async move {
-                            let mut resp = fut.await?;
-                            resp.headers_mut()
-                                .insert(HeaderName::from_static(NODE_ID_HEADER), header);
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let conn = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades();
-                    let mut conn = std::pin::pin!(conn);
-                    tokio::select! {
-                        r = conn.as_mut() => {
-                            if let Err(e) = r {
-                                tracing::debug!(error = %e, "node connection ended");
+            tether_kit::accept::accept_loop(
+                &listener,
+                &stop.clone(),
+                "node",
+                &[],
+                |stream, _, _| {
+                    let svc = svc.clone();
+                    let header = header.clone();
+                    let stop = stop.clone();
+                    conns.spawn(async move {
+                        let svc = service_fn(move |req: Request<Incoming>| {
+                            let fut = svc.call(req);
+                            let header = header.clone();
+                            async move {
+                                let mut resp = fut.await?;
+                                resp.headers_mut()
+                                    .insert(HeaderName::from_static(NODE_ID_HEADER), header);
+                                Ok::<_, Infallible>(resp)
+                            }
+                        });
+                        let conn = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .with_upgrades();
+                        let mut conn = std::pin::pin!(conn);
+                        tokio::select! {
+                            r = conn.as_mut() => {
+                                if let Err(e) = r {
+                                    tracing::debug!(error = %e, "node connection ended");
+                                }
+                            }
+                            _ = stop.cancelled() => {
+                                conn.as_mut().graceful_shutdown();
+                                let _ = tokio::time::timeout(CONN_GRACE, conn).await;
                             }
                         }
-                        _ = stop.cancelled() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = tokio::time::timeout(CONN_GRACE, conn).await;
-                        }
-                    }
-                });
-            })
+                    });
+                },
+            )
             .await
         })
     };
