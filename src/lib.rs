@@ -11,6 +11,8 @@
 //! - [`engineio`] the protocol facts the proxy relies on: how a request is recognised as
 //!   Engine.IO, where its sid is, what the open packet says. [`tls`] certificates chosen
 //!   by SNI, upstream TLS, PEM loading, a development CA (`tether cert`, tests).
+//!   [`admission`] what one client address may take: connections, session and request
+//!   rates, allow and deny lists.
 //! - [`balance`] places new sessions: least sessions, consistent hash with bounded load,
 //!   round robin, slow start; fixed-seed hashing so every instance routes alike.
 //! - [`upstream`] talks to one server: dial (TCP, TLS), its keep-alive pool, upgrades.
@@ -36,6 +38,7 @@
 //! (`tether bench`) are crates of their own under `crates/`; the proxy never links them.
 
 pub mod admin;
+pub mod admission;
 pub mod affinity;
 pub mod backends;
 pub mod balance;

@@ -18,6 +18,9 @@ pub const PASSIVE_AVOIDS: &str = "tether_passive_avoids_total";
 /// Counter: work that failed for want of a local resource (descriptors, memory, ports),
 /// not held against any server (`what`).
 pub const LOCAL_SHORTAGES: &str = "tether_local_shortages_total";
+/// Counter: connections or requests turned away by per-client limits (`what` =
+/// denied | connections | handshakes | requests).
+pub const CLIENTS_LIMITED: &str = "tether_clients_limited_total";
 /// Counter: config reloads (`result` = ok | error).
 pub const RELOADS: &str = "tether_config_reloads_total";
 /// Counter: requests answered (`backend`, `status` class).

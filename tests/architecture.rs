@@ -13,8 +13,8 @@ const LAYERS: &[&[&str]] = &[
     // one body type.
     &["telemetry", "wakers", "body"],
     &["config"],
-    // Protocol facts, and everything TLS.
-    &["engineio", "tls"],
+    // Protocol facts, everything TLS, per-client admission.
+    &["engineio", "tls", "admission"],
     // Placement of new sessions.
     &["balance"],
     // Connections to servers: dial, keep-alive pool, upgrades.

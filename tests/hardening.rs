@@ -550,3 +550,62 @@ async fn a_connection_flood_waits_at_the_cap_and_harms_no_server() {
     assert_eq!(server["avoided"], false, "{server}");
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_what_belongs_to_everyone() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let yaml = sockets(std::slice::from_ref(&node))
+        .route("{ path_prefix: /metrics, deny: true }")
+        .route("{ backend: sockets }")
+        .top(
+            "limits:\n  per_client:\n    connections: 20\n    handshakes: { per_second: 5, burst: 10 }\n    deny: [127.0.0.99]",
+        )
+        .build();
+    let tether = TetherHandle::start(&yaml).await;
+    let greedy = Some(std::net::IpAddr::from([127, 0, 0, 77]));
+    let other = Some(std::net::IpAddr::from([127, 0, 0, 78]));
+
+    // Handshakes: a burst of 10, then 5 a second.
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let r = get(tether.addr, greedy, &eio_path(None), &[]).await;
+        if r.status == 429 {
+            assert!(r.header("retry-after").is_some(), "429 says when to retry");
+        }
+        statuses.push(r.status);
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    println!("30 handshakes from one address: {ok} placed, {limited} told to wait");
+    assert!((10..=13).contains(&ok), "{statuses:?}");
+    assert_eq!(ok + limited, 30, "{statuses:?}");
+    assert_eq!(
+        get(tether.addr, other, &eio_path(None), &[]).await.status,
+        200,
+        "another address is not held to the first one's spending"
+    );
+
+    // Connections: 20 at once per address; the 21st is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(connect_from(tether.addr, greedy).await);
+    }
+    let mut extra = connect_from(tether.addr, greedy).await;
+    assert!(
+        wait_closed(&mut extra, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a 21st connection from one address is refused"
+    );
+    let r = get(tether.addr, other, &eio_path(None), &[]).await;
+    assert_eq!(r.status, 200, "others still connect");
+    drop(held);
+
+    // Deny lists and deny rules.
+    let mut denied = connect_from(tether.addr, Some(std::net::IpAddr::from([127, 0, 0, 99]))).await;
+    assert!(wait_closed(&mut denied, Duration::from_secs(5))
+        .await
+        .is_some());
+    assert_eq!(get(tether.addr, other, "/metrics", &[]).await.status, 403);
+    tether.stop().await;
+}

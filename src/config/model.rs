@@ -102,7 +102,7 @@ pub struct AdminConfig {
 }
 
 /// Limits applied to client connections.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Largest request head accepted; larger gets 431. Default 16 KiB.
     pub max_header_bytes: usize,
@@ -122,6 +122,49 @@ pub struct Limits {
     /// Client connections (WebSocket tunnels included) the process holds open at most;
     /// `None`: derived from the open-file limit at start.
     pub max_connections: Option<u64>,
+    /// What one client address may take.
+    pub per_client: ClientLimits,
+}
+
+/// What one client address (an IPv6 /64) may take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientLimits {
+    /// Connections open at once. Default 1,024.
+    pub connections: u32,
+    /// New sessions (Engine.IO handshakes, WebSocket-only sessions). Default 100/s,
+    /// bursts of 1,000.
+    pub handshakes: Rate,
+    /// Requests of any kind. Default 1,000/s, bursts of 2,000.
+    pub requests: Rate,
+    /// When not empty, only these may connect.
+    pub allow: Vec<IpNet>,
+    /// These may not connect.
+    pub deny: Vec<IpNet>,
+}
+
+/// A token bucket: `burst` at once, then `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            connections: 1024,
+            handshakes: Rate {
+                per_second: 100.0,
+                burst: 1000,
+            },
+            requests: Rate {
+                per_second: 1000.0,
+                burst: 2000,
+            },
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -134,6 +177,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(10),
             max_payload: 1_000_000,
             max_connections: None,
+            per_client: ClientLimits::default(),
         }
     }
 }
@@ -143,8 +187,8 @@ pub struct RouteConfig {
     pub host: Option<HostMatch>,
     /// `"/"` when the file gives none.
     pub path_prefix: String,
-    /// Index into `Config::backends`.
-    pub backend: usize,
+    /// Index into `Config::backends`; `None`: a deny rule (403).
+    pub backend: Option<usize>,
 }
 
 /// How a route matches the request's host (port stripped, compared case-insensitively).

@@ -152,6 +152,34 @@ pub struct RawLimits {
     /// Absent: derived from the open-file limit.
     #[serde(default)]
     pub max_connections: Option<u64>,
+    #[serde(default)]
+    pub per_client: Option<RawClientLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientLimits {
+    /// Default 1024.
+    #[serde(default)]
+    pub connections: Option<u64>,
+    /// Default { per_second: 100, burst: 1000 }.
+    #[serde(default)]
+    pub handshakes: Option<RawRate>,
+    /// Default { per_second: 1000, burst: 2000 }.
+    #[serde(default)]
+    pub requests: Option<RawRate>,
+    /// CIDRs or bare IPs.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub per_second: f64,
+    pub burst: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,8 +191,12 @@ pub struct RawRoute {
     /// Default `/`.
     #[serde(default = "default_path_prefix")]
     pub path_prefix: String,
-    /// Name of a backend.
-    pub backend: String,
+    /// Name of a backend; absent only with `deny: true`.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Refuse matching requests with 403 (e.g. a node's own `/metrics`).
+    #[serde(default)]
+    pub deny: bool,
 }
 
 /// Backends in the order the file lists them: route indexes, the admin page and any

@@ -288,6 +288,7 @@ fn limits(raw: RawLimits, path: &KeyPath) -> R<Limits> {
             "0 would accept nothing; remove the key to derive it from the open-file limit",
         );
     }
+    let per_client = client_limits(raw.per_client.unwrap_or_default(), &path.key("per_client"))?;
     Ok(Limits {
         max_header_bytes,
         header_read_timeout,
@@ -296,6 +297,53 @@ fn limits(raw: RawLimits, path: &KeyPath) -> R<Limits> {
         body_read_timeout,
         max_payload,
         max_connections: raw.max_connections,
+        per_client,
+    })
+}
+
+fn client_limits(raw: RawClientLimits, path: &KeyPath) -> R<ClientLimits> {
+    let d = ClientLimits::default();
+    let connections = match raw.connections {
+        None => d.connections,
+        Some(n @ 1..=1_000_000) => n as u32,
+        Some(n) => {
+            return bad(
+                &path.key("connections"),
+                format!("{n} is out of range 1..=1000000"),
+            )
+        }
+    };
+    let rate = |raw: Option<RawRate>, default: Rate, key: &str| -> R<Rate> {
+        let Some(r) = raw else { return Ok(default) };
+        if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1e9) {
+            return bad(
+                &path.key(key).key("per_second"),
+                format!("{} is not a rate above 0 (tokens per second)", r.per_second),
+            );
+        }
+        if !(1..=1_000_000_000).contains(&r.burst) {
+            return bad(
+                &path.key(key).key("burst"),
+                format!("{} is out of range 1..=1000000000", r.burst),
+            );
+        }
+        Ok(Rate {
+            per_second: r.per_second,
+            burst: r.burst as u32,
+        })
+    };
+    let nets = |list: &[String], key: &str| -> R<Vec<IpNet>> {
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| cidr(s, &path.key(key).index(i)))
+            .collect()
+    };
+    Ok(ClientLimits {
+        connections,
+        handshakes: rate(raw.handshakes, d.handshakes, "handshakes")?,
+        requests: rate(raw.requests, d.requests, "requests")?,
+        allow: nets(&raw.allow, "allow")?,
+        deny: nets(&raw.deny, "deny")?,
     })
 }
 
@@ -309,7 +357,7 @@ fn routes(
             return Ok(vec![RouteConfig {
                 host: None,
                 path_prefix: "/".to_owned(),
-                backend: 0,
+                backend: Some(0),
             }]);
         }
         let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
@@ -330,16 +378,33 @@ fn routes(
     let mut out = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
         let p = path.index(i);
-        let Some(backend) = backends.iter().position(|b| b.name == r.backend) else {
-            let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
-            return bad(
-                &p.key("backend"),
-                format!(
-                    "unknown backend `{}`; defined backends: {}",
-                    r.backend,
-                    names.join(", ")
-                ),
-            );
+        let backend = match (r.backend, r.deny) {
+            (Some(_), true) => {
+                return bad(
+                    &p.key("deny"),
+                    "a deny rule refuses the requests it matches: it has no backend; remove one of the two",
+                )
+            }
+            (None, false) => {
+                return bad(
+                    &p,
+                    "a route needs a backend (or deny: true to refuse what it matches)",
+                )
+            }
+            (None, true) => None,
+            (Some(name), false) => match backends.iter().position(|b| b.name == name) {
+                Some(i) => Some(i),
+                None => {
+                    let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+                    return bad(
+                        &p.key("backend"),
+                        format!(
+                            "unknown backend `{name}`; defined backends: {}",
+                            names.join(", ")
+                        ),
+                    );
+                }
+            },
         };
         if !r.path_prefix.starts_with('/')
             || r.path_prefix

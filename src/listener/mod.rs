@@ -17,6 +17,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tether_kit::clock::now_ms;
 use tether_kit::gate::Gate;
+use tether_kit::throttle::Throttle;
+
+use crate::admission::Refused;
+use crate::telemetry;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -112,6 +116,14 @@ pub async fn serve(
 ) {
     let stop = life.stop_accepting.clone();
     tether_kit::accept::accept_loop(&listener, &stop, "proxy", &gates, |stream, peer, passes| {
+        let store = proxy.store();
+        let client = match store
+            .clients
+            .connect(peer.ip(), &store.load().limits.per_client)
+        {
+            Ok(counted) => counted,
+            Err(why) => return refuse(peer, why),
+        };
         let mode = mode.load_full();
         let proxy = Arc::clone(&proxy);
         let l = life.clone();
@@ -120,7 +132,7 @@ pub async fn serve(
         life.connections.spawn(async move {
             // Held until the connection closes (a tunnel it becomes holds a place of its
             // own).
-            let _passes = passes;
+            let _held = (passes, client);
             match &*mode {
                 Mode::Plain => {
                     serve_conn(stream, conn, proxy, l, Handler::Proxy(None), false).await
@@ -151,6 +163,15 @@ pub async fn serve(
         });
     })
     .await;
+}
+
+/// Closes a connection its client may not open (the stream is dropped unread).
+fn refuse(peer: std::net::SocketAddr, why: Refused) {
+    metrics::counter!(telemetry::CLIENTS_LIMITED, "what" => why.as_str()).increment(1);
+    static LOG: Throttle = Throttle::new(Duration::from_secs(1));
+    if let Some(suppressed) = LOG.allow() {
+        tracing::info!(%peer, reason = %why, suppressed, "connection refused");
+    }
 }
 
 /// What answers the requests of a connection.

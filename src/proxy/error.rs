@@ -6,6 +6,7 @@
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::{target, websocket};
+use crate::admission::Refused;
 use crate::affinity::Miss;
 use crate::body::{BodyLimit, ProxyBody};
 use crate::engineio::{self, EioError};
@@ -15,6 +16,13 @@ use crate::upstream::UpstreamError;
 pub enum ProxyError {
     #[error("no route for this host and path")]
     NoRoute,
+    #[error("refused by a deny rule")]
+    Forbidden,
+    #[error("{why}")]
+    Limited {
+        why: Refused,
+        retry_after: std::time::Duration,
+    },
     #[error("the session's server is gone")]
     SessionUnknown,
     #[error("no server can take a new session")]
@@ -58,6 +66,12 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Forbidden
+            | ProxyError::Limited {
+                why: Refused::Denied,
+                ..
+            } => StatusCode::FORBIDDEN,
+            ProxyError::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::SessionUnknown
             | ProxyError::BadRequest(_)
             | ProxyError::EngineIo(_)
@@ -81,7 +95,7 @@ impl ProxyError {
     }
 
     /// How many [`ProxyError::cause`]s there are.
-    pub const CAUSES: usize = 14;
+    pub const CAUSES: usize = 16;
 
     /// Which kind of failure it is, as an index below [`ProxyError::CAUSES`]: logs are
     /// throttled per cause.
@@ -95,6 +109,8 @@ impl ProxyError {
             ProxyError::WebSocket(_) => 10,
             ProxyError::Target(_) => 12,
             ProxyError::PayloadTooLarge(_) => 13,
+            ProxyError::Forbidden => 14,
+            ProxyError::Limited { .. } => 15,
             ProxyError::Upstream(u) => match u {
                 UpstreamError::Connect { .. } => 4,
                 UpstreamError::ConnectTimeout { .. } => 5,
@@ -112,6 +128,8 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::NoRoute
+                | ProxyError::Forbidden
+                | ProxyError::Limited { .. }
                 | ProxyError::SessionUnknown
                 | ProxyError::BadRequest(_)
                 | ProxyError::EngineIo(_)
@@ -126,6 +144,13 @@ impl ProxyError {
     /// for a lost session, because that is what makes them re-handshake at once.
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
+        // Whole seconds, rounded up: when the client may try again.
+        let retry_after = match &self {
+            ProxyError::Limited { retry_after, .. } if status == StatusCode::TOO_MANY_REQUESTS => {
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+            }
+            _ => None,
+        };
         // RFC 6455 §4.4: a refused version is answered with the one spoken.
         let refused_version = matches!(self, ProxyError::WebSocket(websocket::Refusal::Version));
         let (content_type, body) = match self {
@@ -146,6 +171,10 @@ impl ProxyError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(wait) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
         }
         if refused_version {
             resp.headers_mut().insert(

@@ -31,7 +31,7 @@ use crate::backends::{Backend, SessionGuard};
 use crate::body::{ProxyBody, Rules};
 use crate::config::Limits;
 use crate::engineio::{self, Transport};
-use crate::snapshot::{Snapshot, Store};
+use crate::snapshot::{Snapshot, Store, Unrouted};
 use crate::telemetry;
 use crate::upstream::{self, UpstreamError, UpstreamRequest};
 
@@ -123,7 +123,10 @@ impl Proxy {
         let uri = req.uri().clone();
         let aim = target::read(req.version(), &uri, req.headers()).map_err(ProxyError::Target)?;
         let host = aim.route_host();
-        let (backend, affinity) = snap.route(host, &aim.path).ok_or(ProxyError::NoRoute)?;
+        let (backend, affinity) = snap.route(host, &aim.path).map_err(|u| match u {
+            Unrouted::NoRoute => ProxyError::NoRoute,
+            Unrouted::Denied => ProxyError::Forbidden,
+        })?;
         let client = client_ip::resolve(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
         let upgrade =
             websocket::check_request(req.method(), req.headers()).map_err(ProxyError::WebSocket)?;
@@ -134,6 +137,15 @@ impl Proxy {
             .transpose()
             .map_err(ProxyError::EngineIo)?
             .flatten();
+        let starts_session = eio.is_some_and(|q| q.sid.is_none());
+        if let Err((why, retry_after)) =
+            self.store
+                .clients
+                .request(client, starts_session, &snap.limits.per_client)
+        {
+            metrics::counter!(telemetry::CLIENTS_LIMITED, "what" => why.as_str()).increment(1);
+            return Err(ProxyError::Limited { why, retry_after });
+        }
 
         let keys = Keys {
             uri: req.uri(),

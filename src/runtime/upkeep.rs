@@ -26,6 +26,7 @@ pub(super) fn spawn(rt: &Arc<Runtime>) -> JoinHandle<()> {
             tokio::select! {
                 _ = every.tick() => {
                     rt.store.sids.sweep();
+                    rt.store.clients.sweep(&rt.store.load().limits.per_client);
                     if let Some(snapshot) = rt.store.tick() {
                         rt.routing_changed(&snapshot);
                     }

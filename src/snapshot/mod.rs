@@ -30,7 +30,17 @@ pub struct Snapshot {
 struct Route {
     host: Option<HostMatch>,
     path_prefix: String,
-    backend: usize,
+    /// `None`: a deny rule.
+    backend: Option<usize>,
+}
+
+/// Why no backend serves a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrouted {
+    /// No route matches.
+    NoRoute,
+    /// A deny rule matches first.
+    Denied,
 }
 
 impl Route {
@@ -84,9 +94,17 @@ impl Snapshot {
 
     /// The backend (and its affinity rules) of the first route matching `host` (port
     /// already stripped) and `path`.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<(&Backend, &Affinity)> {
-        let i = self.routes.iter().find(|r| r.matches(host, path))?.backend;
-        Some((self.backends.get(i)?, self.affinity.get(i)?))
+    pub fn route(&self, host: Option<&str>, path: &str) -> Result<(&Backend, &Affinity), Unrouted> {
+        let route = self
+            .routes
+            .iter()
+            .find(|r| r.matches(host, path))
+            .ok_or(Unrouted::NoRoute)?;
+        let i = route.backend.ok_or(Unrouted::Denied)?;
+        match (self.backends.get(i), self.affinity.get(i)) {
+            (Some(b), Some(a)) => Ok((b, a)),
+            _ => Err(Unrouted::NoRoute),
+        }
     }
 }
 
@@ -98,7 +116,7 @@ mod tests {
         Route {
             host,
             path_prefix: prefix.into(),
-            backend: 0,
+            backend: Some(0),
         }
     }
 

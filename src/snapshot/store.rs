@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use tether_kit::lock;
 
 use super::Snapshot;
+use crate::admission::Admission;
 use crate::affinity::SidTable;
 use crate::backends::{Backend, Health, Registry, ServerStats};
 use crate::config::{BackendConfig, Config, ServerConfig, ServerState};
@@ -95,12 +96,15 @@ impl Sources {
     }
 }
 
-/// What outlives every snapshot: the current one, the counters, the sid table.
+/// What outlives every snapshot: the current one, the counters, the sid table, the
+/// per-client state.
 #[derive(Debug)]
 pub struct Store {
     current: ArcSwap<Snapshot>,
     registry: Registry,
     pub sids: Arc<SidTable>,
+    /// What each client address holds and has spent (its limits are the snapshot's).
+    pub clients: Arc<Admission>,
     sources: Mutex<Sources>,
 }
 
@@ -128,6 +132,7 @@ impl Store {
             current: ArcSwap::from_pointee(snapshot),
             registry,
             sids: Arc::new(SidTable::new(capacity)),
+            clients: Arc::default(),
             sources: Mutex::new(sources),
         })
     }
