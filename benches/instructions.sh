@@ -35,7 +35,8 @@ measure() {
   wait_for "$dir/node.out" listening
   local node_port; node_port=$(python3 -c "import json;print(json.loads(open('$dir/node.out').readline())['port'])")
   local port; port=$(free_port)
-  printf 'listeners:\n  - bind: "127.0.0.1:%s"\nbackends:\n  b:\n    servers:\n      - { id: n1, addr: "127.0.0.1:%s" }\n' "$port" "$node_port" >"$dir/t.yaml"
+  # Per-client limits lifted: the load generator is one address.
+  printf 'listeners:\n  - bind: "127.0.0.1:%s"\nlimits:\n  per_client:\n    connections: 1000000\n    handshakes: { per_second: 1000000000, burst: 1000000000 }\n    requests: { per_second: 1000000000, burst: 1000000000 }\nbackends:\n  b:\n    servers:\n      - { id: n1, addr: "127.0.0.1:%s" }\n' "$port" "$node_port" >"$dir/t.yaml"
   TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.out" \
     "$target" run --config "$dir/t.yaml" >"$dir/t.out" 2>&1 &
   local t=$!; pids+=("$t")
