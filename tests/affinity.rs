@@ -132,3 +132,34 @@ async fn hash_placement_maps_source_addresses_alike_across_a_restart() {
     );
     assert_eq!(maps[0], maps[1], "placement changed across a restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_cookie_expires_instead_of_steering_sessions_for_ever() {
+    let nodes = nodes(2).await;
+    let config = sockets(&nodes)
+        .with("cookie:\n  secret: \"expiry-test-secret-0123456789\"\n  max_age: 3s")
+        .build();
+    let first = TetherHandle::start(&config).await;
+    let hs = get(first.addr, None, &eio_path(None), &[]).await;
+    let sid = hs.sid();
+    let cookie = hs
+        .header("set-cookie")
+        .expect("a cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    first.stop().await;
+
+    // Within its validity the cookie still finds the session after a restart...
+    let second = TetherHandle::start(&config).await;
+    let fresh = post_pong(&second, None, &sid, &format!("Cookie: {cookie}\r\n")).await;
+    assert_eq!((fresh.status, fresh.text().as_str()), (200, "ok"));
+    second.stop().await;
+    // ... past it, it finds nothing.
+    tokio::time::sleep(std::time::Duration::from_millis(4200)).await;
+    let third = TetherHandle::start(&config).await;
+    let stale = post_pong(&third, None, &sid, &format!("Cookie: {cookie}\r\n")).await;
+    assert_eq!(stale.status, 400, "a cookie past max_age: {}", stale.text());
+    third.stop().await;
+}

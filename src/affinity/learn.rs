@@ -45,10 +45,10 @@ impl Affinity {
                 let _ = sids.insert(sid, Arc::clone(stats), ttl);
             }
         }
-        // Only a session placed by this request gets a cookie: requests of a pinned
-        // session from a client that keeps no cookies would otherwise be told again and
-        // again.
-        if !target.cookie_current && target.pin.is_none() {
+        // A session placed by this request gets a cookie, and one whose cookie grows old
+        // a fresh one; requests of a pinned session from a client that keeps no cookies
+        // would otherwise be told again and again.
+        if (!target.cookie_current && target.pin.is_none()) || target.cookie_refresh {
             if let Some(signer) = &self.cookie {
                 if let Ok(v) = HeaderValue::from_str(&signer.set_cookie(&target.server.id)) {
                     parts.headers.append(header::SET_COOKIE, v);

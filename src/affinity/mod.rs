@@ -40,10 +40,14 @@ pub struct Affinity {
 
 impl Affinity {
     pub fn new(cfg: &BackendConfig) -> Affinity {
+        let liveness = crate::engineio::DEFAULT_HEARTBEAT + cfg.sessions.idle_margin;
         Affinity {
             sticky: cfg.balance == Balance::Sticky,
             hash_key: cfg.hash_key.clone(),
-            cookie: cfg.cookie.as_ref().map(|c| CookieSigner::new(c, &cfg.name)),
+            cookie: cfg
+                .cookie
+                .as_ref()
+                .map(|c| CookieSigner::new(c, &cfg.name, liveness)),
             idle_margin: cfg.sessions.idle_margin,
         }
     }

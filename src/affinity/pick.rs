@@ -24,8 +24,10 @@ pub struct Target<'s> {
     pub pin: Option<SessionPin>,
     /// A new session placed here: counted as load until its handshake answers.
     pub pending: Option<SessionGuard>,
-    /// Whether the client already holds a cookie naming this server.
+    /// Whether the client already holds a fresh cookie naming this server.
     pub cookie_current: bool,
+    /// Whether it holds one that is growing old: a new one replaces it, pinned or not.
+    pub cookie_refresh: bool,
     /// Set when placement chose the server for a new session (its index in the
     /// backend, and the placement hash key): such a request may be retried on the next
     /// server in placement order if the connect fails.
@@ -63,22 +65,24 @@ impl Affinity {
         sids: &Arc<SidTable>,
         keys: Keys<'_>,
     ) -> Result<Target<'b>, Miss> {
-        let found = |server: &'b Server, cookie_current| Target {
-            server,
-            pin: None,
-            pending: None,
-            cookie_current,
-            placed: None,
+        let cookie = self.cookie.as_ref().and_then(|c| c.read(keys.headers));
+        let cookie_server = cookie.and_then(|c| backend.server(c.server));
+        let stale = cookie.is_some_and(|c| c.stale);
+        let found = |server: &'b Server| {
+            let names_it = cookie_server.is_some_and(|c| c.id == server.id);
+            Target {
+                server,
+                pin: None,
+                pending: None,
+                cookie_current: names_it && !stale,
+                cookie_refresh: names_it && stale,
+                placed: None,
+            }
         };
         if !self.sticky {
             // Round robin has no key to hash.
             return self.place_new(backend, 0, false, &[]);
         }
-        let cookie_server = self
-            .cookie
-            .as_ref()
-            .and_then(|c| c.read(keys.headers))
-            .and_then(|id| backend.server(id));
 
         if let Some(sid) = keys.eio.and_then(|q| q.sid) {
             let pinned = if keys.upgrade {
@@ -93,10 +97,9 @@ impl Affinity {
                     .flatten()
                     .filter(|s| s.serves_pinned())
                     .ok_or_else(|| session_lost(backend))?;
-                let cookie_current = cookie_server.is_some_and(|c| c.id == server.id);
                 return Ok(Target {
                     pin: Some(pin),
-                    ..found(server, cookie_current)
+                    ..found(server)
                 });
             }
             // Not learned here (tether restarted, or another instance learned it): the
@@ -104,13 +107,13 @@ impl Affinity {
             let server = cookie_server
                 .filter(|s| s.serves_pinned())
                 .ok_or_else(|| session_lost(backend))?;
-            return Ok(found(server, true));
+            return Ok(found(server));
         }
 
-        // A cookie names a server for a new session only while nothing advises against it.
-        let welcome = |s: &&Server| s.accepts_new_sessions() && !s.stats.condition.is_avoided();
-        if let Some(server) = cookie_server.filter(welcome) {
-            return Ok(found(server, true));
+        // A cookie names a server for a new session only while nothing advises against it:
+        // draining, maint, full, avoided, or over its share of load.
+        if let Some(server) = cookie_server.filter(|s| backend.welcomes(s)) {
+            return Ok(found(server));
         }
         // Only a new session needs its hash key: requests of known sessions (the vast
         // majority) never compute it.
@@ -135,6 +138,7 @@ impl Affinity {
                 .then(|| SessionGuard::pending(Arc::clone(&server.stats))),
             // Round robin sets no cookie.
             cookie_current: !self.sticky,
+            cookie_refresh: false,
             placed: Some((i, key)),
         })
     }

@@ -166,6 +166,18 @@ impl Backend {
         self.by_id.get(id).map(|i| &self.servers[*i])
     }
 
+    /// Whether `server` may take a new session a key (a cookie) names: open, not avoided,
+    /// below its share under bounded-load hashing, and the backend not full.
+    pub fn welcomes(&self, server: &Server) -> bool {
+        let Some(&i) = self.by_id.get(&server.id) else {
+            return false;
+        };
+        !self.is_full()
+            && server.accepts_new_sessions()
+            && !server.stats.condition.is_avoided()
+            && self.placer.under_cap(&self.servers, i)
+    }
+
     /// The server for a new session with placement hash `key`, skipping servers in
     /// `exclude` (tried already and failed).
     pub fn place(&self, key: u64, exclude: &[usize]) -> Option<(usize, &Server)> {

@@ -88,19 +88,19 @@ pub fn pick_least(
 
 /// Weight of server `s`; a missing or zero weight counts as 1 rather than panicking or
 /// hiding the server.
-fn weight(weights: &[u32], s: usize) -> u64 {
+pub(crate) fn weight(weights: &[u32], s: usize) -> u64 {
     effective_weight(weights.get(s).copied().unwrap_or(1))
 }
 
 /// Load and weight summed over eligible servers: the "whole" that fair shares are cut from.
 #[derive(Debug, Clone, Copy)]
-struct Totals {
+pub(crate) struct Totals {
     load: u64,
     weight: u64,
 }
 
 impl Totals {
-    fn of_eligible(
+    pub(crate) fn of_eligible(
         servers: usize,
         weights: &[u32],
         eligible: impl Fn(usize) -> bool,
@@ -116,7 +116,7 @@ impl Totals {
 
     /// `ceil(factor * (L + 1) * w / W)`: the `+ 1` counts the session being placed, so that
     /// an empty cluster still has room.
-    fn cap(self, factor: f64, weight: u64) -> u64 {
+    pub(crate) fn cap(self, factor: f64, weight: u64) -> u64 {
         let incoming = self.load.saturating_add(1) as f64;
         (factor * incoming * weight as f64 / self.weight.max(1) as f64).ceil() as u64
     }

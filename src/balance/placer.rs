@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::{pick_hash_bounded, pick_least, placement_hash, Ring};
+use super::{pick_hash_bounded, pick_least, placement_hash, weight, Ring, Totals};
 
 /// What placement needs to know of a server.
 pub trait Candidate {
@@ -101,6 +101,26 @@ impl Placer {
                     .or_else(|| self.pick(servers, key, open))
             }
         }
+    }
+
+    /// Whether server `i` may take one more session without breaking the bound on load
+    /// (hash placement); other policies have no bound. A session a cookie names is held to
+    /// it like any other.
+    pub fn under_cap<C: Candidate>(&self, servers: &[C], i: usize) -> bool {
+        let Policy::Hash { load_factor } = self.policy else {
+            return true;
+        };
+        let n = self.server_count().min(servers.len());
+        if i >= n {
+            return false;
+        }
+        let totals = Totals::of_eligible(
+            n,
+            &self.weights,
+            |s| servers[s].accepts_new_sessions(),
+            |s| servers[s].load(),
+        );
+        servers[i].load() < totals.cap(load_factor, weight(&self.weights, i))
     }
 
     fn pick<C: Candidate>(
