@@ -21,6 +21,8 @@ pub const LOCAL_SHORTAGES: &str = "tether_local_shortages_total";
 /// Counter: connections or requests turned away by per-client limits (`what` =
 /// denied | connections | handshakes | requests).
 pub const CLIENTS_LIMITED: &str = "tether_clients_limited_total";
+/// Counter: connections closed for a missing, malformed or untrusted PROXY header.
+pub const PROXY_HEADERS_REFUSED: &str = "tether_proxy_headers_refused_total";
 /// Counter: config reloads (`result` = ok | error).
 pub const RELOADS: &str = "tether_config_reloads_total";
 /// Counter: requests answered (`backend`, `status` class).

@@ -261,3 +261,65 @@ async fn host_and_path_are_read_as_the_server_will_read_them() {
     assert_eq!(get_host(&tether, "api.test.", "/v2/users").await, "b");
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_listener_takes_the_client_from_a_trusted_balancer_only() {
+    let a = Upstream::start("a").await;
+    let yaml = ConfigBuilder::new()
+        .listener("bind: \"127.0.0.1:0\"\n    proxy_protocol: any")
+        .listener("bind: \"127.0.0.1:0\"")
+        .top("trusted_proxies: [127.0.0.1]")
+        .backend("a")
+        .server("a1", a.addr)
+        .build();
+    let tether = TetherHandle::start(&yaml).await;
+    let plain = tether.runtime.local_addrs()[1];
+    let request = "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+
+    // v1 from the balancer: the client is the one it names.
+    let r = raw_exchange(
+        tether.addr,
+        ip(1),
+        format!("PROXY TCP4 203.0.113.7 10.0.0.1 51234 80\r\n{request}").as_bytes(),
+    )
+    .await;
+    let echo = r.text();
+    assert_eq!(seen(&echo, "x-forwarded-for"), ["203.0.113.7"], "{echo}");
+    // v2, the same.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 9, 10, 0, 0, 1, 0x30, 0x39, 0, 80]);
+    v2.extend_from_slice(request.as_bytes());
+    let echo = raw_exchange(tether.addr, ip(1), &v2).await.text();
+    assert_eq!(seen(&echo, "x-forwarded-for"), ["198.51.100.9"], "{echo}");
+
+    // No header, or one from a peer that is not a trusted proxy: closed unanswered.
+    for (from, bytes) in [
+        (ip(1), request.to_owned()),
+        (
+            ip(2),
+            format!("PROXY TCP4 203.0.113.7 10.0.0.1 51234 80\r\n{request}"),
+        ),
+    ] {
+        let mut s = connect_from(tether.addr, from).await;
+        s.write_all(bytes.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .expect("closed");
+        assert!(
+            buf.is_empty(),
+            "{from:?}: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+
+    // A PROXY header on a listener that expects none is not HTTP.
+    let r = raw_exchange(
+        plain,
+        ip(1),
+        format!("PROXY TCP4 203.0.113.7 10.0.0.1 51234 80\r\n{request}").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    tether.stop().await;
+}

@@ -42,6 +42,16 @@ pub struct ListenerConfig {
     pub redirect_https: Option<u16>,
     /// Connections this listener holds open at most; absent: only the process-wide cap.
     pub max_connections: Option<u64>,
+    /// Each connection opens with a PROXY protocol header naming the client.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// Which PROXY protocol header a listener expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    V1,
+    V2,
+    Any,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -69,6 +69,17 @@ pub struct RawListener {
     /// Absent: only the process-wide cap.
     #[serde(default)]
     pub max_connections: Option<u64>,
+    /// Absent: connections carry no PROXY header.
+    #[serde(default)]
+    pub proxy_protocol: Option<RawProxyProtocol>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProxyProtocol {
+    V1,
+    V2,
+    Any,
 }
 
 #[derive(Debug, Deserialize)]

@@ -119,6 +119,11 @@ fn listeners(raw: Vec<RawListener>, path: &KeyPath) -> R<Vec<ListenerConfig>> {
             tls,
             redirect_https,
             max_connections: l.max_connections,
+            proxy_protocol: l.proxy_protocol.map(|p| match p {
+                RawProxyProtocol::V1 => ProxyProtocol::V1,
+                RawProxyProtocol::V2 => ProxyProtocol::V2,
+                RawProxyProtocol::Any => ProxyProtocol::Any,
+            }),
         });
     }
     Ok(out)

@@ -5,6 +5,7 @@
 //! proxy routes each request on it independently.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,22 +21,34 @@ use tether_kit::gate::Gate;
 use tether_kit::throttle::Throttle;
 
 use crate::admission::Refused;
+use crate::affinity::client_ip;
+use crate::config::ProxyProtocol;
 use crate::telemetry;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
-use crate::config::{ListenerConfig, TlsConfig};
+use crate::config::ListenerConfig;
 use crate::proxy::{ClientRequest, ConnInfo, Proxy};
 use crate::tls;
 
+pub mod proxy_protocol;
+
 /// What a listener does with a connection. Swapped whole by a reload, read once per
 /// connection, so a new certificate or option applies to new connections only.
+#[derive(Debug, Default)]
+pub struct Mode {
+    /// The PROXY protocol header each connection opens with, if any.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    pub serve: Serve,
+}
+
+/// How a listener serves a connection.
 #[derive(Default)]
-pub enum Mode {
+pub enum Serve {
     /// Plain HTTP, proxied.
     #[default]
     Plain,
@@ -49,15 +62,15 @@ pub enum Mode {
     RedirectHttps { port: u16 },
 }
 
-impl std::fmt::Debug for Mode {
+impl std::fmt::Debug for Serve {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Mode::Plain => f.write_str("Plain"),
-            Mode::Tls { hsts, .. } => f
+            Serve::Plain => f.write_str("Plain"),
+            Serve::Tls { hsts, .. } => f
                 .debug_struct("Tls")
                 .field("hsts", hsts)
                 .finish_non_exhaustive(),
-            Mode::RedirectHttps { port } => {
+            Serve::RedirectHttps { port } => {
                 f.debug_struct("RedirectHttps").field("port", port).finish()
             }
         }
@@ -67,22 +80,20 @@ impl std::fmt::Debug for Mode {
 impl Mode {
     /// Builds the mode a listener config asks for (reads certificate files).
     pub fn build(l: &ListenerConfig) -> Result<Mode, tls::TlsError> {
-        if let Some(port) = l.redirect_https {
-            return Ok(Mode::RedirectHttps { port });
-        }
-        match &l.tls {
-            None => Ok(Mode::Plain),
-            Some(t) => Mode::tls(t),
-        }
-    }
-
-    fn tls(t: &TlsConfig) -> Result<Mode, tls::TlsError> {
-        Ok(Mode::Tls {
-            acceptor: tls::acceptor(t)?,
-            hsts: t
-                .hsts
-                .as_ref()
-                .and_then(|h| HeaderValue::from_str(&h.header_value()).ok()),
+        let serve = match (l.redirect_https, &l.tls) {
+            (Some(port), _) => Serve::RedirectHttps { port },
+            (None, None) => Serve::Plain,
+            (None, Some(t)) => Serve::Tls {
+                acceptor: tls::acceptor(t)?,
+                hsts: t
+                    .hsts
+                    .as_ref()
+                    .and_then(|h| HeaderValue::from_str(&h.header_value()).ok()),
+            },
+        };
+        Ok(Mode {
+            proxy_protocol: l.proxy_protocol,
+            serve,
         })
     }
 }
@@ -116,57 +127,94 @@ pub async fn serve(
 ) {
     let stop = life.stop_accepting.clone();
     tether_kit::accept::accept_loop(&listener, &stop, "proxy", &gates, |stream, peer, passes| {
-        let store = proxy.store();
-        let client = match store
-            .clients
-            .connect(peer.ip(), &store.load().limits.per_client)
-        {
-            Ok(counted) => counted,
-            Err(why) => return refuse(peer, why),
-        };
         let mode = mode.load_full();
         let proxy = Arc::clone(&proxy);
         let l = life.clone();
-        let tls = matches!(*mode, Mode::Tls { .. });
-        let conn = ConnInfo { peer, tls };
         life.connections.spawn(async move {
-            // Held until the connection closes (a tunnel it becomes holds a place of its
-            // own).
-            let _held = (passes, client);
-            match &*mode {
-                Mode::Plain => {
-                    serve_conn(stream, conn, proxy, l, Handler::Proxy(None), false).await
-                }
-                Mode::RedirectHttps { port } => {
-                    serve_conn(stream, conn, proxy, l, Handler::Redirect(*port), false).await
-                }
-                // Boxed: a TLS session and its handshake are kilobytes that plain
-                // connections' tasks need not carry.
-                Mode::Tls { acceptor, hsts } => {
-                    Box::pin(async move {
-                        let timeout = proxy.store().load().limits.header_read_timeout;
-                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(tls_stream)) => {
-                                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                                let handler = Handler::Proxy(hsts.clone());
-                                serve_conn(tls_stream, conn, proxy, l, handler, h2).await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                        }
-                    })
-                    .await
-                }
-            }
+            let _passes = passes;
+            serve_accepted(stream, peer, mode, proxy, l).await
         });
     })
     .await;
 }
 
+/// One accepted connection: its PROXY header (if the listener expects one), its client's
+/// admission, its TLS handshake, then HTTP.
+async fn serve_accepted(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mode: Arc<Mode>,
+    proxy: Arc<Proxy>,
+    l: Lifecycle,
+) {
+    let snapshot = proxy.store().load_full();
+    let client = match mode.proxy_protocol {
+        None => peer,
+        Some(expected) => {
+            let header = if client_ip::is_trusted(peer.ip(), &snapshot.trusted_proxies) {
+                proxy_protocol::read_header(
+                    &mut stream,
+                    expected,
+                    snapshot.limits.header_read_timeout,
+                )
+                .await
+            } else {
+                Err(proxy_protocol::HeaderError::Untrusted)
+            };
+            match header {
+                Ok(named) => named.unwrap_or(peer),
+                Err(e) => {
+                    static LOG: Throttle = Throttle::new(Duration::from_secs(1));
+                    if let Some(suppressed) = LOG.allow() {
+                        tracing::info!(%peer, error = %e, suppressed, "connection refused");
+                    }
+                    metrics::counter!(telemetry::PROXY_HEADERS_REFUSED).increment(1);
+                    return;
+                }
+            }
+        }
+    };
+    // Held until the connection closes (a tunnel it becomes is counted on its own).
+    let _client = match proxy
+        .store()
+        .clients
+        .connect(client.ip(), &snapshot.limits.per_client)
+    {
+        Ok(counted) => counted,
+        Err(why) => return refuse(client, why),
+    };
+    drop(snapshot);
+    let tls = matches!(mode.serve, Serve::Tls { .. });
+    let conn = ConnInfo { peer: client, tls };
+    match &mode.serve {
+        Serve::Plain => serve_conn(stream, conn, proxy, l, Handler::Proxy(None), false).await,
+        Serve::RedirectHttps { port } => {
+            serve_conn(stream, conn, proxy, l, Handler::Redirect(*port), false).await
+        }
+        // Boxed: a TLS session and its handshake are kilobytes that plain
+        // connections' tasks need not carry.
+        Serve::Tls { acceptor, hsts } => {
+            Box::pin(async move {
+                let timeout = proxy.store().load().limits.header_read_timeout;
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let handler = Handler::Proxy(hsts.clone());
+                        serve_conn(tls_stream, conn, proxy, l, handler, h2).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %client, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(peer = %client, "TLS handshake timed out"),
+                }
+            })
+            .await
+        }
+    }
+}
+
 /// Closes a connection its client may not open (the stream is dropped unread).
-fn refuse(peer: std::net::SocketAddr, why: Refused) {
+fn refuse(peer: SocketAddr, why: Refused) {
     metrics::counter!(telemetry::CLIENTS_LIMITED, "what" => why.as_str()).increment(1);
     static LOG: Throttle = Throttle::new(Duration::from_secs(1));
     if let Some(suppressed) = LOG.allow() {
