@@ -21,12 +21,12 @@ pub enum ProxyBody {
     Stream(Incoming),
     /// A server body whose first bytes were read to learn the sid; they go out first.
     Prefixed(Option<Bytes>, Incoming),
-    /// A client's body, streamed as it comes within [`Rules`]. Boxed: only requests with
-    /// a body pay for the timer.
+    /// A body streamed as it comes within [`Rules`]: a client's request body, a server's
+    /// response body. Boxed: a body that needs no timer does not carry one.
     Guarded(Pin<Box<Guarded>>),
 }
 
-/// How a client's request body must arrive.
+/// How a body must arrive.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
     /// The longest silence between two pieces.
@@ -37,19 +37,18 @@ pub struct Rules {
     pub max_bytes: Option<u64>,
 }
 
-/// Why a client's body was cut off.
+/// Why a body was cut off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BodyLimit {
-    #[error("the request body stalled")]
+    #[error("the body stalled")]
     Stalled,
-    #[error("the request body is larger than {0} bytes")]
+    #[error("the body is larger than {0} bytes")]
     TooLarge(u64),
 }
 
 pin_project_lite::pin_project! {
-    /// A client's body held to its [`Rules`]: a client that trickles a body (or never
-    /// finishes one) would otherwise hold its connection and a server's for as long as it
-    /// likes.
+    /// A body held to its [`Rules`]: a peer that trickles a body (or never finishes one)
+    /// would otherwise hold a client's connection and a server's for as long as it likes.
     #[derive(Debug)]
     pub struct Guarded {
         inner: Incoming,

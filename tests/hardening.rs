@@ -616,3 +616,42 @@ async fn one_address_cannot_take_what_belongs_to_everyone() {
     assert_eq!(get(tether.addr, other, "/metrics", &[]).await.status, 403);
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stalls_its_body_does_not_hold_the_client() {
+    // Answers every request with a head promising 100 bytes, sends 3, then nothing.
+    let stalling = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stalling.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = stalling.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let tether = TetherHandle::start(
+        &ConfigBuilder::new()
+            .backend("b")
+            .with("timeouts: { response: 1s }")
+            .server("stalling", addr)
+            .build(),
+    )
+    .await;
+    let mut s = connect_from(tether.addr, None).await;
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let closed = wait_closed(&mut s, Duration::from_secs(10)).await;
+    println!("a stalled body closed after {closed:?}");
+    assert!(
+        closed.is_some_and(|d| d < Duration::from_secs(5)),
+        "the client was held by a stalled body: {closed:?}"
+    );
+    tether.stop().await;
+}

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::affinity::{client_ip, Affinity, Keys, SessionPin, Target};
 use crate::backends::health::{note_failure, note_success};
 use crate::backends::{Backend, SessionGuard};
-use crate::body::{ProxyBody, Rules};
+use crate::body::{Guarded, ProxyBody, Rules};
 use crate::config::Limits;
 use crate::engineio::{self, Transport};
 use crate::snapshot::{Snapshot, Store, Unrouted};
@@ -194,6 +194,20 @@ impl Proxy {
             .learn(&self.store.sids, &target, eio, &mut parts, body)
             .await
             .map_err(|e| UpstreamError::exchange(&target.server.id, e))?;
+        // A server that sends a head and then stalls its body would hold the client's
+        // connection as long as it likes: its body gets the response timeout between
+        // pieces, as its head had.
+        let body = match body {
+            ProxyBody::Stream(b) => ProxyBody::Guarded(Guarded::new(
+                b,
+                Rules {
+                    gap: backend.timeouts.response,
+                    total: None,
+                    max_bytes: None,
+                },
+            )),
+            other => other,
+        };
         drop(target);
         Ok(Response::from_parts(parts, body))
     }

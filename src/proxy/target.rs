@@ -41,11 +41,11 @@ pub struct Target<'r> {
 }
 
 impl Target<'_> {
-    /// The host name routes match on: no port, no trailing dot.
+    /// The host name routes match on: no port, no trailing dots.
     pub fn route_host(&self) -> Option<&str> {
         let host = self.host.as_ref()?.to_str().ok()?;
         let name = strip_port(host);
-        Some(name.strip_suffix('.').unwrap_or(name))
+        Some(name.trim_end_matches('.'))
     }
 }
 
