@@ -9,6 +9,14 @@ use clap::{Parser, Subcommand};
 
 const DEFAULT_CONFIG: &str = "conf/tether.yaml";
 
+/// jemalloc rather than the system allocator: glibc keeps what a burst of connections
+/// (a flood, a reconnect storm) allocated in its per-thread arenas long after they are
+/// gone, while jemalloc's background thread returns unused pages to the system within
+/// seconds (its decay, see `main`), so a tether's memory follows the connections it holds.
+#[cfg(all(unix, not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tether",
@@ -139,6 +147,11 @@ enum NodeAdapter {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tether::telemetry::init();
+    // Purge freed pages on jemalloc's clock, not only when a thread next allocates.
+    #[cfg(all(unix, not(target_env = "msvc")))]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::debug!(error = %e, "jemalloc background thread not started");
+    }
     let result = match cli.command {
         Command::Check { config } => check(config),
         Command::Run { config } => run(config),
