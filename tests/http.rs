@@ -323,3 +323,166 @@ async fn a_proxy_protocol_listener_takes_the_client_from_a_trusted_balancer_only
     assert_eq!(r.status, 400);
     tether.stop().await;
 }
+
+/// An upstream behind tether that wants a PROXY header on every connection: it records
+/// what each header said ("v1 203.0.113.7:51234", "v2 LOCAL", ...) and answers each
+/// request with the source its connection's header named; it accepts WebSocket upgrades.
+struct ProxiedUpstream {
+    addr: SocketAddr,
+    headers: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ProxiedUpstream {
+    async fn start() -> ProxiedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let headers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&headers);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let Some(said) = read_proxy_header(&mut stream).await else {
+                        return;
+                    };
+                    log.lock().unwrap().push(said.clone());
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let said = said.clone();
+                        async move {
+                            let mut resp =
+                                hyper::Response::new(Full::new(Bytes::from(said.clone())));
+                            if let Some(key) = req.headers().get("sec-websocket-key") {
+                                use base64::Engine;
+                                use sha1::Digest;
+                                let mut h = sha1::Sha1::new();
+                                h.update(key.as_bytes());
+                                h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+                                let accept =
+                                    base64::engine::general_purpose::STANDARD.encode(h.finalize());
+                                *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                                let hs = resp.headers_mut();
+                                hs.insert("upgrade", "websocket".parse().unwrap());
+                                hs.insert("connection", "upgrade".parse().unwrap());
+                                hs.insert("sec-websocket-accept", accept.parse().unwrap());
+                                *resp.body_mut() = Full::new(Bytes::new());
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        ProxiedUpstream { addr, headers }
+    }
+
+    fn said(&self) -> Vec<String> {
+        self.headers.lock().unwrap().clone()
+    }
+}
+
+/// Reads a PROXY v1 or v2 header (parsed by `ppp`, not by tether's code) and says what
+/// it named; `None` when the connection does not open with one.
+async fn read_proxy_header(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; 16];
+    stream.read_exact(&mut buf[..6]).await.ok()?;
+    if &buf[..6] == b"PROXY " {
+        buf.truncate(6);
+        while !buf.ends_with(b"\r\n") && buf.len() < 108 {
+            buf.push(stream.read_u8().await.ok()?);
+        }
+        let h = ppp::v1::Header::try_from(&buf[..]).ok()?;
+        return Some(match h.addresses {
+            ppp::v1::Addresses::Tcp4(a) => format!("v1 {}:{}", a.source_address, a.source_port),
+            ppp::v1::Addresses::Tcp6(a) => format!("v1 [{}]:{}", a.source_address, a.source_port),
+            ppp::v1::Addresses::Unknown => "v1 UNKNOWN".to_owned(),
+        });
+    }
+    stream.read_exact(&mut buf[6..]).await.ok()?;
+    let len = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+    buf.resize(16 + len, 0);
+    stream.read_exact(&mut buf[16..]).await.ok()?;
+    let h = ppp::v2::Header::try_from(&buf[..]).ok()?;
+    Some(match (h.command, h.addresses) {
+        (ppp::v2::Command::Local, _) => "v2 LOCAL".to_owned(),
+        (_, ppp::v2::Addresses::IPv4(a)) => format!("v2 {}:{}", a.source_address, a.source_port),
+        (_, other) => format!("v2 {other:?}"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_behind_a_proxy_protocol_backend_learn_each_client() {
+    let (v2, v1) = (
+        ProxiedUpstream::start().await,
+        ProxiedUpstream::start().await,
+    );
+    let yaml = ConfigBuilder::new()
+        .admin()
+        .route("{ host: v1.test, backend: v1 }")
+        .route("{ backend: v2 }")
+        .backend("v2")
+        .with("proxy_protocol: v2")
+        .with("health: { interval: 200ms, timeout: 1s, path: / }")
+        .server("s2", v2.addr)
+        .backend("v1")
+        .with("proxy_protocol: v1")
+        .server("s1", v1.addr)
+        .build();
+    let tether = TetherHandle::start(&yaml).await;
+
+    // Health probes say LOCAL: they are tether's own connections.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !v2.said().iter().any(|s| s == "v2 LOCAL") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no probe: {:?}",
+            v2.said()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Two clients, three requests each on one keep-alive connection: each request reaches
+    // the server on a connection whose header names its own client, never the other's.
+    for last in [2, 3] {
+        let mut s = connect_from(tether.addr, ip(last)).await;
+        let me = s.local_addr().unwrap();
+        for i in 0..3 {
+            let close = if i == 2 { "close" } else { "keep-alive" };
+            let req = format!("GET /{i} HTTP/1.1\r\nHost: t\r\nConnection: {close}\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+        }
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf);
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
+        assert_eq!(text.matches(&format!("v2 {me}")).count(), 3, "{text}");
+    }
+    let named: Vec<String> = v2.said().into_iter().filter(|s| s != "v2 LOCAL").collect();
+    assert_eq!(
+        named.len(),
+        2,
+        "one server connection per client connection: {named:?}"
+    );
+
+    // A WebSocket upgrade's connection names its client too.
+    let ws = ws_connect(tether.addr, "/ws").await;
+    let me = ws.local_addr().unwrap();
+    assert!(v2.said().contains(&format!("v2 {me}")), "{:?}", v2.said());
+
+    // v1, the same.
+    let mut s = connect_from(tether.addr, ip(4)).await;
+    let me = s.local_addr().unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: v1.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with(&format!("v1 {me}")), "{text}");
+    assert_eq!(tether.server_status("v2", "s2").await["health"], "up");
+    tether.stop().await;
+}

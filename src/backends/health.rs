@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::condition::Passive;
 use super::{Backend, Health, Server, ServerStats};
-use crate::config::{HealthConfig, HealthMode};
+use crate::config::{HealthConfig, HealthMode, SendProxy};
 use crate::telemetry;
 use crate::tls::TlsUpstream;
-use crate::upstream::{dial, Blame, Dialed, Peer, UpstreamError};
+use crate::upstream::{dial, Blame, Dialed, Peer, ProxyLine, UpstreamError};
 
 /// The most of a health response read: the status line is all that matters.
 const MAX_RESPONSE_HEAD: usize = 1024;
@@ -35,6 +35,7 @@ struct Running {
     config: HealthConfig,
     addr: Authority,
     tls: Option<Arc<TlsUpstream>>,
+    send_proxy: Option<SendProxy>,
     stop: CancellationToken,
 }
 
@@ -71,7 +72,11 @@ impl HealthChecks {
                 let key: Key = (Arc::clone(&backend.name), Arc::clone(&server.id));
                 wanted.insert(key.clone(), ());
                 if let Some(r) = tasks.get(&key) {
-                    if r.config == *cfg && r.addr == server.addr && same_tls(&r.tls, &backend.tls) {
+                    if r.config == *cfg
+                        && r.addr == server.addr
+                        && same_tls(&r.tls, &backend.tls)
+                        && r.send_proxy == backend.send_proxy
+                    {
                         continue;
                     }
                     r.stop.cancel();
@@ -82,6 +87,7 @@ impl HealthChecks {
                     id: Arc::clone(&server.id),
                     addr: server.addr.clone(),
                     tls: backend.tls.clone(),
+                    send_proxy: backend.send_proxy,
                 };
                 tokio::spawn(run(probe, Arc::clone(&server.stats), stop.clone()));
                 tasks.insert(
@@ -90,6 +96,7 @@ impl HealthChecks {
                         config: cfg.clone(),
                         addr: server.addr.clone(),
                         tls: backend.tls.clone(),
+                        send_proxy: backend.send_proxy,
                         stop,
                     },
                 );
@@ -125,6 +132,9 @@ pub struct Probe {
     pub addr: Authority,
     /// The backend's TLS, when its servers speak only TLS.
     pub tls: Option<Arc<TlsUpstream>>,
+    /// A probe's PROXY header says LOCAL (v2) or UNKNOWN (v1): the connection is
+    /// tether's own.
+    pub send_proxy: Option<SendProxy>,
 }
 
 impl Probe {
@@ -133,6 +143,10 @@ impl Probe {
             id: &self.id,
             addr: &self.addr,
             tls: self.tls.as_deref(),
+            proxy: self.send_proxy.map(|version| ProxyLine {
+                version,
+                endpoints: None,
+            }),
         }
     }
 }
@@ -392,6 +406,7 @@ mod tests {
             id: "s".into(),
             addr,
             tls: None,
+            send_proxy: None,
         };
         assert!(probe(&p(http("/health"), answer_with("200 OK").await))
             .await
@@ -409,6 +424,7 @@ mod tests {
             id: "s".into(),
             addr,
             tls: None,
+            send_proxy: None,
         };
         assert!(probe(&p).await.is_ok());
         drop(l);
@@ -428,6 +444,7 @@ mod tests {
             id: "s".into(),
             addr,
             tls: None,
+            send_proxy: None,
         };
         tokio::spawn(run(p, Arc::clone(&stats), stop.clone()));
         let wait_for = |want: Health| {

@@ -22,9 +22,11 @@ use ahash::AHashMap;
 use http::uri::Authority;
 
 use crate::balance::{Candidate, Placer, Policy};
-use crate::config::{BackendConfig, Balance, HealthConfig, Placement, ServerConfig, Timeouts};
+use crate::config::{
+    BackendConfig, Balance, HealthConfig, Placement, SendProxy, ServerConfig, Timeouts,
+};
 use crate::tls::TlsUpstream;
-use crate::upstream::{ConnPool, Peer};
+use crate::upstream::{ConnPool, Peer, ProxyLine};
 
 pub use condition::{Health, ServerCondition};
 pub use stats::{Registry, ServerStats, SessionGuard};
@@ -42,6 +44,8 @@ pub struct Server {
     pub pool: ConnPool,
     /// The backend's TLS, when its servers speak only TLS.
     pub tls: Option<Arc<TlsUpstream>>,
+    /// The PROXY header the backend sends its servers.
+    pub send_proxy: Option<SendProxy>,
 }
 
 impl Server {
@@ -63,6 +67,10 @@ impl Server {
             id: &self.id,
             addr: &self.addr,
             tls: self.tls.as_deref(),
+            proxy: self.send_proxy.map(|version| ProxyLine {
+                version,
+                endpoints: None,
+            }),
         }
     }
 }
@@ -99,6 +107,8 @@ pub struct Backend {
     max_connections: Option<u64>,
     /// TLS to the servers, when the backend asks for it.
     pub tls: Option<Arc<TlsUpstream>>,
+    /// The PROXY header each connection to a server opens with.
+    pub send_proxy: Option<SendProxy>,
 }
 
 impl Backend {
@@ -122,6 +132,7 @@ impl Backend {
                 stats,
                 pool: ConnPool::default(),
                 tls: tls.clone(),
+                send_proxy: cfg.proxy_protocol,
             }
         };
         let mut list: Vec<Server> = servers.iter().map(to_server).collect();
@@ -148,6 +159,7 @@ impl Backend {
             health: cfg.health.clone(),
             max_connections: cfg.max_connections,
             tls,
+            send_proxy: cfg.proxy_protocol,
         }
     }
 

@@ -233,6 +233,15 @@ pub struct BackendConfig {
     pub discover: Option<DiscoverConfig>,
     /// TLS to the servers; `None`: plain HTTP.
     pub tls: Option<UpstreamTls>,
+    /// Each connection to a server opens with a PROXY header naming the client.
+    pub proxy_protocol: Option<SendProxy>,
+}
+
+/// Which PROXY protocol header tether sends its servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendProxy {
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

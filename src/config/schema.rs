@@ -252,6 +252,9 @@ pub struct RawBackend {
     /// Absent: plain HTTP to the servers.
     #[serde(default)]
     pub tls: Option<RawUpstreamTls>,
+    /// Absent: connections to the servers carry no PROXY header.
+    #[serde(default)]
+    pub proxy_protocol: Option<RawProxyProtocol>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -538,8 +538,18 @@ fn backend(name: String, raw: RawBackend, path: &KeyPath) -> R<BackendConfig> {
             })
         }
     };
+    let proxy_protocol = match raw.proxy_protocol {
+        None => None,
+        Some(RawProxyProtocol::V1) => Some(SendProxy::V1),
+        Some(RawProxyProtocol::V2) => Some(SendProxy::V2),
+        Some(RawProxyProtocol::Any) => return bad(
+            &path.key("proxy_protocol"),
+            "`any` is what a listener accepts; towards servers say which header to send: v1 or v2",
+        ),
+    };
     Ok(BackendConfig {
         tls,
+        proxy_protocol,
         health,
         max_connections,
         slow_start,

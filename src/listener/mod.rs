@@ -185,7 +185,11 @@ async fn serve_accepted(
     };
     drop(snapshot);
     let tls = matches!(mode.serve, Serve::Tls { .. });
-    let conn = ConnInfo { peer: client, tls };
+    let conn = ConnInfo {
+        peer: client,
+        local: stream.local_addr().unwrap_or(peer),
+        tls,
+    };
     match &mode.serve {
         Serve::Plain => serve_conn(stream, conn, proxy, l, Handler::Proxy(None), false).await,
         Serve::RedirectHttps { port } => {

@@ -54,6 +54,8 @@ pub type ClientRequest = Box<Request<Incoming>>;
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The address the client connected to (a PROXY header towards servers names it).
+    pub local: SocketAddr,
     pub tls: bool,
 }
 
@@ -169,9 +171,18 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
 
         let rules = body_rules(&snap.limits, &req, eio)?;
+        // For a PROXY header towards the server: the client's port is known only when
+        // the client is the connection's peer (not named by a forwarding header).
+        let port = if client == client_ip::canonical(conn.peer.ip()) {
+            conn.peer.port()
+        } else {
+            0
+        };
+        let endpoints = (SocketAddr::new(client, port), conn.local);
         if let websocket::Upgrade::WebSocket(key) = upgrade {
             // Boxed, like the upgrade's connect: the rarer path keeps its size to itself.
-            return Box::pin(self.tunnel(backend, affinity, req, target, key, rules)).await;
+            return Box::pin(self.tunnel(backend, affinity, req, target, key, (rules, endpoints)))
+                .await;
         }
         // A new session's bodiless request can be sent again elsewhere if its server
         // cannot be reached: no session exists yet, so nothing can be duplicated.
@@ -185,6 +196,7 @@ impl Proxy {
                     engine_io: eio.is_some(),
                     upgrade: false,
                     rules,
+                    endpoints,
                 },
             )
             .await?;
@@ -228,6 +240,7 @@ impl Proxy {
             engine_io,
             upgrade,
             rules,
+            endpoints: (client, local),
         } = how;
         let replay = target.placed.is_some().then(|| Replay::of(&req)).flatten();
         let mut first = Some(into_upstream(*req, replay.is_some(), rules));
@@ -243,18 +256,13 @@ impl Proxy {
             headers::origin_form(&mut req, &target.server.addr).map_err(ProxyError::BadRequest)?;
             let t = &backend.timeouts;
             let server = target.server;
+            let peer = server.peer().for_client(client, local);
             // Boxed: connecting (and a TLS handshake) makes this future kilobytes, and it
             // would otherwise be part of every request's future, copied on each request.
             let sent = if upgrade {
-                Box::pin(upstream::send_upgrade(
-                    server.peer(),
-                    req,
-                    t.connect,
-                    t.response,
-                ))
-                .await
+                Box::pin(upstream::send_upgrade(peer, req, t.connect, t.response)).await
             } else {
-                upstream::send(&server.pool, server.peer(), req, t.response).await
+                upstream::send(&server.pool, peer, req, t.response).await
             };
             let e = match sent {
                 Ok(resp) => {
@@ -289,7 +297,7 @@ impl Proxy {
         mut req: ClientRequest,
         mut target: Target<'_>,
         key: HeaderValue,
-        rules: Rules,
+        (rules, endpoints): (Rules, (SocketAddr, SocketAddr)),
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_side = hyper::upgrade::on(&mut *req);
         let mut resp = self
@@ -302,6 +310,7 @@ impl Proxy {
                     engine_io: true,
                     upgrade: true,
                     rules,
+                    endpoints,
                 },
             )
             .await?;
@@ -378,6 +387,8 @@ struct Delivery {
     upgrade: bool,
     /// How its body must arrive.
     rules: Rules,
+    /// The client and the address it connected to.
+    endpoints: (SocketAddr, SocketAddr),
 }
 
 /// How the request's body must arrive: never silent for longer than

@@ -7,7 +7,9 @@
 //! the business of `backends`, and what it means for the client that of `proxy`.
 
 pub mod pool;
+pub mod proxy_header;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -15,7 +17,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -23,6 +25,7 @@ use crate::body::ProxyBody;
 use crate::tls::TlsUpstream;
 
 pub use pool::ConnPool;
+pub use proxy_header::ProxyLine;
 
 /// A request on its way to a server (origin-form URI, `Host` set). Boxed: each async fn
 /// on the way keeps its arguments twice, and a request by value is hundreds of bytes.
@@ -36,6 +39,19 @@ pub struct Peer<'a> {
     pub addr: &'a Authority,
     /// The backend's TLS, when its servers speak only TLS.
     pub tls: Option<&'a TlsUpstream>,
+    /// The PROXY header each connection opens with, when the backend sends one.
+    pub proxy: Option<ProxyLine>,
+}
+
+impl Peer<'_> {
+    /// The same server, reached on behalf of a client: a PROXY header (when the backend
+    /// sends one) names `client`, who connected to `local`.
+    pub fn for_client(mut self, client: SocketAddr, local: SocketAddr) -> Self {
+        if let Some(p) = &mut self.proxy {
+            p.endpoints = Some((client, local));
+        }
+        self
+    }
 }
 
 /// What went wrong on the way to a server. Each knows whether anything reached the
@@ -183,6 +199,15 @@ pub async fn dial(peer: Peer<'_>, limit: Duration) -> Result<Dialed, UpstreamErr
         .map_err(|_| timed_out())?
         .map_err(failed)?;
     let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    if let Some(line) = peer.proxy {
+        // Before TLS: the header is for the server's TCP layer. Sent whole in one write
+        // (a fresh connection's send buffer takes it).
+        tokio::time::timeout(limit, stream.write_all(&line.encode()))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(failed)?;
+    }
     let Some(t) = peer.tls else {
         return Ok(Dialed::Plain(stream));
     };

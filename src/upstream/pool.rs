@@ -10,6 +10,7 @@
 //! taken again once hyper says it is ready, i.e. once that response's body is over, so
 //! no request ever waits behind another response's body.
 
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ pub const CONNECT: Duration = Duration::from_secs(2);
 struct Kept {
     send: SendRequest<ProxyBody>,
     since: Instant,
+    /// The client connection it was opened for, when its PROXY header names one: such a
+    /// connection carries that client's requests only.
+    owner: Option<SocketAddr>,
 }
 
 /// The keep-alive connections to one server.
@@ -58,14 +62,14 @@ impl ConnPool {
         self.len() == 0
     }
 
-    /// The most recently used ready connection. Closed and expired ones met on the way
-    /// are dropped; busy ones (finishing a response body) stay.
-    fn take(&self) -> Option<SendRequest<ProxyBody>> {
+    /// The most recently used ready connection of `owner`. Closed and expired ones met
+    /// on the way are dropped; busy ones (finishing a response body) stay.
+    fn take(&self, owner: Option<SocketAddr>) -> Option<SendRequest<ProxyBody>> {
         let now = Instant::now();
         let mut kept = lock(&self.kept);
         while let Some(i) = kept
             .iter()
-            .rposition(|k| k.send.is_ready() || k.send.is_closed())
+            .rposition(|k| k.owner == owner && (k.send.is_ready() || k.send.is_closed()))
         {
             let k = kept.remove(i);
             if !k.send.is_closed() && now.duration_since(k.since) < IDLE {
@@ -75,7 +79,7 @@ impl ConnPool {
         None
     }
 
-    fn put(&self, send: SendRequest<ProxyBody>) {
+    fn put(&self, send: SendRequest<ProxyBody>, owner: Option<SocketAddr>) {
         if send.is_closed() {
             return;
         }
@@ -84,6 +88,7 @@ impl ConnPool {
             kept.push(Kept {
                 send,
                 since: Instant::now(),
+                owner,
             });
         }
     }
@@ -96,10 +101,14 @@ impl ConnPool {
         peer: Peer<'_>,
         mut req: UpstreamRequest,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        if let Some(mut send) = self.take() {
+        let owner = peer
+            .proxy
+            .and_then(|p| p.endpoints)
+            .map(|(client, _)| client);
+        if let Some(mut send) = self.take(owner) {
             match send.try_send_request(*req).await {
                 Ok(resp) => {
-                    self.put(send);
+                    self.put(send, owner);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -113,7 +122,7 @@ impl ConnPool {
         let mut send = Box::pin(connect(peer)).await?;
         match send.send_request(*req).await {
             Ok(resp) => {
-                self.put(send);
+                self.put(send, owner);
                 Ok(resp)
             }
             Err(e) => Err(UpstreamError::exchange(peer.id, e)),
@@ -155,6 +164,7 @@ mod tests {
                 id: "s",
                 addr: &self.addr,
                 tls: None,
+                proxy: None,
             }
         }
     }
