@@ -62,7 +62,8 @@ PATH="$PATH:/usr/sbin"
 t0=$(date +%s)
 cargo build --release --quiet --bin tether
 echo "build: $(( $(date +%s) - t0 )) s" >&2
-tether=./target/release/tether
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+tether="$target_dir/release/tether"
 
 work="$(mktemp -d)"
 pids=()

@@ -5,7 +5,7 @@
 #
 #   bash benches/instructions.sh [TETHER_BINARY]
 #
-# TETHER_BINARY (default: a release build of this tree) runs under callgrind with one
+# TETHER_BINARY (default: a `profiling` build of this tree: release with symbols) runs under callgrind with one
 # worker thread in front of one bundled node; `tether bench` (from this tree) drives it.
 # Instrumentation is switched on only after a warm-up, so start-up is not counted.
 # Prints instructions per polling request (10 clients on long-polling for 5 s), per
@@ -15,8 +15,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v valgrind >/dev/null || { echo "valgrind is required (apt-get install valgrind)" >&2; exit 1; }
-cargo build --release --quiet --bin tether
-tools="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/tether"
+cargo build --profile profiling --quiet --bin tether
+tools="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/profiling/tether"
 target="${1:-$tools}"
 work=$(mktemp -d "${TMPDIR:-/tmp}/tether-instructions.XXXXXX")
 pids=()

@@ -17,13 +17,14 @@ if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
   $sudo apt-get install -y -qq --no-install-recommends nginx-light haproxy >/dev/null
 fi
 cargo build --release --quiet --bin tether --example tls_handshakes
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 
 work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-./target/release/tether cert --out "$work/certs" --name localhost >/dev/null
+"$target_dir"/release/tether cert --out "$work/certs" --name localhost >/dev/null
 cat "$work/certs/cert.pem" "$work/certs/key.pem" > "$work/certs/haproxy.pem"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -35,7 +36,7 @@ measure() { # name pid port
   for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
   local before after out
   before=$(cpu "$pid")
-  out=$(taskset -c 1 ./target/release/examples/tls_handshakes "127.0.0.1:$p" localhost "$work/certs/ca.pem" "$secs" 32)
+  out=$(taskset -c 1 "$target_dir"/release/examples/tls_handshakes "127.0.0.1:$p" localhost "$work/certs/ca.pem" "$secs" 32)
   after=$(cpu "$pid")
   python3 - "$name" "$before" "$after" "$out" <<'PY'
 import json, sys
@@ -57,7 +58,7 @@ backends:
   b:
     servers: [{ id: a, addr: "127.0.0.1:9" }]
 Y
-TOKIO_WORKER_THREADS=1 taskset -c 0 ./target/release/tether run --config "$work/tether.yaml" >/dev/null 2>&1 &
+TOKIO_WORKER_THREADS=1 taskset -c 0 "$target_dir"/release/tether run --config "$work/tether.yaml" >/dev/null 2>&1 &
 pids+=($!); measure tether $! "$tp"
 
 # nginx

@@ -38,6 +38,8 @@ pub struct DemoOptions {
     pub cert_dir: PathBuf,
     /// The `tether` executable, for child-process nodes.
     pub exe: PathBuf,
+    /// Announce the addresses as one JSON line (scripts, tests) instead of text.
+    pub json: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,42 +155,45 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
     let addrs = tether.local_addrs();
     let admin = tether.admin_addr();
     let (http, https) = (addrs[0], addrs[1]);
-    println!();
-    println!(
-        "  tether demo: {} Socket.IO nodes behind tether ({})",
-        servers.len(),
-        if redis.is_some() {
-            "Redis adapter, child processes"
-        } else {
-            "in-process adapter, no Redis needed"
-        }
-    );
-    println!("  chat page    http://localhost:{}/", http.port());
-    println!(
-        "  over TLS     https://localhost:{}/   (trust {} or accept the warning)",
-        https.port(),
-        paths.ca.display()
-    );
-    if let Some(a) = admin {
-        println!("  dashboard    http://{a}/");
-    }
-    for (id, addr) in &servers {
-        println!("  {id}       http://{addr}/");
-    }
-    if redis.is_some() {
-        println!("  kill a node (its pid is printed above) and watch its clients move; the pool restarts it");
-    } else {
+    if opts.json {
         println!(
-            "  take a node out: curl -X POST http://{}/backends/chat/servers/node-2/maint",
-            admin.map_or(opts.admin, |a| a)
+            "{}",
+            serde_json::json!({ "event": "demo", "http": http.to_string(), "https": https.to_string(),
+                "admin": admin.map(|a| a.to_string()), "ca": paths.ca.display().to_string(),
+                "nodes": servers.iter().map(|(i, a)| serde_json::json!({"id": i, "addr": a.to_string()})).collect::<Vec<_>>() })
         );
+    } else {
+        println!();
+        println!(
+            "  tether demo: {} Socket.IO nodes behind tether ({})",
+            servers.len(),
+            if redis.is_some() {
+                "Redis adapter, child processes"
+            } else {
+                "in-process adapter, no Redis needed"
+            }
+        );
+        println!("  chat page    http://localhost:{}/", http.port());
+        println!(
+            "  over TLS     https://localhost:{}/   (trust {} or accept the warning)",
+            https.port(),
+            paths.ca.display()
+        );
+        if let Some(a) = admin {
+            println!("  dashboard    http://{a}/");
+        }
+        for (id, addr) in &servers {
+            println!("  {id}       http://{addr}/");
+        }
+        if redis.is_some() {
+            println!("  kill a node's process (its pid is in the log) and watch its clients move; the pool restarts it");
+        } else {
+            println!(
+                "  take a node out: curl -X POST http://{}/backends/chat/servers/node-2/maint",
+                admin.map_or(opts.admin, |a| a)
+            );
+        }
     }
-    println!(
-        "{}",
-        serde_json::json!({ "event": "demo", "http": http.to_string(), "https": https.to_string(),
-            "admin": admin.map(|a| a.to_string()), "ca": paths.ca.display().to_string(),
-            "nodes": servers.iter().map(|(i, a)| serde_json::json!({"id": i, "addr": a.to_string()})).collect::<Vec<_>>() })
-    );
     let token = tether.shutdown_token();
     let run = tokio::spawn(tether.run());
     stop.cancelled().await;

@@ -38,6 +38,7 @@ enum Command {
     },
     /// Validate a config file: exit 0 if it is good, else print file:line:column and why.
     Check {
+        /// The YAML config file.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
@@ -128,6 +129,10 @@ enum Command {
         /// in the system temp directory).
         #[arg(long)]
         cert_dir: Option<PathBuf>,
+        /// Print the addresses as one JSON line instead of the text for people (for
+        /// scripts and tests).
+        #[arg(long)]
+        json: bool,
     },
     #[cfg(feature = "bundled")]
     /// A Socket.IO-aware load generator against a loopback target: real client
@@ -192,6 +197,7 @@ fn main() -> ExitCode {
             nodes,
             base_port,
             cert_dir,
+            json,
         } => demo(tether::demo::DemoOptions {
             redis,
             no_redis,
@@ -201,6 +207,7 @@ fn main() -> ExitCode {
             base_port,
             nodes,
             cert_dir: cert_dir.unwrap_or_else(|| std::env::temp_dir().join("tether-demo")),
+            json,
             exe: std::env::current_exe().unwrap_or_else(|_| "tether".into()),
         }),
         #[cfg(feature = "bundled")]

@@ -7,7 +7,18 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
+}
+
+/// Colour only for a person at a terminal: escape codes in a log file or a pipe to a
+/// collector are noise to grep and to every log shipper. `NO_COLOR` (no-color.org), when
+/// set and not empty, turns it off at a terminal too.
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Metric names, in one place so dashboards and code agree.
@@ -35,3 +46,16 @@ pub const SESSIONS_LOST: &str = "tether_sessions_lost_total";
 pub const SESSIONS: &str = "tether_sessions";
 /// Gauge: server up (1) or not (0), by (`backend`, `server`).
 pub const SERVER_UP: &str = "tether_server_up";
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn logs_are_coloured_only_at_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None), "a file or a pipe");
+        assert!(!colour(true, Some("1".as_ref())));
+        assert!(colour(true, Some("".as_ref())), "NO_COLOR set but empty");
+    }
+}

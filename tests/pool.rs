@@ -258,11 +258,13 @@ async fn demo_runs_with_nothing_installed_and_its_page_and_cluster_work() {
         ])
         .arg("--cert-dir")
         .arg(dir.path())
+        .arg("--json")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let _stderr = StderrTail::follow("demo", child.stderr.take().unwrap());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let demo: Value = loop {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())

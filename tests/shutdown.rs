@@ -15,8 +15,9 @@ use tokio::process::{Child, Command};
 const WS_ONLY: &str = "/socket.io/?EIO=4&transport=websocket";
 const GRACE: Duration = Duration::from_secs(3);
 
-/// `tether run` on a config file for `node`; returns the child and its listener address.
-async fn run_binary(node: &NodeServer, dir: &std::path::Path) -> (Child, SocketAddr) {
+/// `tether run` on a config file for `node`; returns the child, its listener address and
+/// its stderr (shown if the test fails).
+async fn run_binary(node: &NodeServer, dir: &std::path::Path) -> (Child, SocketAddr, StderrTail) {
     let file = dir.join("tether.yaml");
     let yaml = sockets(std::slice::from_ref(node))
         .top(&format!("shutdown_grace: {}s", GRACE.as_secs()))
@@ -26,10 +27,11 @@ async fn run_binary(node: &NodeServer, dir: &std::path::Path) -> (Child, SocketA
         .args(["run", "--config"])
         .arg(&file)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("tether binary");
+    let stderr = StderrTail::follow("tether", child.stderr.take().unwrap());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
         .await
@@ -42,7 +44,7 @@ async fn run_binary(node: &NodeServer, dir: &std::path::Path) -> (Child, SocketA
         .parse()
         .unwrap();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    (child, addr, stderr)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -60,7 +62,7 @@ async fn sigterm_finishes_polls_gives_tunnels_the_grace_and_exits_zero() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = run_binary(&node, dir.path()).await;
+    let (mut child, addr, _stderr) = run_binary(&node, dir.path()).await;
 
     let mut ws = ws_connect(addr, WS_ONLY).await;
     assert!(ws_read_text(&mut ws).await.starts_with("0{"));
@@ -109,7 +111,7 @@ async fn sigterm_finishes_polls_gives_tunnels_the_grace_and_exits_zero() {
 async fn second_signal_exits_at_once() {
     let node = NodeServer::spawn("node-1", None, &[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = run_binary(&node, dir.path()).await;
+    let (mut child, addr, _stderr) = run_binary(&node, dir.path()).await;
     let mut ws = ws_connect(addr, WS_ONLY).await;
     assert!(ws_read_text(&mut ws).await.starts_with("0{"));
     signal(&child, "TERM");

@@ -1,7 +1,8 @@
 //! Small builders for integration tests, one concern per file: real Node `socket.io`
 //! nodes ([`nodes`]), tether itself on ephemeral ports ([`instance`]), long-running and
 //! one-shot `socket.io-client` scripts ([`scripts`]), and a raw HTTP / WebSocket client
-//! that can choose its source address ([`wire`]). A real `redis-server` and the config
+//! that can choose its source address ([`wire`]); children's stderr is shown only
+//! when a test fails ([`quiet`]). A real `redis-server` and the config
 //! builder come from `tether-testkit`, shared with the other crates' tests. Every
 //! listener binds port 0 (Redis listens on a unix socket unless asked for TCP).
 
@@ -9,6 +10,7 @@
 
 pub mod instance;
 pub mod nodes;
+pub mod quiet;
 pub mod scripts;
 pub mod wire;
 
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 
 pub use instance::*;
 pub use nodes::*;
+pub use quiet::StderrTail;
 pub use scripts::*;
 pub use tether_testkit::{ConfigBuilder, TestRedis};
 pub use wire::*;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{repo, ConfigBuilder, TestRedis};
+use super::{repo, ConfigBuilder, StderrTail, TestRedis};
 
 pub(super) fn node_dir() -> PathBuf {
     repo().join("tests/node")
@@ -30,6 +30,7 @@ pub struct NodeServer {
     pub addr: SocketAddr,
     child: Child,
     stdin: Option<tokio::process::ChildStdin>,
+    _stderr: StderrTail,
 }
 
 impl NodeServer {
@@ -54,9 +55,11 @@ impl NodeServer {
     async fn spawn_cmd(id: &str, mut cmd: Command) -> NodeServer {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("node must be installed");
         let stdin = child.stdin.take();
+        let stderr = StderrTail::follow(id, child.stderr.take().expect("piped stderr"));
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
@@ -73,6 +76,7 @@ impl NodeServer {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child,
             stdin,
+            _stderr: stderr,
         }
     }
 

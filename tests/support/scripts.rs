@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::nodes::{node_dir, require_node_modules};
+use super::StderrTail;
 
 /// tests/node/soak.js running: a long-lived swarm that keeps emitting, reconnects, and
 /// reports on request.
@@ -15,6 +16,7 @@ pub struct Soak {
     child: Child,
     stdin: tokio::process::ChildStdin,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    _stderr: StderrTail,
 }
 
 impl Soak {
@@ -44,16 +46,18 @@ impl Soak {
             .arg(options.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("node soak");
         let stdin = child.stdin.take().expect("stdin");
+        let stderr = StderrTail::follow(script, child.stderr.take().expect("stderr"));
         let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let mut soak = Soak {
             child,
             stdin,
             lines,
+            _stderr: stderr,
         };
         let ready = soak.next_event(event, Duration::from_secs(90)).await;
         (soak, ready)
@@ -107,17 +111,22 @@ pub async fn node_script(script: &str, options: serde_json::Value) -> serde_json
         .arg(node_dir().join(script))
         .arg(options.to_string())
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .output()
         .await
         .expect("node script");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stdout
         .lines()
         .rev()
         .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("{script} printed no report ({:?}):\n{stdout}", out.status));
+        .unwrap_or_else(|| {
+            panic!(
+                "{script} printed no report ({:?}):\n{stdout}\nstderr:\n{stderr}",
+                out.status
+            )
+        });
     serde_json::from_str(last).expect("report is JSON")
 }
 

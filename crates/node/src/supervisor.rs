@@ -108,13 +108,15 @@ fn spawn(exe: &PathBuf, spec: &NodeSpec) -> std::io::Result<Child> {
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()?;
-    // The node announces itself on stdout; pass its lines through, labelled.
+    // The node announces itself on stdout (a JSON line for whoever started it): into the
+    // log, labelled, not onto the pool's own stdout, where it would land in the middle of
+    // the demo's text for people.
     if let Some(out) = child.stdout.take() {
         let id = spec.id.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                println!("[{id}] {line}");
+                tracing::info!(node = %id, says = %line, "node output");
             }
         });
     }

@@ -1,0 +1,317 @@
+//! What a new user meets in the first hour, held in place: the README's commands are the
+//! binary's real options, scripts find the binary wherever cargo builds it, logs carry no
+//! escape codes outside a terminal, the demo's text for people has no machine lines in
+//! it, and the licence Cargo.toml names is in the repository.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+
+const COMMANDS: &[&str] = &["run", "check", "cert", "node", "pool", "demo", "bench"];
+
+fn readme() -> String {
+    std::fs::read_to_string(repo().join("README.md")).expect("README.md")
+}
+
+/// `tether COMMAND --help`.
+fn help(command: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([command, "--help"])
+        .output()
+        .expect("tether runs");
+    assert!(out.status.success(), "{command} --help: {:?}", out.status);
+    String::from_utf8(out.stdout).expect("utf-8 help")
+}
+
+/// Long options of a help text, each with its possible values when it lists them.
+fn options_in_help(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut options = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut in_values = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let option = trimmed
+            .strip_prefix("-")
+            .filter(|_| line.starts_with("  -") || line.starts_with("      --"))
+            .and_then(|_| {
+                trimmed
+                    .split_whitespace()
+                    .find(|w| w.starts_with("--"))
+                    .map(|w| w.trim_end_matches(',').to_owned())
+            });
+        if let Some(o) = option {
+            if o != "--help" && o != "--version" {
+                options.insert(o.clone(), BTreeSet::new());
+                current = Some(o);
+            } else {
+                current = None;
+            }
+            in_values = false;
+        } else if trimmed.starts_with("Possible values:") {
+            in_values = true;
+        } else if in_values {
+            match (trimmed.strip_prefix("- "), &current) {
+                (Some(v), Some(o)) => {
+                    let value = v.split(':').next().unwrap_or(v).trim().to_owned();
+                    options.get_mut(o).expect("current option").insert(value);
+                }
+                _ => in_values = false,
+            }
+        }
+    }
+    options
+}
+
+/// Long options written after `tether COMMAND` in `text`, with the `a|b|c` values
+/// written right after one.
+fn options_in_text(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut options = BTreeMap::new();
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == '[' || c == ']')
+        .filter(|w| !w.is_empty())
+        .collect();
+    for (i, w) in words.iter().enumerate() {
+        let Some(at) = w.find("--") else { continue };
+        let name: String = w[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        if name.len() <= 2 {
+            continue;
+        }
+        let values = options.entry(name).or_insert_with(BTreeSet::new);
+        if let Some(next) = words.get(i + 1) {
+            if next.contains('|') && !next.starts_with('-') {
+                values.extend(next.split('|').map(str::to_owned));
+            }
+        }
+    }
+    options
+}
+
+/// The README's Commands block, per command (continuation lines joined).
+fn commands_block() -> BTreeMap<String, String> {
+    let text = readme();
+    let start = text
+        .find("## Commands\n\n```\n")
+        .expect("a Commands section");
+    let body = &text[start + "## Commands\n\n```\n".len()..];
+    let body = &body[..body.find("```").expect("the block ends")];
+    let mut per_command: BTreeMap<String, String> = BTreeMap::new();
+    let mut current = String::new();
+    for line in body.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        if let Some(rest) = line.strip_prefix("tether ") {
+            let mut parts = rest.splitn(2, ' ');
+            current = parts.next().unwrap_or("").to_owned();
+            per_command
+                .entry(current.clone())
+                .or_default()
+                .push_str(parts.next().unwrap_or(""));
+        } else if !current.is_empty() {
+            let entry = per_command.get_mut(&current).expect("current command");
+            entry.push(' ');
+            entry.push_str(line);
+        }
+    }
+    per_command
+}
+
+#[test]
+fn the_readme_commands_block_is_the_binary_s_real_options() {
+    let block = commands_block();
+    let listed: BTreeSet<&str> = block.keys().map(String::as_str).collect();
+    assert_eq!(
+        listed,
+        COMMANDS.iter().copied().collect(),
+        "commands in the README's block"
+    );
+    for command in COMMANDS {
+        let real = options_in_help(&help(command));
+        let written = options_in_text(&block[*command]);
+        let real_names: BTreeSet<&String> = real.keys().collect();
+        let written_names: BTreeSet<&String> = written.keys().collect();
+        assert_eq!(
+            written_names, real_names,
+            "`tether {command}` in the README's Commands block against `tether {command} --help`"
+        );
+        for (option, values) in &written {
+            if !values.is_empty() {
+                assert_eq!(
+                    values, &real[option],
+                    "values of `tether {command} {option}` in the README"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_command_line_in_the_docs_uses_options_that_exist() {
+    let real: BTreeMap<&str, BTreeMap<String, BTreeSet<String>>> = COMMANDS
+        .iter()
+        .map(|c| (*c, options_in_help(&help(c))))
+        .collect();
+    let mut docs = vec![("README.md".to_owned(), readme())];
+    for dir in ["examples", "benches", "conf"] {
+        for entry in std::fs::read_dir(repo().join(dir)).expect("dir") {
+            let path = entry.expect("entry").path();
+            if path.is_file() {
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    docs.push((path.display().to_string(), text));
+                }
+            }
+        }
+    }
+    let mut checked = 0;
+    for (file, text) in &docs {
+        for (n, line) in text.lines().enumerate() {
+            for command in COMMANDS {
+                for prefix in [format!("tether {command} "), format!("-- {command} ")] {
+                    let Some(at) = line.find(&prefix) else {
+                        continue;
+                    };
+                    // Up to the end of the command: a pipe, a `;`, a closing backtick.
+                    let rest = &line[at + prefix.len()..];
+                    let rest = rest.split(['|', ';', '`', ')']).next().unwrap_or("");
+                    for option in options_in_text(rest).keys() {
+                        assert!(
+                            real[command].contains_key(option),
+                            "{file}:{}: `{command} {option}` is not an option of `tether {command}`",
+                            n + 1
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} options found: is the parser right?"
+    );
+}
+
+#[test]
+fn scripts_find_the_binary_wherever_cargo_builds_it() {
+    // `./target/release/tether` breaks under CARGO_TARGET_DIR (or a workspace elsewhere):
+    // scripts ask cargo where the target directory is.
+    let mut scripts = Vec::new();
+    for dir in ["examples", "benches", "tests", ".ci", "fuzz"] {
+        for entry in std::fs::read_dir(repo().join(dir)).expect("dir") {
+            let path = entry.expect("entry").path();
+            let is_script = path.extension().is_some_and(|e| e == "sh")
+                || path.file_name().is_some_and(|n| n == "run");
+            if is_script {
+                scripts.push(path);
+            }
+        }
+    }
+    assert!(scripts.len() >= 5, "{scripts:?}");
+    for path in scripts {
+        let text = std::fs::read_to_string(&path).expect("script");
+        for (n, line) in text.lines().enumerate() {
+            assert!(
+                !line.contains("./target/") && !line.contains(" target/release"),
+                "{}:{}: a hard-coded target directory: {line}",
+                path.display(),
+                n + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn the_licence_cargo_toml_names_is_in_the_repository() {
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).expect("Cargo.toml");
+    assert!(
+        manifest.contains("license = \"MIT OR Apache-2.0\""),
+        "the licence changed: update this test and the files"
+    );
+    let mit = std::fs::read_to_string(repo().join("LICENSE-MIT")).expect("LICENSE-MIT");
+    assert!(mit.contains("Permission is hereby granted, free of charge"));
+    let apache = std::fs::read_to_string(repo().join("LICENSE-APACHE")).expect("LICENSE-APACHE");
+    assert!(apache.contains("Apache License") && apache.contains("Version 2.0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["node", "--port", "0"])
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether node");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+        .await
+        .expect("the node starts")
+        .unwrap()
+        .expect("its listening line");
+    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
+    let mut stderr = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        child.stderr.take().unwrap().read_to_string(&mut stderr),
+    )
+    .await
+    .expect("the node stops")
+    .unwrap();
+    assert!(stderr.contains("INFO"), "no log lines to check: {stderr:?}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes in a pipe: {stderr:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_text_for_people_and_json_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["demo", "--no-redis", "--base-port", "0"])
+        .args(["--port", "0", "--tls-port", "0", "--admin-port", "0"])
+        .arg("--cert-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether demo");
+    let _stderr = StderrTail::follow("demo", child.stderr.take().unwrap());
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut text = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+            .await
+            .expect("the demo prints its addresses")
+            .unwrap()
+            .unwrap_or_else(|| panic!("the demo ended: {text:#?}"));
+        let done = line.contains("take a node out");
+        text.push(line);
+        if done {
+            break;
+        }
+    }
+    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(20), stdout.next_line()).await
+    {
+        text.push(line);
+    }
+    assert!(text.iter().any(|l| l.contains("chat page")), "{text:#?}");
+    assert!(
+        text.iter().all(|l| !l.trim_start().starts_with('{')),
+        "a machine line among the text: {text:#?}"
+    );
+}
