@@ -216,10 +216,29 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether: {e:#}");
+            eprintln!("tether: {}", said_once(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once. The library's errors carry
+/// their cause in their own message and expose no `source()`, so this is the context
+/// chain; a cause whose text is already in the line (an error of another crate that
+/// both prints and exposes its cause) is not repeated.
+fn said_once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn check(path: PathBuf) -> anyhow::Result<()> {

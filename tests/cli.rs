@@ -139,3 +139,106 @@ fn cert_writes_a_dev_ca_and_a_certificate_tether_can_serve() {
     let again = tether(&["cert", "--out", out.to_str().unwrap()]);
     assert!(!again.status.success());
 }
+
+/// Runs the binary like [`tether`], for a command expected to fail at once (`run` with a
+/// config it cannot start from); one that keeps running past `limit` is killed and fails
+/// the test instead of hanging it.
+fn tether_exits(args: &[&str], limit: std::time::Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the tether binary");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("polling tether").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "tether {args:?} still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// No line says one thing twice: the failure the issue saw was a cause printed by its
+/// error's message and again as that error's source (`...: No such file or directory
+/// (os error 2): No such file or directory (os error 2)`).
+fn assert_said_once(stderr: &str) {
+    assert!(!stderr.trim().is_empty(), "an error is printed");
+    for line in stderr.lines() {
+        let parts: Vec<&str> = line
+            .split(": ")
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(
+                !parts[i + 1..].contains(part),
+                "{part:?} is said twice in {line:?}"
+            );
+        }
+        assert!(
+            line.matches("(os error").count() <= 1,
+            "an OS error is said twice in {line:?}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nope = dir.path().join("nope.yaml");
+    let nope = nope.to_str().unwrap();
+    for cmd in ["check", "run"] {
+        let out = tether_exits(&[cmd, "--config", nope], std::time::Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}");
+        assert_eq!(
+            err.trim(),
+            format!("tether: {nope}: cannot read the config file: No such file or directory (os error 2)"),
+            "{cmd}"
+        );
+        assert_said_once(&err);
+    }
+}
+
+#[test]
+fn a_port_in_use_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Held by the test, so tether's bind fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let servers = "    servers: [{ id: a, addr: \"127.0.0.1:1\" }]\n";
+    let cases = [
+        (
+            "listener.yaml",
+            format!("listeners:\n  - bind: 127.0.0.1:{port}\nbackends:\n  chat:\n{servers}"),
+            format!("tether: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)"),
+        ),
+        (
+            "admin.yaml",
+            format!("listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:{port}\nbackends:\n  chat:\n{servers}"),
+            format!("tether: admin: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)"),
+        ),
+    ];
+    for (name, yaml, expected) in cases {
+        let path = write(dir.path(), name, &yaml);
+        let out = tether_exits(
+            &["run", "--config", &path],
+            std::time::Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}");
+        assert!(
+            err.lines().any(|l| l == expected),
+            "{name}: expected {expected:?} in {err}"
+        );
+        assert_said_once(&err);
+    }
+    drop(taken);
+}

@@ -31,9 +31,9 @@ const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Reads and validates a file. Errors name file:line:column and the key.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let read_err = |source| ConfigError::Read {
+    let read_err = |cause| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut bytes = Vec::new();
     std::fs::File::open(path)

@@ -59,20 +59,20 @@ pub trait AdminApi: Send + Sync + 'static {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("admin: cannot listen on {addr}: {source}")]
+    #[error("admin: cannot listen on {addr}: {cause}")]
     AdminBind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("TLS listener {addr}: {source}")]
+    #[error("TLS listener {addr}: {cause}")]
     Tls {
         addr: SocketAddr,
-        source: Box<TlsError>,
+        cause: Box<TlsError>,
     },
 }
 
@@ -284,9 +284,9 @@ async fn bind_listener(
     let mode = listener_mode(l)?;
     let socket = TcpListener::bind(l.bind)
         .await
-        .map_err(|source| StartError::Bind {
+        .map_err(|cause| StartError::Bind {
             addr: l.bind,
-            source,
+            cause,
         })?;
     let local = socket.local_addr().unwrap_or(l.bind);
     Ok((
@@ -337,13 +337,13 @@ fn connection_cap(limits: &Limits) -> usize {
 async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::AdminBind { addr, source })
+        .map_err(|cause| StartError::AdminBind { addr, cause })
 }
 
 fn listener_mode(l: &ListenerConfig) -> Result<Mode, StartError> {
-    Mode::build(l).map_err(|source| StartError::Tls {
+    Mode::build(l).map_err(|cause| StartError::Tls {
         addr: l.bind,
-        source: Box::new(source),
+        cause: Box::new(cause),
     })
 }
 

@@ -29,25 +29,22 @@ pub const UPSTREAM_ALPN: [&[u8]; 1] = [b"http/1.1"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}: no certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)")]
     NoCertificate(PathBuf),
     #[error("{0}: no private key found (expected a PEM PKCS#8, RSA or EC key)")]
     NoKey(PathBuf),
-    #[error("{path}: not a usable X.509 certificate: {source}")]
-    BadCertificate {
-        path: PathBuf,
-        source: webpki::Error,
-    },
-    #[error("{cert} / {key}: {source}")]
+    #[error("{path}: not a usable X.509 certificate: {cause}")]
+    BadCertificate { path: PathBuf, cause: webpki::Error },
+    #[error("{cert} / {key}: {cause}")]
     Rejected {
         cert: PathBuf,
         key: PathBuf,
-        source: rustls::Error,
+        cause: rustls::Error,
     },
     #[error(
         "{key}: private key does not match the certificate in {cert} \

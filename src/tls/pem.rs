@@ -11,9 +11,9 @@ use super::TlsError;
 fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
     File::open(path)
         .map(BufReader::new)
-        .map_err(|source| TlsError::Read {
+        .map_err(|cause| TlsError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })
 }
 
@@ -21,9 +21,9 @@ fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = rustls_pemfile::certs(&mut open(path)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read {
+        .map_err(|cause| TlsError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(path.to_owned()));
@@ -34,9 +34,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// The first private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     rustls_pemfile::private_key(&mut open(path)?)
-        .map_err(|source| TlsError::Read {
+        .map_err(|cause| TlsError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?
         .ok_or_else(|| TlsError::NoKey(path.to_owned()))
 }

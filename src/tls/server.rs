@@ -119,10 +119,10 @@ fn load_pair(
 ) -> Result<(CertifiedKey, Vec<String>), TlsError> {
     let chain = load_certs(&pair.cert)?;
     let names = {
-        let leaf = webpki::EndEntityCert::try_from(&chain[0]).map_err(|source| {
+        let leaf = webpki::EndEntityCert::try_from(&chain[0]).map_err(|cause| {
             TlsError::BadCertificate {
                 path: pair.cert.clone(),
-                source,
+                cause,
             }
         })?;
         leaf.valid_dns_names()
@@ -133,10 +133,10 @@ fn load_pair(
     let signing_key = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|source| TlsError::Rejected {
+        .map_err(|cause| TlsError::Rejected {
             cert: pair.cert.clone(),
             key: pair.key.clone(),
-            source,
+            cause,
         })?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
@@ -148,11 +148,11 @@ fn load_pair(
                 key: pair.key.clone(),
             })
         }
-        Err(source) => {
+        Err(cause) => {
             return Err(TlsError::Rejected {
                 cert: pair.cert.clone(),
                 key: pair.key.clone(),
-                source,
+                cause,
             })
         }
     }
