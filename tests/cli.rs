@@ -56,6 +56,19 @@ fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
             ":2:32: routes[0].backend: unknown backend `nope`",
             None,
         ),
+        // A port out of range is said to be, not "missing" (issue 13).
+        (
+            "port.yaml",
+            "listeners:\n  - bind: 127.0.0.1:99999\nbackends:\n  chat:\n    servers: [{ id: a, addr: \"127.0.0.1:1\" }]\n".to_owned(),
+            ":2:11: listeners[0].bind: invalid address \"127.0.0.1:99999\": port 99999 is out of range: 1-65535, or 0 for any free port",
+            None,
+        ),
+        (
+            "addr.yaml",
+            format!("{GOOD_HEAD}    servers: [{{ id: a, addr: \"127.0.0.1:99999\" }}]\n"),
+            ":5:30: backends.chat.servers[0].addr: invalid address \"127.0.0.1:99999\": port 99999 is out of range 1-65535",
+            None,
+        ),
         // Broken YAML.
         (
             "syntax.yaml",
