@@ -242,21 +242,17 @@ fn said_once(e: &anyhow::Error) -> String {
 }
 
 fn check(path: PathBuf) -> anyhow::Result<()> {
-    let config = tether::config::load(&path)?;
-    // What `run` would read besides the file: certificates, keys, CA bundles.
-    for l in &config.listeners {
-        if let Some(t) = &l.tls {
-            tether::tls::acceptor(t).with_context(|| format!("listener {}", l.bind))?;
-        }
+    // Certificates, keys and CA bundles too: what `run` would read besides the file.
+    let config = tether::server::load_config(&path)?;
+    for w in &config.warnings {
+        eprintln!("tether: warning: {w}");
     }
-    for b in &config.backends {
-        if let Some(t) = &b.tls {
-            tether::tls::TlsUpstream::new(t)
-                .with_context(|| format!("backend {}: upstream TLS", b.name))?;
-        }
-    }
+    let warned = match config.warnings.len() {
+        0 => String::new(),
+        n => format!(", {n} warning(s)"),
+    };
     println!(
-        "{}: ok ({} listener(s), {} route(s), {} backend(s), {} server(s))",
+        "{}: ok ({} listener(s), {} route(s), {} backend(s), {} server(s)){warned}",
         path.display(),
         config.listeners.len(),
         config.routes.len(),
@@ -301,7 +297,7 @@ fn cert(out: PathBuf, mut names: Vec<String>, force: bool) -> anyhow::Result<()>
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
-    let config = tether::config::load(&path)?;
+    let config = tether::server::load_config(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -61,6 +61,16 @@ pub enum ConfigError {
     },
 }
 
+/// A value that is valid but cannot work as meant (see `advice`): reported like an error,
+/// at its key, but nothing is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {}{message}", key_prefix(.key))]
+pub struct ConfigWarning {
+    pub at: Location,
+    pub key: String,
+    pub message: String,
+}
+
 fn key_prefix(key: &str) -> String {
     if key.is_empty() {
         String::new()

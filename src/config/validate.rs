@@ -62,6 +62,7 @@ pub(crate) fn validate(raw: RawConfig) -> R<Config> {
         Some(spec) => duration(&spec, &root.key("shutdown_grace"))?,
     };
     Ok(Config {
+        warnings: Vec::new(),
         shutdown_grace,
         source: None,
         listeners,
@@ -886,15 +887,9 @@ fn positive(spec: Option<DurationSpec>, default: Duration, path: &KeyPath) -> R<
 fn duration(spec: &DurationSpec, path: &KeyPath) -> R<Duration> {
     let d = match spec {
         DurationSpec::Seconds(n) => Duration::from_secs(*n),
-        DurationSpec::Text(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => match t.parse() {
-            Ok(n) => Duration::from_secs(n),
-            Err(_) => return bad(path, format!("invalid duration {t:?}: too long")),
-        },
-        DurationSpec::Text(t) => match humantime::parse_duration(t) {
+        DurationSpec::Text(t) => match super::duration::parse(t) {
             Ok(d) => d,
-            Err(e) => {
-                return bad(path, format!("invalid duration {t:?}: {e}; write e.g. 500ms, 2s, 1m, 1h or a number of seconds"))
-            }
+            Err(why) => return bad(path, format!("invalid duration {t:?}: {why}")),
         },
     };
     if d > MAX_DURATION {

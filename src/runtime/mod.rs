@@ -17,7 +17,7 @@ pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backends::discovery::{Discovered, Discovery};
 use crate::backends::health::HealthChecks;
-use crate::config::{AdminConfig, Config, Limits, ListenerConfig};
+use crate::config::{self, AdminConfig, Config, ConfigError, Limits, ListenerConfig};
 use crate::listener::{self, Lifecycle, Mode};
 use crate::proxy::Proxy;
 use crate::snapshot::{Snapshot, Store, StoreError};
@@ -74,6 +74,15 @@ pub enum StartError {
         addr: SocketAddr,
         cause: Box<TlsError>,
     },
+}
+
+/// Reads and validates a config file together with every certificate, key and CA bundle
+/// it names, so a bad one is reported at the key naming it (`file:line:column`) alike by
+/// `tether check`, at start-up and by a reload, which then changes nothing.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    config::load_checked(path, |file| {
+        crate::tls::check_file(file).map_err(|e| e.to_string())
+    })
 }
 
 /// One bound listener and what controls it.
@@ -135,6 +144,7 @@ impl Tether {
     /// listener, which `admin` will serve. With `config.source` set, `run` also reloads
     /// from that file.
     pub async fn bind(config: Config, admin_api: Arc<dyn AdminApi>) -> Result<Tether, StartError> {
+        log_warnings(&config);
         let stop_accepting = CancellationToken::new();
         let mut bound = Vec::with_capacity(config.listeners.len());
         let mut sockets = Vec::new();
@@ -274,6 +284,14 @@ impl Tether {
         rt.health.stop_all();
         rt.discovery.stop_all();
         tracing::info!("stopped");
+    }
+}
+
+/// The config's values that cannot work as meant, where an operator looks: they change
+/// nothing, so nothing else would show them.
+fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!("{w}");
     }
 }
 

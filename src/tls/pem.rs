@@ -9,12 +9,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::TlsError;
 
 fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|cause| TlsError::Read {
+    File::open(path).map(BufReader::new).map_err(|cause| {
+        let missing = cause.kind() == std::io::ErrorKind::NotFound && path.is_relative();
+        TlsError::Read {
             path: path.to_owned(),
+            relative_to: missing.then(std::env::current_dir).and_then(Result::ok),
             cause,
-        })
+        }
+    })
 }
 
 /// Every certificate of a PEM file, in file order (for a chain: leaf first).
@@ -24,6 +26,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .map_err(|cause| TlsError::Read {
             path: path.to_owned(),
             cause,
+            relative_to: None,
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(path.to_owned()));
@@ -37,6 +40,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .map_err(|cause| TlsError::Read {
             path: path.to_owned(),
             cause,
+            relative_to: None,
         })?
         .ok_or_else(|| TlsError::NoKey(path.to_owned()))
 }
