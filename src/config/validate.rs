@@ -319,6 +319,20 @@ fn cidr(s: &str, path: &KeyPath) -> R<IpNet> {
     if let Ok(net) = s.parse::<IpNet>() {
         return Ok(net.trunc());
     }
+    if let Some((ip, len)) = s.split_once('/') {
+        let max = match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(_)) => 32,
+            Ok(std::net::IpAddr::V6(_)) => 128,
+            Err(_) => 0,
+        };
+        let digits = !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit());
+        if max > 0 && digits && len.parse::<u64>().map_or(true, |n| n > max) {
+            return bad(
+                path,
+                format!("invalid CIDR {s:?}: the prefix length /{len} is out of range 0-{max}"),
+            );
+        }
+    }
     match s.parse::<std::net::IpAddr>() {
         Ok(ip) => Ok(IpNet::from(ip)),
         Err(_) => bad(
@@ -981,6 +995,19 @@ mod tests {
         assert_eq!(cidr("127.0.0.1", &p()).unwrap().to_string(), "127.0.0.1/32");
         assert_eq!(cidr("::1", &p()).unwrap().to_string(), "::1/128");
         assert_eq!(cidr("10.1.2.3/8", &p()).unwrap().to_string(), "10.0.0.0/8");
+        let too_long = why(cidr("10.0.0.0/33", &p()));
+        assert!(
+            too_long.ends_with("the prefix length /33 is out of range 0-32"),
+            "{too_long}"
+        );
+        let too_long = why(cidr("fd00::/129", &p()));
+        assert!(
+            too_long.ends_with("/129 is out of range 0-128"),
+            "{too_long}"
+        );
+        assert!(why(cidr("10.0.0.0/x", &p())).contains("expected an IP"));
+        let long = "9".repeat(30);
+        assert!(why(cidr(&format!("::/{long}"), &p())).contains("out of range 0-128"));
     }
 
     #[test]
