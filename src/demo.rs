@@ -45,19 +45,34 @@ pub struct DemoOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("generating the demo certificate: {0}")]
-    Cert(#[from] CertError),
-    #[error("writing the demo certificate into {dir}: {source}")]
-    CertWrite {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    Cert(CertError),
+    #[error("writing the demo certificate into {dir}: {cause}")]
+    CertWrite { dir: PathBuf, cause: std::io::Error },
     #[error("starting a node: {0}")]
-    Node(#[from] NodeError),
+    Node(NodeError),
     #[error("the demo config: {0}")]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
     #[error("starting tether: {0}")]
-    Tether(#[from] StartError),
+    Tether(StartError),
 }
+
+// By hand rather than `#[from]`, which would also make each cause the error's `source()`
+// while the message already carries it: printed as a chain, it would read twice.
+macro_rules! from_cause {
+    ($($variant:ident($cause:ty)),*) => {$(
+        impl From<$cause> for DemoError {
+            fn from(e: $cause) -> DemoError {
+                DemoError::$variant(e)
+            }
+        }
+    )*};
+}
+from_cause!(
+    Cert(CertError),
+    Node(NodeError),
+    Config(ConfigError),
+    Tether(StartError)
+);
 
 /// Whether something answers PING like a Redis at `addr`.
 async fn redis_answers(addr: &str) -> bool {
@@ -133,9 +148,9 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
     let cert = dev_ca::generate_dev_cert(&["localhost", "127.0.0.1"])?;
     let paths = cert
         .write(&opts.cert_dir)
-        .map_err(|source| DemoError::CertWrite {
+        .map_err(|cause| DemoError::CertWrite {
             dir: opts.cert_dir.clone(),
-            source,
+            cause,
         })?;
 
     let mut yaml = format!(

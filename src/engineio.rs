@@ -300,6 +300,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn config_warnings_assume_this_ping_interval() {
+        assert_eq!(
+            crate::config::advice::ENGINEIO_PING_INTERVAL,
+            DEFAULT_PING_INTERVAL
+        );
+    }
+
+    #[test]
     fn handshake_query_has_no_sid() {
         let q = parse_query("EIO=4&transport=polling&t=OzKx1")
             .unwrap()

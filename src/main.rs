@@ -216,28 +216,43 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether: {e:#}");
+            eprintln!("tether: {}", said_once(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes on one line, each said once. The library's errors carry
+/// their cause in their own message and expose no `source()`, so this is the context
+/// chain; a cause whose text is already in the line (an error of another crate that
+/// both prints and exposes its cause) is not repeated.
+fn said_once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 fn check(path: PathBuf) -> anyhow::Result<()> {
-    let config = tether::config::load(&path)?;
-    // What `run` would read besides the file: certificates, keys, CA bundles.
-    for l in &config.listeners {
-        if let Some(t) = &l.tls {
-            tether::tls::acceptor(t).with_context(|| format!("listener {}", l.bind))?;
-        }
+    // Certificates, keys and CA bundles too: what `run` would read besides the file.
+    let config = tether::server::load_config(&path)?;
+    for w in &config.warnings {
+        eprintln!("tether: warning: {w}");
     }
-    for b in &config.backends {
-        if let Some(t) = &b.tls {
-            tether::tls::TlsUpstream::new(t)
-                .with_context(|| format!("backend {}: upstream TLS", b.name))?;
-        }
-    }
+    let warned = match config.warnings.len() {
+        0 => String::new(),
+        n => format!(", {n} warning(s)"),
+    };
     println!(
-        "{}: ok ({} listener(s), {} route(s), {} backend(s), {} server(s))",
+        "{}: ok ({} listener(s), {} route(s), {} backend(s), {} server(s)){warned}",
         path.display(),
         config.listeners.len(),
         config.routes.len(),
@@ -282,7 +297,7 @@ fn cert(out: PathBuf, mut names: Vec<String>, force: bool) -> anyhow::Result<()>
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
-    let config = tether::config::load(&path)?;
+    let config = tether::server::load_config(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::admin;
 use crate::config::Config;
 
-pub use crate::runtime::{AdminApi, Runtime, StartError, Tether};
+pub use crate::runtime::{load_config, AdminApi, Runtime, StartError, Tether};
 
 /// Binds every listener of `config` and its admin API; [`Tether::run`] serves them.
 pub async fn bind(config: Config) -> Result<Tether, StartError> {

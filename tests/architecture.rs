@@ -231,3 +231,128 @@ fn an_upward_import_is_caught_with_its_line() {
         problems[3]
     );
 }
+
+/// Every place an error type of `files` would print its cause twice. The convention
+/// (ARCHITECTURE.md, Errors): an error's message carries its cause and `source()` is
+/// left unset, because these errors are read through `Display` (logs, `/status`), where
+/// a cause left out of the message would be lost. A cause that is also the `source()`
+/// (`#[from]`, `#[source]`, or a field named `source`) is printed again by anything that
+/// walks the chain (anyhow's `{:#}`), as `tether check` once did. Only a
+/// `#[error(transparent)]` variant may hand its source on: it prints nothing of its own.
+fn causes_said_twice(files: &[(PathBuf, String)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (path, text) in files {
+        let mut in_error_type = false;
+        let mut depth = 0usize;
+        let mut opened = false;
+        let mut transparent = false;
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim();
+            if code.starts_with("//") {
+                continue;
+            }
+            if code.starts_with("#[derive(") && code.contains("thiserror::Error") {
+                (in_error_type, depth, opened) = (true, 0, false);
+                continue;
+            }
+            if !in_error_type {
+                continue;
+            }
+            if code.starts_with("#[error(") {
+                transparent = code.contains("transparent");
+            }
+            let hands_on = code.contains("#[from]")
+                || code.contains("#[source]")
+                || (!code.starts_with("#[") && declares_source_field(code));
+            if hands_on && !transparent {
+                problems.push(format!(
+                    "{}:{}: a cause that is also the error's source() is printed twice when the chain is walked; keep it in the message only (a field not named `source`, a hand-written From): {code}",
+                    path.display(),
+                    n + 1
+                ));
+            }
+            // Attributes hold format strings, whose braces are no block.
+            if code.starts_with("#[") {
+                continue;
+            }
+            depth += code.matches('{').count();
+            opened |= depth > 0;
+            depth = depth.saturating_sub(code.matches('}').count());
+            if (opened && depth == 0) || (!opened && code.ends_with(';')) {
+                in_error_type = false;
+            }
+        }
+    }
+    problems
+}
+
+/// `source: T` as a field, which thiserror makes the error's `source()` by its name alone.
+fn declares_source_field(code: &str) -> bool {
+    code.match_indices("source").any(|(i, _)| {
+        let before = code[..i].chars().next_back();
+        let after = code[i + "source".len()..].trim_start();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+            && after.starts_with(':')
+            && !after.starts_with("::")
+    })
+}
+
+fn rust_files_under(dir: &str) -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = Vec::new();
+    rust_files(&root.join(dir), &mut paths);
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("readable source");
+            (p.strip_prefix(root).unwrap().to_path_buf(), text)
+        })
+        .collect()
+}
+
+#[test]
+fn errors_say_their_cause_once() {
+    // crates/node is not held to it yet: its NodeError still hands on what it prints
+    // (`tether node` output is the chain printed once by main's `said_once`).
+    let mut files = rust_files_under("src");
+    files.extend(rust_files_under("crates/kit/src"));
+    files.extend(rust_files_under("crates/bench/src"));
+    let problems = causes_said_twice(&files);
+    assert!(
+        problems.is_empty(),
+        "{} error(s) that print a cause twice:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn a_cause_said_twice_is_caught_with_its_line() {
+    let text = r#"
+#[derive(Debug, thiserror::Error)]
+pub enum E {
+    #[error(transparent)]
+    Inner(#[from] Other),
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing: {0}")]
+    Parse(#[from] ParseError),
+    #[error("writing: {cause}")]
+    Write { cause: std::io::Error },
+}
+
+pub struct NotAnError {
+    source: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Plain(#[source] Other);
+"#;
+    let problems = causes_said_twice(&[(PathBuf::from("src/x.rs"), text.to_owned())]);
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(problems[0].starts_with("src/x.rs:7:"), "{}", problems[0]);
+    assert!(problems[1].starts_with("src/x.rs:9:"), "{}", problems[1]);
+    assert!(problems[2].starts_with("src/x.rs:20:"), "{}", problems[2]);
+}

@@ -56,6 +56,19 @@ fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
             ":2:32: routes[0].backend: unknown backend `nope`",
             None,
         ),
+        // A port out of range is said to be, not "missing" (issue 13).
+        (
+            "port.yaml",
+            "listeners:\n  - bind: 127.0.0.1:99999\nbackends:\n  chat:\n    servers: [{ id: a, addr: \"127.0.0.1:1\" }]\n".to_owned(),
+            ":2:11: listeners[0].bind: invalid address \"127.0.0.1:99999\": port 99999 is out of range: 1-65535, or 0 for any free port",
+            None,
+        ),
+        (
+            "addr.yaml",
+            format!("{GOOD_HEAD}    servers: [{{ id: a, addr: \"127.0.0.1:99999\" }}]\n"),
+            ":5:30: backends.chat.servers[0].addr: invalid address \"127.0.0.1:99999\": port 99999 is out of range 1-65535",
+            None,
+        ),
         // Broken YAML.
         (
             "syntax.yaml",
@@ -138,4 +151,436 @@ fn cert_writes_a_dev_ca_and_a_certificate_tether_can_serve() {
     // It will not overwrite without --force.
     let again = tether(&["cert", "--out", out.to_str().unwrap()]);
     assert!(!again.status.success());
+}
+
+/// Runs the binary like [`tether`], for a command expected to fail at once (`run` with a
+/// config it cannot start from); one that keeps running past `limit` is killed and fails
+/// the test instead of hanging it.
+fn tether_exits(args: &[&str], limit: std::time::Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the tether binary");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("polling tether").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "tether {args:?} still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// No line says one thing twice: the failure the issue saw was a cause printed by its
+/// error's message and again as that error's source (`...: No such file or directory
+/// (os error 2): No such file or directory (os error 2)`).
+fn assert_said_once(stderr: &str) {
+    assert!(!stderr.trim().is_empty(), "an error is printed");
+    for line in stderr.lines() {
+        let parts: Vec<&str> = line
+            .split(": ")
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(
+                !parts[i + 1..].contains(part),
+                "{part:?} is said twice in {line:?}"
+            );
+        }
+        assert!(
+            line.matches("(os error").count() <= 1,
+            "an OS error is said twice in {line:?}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nope = dir.path().join("nope.yaml");
+    let nope = nope.to_str().unwrap();
+    for cmd in ["check", "run"] {
+        let out = tether_exits(&[cmd, "--config", nope], std::time::Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}");
+        assert_eq!(
+            err.trim(),
+            format!("tether: {nope}: cannot read the config file: No such file or directory (os error 2)"),
+            "{cmd}"
+        );
+        assert_said_once(&err);
+    }
+}
+
+#[test]
+fn a_port_in_use_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Held by the test, so tether's bind fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let servers = "    servers: [{ id: a, addr: \"127.0.0.1:1\" }]\n";
+    let cases = [
+        (
+            "listener.yaml",
+            format!("listeners:\n  - bind: 127.0.0.1:{port}\nbackends:\n  chat:\n{servers}"),
+            format!("tether: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)"),
+        ),
+        (
+            "admin.yaml",
+            format!("listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:{port}\nbackends:\n  chat:\n{servers}"),
+            format!("tether: admin: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)"),
+        ),
+    ];
+    for (name, yaml, expected) in cases {
+        let path = write(dir.path(), name, &yaml);
+        let out = tether_exits(
+            &["run", "--config", &path],
+            std::time::Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}");
+        assert!(
+            err.lines().any(|l| l == expected),
+            "{name}: expected {expected:?} in {err}"
+        );
+        assert_said_once(&err);
+    }
+    drop(taken);
+}
+
+/// A development certificate and key written into `dir` (as `tether cert` does).
+fn dev_pair(dir: &Path, names: &[&str]) -> (String, String) {
+    let paths = tether::tls::dev_ca::generate_dev_cert(names)
+        .unwrap()
+        .write(dir)
+        .unwrap();
+    let s = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    (s(paths.cert), s(paths.key))
+}
+
+fn tls_config(cert: &str, key: &str, ca: &str) -> String {
+    format!(
+        "listeners:\n  - bind: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: \"{cert}\"\n          key: \"{key}\"\nbackends:\n  chat:\n    servers: [{{ id: a, addr: \"127.0.0.1:1\" }}]\n    tls:\n      ca: \"{ca}\"\n"
+    )
+}
+
+#[test]
+fn a_bad_certificate_file_is_reported_at_the_key_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cert, key) = dev_pair(&d.join("good"), &["localhost"]);
+    let (_, other_key) = dev_pair(&d.join("other"), &["localhost"]);
+    let ca = d.join("good/ca.pem").to_str().unwrap().to_owned();
+    let nope = d.join("nope.pem").to_str().unwrap().to_owned();
+    let garbage = write(d, "garbage.pem", "not a certificate\n");
+    let missing = "No such file or directory (os error 2)";
+    let cases = [
+        (
+            tls_config(&nope, &key, &ca),
+            format!(":5:17: listeners[0].tls.certificates[0].cert: cannot read {nope}: {missing}"),
+        ),
+        (
+            tls_config(&cert, &nope, &ca),
+            format!(":6:16: listeners[0].tls.certificates[0].key: cannot read {nope}: {missing}"),
+        ),
+        (
+            tls_config(&garbage, &key, &ca),
+            format!(":5:17: listeners[0].tls.certificates[0].cert: {garbage}: no certificate found"),
+        ),
+        (
+            tls_config(&cert, &cert, &ca),
+            format!(":6:16: listeners[0].tls.certificates[0].key: {cert}: no private key found"),
+        ),
+        (
+            tls_config(&cert, &other_key, &ca),
+            format!(":6:16: listeners[0].tls.certificates[0].key: {other_key}: private key does not match the certificate in {cert}"),
+        ),
+        (
+            tls_config(&cert, &key, &nope),
+            format!(":11:11: backends.chat.tls.ca: cannot read {nope}: {missing}"),
+        ),
+        (
+            tls_config(&cert, &key, &garbage),
+            format!(":11:11: backends.chat.tls.ca: {garbage}: no certificate found"),
+        ),
+    ];
+    let good = write(d, "good.yaml", &tls_config(&cert, &key, &ca));
+    assert!(tether(&["check", "--config", &good]).status.success());
+    for (i, (yaml, located)) in cases.iter().enumerate() {
+        let path = write(d, &format!("case{i}.yaml"), yaml);
+        for cmd in ["check", "run"] {
+            let out = tether_exits(
+                &[cmd, "--config", &path],
+                std::time::Duration::from_secs(30),
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{cmd} case {i}");
+            assert!(
+                err.contains(&format!("tether: {path}{located}")),
+                "{cmd} case {i}: expected {located:?} in {err}"
+            );
+            assert_said_once(&err);
+        }
+    }
+}
+
+#[test]
+fn a_missing_relative_certificate_says_where_it_was_looked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, key) = dev_pair(&dir.path().join("certs"), &["localhost"]);
+    let path = write(
+        dir.path(),
+        "tls.yaml",
+        &tls_config(
+            "nope.pem",
+            &key,
+            &dir.path().join("certs/ca.pem").to_string_lossy(),
+        ),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["check", "--config", &path])
+        .current_dir(dir.path().join("certs"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let cwd = dir.path().join("certs").canonicalize().unwrap();
+    assert!(
+        err.contains(&format!(
+            "cannot read nope.pem: No such file or directory (os error 2); relative paths are read from the working directory, {}",
+            cwd.display()
+        )),
+        "{err}"
+    );
+}
+
+/// `tether run` as a child whose output is read line by line while it runs; killed on drop.
+struct Running {
+    child: std::process::Child,
+    stdout: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::mpsc::Receiver<String>,
+    /// Every stderr line seen so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(config: &str) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["run", "--config", config])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running the tether binary");
+        fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        }
+        Running {
+            stdout: lines(child.stdout.take().unwrap()),
+            stderr: lines(child.stderr.take().unwrap()),
+            child,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first stdout line starting with `prefix`, the rest of it.
+    fn stdout_after(&self, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_owned();
+                    }
+                }
+                Err(e) => panic!("no {prefix:?} on stdout: {e}"),
+            }
+        }
+    }
+
+    /// Waits for a stderr line holding every one of `parts`.
+    fn stderr_line(&mut self, parts: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if parts.iter().all(|p| line.contains(p)) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no line with {parts:?} on stderr ({e}):\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `POST /reload` on the admin API: the status code and the JSON answer.
+fn reload(admin: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}")),
+    )
+}
+
+#[test]
+fn run_logs_warnings_and_a_reload_with_a_bad_certificate_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nbackends:\n  chat:\n    servers: [{ id: a, addr: \"127.0.0.1:1\" }]\n";
+    let path = write(
+        dir.path(),
+        "tether.yaml",
+        &format!("{head}    timeouts: {{ response: 10ms }}\n"),
+    );
+    let mut tether = Running::start(&path);
+    let addr = tether.stdout_after("tether listening on ");
+    let admin = tether.stdout_after("tether admin on ");
+    // At start-up, at WARN, at the key.
+    tether.stderr_line(&[
+        "WARN",
+        &format!("{path}:8:27: backends.chat.timeouts.response: 10ms is too short for a long poll"),
+    ]);
+
+    // A certificate that is not there: refused at its key, the running config stays.
+    let nope = dir.path().join("nope.pem");
+    let nope = nope.to_str().unwrap();
+    let bad = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\n  - bind: 127.0.0.1:0\n    tls:\n      certificates: [{{ cert: \"{nope}\", key: \"{nope}\" }}]\nadmin:\n  bind: 127.0.0.1:0\nbackends:\n  chat:\n    servers: [{{ id: a, addr: \"127.0.0.1:1\" }}]\n    timeouts: {{ tunnel_idle: 10s }}\n"
+    );
+    write(dir.path(), "tether.yaml", &bad);
+    let located = format!(
+        "{path}:5:30: listeners[1].tls.certificates[0].cert: cannot read {nope}: No such file or directory (os error 2)"
+    );
+    let (status, answer) = reload(&admin);
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"], located.as_str(), "{answer}");
+    assert_said_once(&located);
+    tether.stderr_line(&["config rejected", &located]);
+    // Still serving as before: the old listener answers, no TLS listener was added.
+    assert!(std::net::TcpStream::connect(&addr).is_ok());
+
+    // A good file with a value that cannot work: put in force, and warned of again.
+    write(
+        dir.path(),
+        "tether.yaml",
+        &format!("{head}    timeouts: {{ tunnel_idle: 10s }}\n"),
+    );
+    let (status, answer) = reload(&admin);
+    assert_eq!(status, 200, "{answer}");
+    tether.stderr_line(&[
+        "WARN",
+        &format!("{path}:8:30: backends.chat.timeouts.tunnel_idle: 10s would close quiet WebSocket sessions"),
+    ]);
+}
+
+#[test]
+fn check_prints_what_cannot_work_and_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "warn.yaml",
+        &format!("{GOOD_HEAD}    servers: [{{ id: a, addr: \"127.0.0.1:1\" }}]\n    timeouts: {{ response: 10ms }}\n    health: {{ interval: 1s, timeout: 2s }}\n"),
+    );
+    let out = tether(&["check", "--config", &path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with(&format!("tether: warning: {path}:6:27: backends.chat.timeouts.response: 10ms is too short for a long poll")),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("tether: warning: {path}:7:38: backends.chat.health.timeout: 2s is longer than the interval (1s)")),
+        "{err}"
+    );
+    assert_said_once(&err);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).ends_with("1 server(s)), 2 warning(s)\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The README's sentence on durations and the parser agree: every example it gives as
+/// accepted is, every one it gives as refused is, with the accepted forms in the message.
+#[test]
+fn the_readme_duration_grammar_is_the_parsers() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("\nDurations: ")
+        .expect("a Durations: paragraph");
+    let para = &readme[start..start + readme[start..].find("\n\n").unwrap()];
+    let (accepted, refused) = para.split_once("Anything").expect("accepted, then refused");
+    let examples = |text: &str| -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|e| e.starts_with(|c: char| c.is_ascii_digit()))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (accepted, refused) = (examples(accepted), examples(refused));
+    assert!(
+        accepted.len() >= 5 && refused.len() >= 3,
+        "{accepted:?} {refused:?}"
+    );
+    let parse = |d: &str| {
+        let yaml = format!("shutdown_grace: \"{d}\"\n{GOOD_HEAD}    servers: [{{ id: a, addr: \"127.0.0.1:1\" }}]\n");
+        tether::config::parse(&yaml, Path::new("d.yaml"))
+    };
+    for d in &accepted {
+        assert!(parse(d).is_ok(), "{d}: {}", parse(d).unwrap_err());
+    }
+    for d in &refused {
+        let err = parse(d).expect_err(d).to_string();
+        assert!(
+            err.starts_with(&format!(
+                "d.yaml:1:17: shutdown_grace: invalid duration \"{d}\": "
+            )) && err.contains("500ms, 1.5s, 2m, 1h30m or 365d"),
+            "{err}"
+        );
+    }
 }

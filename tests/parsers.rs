@@ -136,4 +136,19 @@ proptest! {
     ]) {
         let _ = tether::config::parse(&text, Path::new("<fuzz>"));
     }
+
+    /// The values the config reads by hand (durations, binds, server addresses), where
+    /// random whole files seldom reach: any text there is refused or accepted, never a
+    /// panic, and an accepted duration is what the grammar says.
+    #[test]
+    fn config_values(value in text_from(&["0", "1", "99999", "65536", ".", "5", "ms", "s", "m", "h", "d", ":", "[", "]", "::1", "127.0.0.1", "localhost", "-", "+", " ", "http://", "@", "µ"])) {
+        let q = value.replace('\'', "''");
+        let tail = "listeners: [{ bind: \"127.0.0.1:0\" }]\nbackends: { b: { servers: [{ id: a, addr: \"127.0.0.1:1\" }] } }\n";
+        let duration = tether::config::parse(&format!("shutdown_grace: '{q}'\n{tail}"), Path::new("<fuzz>"));
+        if duration.is_ok() {
+            prop_assert!(value.bytes().all(|b| b.is_ascii_digit() || b".mshd".contains(&b)), "{value:?} accepted");
+        }
+        let addresses = format!("listeners: [{{ bind: '{q}' }}]\nadmin: {{ bind: '{q}' }}\nbackends: {{ b: {{ servers: [{{ id: a, addr: '{q}' }}], discover: {{ dns: '{q}' }} }} }}\n");
+        let _ = tether::config::parse(&addresses, Path::new("<fuzz>"));
+    }
 }

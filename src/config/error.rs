@@ -37,11 +37,10 @@ impl fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all (missing, unreadable, not a file, too big).
-    #[error("{}: cannot read the config file: {source}", path.display())]
+    #[error("{}: cannot read the config file: {cause}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The text is not well-formed YAML (or not UTF-8).
     #[error("{at}: {message}")]
@@ -60,6 +59,16 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+}
+
+/// A value that is valid but cannot work as meant (see `advice`): reported like an error,
+/// at its key, but nothing is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {}{message}", key_prefix(.key))]
+pub struct ConfigWarning {
+    pub at: Location,
+    pub key: String,
+    pub message: String,
 }
 
 fn key_prefix(key: &str) -> String {
@@ -285,7 +294,7 @@ mod tests {
     fn read_error_names_the_file() {
         let e = ConfigError::Read {
             path: "conf/x.yaml".into(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            cause: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
         assert!(e
             .to_string()

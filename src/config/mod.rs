@@ -14,6 +14,8 @@
 //!
 //! The request path sees only [`Config`]: nothing there re-parses or re-validates.
 
+pub mod advice;
+mod duration;
 mod error;
 mod locate;
 pub mod model;
@@ -23,7 +25,7 @@ mod validate;
 use std::io::Read;
 use std::path::Path;
 
-pub use error::{ConfigError, Location};
+pub use error::{ConfigError, ConfigWarning, Location};
 pub use model::*;
 
 /// Bigger than any real config; stops `--config /dev/zero` from eating memory.
@@ -31,9 +33,33 @@ const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Reads and validates a file. Errors name file:line:column and the key.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let read_err = |source| ConfigError::Read {
+    load_checked(path, |_| Ok(()))
+}
+
+/// A file the config names, for the check given to [`load_checked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedFile<'a> {
+    /// A listener's certificate chain, leaf first.
+    Certificate(&'a Path),
+    /// A listener's private key, and the certificate it has to belong to.
+    PrivateKey { key: &'a Path, cert: &'a Path },
+    /// A CA bundle that a backend's servers are verified against.
+    CaBundle(&'a Path),
+}
+
+/// Like [`load`], and then every file the config names is put through `check` in file
+/// order; the first one refused is reported at the key that names it, the check's
+/// message as the reason.
+///
+/// A callback because what makes a certificate good is the TLS layer's knowledge, which
+/// sits above this one; this layer knows where each file is named.
+pub fn load_checked(
+    path: &Path,
+    check: impl Fn(NamedFile<'_>) -> Result<(), String>,
+) -> Result<Config, ConfigError> {
+    let read_err = |cause| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut bytes = Vec::new();
     std::fs::File::open(path)
@@ -59,21 +85,169 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             message: "the file is not UTF-8 text".to_owned(),
         }
     })?;
-    let mut config = parse(&text, path)?;
+    let mut config = parse_checked(&text, path, check)?;
     config.source = Some(path.to_path_buf());
     Ok(config)
 }
 
 /// Same from text; `origin` is the name used in messages (e.g. "conf/tether.yaml" or "<inline>").
 pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    parse_checked(text, origin, |_| Ok(()))
+}
+
+/// [`parse`], with the files the config names put through `check` as in [`load_checked`].
+pub fn parse_checked(
+    text: &str,
+    origin: &Path,
+    check: impl Fn(NamedFile<'_>) -> Result<(), String>,
+) -> Result<Config, ConfigError> {
     let raw: schema::RawConfig =
         serde_yaml::from_str(text).map_err(|e| ConfigError::from_serde(&e, text, origin))?;
-    validate::validate(raw).map_err(|p| {
-        let pos = locate::locate(text, p.at.as_ref().unwrap_or(&p.key));
-        ConfigError::Invalid {
-            at: Location::new(origin, pos),
+    let place = |p: &validate::Problem| {
+        Location::new(
+            origin,
+            locate::locate(text, p.at.as_ref().unwrap_or(&p.key)),
+        )
+    };
+    let mut config = validate::validate(raw).map_err(|p| ConfigError::Invalid {
+        at: place(&p),
+        key: p.key.to_string(),
+        message: p.message,
+    })?;
+    for (key, file) in named_files(&config) {
+        if let Err(message) = check(file) {
+            return Err(ConfigError::Invalid {
+                at: Location::new(origin, locate::locate(text, &key)),
+                key: key.to_string(),
+                message,
+            });
+        }
+    }
+    config.warnings = advice::warnings(&config)
+        .into_iter()
+        .map(|p| ConfigWarning {
+            at: place(&p),
             key: p.key.to_string(),
             message: p.message,
+        })
+        .collect();
+    Ok(config)
+}
+
+/// Every file `config` names, with the key that names it, in file order (a certificate
+/// before its key: a key is checked against its certificate).
+fn named_files(config: &Config) -> Vec<(locate::KeyPath, NamedFile<'_>)> {
+    let root = locate::KeyPath::root();
+    let mut out = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        let pairs = root
+            .key("listeners")
+            .index(i)
+            .key("tls")
+            .key("certificates");
+        for (j, pair) in tls.certificates.iter().enumerate() {
+            out.push((
+                pairs.index(j).key("cert"),
+                NamedFile::Certificate(&pair.cert),
+            ));
+            out.push((
+                pairs.index(j).key("key"),
+                NamedFile::PrivateKey {
+                    key: &pair.key,
+                    cert: &pair.cert,
+                },
+            ));
         }
-    })
+    }
+    for b in &config.backends {
+        if let Some(ca) = b.tls.as_ref().and_then(|t| t.ca.as_deref()) {
+            let key = root.key("backends").key(&b.name).key("tls").key("ca");
+            out.push((key, NamedFile::CaBundle(ca)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = "\
+listeners:
+  - bind: 127.0.0.1:0
+  - bind: 127.0.0.1:0
+    tls:
+      certificates:
+        - { cert: a.crt, key: a.key }
+        - cert: b.crt
+          key: b.key
+backends:
+  chat:
+    servers: [{ id: a, addr: \"127.0.0.1:1\" }]
+    tls: { ca: ca.pem }
+";
+
+    fn refusing(bad: &'static str) -> impl Fn(NamedFile<'_>) -> Result<(), String> {
+        move |f| {
+            let path = match f {
+                NamedFile::Certificate(p) | NamedFile::CaBundle(p) => p,
+                NamedFile::PrivateKey { key, .. } => key,
+            };
+            if path == Path::new(bad) {
+                Err(format!("cannot read {bad}: gone"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn every_named_file_is_checked_in_file_order() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        parse_checked(YAML, Path::new("c.yaml"), |f| {
+            seen.borrow_mut().push(format!("{f:?}"));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen.into_inner(),
+            [
+                "Certificate(\"a.crt\")",
+                "PrivateKey { key: \"a.key\", cert: \"a.crt\" }",
+                "Certificate(\"b.crt\")",
+                "PrivateKey { key: \"b.key\", cert: \"b.crt\" }",
+                "CaBundle(\"ca.pem\")",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_file_is_reported_at_the_key_that_names_it() {
+        for (bad, expected) in [
+            (
+                "a.crt",
+                "c.yaml:6:19: listeners[1].tls.certificates[0].cert: cannot read a.crt: gone",
+            ),
+            (
+                "a.key",
+                "c.yaml:6:31: listeners[1].tls.certificates[0].key: cannot read a.key: gone",
+            ),
+            (
+                "b.crt",
+                "c.yaml:7:17: listeners[1].tls.certificates[1].cert: cannot read b.crt: gone",
+            ),
+            (
+                "b.key",
+                "c.yaml:8:16: listeners[1].tls.certificates[1].key: cannot read b.key: gone",
+            ),
+            (
+                "ca.pem",
+                "c.yaml:12:16: backends.chat.tls.ca: cannot read ca.pem: gone",
+            ),
+        ] {
+            let err = parse_checked(YAML, Path::new("c.yaml"), refusing(bad)).unwrap_err();
+            assert_eq!(err.to_string(), expected);
+        }
+    }
 }

@@ -29,6 +29,9 @@ pub struct Config {
     /// On SIGTERM/SIGINT: how long in-flight requests and WebSocket tunnels get before
     /// they are closed. Default 30 s.
     pub shutdown_grace: Duration,
+    /// Values that are valid but cannot work as meant, for whoever loaded the file to
+    /// show: `tether check` prints them, start-up and reloads log them.
+    pub warnings: Vec<super::ConfigWarning>,
 }
 
 /// Default of [`Config::shutdown_grace`].

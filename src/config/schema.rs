@@ -446,7 +446,9 @@ impl<'de> Deserialize<'de> for DurationSpec {
         impl Visitor<'_> for V {
             type Value = DurationSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration such as 500ms, 2s, 1m or a whole number of seconds")
+                f.write_str(
+                    "a duration such as 500ms, 1.5s, 2m, 1h30m or 365d, or a whole number of seconds",
+                )
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationSpec, E> {
                 Ok(DurationSpec::Seconds(v))
@@ -458,7 +460,8 @@ impl<'de> Deserialize<'de> for DurationSpec {
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationSpec, E> {
                 Err(E::custom(format!(
-                    "invalid duration {v}: a bare number means whole seconds; write e.g. 1500ms"
+                    "invalid duration {v}: a number without a unit must be whole seconds; {}",
+                    super::duration::FORMS
                 )))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationSpec, E> {
@@ -597,6 +600,6 @@ mod tests {
         assert!(raw(&text).unwrap_err().contains("cannot be negative"));
         let text =
             format!("{HEAD}backends:\n  b:\n    servers: []\n    timeouts: {{ connect: 1.5 }}\n");
-        assert!(raw(&text).unwrap_err().contains("1500ms"));
+        assert!(raw(&text).unwrap_err().contains("1.5s"));
     }
 }

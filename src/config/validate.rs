@@ -62,6 +62,7 @@ pub(crate) fn validate(raw: RawConfig) -> R<Config> {
         Some(spec) => duration(&spec, &root.key("shutdown_grace"))?,
     };
     Ok(Config {
+        warnings: Vec::new(),
         shutdown_grace,
         source: None,
         listeners,
@@ -104,7 +105,9 @@ fn listeners(raw: Vec<RawListener>, path: &KeyPath) -> R<Vec<ListenerConfig>> {
             Some(port) => {
                 return bad(
                     &p.key("redirect_https"),
-                    format!("{port} is not a port (1..=65535)"),
+                    format!(
+                        "port {port} is out of range 1-65535 (the port clients are redirected to)"
+                    ),
                 )
             }
         };
@@ -222,18 +225,113 @@ fn admin(raw: RawAdmin, path: &KeyPath, listeners: &[ListenerConfig]) -> R<Admin
 }
 
 fn bind_addr(s: &str, path: &KeyPath) -> R<SocketAddr> {
-    s.parse().or_else(|_| {
-        bad(
-            path,
-            format!("invalid address {s:?}: expected ip:port such as 0.0.0.0:8080 or [::]:8080 (host names are not resolved for binds)"),
-        )
-    })
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let err = |why: String| bad(path, format!("invalid address {s:?}: {why}"));
+    let (host, port) = match host_port(s) {
+        Ok(parts) => parts,
+        Err(why) => return err(why.say(EXAMPLE_BIND)),
+    };
+    if port > u64::from(u16::MAX) {
+        return err(format!(
+            "port {port} is out of range: 1-65535, or 0 for any free port"
+        ));
+    }
+    err(format!(
+        "{host:?} is not an IP address; binds take one, host names are not resolved (0.0.0.0 or [::] for every interface, 127.0.0.1 for this host only)"
+    ))
+}
+
+const EXAMPLE_BIND: &str = "ip:port such as 0.0.0.0:8080 or [::]:8080";
+const EXAMPLE_ADDR: &str = "host:port such as 127.0.0.1:3001 or node-1.internal:3000";
+
+/// Why a `host:port` is not one, said against an example of what is expected.
+enum NotHostPort {
+    Empty,
+    Scheme,
+    NoPort,
+    BadPort(String),
+    /// An IPv6 address without brackets, and what was probably meant.
+    Unbracketed(String),
+}
+
+impl NotHostPort {
+    fn say(&self, example: &str) -> String {
+        match self {
+            NotHostPort::Empty => format!("empty; expected {example}"),
+            NotHostPort::Scheme => format!("expected {example}, without a scheme"),
+            NotHostPort::NoPort => format!("the port is missing; expected {example}"),
+            NotHostPort::BadPort(p) => format!("{p:?} is not a port number; expected {example}"),
+            NotHostPort::Unbracketed(meant) => {
+                format!("an IPv6 address takes brackets and a port after them, e.g. {meant}")
+            }
+        }
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` too) and reads the port as a number of any size, so
+/// that an out-of-range port is told apart from a missing or malformed one.
+fn host_port(s: &str) -> Result<(&str, u64), NotHostPort> {
+    if s.trim().is_empty() {
+        return Err(NotHostPort::Empty);
+    }
+    if s.contains("://") {
+        return Err(NotHostPort::Scheme);
+    }
+    if s.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err(NotHostPort::NoPort);
+    }
+    if s.parse::<std::net::Ipv6Addr>().is_ok() {
+        // `::1:8080` is itself an IPv6 address: the brackets are what is missing.
+        let meant = match s.rsplit_once(':') {
+            Some((ip, port)) if ip.parse::<std::net::Ipv6Addr>().is_ok() && !port.is_empty() => {
+                format!("[{ip}]:{port}")
+            }
+            _ => format!("[{s}]:PORT"),
+        };
+        return Err(NotHostPort::Unbracketed(meant));
+    }
+    let (host, port) = match s.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((_, after)) => match after.strip_prefix(':') {
+                Some(port) => (&s[..s.len() - port.len() - 1], port),
+                None if after.is_empty() => return Err(NotHostPort::NoPort),
+                None => return Err(NotHostPort::BadPort(after.to_owned())),
+            },
+            None => return Err(NotHostPort::NoPort),
+        },
+        None => s.rsplit_once(':').ok_or(NotHostPort::NoPort)?,
+    };
+    if port.is_empty() {
+        return Err(NotHostPort::NoPort);
+    }
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(NotHostPort::BadPort(port.to_owned()));
+    }
+    // Saturates: a port of twenty digits is as out of range as 65536.
+    let n = port.parse().unwrap_or(u64::MAX);
+    Ok((host, n))
 }
 
 /// A bare IP means just that host; a CIDR with host bits set is taken as its network.
 fn cidr(s: &str, path: &KeyPath) -> R<IpNet> {
     if let Ok(net) = s.parse::<IpNet>() {
         return Ok(net.trunc());
+    }
+    if let Some((ip, len)) = s.split_once('/') {
+        let max = match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(_)) => 32,
+            Ok(std::net::IpAddr::V6(_)) => 128,
+            Err(_) => 0,
+        };
+        let digits = !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit());
+        if max > 0 && digits && len.parse::<u64>().map_or(true, |n| n > max) {
+            return bad(
+                path,
+                format!("invalid CIDR {s:?}: the prefix length /{len} is out of range 0-{max}"),
+            );
+        }
     }
     match s.parse::<std::net::IpAddr>() {
         Ok(ip) => Ok(IpNet::from(ip)),
@@ -617,20 +715,22 @@ fn servers(raw: Vec<RawServer>, discovered: bool, path: &KeyPath) -> R<Vec<Serve
 }
 
 fn authority(s: &str, path: &KeyPath) -> R<Authority> {
-    let err = |why: &str| bad(path, format!("invalid address {s:?}: {why}"));
-    if s.contains("://") {
-        return err("expected host:port without a scheme, e.g. 127.0.0.1:3001");
-    }
-    let Ok(a) = s.parse::<Authority>() else {
-        return err("expected host:port, e.g. 127.0.0.1:3001 or node-1.internal:3000");
+    let err = |why: String| bad(path, format!("invalid address {s:?}: {why}"));
+    let (host, port) = match host_port(s) {
+        Ok(parts) => parts,
+        Err(why) => return err(why.say(EXAMPLE_ADDR)),
     };
-    if s.contains('@') || a.host().is_empty() {
-        return err("expected host:port, e.g. 127.0.0.1:3001");
+    match port {
+        0 => return err("port 0 cannot be connected to; give the server's port".to_owned()),
+        65536.. => return err(format!("port {port} is out of range 1-65535")),
+        _ => {}
     }
-    match a.port_u16() {
-        None => err("expected host:port (the port is missing)"),
-        Some(0) => err("port 0 cannot be connected to"),
-        Some(_) => Ok(a),
+    match s.parse::<Authority>() {
+        Ok(a) if !s.contains('@') && !a.host().is_empty() && a.port_u16().is_some() => Ok(a),
+        _ if host.is_empty() => err(format!("the host is missing; expected {EXAMPLE_ADDR}")),
+        _ => err(format!(
+            "{host:?} is not a host name or IP address; expected {EXAMPLE_ADDR}"
+        )),
     }
 }
 
@@ -801,15 +901,9 @@ fn positive(spec: Option<DurationSpec>, default: Duration, path: &KeyPath) -> R<
 fn duration(spec: &DurationSpec, path: &KeyPath) -> R<Duration> {
     let d = match spec {
         DurationSpec::Seconds(n) => Duration::from_secs(*n),
-        DurationSpec::Text(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => match t.parse() {
-            Ok(n) => Duration::from_secs(n),
-            Err(_) => return bad(path, format!("invalid duration {t:?}: too long")),
-        },
-        DurationSpec::Text(t) => match humantime::parse_duration(t) {
+        DurationSpec::Text(t) => match super::duration::parse(t) {
             Ok(d) => d,
-            Err(e) => {
-                return bad(path, format!("invalid duration {t:?}: {e}; write e.g. 500ms, 2s, 1m, 1h or a number of seconds"))
-            }
+            Err(why) => return bad(path, format!("invalid duration {t:?}: {why}")),
         },
     };
     if d > MAX_DURATION {
@@ -901,6 +995,19 @@ mod tests {
         assert_eq!(cidr("127.0.0.1", &p()).unwrap().to_string(), "127.0.0.1/32");
         assert_eq!(cidr("::1", &p()).unwrap().to_string(), "::1/128");
         assert_eq!(cidr("10.1.2.3/8", &p()).unwrap().to_string(), "10.0.0.0/8");
+        let too_long = why(cidr("10.0.0.0/33", &p()));
+        assert!(
+            too_long.ends_with("the prefix length /33 is out of range 0-32"),
+            "{too_long}"
+        );
+        let too_long = why(cidr("fd00::/129", &p()));
+        assert!(
+            too_long.ends_with("/129 is out of range 0-128"),
+            "{too_long}"
+        );
+        assert!(why(cidr("10.0.0.0/x", &p())).contains("expected an IP"));
+        let long = "9".repeat(30);
+        assert!(why(cidr(&format!("::/{long}"), &p())).contains("out of range 0-128"));
     }
 
     #[test]
@@ -919,6 +1026,67 @@ mod tests {
             "h:1/x",
         ] {
             assert!(authority(bad, &p()).is_err(), "{bad} accepted");
+        }
+    }
+
+    fn why(r: R<impl std::fmt::Debug>) -> String {
+        r.expect_err("refused").message
+    }
+
+    #[test]
+    fn a_bind_is_refused_for_the_reason_it_fails() {
+        assert_eq!(
+            bind_addr("[::]:0", &p()).unwrap(),
+            "[::]:0".parse::<SocketAddr>().unwrap()
+        );
+        let cases = [
+            (
+                "127.0.0.1:99999",
+                "port 99999 is out of range: 1-65535, or 0 for any free port",
+            ),
+            ("[::1]:65536", "port 65536 is out of range"),
+            ("127.0.0.1:123456789012345678901234", "is out of range"),
+            ("127.0.0.1", "the port is missing"),
+            ("127.0.0.1:", "the port is missing"),
+            (
+                "::1",
+                "an IPv6 address takes brackets and a port after them, e.g. [::1]:PORT",
+            ),
+            ("[::1]", "the port is missing"),
+            ("fe80::1:8080", "e.g. [fe80::1]:8080"),
+            ("127.0.0.1:http", "\"http\" is not a port number"),
+            ("127.0.0.1:-1", "\"-1\" is not a port number"),
+            ("::1:8080", "e.g. [::1]:8080"),
+            ("localhost:8080", "\"localhost\" is not an IP address"),
+            ("http://0.0.0.0:80", "without a scheme"),
+            ("", "empty"),
+        ];
+        for (addr, expected) in cases {
+            let msg = why(bind_addr(addr, &p()));
+            assert!(msg.contains(expected), "{addr}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_server_address_is_refused_for_the_reason_it_fails() {
+        let cases = [
+            ("127.0.0.1:99999", "port 99999 is out of range 1-65535"),
+            ("h:0", "port 0 cannot be connected to"),
+            ("127.0.0.1", "the port is missing"),
+            ("h:", "the port is missing"),
+            ("h:x", "\"x\" is not a port number"),
+            (":3001", "the host is missing"),
+            ("user@h:1", "\"user@h\" is not a host name or IP address"),
+            ("a b:1", "\"a b\" is not a host name or IP address"),
+            ("http://h:1", "without a scheme"),
+        ];
+        for (addr, expected) in cases {
+            let msg = why(authority(addr, &p()));
+            assert!(msg.contains(expected), "{addr}: {msg}");
+            assert!(
+                !msg.contains("missing") || expected.contains("missing"),
+                "{addr}: {msg}"
+            );
         }
     }
 

@@ -31,10 +31,18 @@ pub enum HeaderError {
     Untrusted,
     #[error("no PROXY header within the time allowed")]
     Timeout,
-    #[error("the connection ended inside the PROXY header")]
-    Io(#[from] std::io::Error),
+    #[error("the connection ended inside the PROXY header ({0})")]
+    Io(std::io::Error),
     #[error("not a PROXY {0} header")]
     Malformed(&'static str),
+}
+
+// By hand rather than `#[from]`, which would also make the cause the error's `source()`
+// while the message already carries it: printed as a chain, it would read twice.
+impl From<std::io::Error> for HeaderError {
+    fn from(e: std::io::Error) -> HeaderError {
+        HeaderError::Io(e)
+    }
 }
 
 /// Reads the PROXY header `expected` on `stream` and returns the client it names (`None`

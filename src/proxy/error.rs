@@ -78,7 +78,7 @@ impl ProxyError {
             | ProxyError::WebSocket(_)
             | ProxyError::Target(_) => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Upstream(UpstreamError::RequestBody { source }) if too_large(source) => {
+            ProxyError::Upstream(UpstreamError::RequestBody { cause }) if too_large(cause) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,

@@ -17,7 +17,7 @@ pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backends::discovery::{Discovered, Discovery};
 use crate::backends::health::HealthChecks;
-use crate::config::{AdminConfig, Config, Limits, ListenerConfig};
+use crate::config::{self, AdminConfig, Config, ConfigError, Limits, ListenerConfig};
 use crate::listener::{self, Lifecycle, Mode};
 use crate::proxy::Proxy;
 use crate::snapshot::{Snapshot, Store, StoreError};
@@ -59,21 +59,30 @@ pub trait AdminApi: Send + Sync + 'static {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("admin: cannot listen on {addr}: {source}")]
+    #[error("admin: cannot listen on {addr}: {cause}")]
     AdminBind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("TLS listener {addr}: {source}")]
+    #[error("TLS listener {addr}: {cause}")]
     Tls {
         addr: SocketAddr,
-        source: Box<TlsError>,
+        cause: Box<TlsError>,
     },
+}
+
+/// Reads and validates a config file together with every certificate, key and CA bundle
+/// it names, so a bad one is reported at the key naming it (`file:line:column`) alike by
+/// `tether check`, at start-up and by a reload, which then changes nothing.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    config::load_checked(path, |file| {
+        crate::tls::check_file(file).map_err(|e| e.to_string())
+    })
 }
 
 /// One bound listener and what controls it.
@@ -135,6 +144,7 @@ impl Tether {
     /// listener, which `admin` will serve. With `config.source` set, `run` also reloads
     /// from that file.
     pub async fn bind(config: Config, admin_api: Arc<dyn AdminApi>) -> Result<Tether, StartError> {
+        log_warnings(&config);
         let stop_accepting = CancellationToken::new();
         let mut bound = Vec::with_capacity(config.listeners.len());
         let mut sockets = Vec::new();
@@ -277,6 +287,14 @@ impl Tether {
     }
 }
 
+/// The config's values that cannot work as meant, where an operator looks: they change
+/// nothing, so nothing else would show them.
+fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
 async fn bind_listener(
     l: &ListenerConfig,
     stop_accepting: &CancellationToken,
@@ -284,9 +302,9 @@ async fn bind_listener(
     let mode = listener_mode(l)?;
     let socket = TcpListener::bind(l.bind)
         .await
-        .map_err(|source| StartError::Bind {
+        .map_err(|cause| StartError::Bind {
             addr: l.bind,
-            source,
+            cause,
         })?;
     let local = socket.local_addr().unwrap_or(l.bind);
     Ok((
@@ -337,13 +355,13 @@ fn connection_cap(limits: &Limits) -> usize {
 async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::AdminBind { addr, source })
+        .map_err(|cause| StartError::AdminBind { addr, cause })
 }
 
 fn listener_mode(l: &ListenerConfig) -> Result<Mode, StartError> {
-    Mode::build(l).map_err(|source| StartError::Tls {
+    Mode::build(l).map_err(|cause| StartError::Tls {
         addr: l.bind,
-        source: Box::new(source),
+        cause: Box::new(cause),
     })
 }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::watch::{self, Trigger};
 use super::{bind_admin, bind_listener, listener_mode, AdminBound, Runtime, StartError};
-use crate::config::{self, AdminConfig, Config, ConfigError, ListenerConfig};
+use crate::config::{AdminConfig, Config, ConfigError, ListenerConfig};
 use crate::listener::Mode;
 use crate::snapshot::StoreError;
 use crate::telemetry;
@@ -146,8 +146,11 @@ impl Runtime {
         let Some(path) = &self.source else {
             return Err(ReloadError::NoSource);
         };
-        let result = match config::load(path) {
-            Ok(config) => self.apply(config).await,
+        let result = match super::load_config(path) {
+            Ok(config) => {
+                super::log_warnings(&config);
+                self.apply(config).await
+            }
             Err(e) => Err(e.into()),
         };
         let mut status = lock(&self.status);

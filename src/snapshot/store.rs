@@ -23,10 +23,10 @@ use crate::tls::{TlsError, TlsUpstream};
 /// Why a config could not be put in force.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("backend {backend}: upstream TLS: {source}")]
+    #[error("backend {backend}: upstream TLS: {cause}")]
     UpstreamTls {
         backend: String,
-        source: Box<TlsError>,
+        cause: Box<TlsError>,
     },
 }
 
@@ -53,9 +53,9 @@ fn tls_clients(config: &Config) -> Result<AHashMap<String, Arc<TlsUpstream>>, St
     let mut out = AHashMap::new();
     for b in &config.backends {
         if let Some(t) = &b.tls {
-            let client = TlsUpstream::new(t).map_err(|source| StoreError::UpstreamTls {
+            let client = TlsUpstream::new(t).map_err(|cause| StoreError::UpstreamTls {
                 backend: b.name.clone(),
-                source: Box::new(source),
+                cause: Box::new(cause),
             })?;
             out.insert(b.name.clone(), Arc::new(client));
         }

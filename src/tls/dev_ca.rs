@@ -37,7 +37,15 @@ pub enum CertError {
     #[error("{name:?} is neither a DNS name nor an IP address ({reason})")]
     InvalidName { name: String, reason: String },
     #[error("generating a certificate: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(rcgen::Error),
+}
+
+// By hand rather than `#[from]`, which would also make the cause the error's `source()`
+// while the message already carries it: printed as a chain, it would read twice.
+impl From<rcgen::Error> for CertError {
+    fn from(e: rcgen::Error) -> CertError {
+        CertError::Generate(e)
+    }
 }
 
 /// A CA whose private key never leaves memory: its certificates are trusted only by

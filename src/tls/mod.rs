@@ -5,9 +5,10 @@
 //! - [`pem`] reading certificates and keys from PEM files.
 //! - [`dev_ca`] a throwaway CA and certificates it signs (`tether cert`, tests, the demo).
 //!
-//! Every file problem is found when an acceptor or a client is built, never during a
-//! handshake, so a bad certificate fails `tether check`/startup/reload with the file's name
-//! instead of failing clients later.
+//! Every file problem is found before a handshake: by [`check_file`] as the config is
+//! loaded (`tether check`, start-up, reload), reported at the key naming the file, and
+//! again when an acceptor or a client is built, so a bad certificate never fails clients
+//! later.
 
 pub mod dev_ca;
 pub mod pem;
@@ -19,6 +20,8 @@ pub use upstream::{client_config, TlsUpstream};
 
 use std::path::PathBuf;
 
+use crate::config::{CertPair, NamedFile};
+
 /// What the listener offers in ALPN, preferred first: HTTP/2 where the client can,
 /// HTTP/1.1 (and with it WebSocket upgrades) otherwise.
 pub const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -29,25 +32,25 @@ pub const UPSTREAM_ALPN: [&[u8]; 1] = [b"http/1.1"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}: {cause}{}", working_dir(.relative_to))]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
+        /// The working directory, when a relative path was not found there: the file
+        /// may sit beside the config, which is not where relative paths are read from.
+        relative_to: Option<PathBuf>,
     },
     #[error("{0}: no certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)")]
     NoCertificate(PathBuf),
     #[error("{0}: no private key found (expected a PEM PKCS#8, RSA or EC key)")]
     NoKey(PathBuf),
-    #[error("{path}: not a usable X.509 certificate: {source}")]
-    BadCertificate {
-        path: PathBuf,
-        source: webpki::Error,
-    },
-    #[error("{cert} / {key}: {source}")]
+    #[error("{path}: not a usable X.509 certificate: {cause}")]
+    BadCertificate { path: PathBuf, cause: webpki::Error },
+    #[error("{cert} / {key}: {cause}")]
     Rejected {
         cert: PathBuf,
         key: PathBuf,
-        source: rustls::Error,
+        cause: rustls::Error,
     },
     #[error(
         "{key}: private key does not match the certificate in {cert} \
@@ -60,6 +63,34 @@ pub enum TlsError {
     Config(rustls::Error),
     #[error("no certificates configured")]
     Empty,
+}
+
+fn working_dir(dir: &Option<PathBuf>) -> String {
+    match dir {
+        Some(d) => format!(
+            "; relative paths are read from the working directory, {}",
+            d.display()
+        ),
+        None => String::new(),
+    }
+}
+
+/// Reads a file the config names and checks it is what its key promises, so that a
+/// bad one is refused with the config (at the key naming it) before anything starts or
+/// a reload changes anything.
+pub fn check_file(file: NamedFile<'_>) -> Result<(), TlsError> {
+    match file {
+        NamedFile::Certificate(path) => server::leaf_names(path, &pem::load_certs(path)?).map(drop),
+        NamedFile::PrivateKey { key, cert } => {
+            let pair = CertPair {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+                default: false,
+            };
+            server::load_pair(&pair, &rustls::crypto::ring::default_provider()).map(drop)
+        }
+        NamedFile::CaBundle(path) => upstream::load_roots(path).map(drop),
+    }
 }
 
 #[cfg(test)]

@@ -9,21 +9,24 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::TlsError;
 
 fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|source| TlsError::Read {
+    File::open(path).map(BufReader::new).map_err(|cause| {
+        let missing = cause.kind() == std::io::ErrorKind::NotFound && path.is_relative();
+        TlsError::Read {
             path: path.to_owned(),
-            source,
-        })
+            relative_to: missing.then(std::env::current_dir).and_then(Result::ok),
+            cause,
+        }
+    })
 }
 
 /// Every certificate of a PEM file, in file order (for a chain: leaf first).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = rustls_pemfile::certs(&mut open(path)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read {
+        .map_err(|cause| TlsError::Read {
             path: path.to_owned(),
-            source,
+            cause,
+            relative_to: None,
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(path.to_owned()));
@@ -34,9 +37,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// The first private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     rustls_pemfile::private_key(&mut open(path)?)
-        .map_err(|source| TlsError::Read {
+        .map_err(|cause| TlsError::Read {
             path: path.to_owned(),
-            source,
+            cause,
+            relative_to: None,
         })?
         .ok_or_else(|| TlsError::NoKey(path.to_owned()))
 }

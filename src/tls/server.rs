@@ -2,9 +2,11 @@
 //! handshake by SNI.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
@@ -111,32 +113,41 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// The DNS names of `chain`'s leaf (lower-case, wildcards as `*.example.com`), which
+/// must parse as an X.509 end-entity certificate.
+pub(super) fn leaf_names(
+    path: &Path,
+    chain: &[CertificateDer<'_>],
+) -> Result<Vec<String>, TlsError> {
+    let Some(leaf) = chain.first() else {
+        return Err(TlsError::NoCertificate(path.to_owned()));
+    };
+    let leaf = webpki::EndEntityCert::try_from(leaf).map_err(|cause| TlsError::BadCertificate {
+        path: path.to_owned(),
+        cause,
+    })?;
+    Ok(leaf
+        .valid_dns_names()
+        .map(str::to_ascii_lowercase)
+        .collect())
+}
+
 /// A pair's signing key and chain, and the leaf's DNS names (lower-case, wildcards as
 /// `*.example.com`).
-fn load_pair(
+pub(super) fn load_pair(
     pair: &CertPair,
     provider: &CryptoProvider,
 ) -> Result<(CertifiedKey, Vec<String>), TlsError> {
     let chain = load_certs(&pair.cert)?;
-    let names = {
-        let leaf = webpki::EndEntityCert::try_from(&chain[0]).map_err(|source| {
-            TlsError::BadCertificate {
-                path: pair.cert.clone(),
-                source,
-            }
-        })?;
-        leaf.valid_dns_names()
-            .map(str::to_ascii_lowercase)
-            .collect::<Vec<_>>()
-    };
+    let names = leaf_names(&pair.cert, &chain)?;
     let key = load_key(&pair.key)?;
     let signing_key = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|source| TlsError::Rejected {
+        .map_err(|cause| TlsError::Rejected {
             cert: pair.cert.clone(),
             key: pair.key.clone(),
-            source,
+            cause,
         })?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
@@ -148,11 +159,11 @@ fn load_pair(
                 key: pair.key.clone(),
             })
         }
-        Err(source) => {
+        Err(cause) => {
             return Err(TlsError::Rejected {
                 cert: pair.cert.clone(),
                 key: pair.key.clone(),
-                source,
+                cause,
             })
         }
     }

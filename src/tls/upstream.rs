@@ -1,6 +1,7 @@
 //! The client side of TLS, towards a backend's servers: the rustls client config and the
 //! connector that pooled connections, upgrades and health probes share.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use http::uri::Authority;
@@ -17,21 +18,10 @@ use crate::config::UpstreamTls;
 /// the Mozilla roots when none is given. Which name the server's certificate must
 /// carry (`cfg.server_name`) is the connector's business, not the config's.
 pub fn client_config(cfg: &UpstreamTls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca {
-        Some(path) => {
-            let (added, skipped) = roots.add_parsable_certificates(load_certs(path)?);
-            if added == 0 {
-                return Err(TlsError::NoRoots(path.clone()));
-            }
-            // System bundles carry a few certificates webpki cannot parse; they are
-            // unusable as anchors either way, and refusing the whole file would be worse.
-            if skipped > 0 {
-                tracing::warn!(file = %path.display(), skipped, "CA certificates skipped as unparsable");
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
+    let roots = match &cfg.ca {
+        Some(path) => load_roots(path)?,
+        None => rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    };
     let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -41,6 +31,21 @@ pub fn client_config(cfg: &UpstreamTls) -> Result<Arc<rustls::ClientConfig>, Tls
     .with_no_client_auth();
     client.alpn_protocols = UPSTREAM_ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(client))
+}
+
+/// The trust anchors of a PEM CA bundle: at least one usable.
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, skipped) = roots.add_parsable_certificates(load_certs(path)?);
+    if added == 0 {
+        return Err(TlsError::NoRoots(path.to_owned()));
+    }
+    // System bundles carry a few certificates webpki cannot parse; they are unusable as
+    // anchors either way, and refusing the whole file would be worse.
+    if skipped > 0 {
+        tracing::warn!(file = %path.display(), skipped, "CA certificates skipped as unparsable");
+    }
+    Ok(roots)
 }
 
 /// TLS to a backend's servers: the connector for pooled connections, upgrades and

@@ -59,28 +59,25 @@ impl Peer<'_> {
 /// elsewhere) and whose doing it was ([`UpstreamError::blame`]).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("connecting to {server}: {source}")]
+    #[error("connecting to {server}: {cause}")]
     Connect {
         server: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("connecting to {server}: timed out")]
     ConnectTimeout { server: String },
     #[error("{server} did not answer in time")]
     ResponseTimeout { server: String },
-    #[error("talking to {server}: {source}")]
-    Exchange {
-        server: String,
-        source: hyper::Error,
-    },
+    #[error("talking to {server}: {}", with_causes(cause))]
+    Exchange { server: String, cause: hyper::Error },
     /// A `101 Switching Protocols` that does not complete a WebSocket handshake: no
     /// tunnel is opened to whatever answered it.
     #[error("{server} switched protocols without completing the WebSocket handshake")]
     NotWebSocket { server: String },
     /// The client's request body failed while it was being sent on (malformed chunks,
     /// the client went away): nothing is wrong with the server.
-    #[error("the client's request body: {source}")]
-    RequestBody { source: hyper::Error },
+    #[error("the client's request body: {}", with_causes(cause))]
+    RequestBody { cause: hyper::Error },
 }
 
 /// Whose doing a failure on the way to a server was, which decides what it may say
@@ -98,6 +95,23 @@ pub enum Blame {
     Local,
 }
 
+/// hyper's error and what caused it, in one line: hyper's own text is only the kind of
+/// failure ("connection error"), the part worth reading (`Connection reset by peer`) is
+/// its source, and these errors are read through their `Display` (logs), never walked.
+fn with_causes(e: &hyper::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 impl UpstreamError {
     /// Whether the server could not be reached at all (nothing was sent).
     pub fn is_connect(&self) -> bool {
@@ -111,20 +125,20 @@ impl UpstreamError {
     /// that failed while being sent.
     pub fn exchange(peer: &str, e: hyper::Error) -> UpstreamError {
         if e.is_user() {
-            UpstreamError::RequestBody { source: e }
+            UpstreamError::RequestBody { cause: e }
         } else {
             UpstreamError::Exchange {
                 server: peer.to_owned(),
-                source: e,
+                cause: e,
             }
         }
     }
 
     pub fn blame(&self) -> Blame {
         match self {
-            UpstreamError::Connect { source, .. } if is_local_shortage(source) => Blame::Local,
-            UpstreamError::Connect { source, .. }
-                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+            UpstreamError::Connect { cause, .. } if is_local_shortage(cause) => Blame::Local,
+            UpstreamError::Connect { cause, .. }
+                if cause.kind() == std::io::ErrorKind::ConnectionRefused =>
             {
                 Blame::Gone
             }
@@ -190,9 +204,9 @@ pub async fn dial(peer: Peer<'_>, limit: Duration) -> Result<Dialed, UpstreamErr
     let timed_out = || UpstreamError::ConnectTimeout {
         server: peer.id.to_owned(),
     };
-    let failed = |source| UpstreamError::Connect {
+    let failed = |cause| UpstreamError::Connect {
         server: peer.id.to_owned(),
-        source,
+        cause,
     };
     let stream = tokio::time::timeout(limit, TcpStream::connect(peer.addr.as_str()))
         .await

@@ -132,7 +132,15 @@ pub enum BenchError {
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("writing the report: {0}")]
-    Report(#[from] serde_json::Error),
+    Report(serde_json::Error),
+}
+
+// By hand rather than `#[from]`, which would also make the cause the error's `source()`
+// while the message already carries it: printed as a chain, it would read twice.
+impl From<serde_json::Error> for BenchError {
+    fn from(e: serde_json::Error) -> BenchError {
+        BenchError::Report(e)
+    }
 }
 
 fn bad_target(message: String) -> BenchError {
