@@ -313,11 +313,10 @@ fn rust_files_under(dir: &str) -> Vec<(PathBuf, String)> {
 
 #[test]
 fn errors_say_their_cause_once() {
-    // crates/node is not held to it yet: its NodeError still hands on what it prints
-    // (`tether node` output is the chain printed once by main's `said_once`).
     let mut files = rust_files_under("src");
-    files.extend(rust_files_under("crates/kit/src"));
-    files.extend(rust_files_under("crates/bench/src"));
+    for krate in ["kit", "bench", "node", "testkit"] {
+        files.extend(rust_files_under(&format!("crates/{krate}/src")));
+    }
     let problems = causes_said_twice(&files);
     assert!(
         problems.is_empty(),

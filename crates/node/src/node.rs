@@ -151,15 +151,15 @@ impl NodeOptions {
 pub enum NodeError {
     #[error("invalid node id {0:?}: 1 to 128 visible ASCII characters")]
     InvalidId(String),
-    #[error("binding {addr}: {source}")]
+    #[error("binding {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("redis URL {url}: {source}")]
+    #[error("redis URL {url}: {cause}")]
     RedisUrl {
         url: String,
-        source: redis::RedisError,
+        cause: redis::RedisError,
     },
     #[error("connecting to redis at {url}: {reason}")]
     RedisConnect { url: String, reason: String },
@@ -375,13 +375,13 @@ pub async fn start(mut opts: NodeOptions) -> Result<RunningNode, NodeError> {
     let metrics = tether_kit::recorder::handle();
     let listener = TcpListener::bind(opts.bind)
         .await
-        .map_err(|source| NodeError::Bind {
+        .map_err(|cause| NodeError::Bind {
             addr: opts.bind,
-            source,
+            cause,
         })?;
-    let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+    let addr = listener.local_addr().map_err(|cause| NodeError::Bind {
         addr: opts.bind,
-        source,
+        cause,
     })?;
     if opts.id.is_empty() {
         opts.id = format!("node-{}", addr.port());
@@ -537,9 +537,9 @@ fn closer<A: socketioxide::adapter::Adapter>(io: SocketIo<A>) -> CloseIo {
 /// driver subscribes through RESP3 push messages).
 fn redis_client(url: &str) -> Result<redis::Client, NodeError> {
     use redis::IntoConnectionInfo;
-    let err = |source| NodeError::RedisUrl {
+    let err = |cause| NodeError::RedisUrl {
         url: redact(url),
-        source,
+        cause,
     };
     let info = url.into_connection_info().map_err(err)?;
     let settings = info
