@@ -93,6 +93,59 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
     reply(status, "application/json", v.to_string())
 }
 
+/// `405 Method Not Allowed`, saying which method the URL takes (RFC 9110 requires the
+/// `Allow` header), so a script that sent GET learns to send POST instead of guessing
+/// from a 404 that the URL is wrong.
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut r = reply(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain",
+        format!("method not allowed: use {allow}\n"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+    r
+}
+
+/// `POST /backends/{b}/servers/{s}/{drain|ready|maint}`: sets the operator state and
+/// answers with the server as `/status` shows it, now in its new state.
+fn server_action(
+    rt: &Runtime,
+    method: &Method,
+    backend: &str,
+    server: &str,
+    action: &str,
+) -> Response<Full<Bytes>> {
+    let state = match action {
+        "drain" => ServerState::Draining,
+        "ready" => ServerState::Ready,
+        "maint" => ServerState::Maint,
+        _ => {
+            return json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": "action must be drain, ready or maint" }),
+            )
+        }
+    };
+    if method != Method::POST {
+        return not_allowed("POST");
+    }
+    let snap = rt.store.load();
+    let Some(found) = snap.backend(backend).and_then(|b| b.server(server)) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": format!("no server {server} in backend {backend}") }),
+        );
+    };
+    if let Some(old) = found.stats.condition.set_state(state) {
+        tracing::info!(%backend, %server, from = old.as_str(), to = state.as_str(), "server state set by the admin API");
+        // Maintenance ends the server's sessions: counted out now rather than at the
+        // next upkeep tick, so this answer already shows it.
+        rt.store.sids.sweep();
+    }
+    json(StatusCode::OK, &status::server_json(found))
+}
+
 async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(cfg) = rt.admin_config() else {
         return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
@@ -139,36 +192,11 @@ async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Byte
                 &serde_json::json!({ "ok": false, "error": e.to_string() }),
             ),
         },
-        (&Method::POST, ["backends", backend, "servers", server, action]) => {
-            let state = match *action {
-                "drain" => ServerState::Draining,
-                "ready" => ServerState::Ready,
-                "maint" => ServerState::Maint,
-                _ => {
-                    return json(
-                        StatusCode::NOT_FOUND,
-                        &serde_json::json!({ "error": "action must be drain, ready or maint" }),
-                    )
-                }
-            };
-            match rt.store.server_stats(backend, server) {
-                Some(stats) => {
-                    if let Some(old) = stats.condition.set_state(state) {
-                        tracing::info!(%backend, %server, from = old.as_str(), to = state.as_str(), "server state set by the admin API");
-                    }
-                    json(StatusCode::OK, &status::server_json(&stats, None, None))
-                }
-                None => json(
-                    StatusCode::NOT_FOUND,
-                    &serde_json::json!({ "error": format!("no server {server} in backend {backend}") }),
-                ),
-            }
+        (method, ["backends", backend, "servers", server, action]) => {
+            server_action(rt, method, backend, server, action)
         }
-        (_, ["status"] | ["metrics"] | ["reload"] | [""]) => reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "method not allowed\n",
-        ),
+        (_, ["status"] | ["metrics"] | [""]) => not_allowed("GET"),
+        (_, ["reload"]) => not_allowed("POST"),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
