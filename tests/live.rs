@@ -320,7 +320,7 @@ async fn admin_urls_answer_other_methods_with_405_and_allow() {
         ("GET", "/reload", "POST"),
         ("POST", "/status", "GET"),
         ("DELETE", "/metrics", "GET"),
-        ("POST", "/", "GET"),
+        ("POST", "/", "GET, HEAD"),
     ] {
         let r = admin_request(admin, method, path).await;
         assert_eq!(r.status, 405, "{method} {path}: {}", r.text());

@@ -36,6 +36,18 @@
 //   deliveredAfterNode, online [[nodes in A's who's-online list], [B's]], screenshot, pageErrors,
 //   error (only when something threw).
 //
+// Mode "dashboard": tether's admin dashboard (url: the admin listener's root) behind a token.
+//   token        the right token (required)
+//   wrongToken   a wrong one, tried first (default "not-the-token")
+//   screenshot   PNG path of the dashboard once signed in (optional)
+//   Steps: open the page; the login form (#login) must show with a message; sign in with the wrong
+//   token, which must be refused with a message while the form stays usable; sign in with the
+//   right one; the server table (rows tr[data-server]) must show; reload: still signed in (the
+//   tab keeps the token); no cookie is ever set.
+//   Report: pageStatus, loginShown, firstMessage, wrongMessage, retryPossible, servers (ids in the
+//   table), addresses (address cells), loginHiddenAfter, serversAfterReload, cookies (count),
+//   tokenInUrl, screenshot, pageErrors, error.
+//
 // Mode "socketio-client": the real socket.io-client bundle from npm in a blank page of the url's
 // origin (GET /__browser_js_blank__, whatever it answers).
 //   bundle   absolute path to node_modules/socket.io-client/dist/socket.io.min.js (default: ours)
@@ -305,6 +317,60 @@ async function chat(browser) {
   return report;
 }
 
+// ---------------------------------------------------------------- dashboard mode
+
+async function dashboard(browser) {
+  const report = { event: "final", mode: "dashboard", pageErrors: [] };
+  if (typeof opts.token !== "string" || !opts.token) fail(2, "dashboard mode needs a token");
+  const context = await newContext(browser);
+  try {
+    const page = await context.newPage();
+    page.on("pageerror", (err) => report.pageErrors.push(err.message));
+    const visible = (sel) => page.isVisible(sel);
+    const serverIds = () => page.$$eval("#backends tr[data-server]", (rows) => rows.map((r) => r.dataset.server));
+    const res = await page.goto(opts.url, { waitUntil: "domcontentloaded", timeout: timeoutMs });
+    report.pageStatus = res && res.status();
+    await page.waitForSelector("#login:not([hidden])", { timeout: timeoutMs });
+    await page.waitForFunction(() => document.getElementById("login-msg").textContent.trim() !== "", null, { timeout: timeoutMs });
+    report.loginShown = await visible("#login");
+    report.firstMessage = (await page.textContent("#login-msg")).trim();
+
+    await page.fill("#token", opts.wrongToken || "not-the-token");
+    await page.click("#login-submit");
+    await page.waitForFunction(() => /refused/.test(document.getElementById("login-msg").textContent), null, { timeout: timeoutMs });
+    report.wrongMessage = (await page.textContent("#login-msg")).trim();
+    report.retryPossible = (await visible("#login")) && !(await page.isDisabled("#login-submit")) && (await page.isEditable("#token"));
+
+    await page.fill("#token", opts.token);
+    await page.click("#login-submit");
+    await page.waitForSelector("#backends tr[data-server]", { timeout: timeoutMs });
+    report.servers = await serverIds();
+    report.addresses = await page.$$eval("#backends tr[data-server]", (rows) => rows.map((r) => r.cells[1].textContent));
+    report.loginHiddenAfter = !(await visible("#login"));
+    // Still fresh a second later: the page keeps polling /status with the token.
+    await page.waitForTimeout(1500);
+    report.serversLater = await serverIds();
+    report.loginHiddenLater = !(await visible("#login"));
+
+    if (opts.screenshot) {
+      fs.mkdirSync(path.dirname(path.resolve(opts.screenshot)), { recursive: true });
+      await page.screenshot({ path: opts.screenshot, fullPage: true });
+      report.screenshot = path.resolve(opts.screenshot);
+    }
+    await page.reload({ waitUntil: "domcontentloaded", timeout: timeoutMs });
+    await page.waitForSelector("#backends tr[data-server]", { timeout: timeoutMs }).catch(() => {});
+    report.serversAfterReload = await serverIds();
+    report.cookies = (await context.cookies()).length;
+    report.tokenInUrl = page.url().includes(opts.token);
+  } catch (err) {
+    report.error = err.message.split("\n")[0];
+    log("dashboard:", err.stack || err.message);
+  } finally {
+    await context.close().catch(() => {});
+  }
+  return report;
+}
+
 // ---------------------------------------------------------------- client modes
 
 // A page of the url's origin (a path nothing serves: whatever the server answers, a 404 most
@@ -401,12 +467,14 @@ async function clientMode(browser, which) {
 // ---------------------------------------------------------------- main
 
 (async () => {
-  if (!["chat", "socketio-client", "tether-client"].includes(mode)) fail(2, `unknown mode ${JSON.stringify(mode)}`);
+  if (!["chat", "dashboard", "socketio-client", "tether-client"].includes(mode)) fail(2, `unknown mode ${JSON.stringify(mode)}`);
   if (mode === "chat") watchStdin();
   const browser = await launch();
   let report;
   try {
-    report = mode === "chat" ? await chat(browser) : await clientMode(browser, mode);
+    if (mode === "chat") report = await chat(browser);
+    else if (mode === "dashboard") report = await dashboard(browser);
+    else report = await clientMode(browser, mode);
   } finally {
     // A hard stop in case closing the browser hangs.
     setTimeout(() => process.exit(0), 10000).unref();
