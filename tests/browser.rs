@@ -89,6 +89,27 @@ async fn chat_page_crosses_nodes_and_survives_a_killed_node_in_a_real_browser() 
         "the two contexts on different nodes: {fin}"
     );
     assert_eq!(fin["delivered"], true, "{fin}");
+    // A first-time user is told what to do with an empty pane; the hint goes with the
+    // first message.
+    assert_eq!(fin["hintBefore"]["visible"], true, "{fin}");
+    assert!(
+        fin["hintBefore"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("second window"),
+        "{fin}"
+    );
+    assert_eq!(fin["hintAfter"], json!([false, false]), "{fin}");
+    // "(you)" is whole after a long name in both who's-online lists.
+    for you in fin["you"].as_array().expect("you") {
+        assert_eq!(you["found"], true, "{fin}");
+        assert!(
+            you["text"].as_str().unwrap_or("").contains("-long-name-"),
+            "{you}"
+        );
+        assert_eq!(you["clippedBy"], json!([]), "\"(you)\" is cut off: {you}");
+        assert_eq!(you["overflowing"], json!([]), "{you}");
+    }
     let moved = fin["reconnectedTo"].as_str().unwrap_or("");
     assert!(!moved.is_empty() && moved != victim, "{fin}");
     assert_eq!(fin["deliveredAfter"], true, "{fin}");

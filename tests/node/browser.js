@@ -33,8 +33,11 @@
 //   A to the element in B, both stamped by the pages' clocks), deliveredNode (data-node shown in B),
 //   killed, reconnectedTo, reconnectMs (from "killed" to B connected elsewhere), statusAfter (B's
 //   #status text), aNodeAfter (A's node after the kill), deliveredAfter, latencyAfterMs,
-//   deliveredAfterNode, online [[nodes in A's who's-online list], [B's]], screenshot, pageErrors,
-//   error (only when something threw).
+//   deliveredAfterNode, online [[nodes in A's who's-online list], [B's]], hintBefore (A's #hint
+//   before any message: {visible, text}), hintAfter ([A's, B's] #hint visible after the first
+//   message), you ([A's, B's] own entry in the online list, under long names: {text, found,
+//   clippedBy: ancestors whose box cuts "(you)" off, overflowing: elements of the entry wider than
+//   their box}), screenshot, pageErrors, error (only when something threw).
 //
 // Mode "dashboard": tether's admin dashboard (url: the admin listener's root) behind a token.
 //   token        the right token (required)
@@ -181,6 +184,49 @@ async function waitConnected(page, not, limitMs) {
   }));
 }
 
+// Whether the first-time hint of the message pane shows, and what it says.
+function hintState(page) {
+  return page.evaluate(() => {
+    const h = document.getElementById("hint");
+    if (!h) return { visible: false, text: null };
+    const r = h.getBoundingClientRect();
+    return { visible: !h.hidden && r.width > 0 && r.height > 0, text: h.textContent.replace(/\s+/g, " ").trim() };
+  });
+}
+
+// The page's own entry in "who's online" once it shows `name`: is its "(you)" cut off by any
+// box around it, and is anything in the entry wider than its box?
+async function youState(page, name) {
+  await page.waitForFunction(
+    (name) => { const li = document.querySelector("#online li.me"); return li && li.textContent.includes(name); },
+    name,
+    { timeout: 6000, polling: 50 }
+  ).catch(() => {});
+  return page.evaluate(() => {
+    const li = document.querySelector("#online li.me");
+    if (!li) return { found: false, text: null };
+    const walker = document.createTreeWalker(li, NodeFilter.SHOW_TEXT);
+    let node = walker.nextNode();
+    while (node && !node.data.includes("(you)")) node = walker.nextNode();
+    if (!node) return { found: false, text: li.textContent };
+    const range = document.createRange();
+    const at = node.data.indexOf("(you)");
+    range.setStart(node, at);
+    range.setEnd(node, at + "(you)".length);
+    const r = range.getBoundingClientRect();
+    const clippedBy = [];
+    for (let e = node.parentElement; e && e !== document.body; e = e.parentElement) {
+      if (getComputedStyle(e).overflowX === "visible") continue;
+      const b = e.getBoundingClientRect();
+      if (r.left < b.left - 0.5 || r.right > b.right + 0.5) clippedBy.push(e.id || e.className || e.tagName);
+    }
+    const overflowing = [li, ...li.querySelectorAll("*")]
+      .filter((e) => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)
+      .map((e) => e.className || e.tagName);
+    return { found: true, text: li.textContent, width: r.width, clippedBy, overflowing };
+  });
+}
+
 // Types `text` into `from` and sends it; waits for it in `to`. Returns {delivered, latencyMs, node}.
 async function sendAndSee(from, to, text, limitMs) {
   await from.page.fill("#text", text);
@@ -246,9 +292,12 @@ async function chat(browser) {
     nodeA = await waitConnected(a.page, null, timeoutMs);
     report.nodes = [nodeA.node, nodeB.node];
     report.distinct = nodeA.node !== nodeB.node;
-    await a.page.fill("#name", `alice-${nonce}`);
+    report.hintBefore = await hintState(a.page);
+    // Long names (the field takes 40 characters): the online list must still show "(you)".
+    const names = [`alice-with-a-long-name-${nonce}`, `bob-also-has-a-long-name-${nonce}`];
+    await a.page.fill("#name", names[0]);
     await a.page.dispatchEvent("#name", "change");
-    await b.page.fill("#name", `bob-${nonce}`);
+    await b.page.fill("#name", names[1]);
     await b.page.dispatchEvent("#name", "change");
     // Let both sides upgrade (if they will) before measuring.
     await Promise.all([a.page, b.page].map((p) =>
@@ -257,6 +306,8 @@ async function chat(browser) {
     report.transports = await Promise.all([a.page, b.page].map((p) => p.textContent("#transport")));
 
     const first = await sendAndSee(a, b, `hello from A ${nonce}`, 10000);
+    report.hintAfter = await Promise.all([a.page, b.page].map(async (p) => (await hintState(p)).visible));
+    report.you = await Promise.all([youState(a.page, names[0]), youState(b.page, names[1])]);
     report.delivered = first.delivered;
     report.latencyMs = first.latencyMs;
     report.deliveredNode = first.node;
