@@ -428,6 +428,7 @@ async fn a_server_in_maint_counts_no_sessions() {
     let (mut upgrading, ready_u) =
         Soak::start(json!({ "url": url, "clients": 10, "durationMs": 60000 })).await;
     assert_eq!(n(&ready_p["connected"]) + n(&ready_u["connected"]), 20);
+    let on_node1 = n(&ready_p["perNode"]["node-1"]) + n(&ready_u["perNode"]["node-1"]);
     let (before, _) = settle(
         Duration::from_secs(10),
         || tether.server_status("sockets", "node-1"),
@@ -450,18 +451,25 @@ async fn a_server_in_maint_counts_no_sessions() {
     // Clients notice and reconnect to node-2; node-1 stays at zero (before, its polling
     // sessions stayed counted for a heartbeat and more, each refused request renewing it).
     let t0 = Instant::now();
-    loop {
+    let back = loop {
         let (p, u) = (polling.report().await, upgrading.report().await);
-        if n(&p["connectedNow"]) + n(&u["connectedNow"]) == 20 {
-            break;
+        let connected = n(&p["connectedNow"]) + n(&u["connectedNow"]);
+        let moved = n(&p["reconnects"]) + n(&u["reconnects"]);
+        if (connected == 20 && moved >= on_node1) || t0.elapsed() > Duration::from_secs(20) {
+            break (connected, moved);
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "not back: {p} {u}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(back, (20, on_node1), "node-1's clients all reconnected");
+    let (other, _) = settle(
+        Duration::from_secs(5),
+        || tether.server_status("sockets", "node-2"),
+        |s| sessions(s).0 + sessions(s).1 == 20,
+    )
+    .await;
     let status = tether.server_status("sockets", "node-1").await;
-    let other = tether.server_status("sockets", "node-2").await;
     println!(
-        "maint: node-1 had {:?}; {:?} after its clients moved ({:?}), drained {}; node-2 {:?}",
+        "maint: node-1 had {:?}; {:?} after its clients moved to node-2 ({:?}), drained {}; node-2 {:?}",
         sessions(&before),
         sessions(&status),
         t0.elapsed(),
