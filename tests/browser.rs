@@ -1,6 +1,6 @@
 //! A real browser (headless Debian chromium, driven by playwright-core from
-//! tests/node/browser.js) on the demo chat page through tether over TLS, and the real
-//! socket.io-client bundle in a blank page.
+//! tests/node/browser.js) on the demo chat page through tether over TLS, the real
+//! socket.io-client bundle in a blank page, and the admin dashboard behind a token.
 
 mod support;
 
@@ -89,6 +89,27 @@ async fn chat_page_crosses_nodes_and_survives_a_killed_node_in_a_real_browser() 
         "the two contexts on different nodes: {fin}"
     );
     assert_eq!(fin["delivered"], true, "{fin}");
+    // A first-time user is told what to do with an empty pane; the hint goes with the
+    // first message.
+    assert_eq!(fin["hintBefore"]["visible"], true, "{fin}");
+    assert!(
+        fin["hintBefore"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("second window"),
+        "{fin}"
+    );
+    assert_eq!(fin["hintAfter"], json!([false, false]), "{fin}");
+    // "(you)" is whole after a long name in both who's-online lists.
+    for you in fin["you"].as_array().expect("you") {
+        assert_eq!(you["found"], true, "{fin}");
+        assert!(
+            you["text"].as_str().unwrap_or("").contains("-long-name-"),
+            "{you}"
+        );
+        assert_eq!(you["clippedBy"], json!([]), "\"(you)\" is cut off: {you}");
+        assert_eq!(you["overflowing"], json!([]), "{you}");
+    }
     let moved = fin["reconnectedTo"].as_str().unwrap_or("");
     assert!(!moved.is_empty() && moved != victim, "{fin}");
     assert_eq!(fin["deliveredAfter"], true, "{fin}");
@@ -113,4 +134,50 @@ async fn the_real_socket_io_client_bundle_upgrades_through_tether_in_a_browser()
     assert_eq!(r["transport"], "websocket", "{r}");
     assert_eq!(r["echoOk"], true, "{r}");
     c.tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_behind_a_token_lets_a_browser_user_sign_in() {
+    let _heavy = HEAVY.lock().await;
+    let token = "dash-board-t0ken";
+    let node = NodeServer::spawn_rust("node-1", &[]).await;
+    let yaml = ConfigBuilder::new()
+        .admin_yaml(&format!("bind: \"127.0.0.1:0\"\n  token: \"{token}\""))
+        .backend("chat")
+        .server(&node.id, node.addr)
+        .build();
+    let tether = TetherHandle::start(&yaml).await;
+    let admin = tether.admin.expect("admin listener");
+    // The API itself still wants the token.
+    let r = admin_request(admin, "GET", "/status").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let shot = repo().join("target/test-artifacts/browser-dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let r = node_script(
+        "browser.js",
+        json!({ "mode": "dashboard", "url": format!("http://{admin}/"), "token": token, "screenshot": shot }),
+    )
+    .await;
+    println!("dashboard in chromium: {r}");
+    assert!(r["error"].is_null(), "{r}");
+    assert_eq!(
+        r["pageStatus"], 200,
+        "the page loads without the token: {r}"
+    );
+    assert_eq!(r["loginShown"], true, "{r}");
+    assert!(
+        r["wrongMessage"].as_str().unwrap_or("").contains("refused"),
+        "{r}"
+    );
+    assert_eq!(r["retryPossible"], true, "{r}");
+    assert_eq!(r["servers"], json!(["node-1"]), "{r}");
+    assert_eq!(r["addresses"], json!([node.addr.to_string()]), "{r}");
+    assert_eq!(r["loginHiddenAfter"], true, "{r}");
+    assert_eq!(r["serversLater"], json!(["node-1"]), "{r}");
+    assert_eq!(r["loginHiddenLater"], true, "{r}");
+    assert_eq!(r["serversAfterReload"], json!(["node-1"]), "{r}");
+    assert_eq!(r["cookies"], 0, "the token is never a cookie: {r}");
+    assert_eq!(r["tokenInUrl"], false, "{r}");
+    assert_eq!(r["pageErrors"], json!([]), "{r}");
+    tether.stop().await;
 }

@@ -265,7 +265,16 @@ async fn maint_cuts_a_server_off_and_ready_brings_it_back() {
     let node = hs.header("x-node-id").unwrap().to_owned();
     let sid = hs.sid();
     let path = format!("/backends/sockets/servers/{node}/maint");
-    assert_eq!(admin_request(admin, "POST", &path).await.status, 200);
+    let r = admin_request(admin, "POST", &path).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The answer is the server as /status shows it: address and weight included.
+    let answer: Value = serde_json::from_str(&r.text()).expect("JSON");
+    let shown = tether.server_status("sockets", &node).await;
+    assert_eq!(answer, shown, "the action's answer is the /status entry");
+    assert_eq!(answer["state"], "maint", "{answer}");
+    let addr = nodes.iter().find(|n| n.id == node).unwrap().addr;
+    assert_eq!(answer["addr"], addr.to_string(), "{answer}");
+    assert_eq!(answer["weight"], 1, "{answer}");
     let r = get(tether.addr, None, &eio_path(Some(&sid)), &[]).await;
     assert_eq!(
         r.status, 400,
@@ -286,6 +295,196 @@ async fn maint_cuts_a_server_off_and_ready_brings_it_back() {
     assert!(seen, "back in ready, {node} takes new sessions again");
     let r = admin_request(admin, "POST", "/backends/sockets/servers/nope/drain").await;
     assert_eq!(r.status, 404);
+    tether.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_urls_answer_other_methods_with_405_and_allow() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let tether = TetherHandle::start(&live_config(&servers_of(&[&node]))).await;
+    let admin = tether.admin.unwrap();
+    for action in ["drain", "ready", "maint"] {
+        let path = format!("/backends/sockets/servers/node-1/{action}");
+        for method in ["GET", "HEAD", "PUT", "DELETE"] {
+            let r = admin_request(admin, method, &path).await;
+            assert_eq!(r.status, 405, "{method} {path}: {}", r.text());
+            assert_eq!(r.header("allow"), Some("POST"), "{method} {path}");
+        }
+    }
+    assert_eq!(
+        tether.server_status("sockets", "node-1").await["state"],
+        "ready",
+        "a GET changed nothing"
+    );
+    for (method, path, allow) in [
+        ("GET", "/reload", "POST"),
+        ("POST", "/status", "GET"),
+        ("DELETE", "/metrics", "GET"),
+        ("POST", "/", "GET, HEAD"),
+    ] {
+        let r = admin_request(admin, method, path).await;
+        assert_eq!(r.status, 405, "{method} {path}: {}", r.text());
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
+    let r = admin_request(admin, "GET", "/backends/sockets/servers/node-1/explode").await;
+    assert_eq!(r.status, 404, "an unknown action is not a resource");
+    tether.stop().await;
+}
+
+/// `(polling, websocket)` sessions of a server in `/status`.
+fn sessions(server: &Value) -> (u64, u64) {
+    (
+        n(&server["sessions"]["polling"]),
+        n(&server["sessions"]["websocket"]),
+    )
+}
+
+/// Every server's `(polling, websocket)` sessions in `/status`, summed.
+async fn all_sessions(tether: &TetherHandle) -> (u64, u64) {
+    let status = tether.status().await;
+    status["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| b["servers"].as_array().cloned().unwrap_or_default())
+        .map(|s| sessions(&s))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// Polls `/status` until `done` holds for what `read` returns, or `limit` passes;
+/// returns the last reading and when it was taken.
+async fn settle<T, F, Fut>(limit: Duration, mut read: F, done: impl Fn(&T) -> bool) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let t0 = Instant::now();
+    loop {
+        let now = read().await;
+        if done(&now) || t0.elapsed() > limit {
+            return (now, t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A WebSocket session that closes is counted out at once, not after its table entry
+/// (kept a moment for failed upgrade probes) expires, and never as "polling".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_websocket_sessions_leave_the_counts_at_once() {
+    let _heavy = HEAVY.lock().await;
+    let nodes = [
+        NodeServer::spawn_rust("node-1", &[]).await,
+        NodeServer::spawn_rust("node-2", &[]).await,
+    ];
+    let tether = TetherHandle::start(&sockets(&nodes).admin().build()).await;
+    let (soak, ready) =
+        Soak::start(json!({ "url": tether.url(), "clients": 20, "durationMs": 60000 })).await;
+    assert_eq!(n(&ready["connected"]), 20, "{ready}");
+    let (upgraded, _) = settle(
+        Duration::from_secs(10),
+        || all_sessions(&tether),
+        |s| *s == (0, 20),
+    )
+    .await;
+    assert_eq!(
+        upgraded,
+        (0, 20),
+        "all 20 upgraded and counted as websocket"
+    );
+
+    let fin = soak.finish().await; // the clients disconnect and the script exits
+    assert_eq!(n(&fin["connectedNow"]), 20, "{fin}");
+    // An entry is kept TUNNEL_END_LINGER after its tunnel closes; the session must not
+    // be counted meanwhile. The limit leaves a wide margin under it, and catches the
+    // old counting (as polling until the entry expired) every time.
+    let limit = tether::affinity::sid_table::TUNNEL_END_LINGER * 3 / 4;
+    let (left, after) = settle(limit, || all_sessions(&tether), |s| *s == (0, 0)).await;
+    println!("20 upgraded sessions closed: counted out after {after:?}");
+    assert_eq!(
+        left,
+        (0, 0),
+        "closed sessions still counted after {after:?}"
+    );
+    tether.stop().await;
+}
+
+/// Maintenance ends a server's sessions: its counts fall to zero with the admin call,
+/// polling and upgraded sessions alike, and it reports itself drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_in_maint_counts_no_sessions() {
+    let _heavy = HEAVY.lock().await;
+    let nodes = [
+        NodeServer::spawn_rust("node-1", &[]).await,
+        NodeServer::spawn_rust("node-2", &[]).await,
+    ];
+    let tether = TetherHandle::start(&sockets(&nodes).admin().build()).await;
+    let admin = tether.admin.unwrap();
+    let url = tether.url();
+    let (mut polling, ready_p) = Soak::start(
+        json!({ "url": url, "clients": 10, "durationMs": 60000, "transports": ["polling"] }),
+    )
+    .await;
+    let (mut upgrading, ready_u) =
+        Soak::start(json!({ "url": url, "clients": 10, "durationMs": 60000 })).await;
+    assert_eq!(n(&ready_p["connected"]) + n(&ready_u["connected"]), 20);
+    let on_node1 = n(&ready_p["perNode"]["node-1"]) + n(&ready_u["perNode"]["node-1"]);
+    let (before, _) = settle(
+        Duration::from_secs(10),
+        || tether.server_status("sockets", "node-1"),
+        |s| sessions(s).0 > 0 && sessions(s).1 > 0,
+    )
+    .await;
+    assert!(
+        sessions(&before).0 > 0 && sessions(&before).1 > 0,
+        "node-1 carries both kinds: {before}"
+    );
+
+    let r = admin_request(admin, "POST", "/backends/sockets/servers/node-1/maint").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(
+        sessions(&answer),
+        (0, 0),
+        "the answer shows them ended: {answer}"
+    );
+    // Clients notice and reconnect to node-2; node-1 stays at zero (before, its polling
+    // sessions stayed counted for a heartbeat and more, each refused request renewing it).
+    let t0 = Instant::now();
+    let back = loop {
+        let (p, u) = (polling.report().await, upgrading.report().await);
+        let connected = n(&p["connectedNow"]) + n(&u["connectedNow"]);
+        let moved = n(&p["reconnects"]) + n(&u["reconnects"]);
+        if (connected == 20 && moved >= on_node1) || t0.elapsed() > Duration::from_secs(20) {
+            break (connected, moved);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(back, (20, on_node1), "node-1's clients all reconnected");
+    let (other, _) = settle(
+        Duration::from_secs(5),
+        || tether.server_status("sockets", "node-2"),
+        |s| sessions(s).0 + sessions(s).1 == 20,
+    )
+    .await;
+    let status = tether.server_status("sockets", "node-1").await;
+    println!(
+        "maint: node-1 had {:?}; {:?} after its clients moved to node-2 ({:?}), drained {}; node-2 {:?}",
+        sessions(&before),
+        sessions(&status),
+        t0.elapsed(),
+        status["drained"],
+        sessions(&other)
+    );
+    assert_eq!(sessions(&status), (0, 0), "{status}");
+    assert_eq!(status["drained"], true, "{status}");
+    assert_eq!(
+        sessions(&other).0 + sessions(&other).1,
+        20,
+        "node-2 counts every client: {other}"
+    );
+    polling.finish().await;
+    upgrading.finish().await;
     tether.stop().await;
 }
 

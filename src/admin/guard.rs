@@ -9,6 +9,12 @@
 //!   origin: a browser marks a cross-site request with `Sec-Fetch-Site` and `Origin`, and a
 //!   form a foreign page posts is refused. Clients that send neither (curl, deploy
 //!   scripts) are not browsers and pass.
+//!
+//! The dashboard page itself is served without the token: it holds no data (it reads
+//! everything through `/status`, with the token the user types into it), and a browser
+//! cannot send a bearer token with a page load, so without this a user would have no
+//! way in. The token then travels as a header set by the page's script, never as a
+//! cookie, so no other site can make the browser send it.
 
 use std::net::IpAddr;
 
@@ -27,8 +33,30 @@ pub enum Refusal {
     Token,
 }
 
+/// Whether a request needs the token (when one is set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The dashboard page: static, no data in it.
+    Public,
+    Token,
+}
+
+/// Which requests are [`Access::Public`]: reading the dashboard page.
+pub fn access(method: &Method, path: &str) -> Access {
+    if matches!(*method, Method::GET | Method::HEAD) && path == "/" {
+        Access::Public
+    } else {
+        Access::Token
+    }
+}
+
 /// Checks a request's host, origin and token against the admin config in force.
-pub fn check(cfg: &AdminConfig, method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
+pub fn check(
+    cfg: &AdminConfig,
+    access: Access,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(), Refusal> {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -42,6 +70,7 @@ pub fn check(cfg: &AdminConfig, method: &Method, headers: &HeaderMap) -> Result<
     }
     match &cfg.token {
         None => Ok(()),
+        Some(_) if access == Access::Public => Ok(()),
         Some(token) => headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -128,7 +157,7 @@ mod tests {
             "Admin.Example.com.",
         ] {
             assert_eq!(
-                check(&c, &Method::GET, &headers(&[("host", ok)])),
+                check(&c, Access::Token, &Method::GET, &headers(&[("host", ok)])),
                 Ok(()),
                 "{ok}"
             );
@@ -139,13 +168,18 @@ mod tests {
             "127.0.0.1.evil.example",
         ] {
             assert_eq!(
-                check(&c, &Method::GET, &headers(&[("host", foreign)])),
+                check(
+                    &c,
+                    Access::Public,
+                    &Method::GET,
+                    &headers(&[("host", foreign)])
+                ),
                 Err(Refusal::ForeignHost),
                 "{foreign}"
             );
         }
         assert_eq!(
-            check(&c, &Method::GET, &HeaderMap::new()),
+            check(&c, Access::Token, &Method::GET, &HeaderMap::new()),
             Err(Refusal::ForeignHost),
             "no Host"
         );
@@ -158,7 +192,7 @@ mod tests {
         let post = |extra: &[(&str, &str)]| {
             let mut h = vec![host];
             h.extend_from_slice(extra);
-            check(&c, &Method::POST, &headers(&h))
+            check(&c, Access::Token, &Method::POST, &headers(&h))
         };
         assert_eq!(post(&[]), Ok(()), "curl sends neither header");
         assert_eq!(post(&[("origin", "http://127.0.0.1:9900")]), Ok(()));
@@ -174,7 +208,7 @@ mod tests {
         );
         let get = headers(&[host, ("origin", "http://evil.example")]);
         assert_eq!(
-            check(&c, &Method::GET, &get),
+            check(&c, Access::Token, &Method::GET, &get),
             Ok(()),
             "reads are not changes"
         );
@@ -186,6 +220,7 @@ mod tests {
         let with = |auth: &str| {
             check(
                 &c,
+                Access::Token,
                 &Method::GET,
                 &headers(&[("host", "127.0.0.1"), ("authorization", auth)]),
             )
@@ -193,5 +228,31 @@ mod tests {
         assert_eq!(with("Bearer s3cret"), Ok(()));
         assert_eq!(with("Bearer s3cre"), Err(Refusal::Token));
         assert_eq!(with("Basic s3cret"), Err(Refusal::Token));
+    }
+
+    #[test]
+    fn only_the_dashboard_page_is_served_without_the_token() {
+        let c = cfg(Some("s3cret"), &[]);
+        let local = headers(&[("host", "127.0.0.1:9900")]);
+        let page = access(&Method::GET, "/");
+        assert_eq!(page, Access::Public);
+        assert_eq!(check(&c, page, &Method::GET, &local), Ok(()));
+        for (method, path) in [
+            (Method::GET, "/status"),
+            (Method::GET, "/metrics"),
+            (Method::POST, "/"),
+            (Method::POST, "/reload"),
+            (Method::POST, "/backends/b/servers/s/maint"),
+        ] {
+            let a = access(&method, path);
+            assert_eq!(a, Access::Token, "{method} {path}");
+            assert_eq!(check(&c, a, &method, &local), Err(Refusal::Token));
+        }
+        let rebound = headers(&[("host", "evil.example")]);
+        assert_eq!(
+            check(&c, page, &Method::GET, &rebound),
+            Err(Refusal::ForeignHost),
+            "the page still answers only to its own host names"
+        );
     }
 }

@@ -3,8 +3,9 @@
 //! `GET /metrics` (Prometheus text), `GET /status` (JSON: backends, servers, state,
 //! health, sessions, drained, last reload), `GET /` (a small live dashboard),
 //! `POST /reload`, `POST /backends/{b}/servers/{s}/{drain|ready|maint}`. With a token
-//! configured, every request needs `Authorization: Bearer <token>`; [`guard`] says who
-//! else is refused (foreign host names, cross-origin changes).
+//! configured, every request but the dashboard page itself needs `Authorization: Bearer
+//! <token>` (the page asks for it and sends it); [`guard`] says who else is refused
+//! (foreign host names, cross-origin changes).
 
 mod guard;
 mod status;
@@ -93,11 +94,86 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
     reply(status, "application/json", v.to_string())
 }
 
+/// The dashboard page. Served to anyone who reaches the admin listener by one of its
+/// host names (it holds no data); kept out of frames so no other page can overlay its
+/// token field.
+fn dashboard() -> Response<Full<Bytes>> {
+    let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD);
+    let h = r.headers_mut();
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        http::HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+/// `405 Method Not Allowed`, saying which method the URL takes (RFC 9110 requires the
+/// `Allow` header), so a script that sent GET learns to send POST instead of guessing
+/// from a 404 that the URL is wrong.
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut r = reply(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain",
+        format!("method not allowed: use {allow}\n"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+    r
+}
+
+/// `POST /backends/{b}/servers/{s}/{drain|ready|maint}`: sets the operator state and
+/// answers with the server as `/status` shows it, now in its new state.
+fn server_action(
+    rt: &Runtime,
+    method: &Method,
+    backend: &str,
+    server: &str,
+    action: &str,
+) -> Response<Full<Bytes>> {
+    let state = match action {
+        "drain" => ServerState::Draining,
+        "ready" => ServerState::Ready,
+        "maint" => ServerState::Maint,
+        _ => {
+            return json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": "action must be drain, ready or maint" }),
+            )
+        }
+    };
+    if method != Method::POST {
+        return not_allowed("POST");
+    }
+    let snap = rt.store.load();
+    let Some(found) = snap.backend(backend).and_then(|b| b.server(server)) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": format!("no server {server} in backend {backend}") }),
+        );
+    };
+    if let Some(old) = found.stats.condition.set_state(state) {
+        tracing::info!(%backend, %server, from = old.as_str(), to = state.as_str(), "server state set by the admin API");
+        // Maintenance ends the server's sessions: counted out now rather than at the
+        // next upkeep tick, so this answer already shows it.
+        rt.store.sids.sweep();
+    }
+    json(StatusCode::OK, &status::server_json(found))
+}
+
 async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(cfg) = rt.admin_config() else {
         return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
     };
-    match guard::check(&cfg, req.method(), req.headers()) {
+    let access = guard::access(req.method(), req.uri().path());
+    match guard::check(&cfg, access, req.method(), req.headers()) {
         Ok(()) => {}
         Err(Refusal::Token) => {
             let mut r = reply(
@@ -119,7 +195,7 @@ async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Byte
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
-        (&Method::GET, [""]) => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
+        (&Method::GET | &Method::HEAD, [""]) => dashboard(),
         (&Method::GET, ["status"]) => json(StatusCode::OK, &status::status(rt)),
         (&Method::GET, ["metrics"]) => {
             status::export_gauges(rt);
@@ -139,36 +215,12 @@ async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Byte
                 &serde_json::json!({ "ok": false, "error": e.to_string() }),
             ),
         },
-        (&Method::POST, ["backends", backend, "servers", server, action]) => {
-            let state = match *action {
-                "drain" => ServerState::Draining,
-                "ready" => ServerState::Ready,
-                "maint" => ServerState::Maint,
-                _ => {
-                    return json(
-                        StatusCode::NOT_FOUND,
-                        &serde_json::json!({ "error": "action must be drain, ready or maint" }),
-                    )
-                }
-            };
-            match rt.store.server_stats(backend, server) {
-                Some(stats) => {
-                    if let Some(old) = stats.condition.set_state(state) {
-                        tracing::info!(%backend, %server, from = old.as_str(), to = state.as_str(), "server state set by the admin API");
-                    }
-                    json(StatusCode::OK, &status::server_json(&stats, None, None))
-                }
-                None => json(
-                    StatusCode::NOT_FOUND,
-                    &serde_json::json!({ "error": format!("no server {server} in backend {backend}") }),
-                ),
-            }
+        (method, ["backends", backend, "servers", server, action]) => {
+            server_action(rt, method, backend, server, action)
         }
-        (_, ["status"] | ["metrics"] | ["reload"] | [""]) => reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "method not allowed\n",
-        ),
+        (_, [""]) => not_allowed("GET, HEAD"),
+        (_, ["status"] | ["metrics"]) => not_allowed("GET"),
+        (_, ["reload"]) => not_allowed("POST"),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }

@@ -5,7 +5,7 @@ use std::time::UNIX_EPOCH;
 
 use serde_json::{json, Value};
 
-use crate::backends::{Health, ServerStats};
+use crate::backends::{Health, Server, ServerStats};
 use crate::config::ServerState;
 use crate::engineio::Transport;
 use crate::runtime::Runtime;
@@ -17,12 +17,15 @@ pub fn drained(stats: &ServerStats) -> bool {
     (c.state() != ServerState::Ready || c.is_removed()) && stats.load() == 0
 }
 
-pub fn server_json(stats: &ServerStats, addr: Option<&str>, weight: Option<u32>) -> Value {
+/// One server as `/status` lists it. The admin actions answer with the same object, so
+/// a deploy script reads one shape wherever it looks.
+pub fn server_json(server: &Server) -> Value {
+    let stats = &server.stats;
     let c = &stats.condition;
     json!({
         "id": &*stats.id,
-        "addr": addr,
-        "weight": weight,
+        "addr": server.addr.as_str(),
+        "weight": server.weight,
         "state": if c.is_removed() { "removed" } else { c.state().as_str() },
         "health": c.health().as_str(),
         "avoided": c.is_avoided(),
@@ -42,11 +45,7 @@ pub fn status(rt: &Runtime) -> Value {
         .backends
         .iter()
         .map(|b| {
-            let servers: Vec<Value> = b
-                .servers
-                .iter()
-                .map(|s| server_json(&s.stats, Some(s.addr.as_str()), Some(s.weight)))
-                .collect();
+            let servers: Vec<Value> = b.servers.iter().map(server_json).collect();
             json!({ "name": &*b.name, "servers": servers })
         })
         .collect();

@@ -7,6 +7,12 @@
 //! session accounting (polling vs WebSocket) so placement sees live sessions, not
 //! connections.
 //!
+//! An entry can outlive its session: it is kept a little after the session's WebSocket
+//! closed (in case that was a failed upgrade probe) and while a request of a session
+//! whose server no longer serves it is being refused. Such an entry is *ended*: it still
+//! routes, but it no longer counts as a session, so the dashboard, `drained` and
+//! placement see the session gone the moment it is, not when its entry expires.
+//!
 //! Sharded mutexes rather than a concurrent map crate: each operation is a short
 //! critical section on one of 64 shards, and the key is borrowed as `&str` for lookups
 //! so the request path does not allocate.
@@ -22,7 +28,8 @@ use crate::engineio::Transport;
 
 const SHARDS: usize = 64;
 
-/// How long a session outlives its last WebSocket tunnel (see `unpin`).
+/// How long the entry of an ended session is kept (see `unpin`): long enough for a
+/// client whose upgrade probe failed to resume polling.
 pub const TUNNEL_END_LINGER: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
@@ -34,6 +41,12 @@ struct Entry {
     polls: u32,
     tunnels: u32,
     expires: Instant,
+    /// The session is over as far as anyone can tell (see the module doc); a request of
+    /// it that its server may take revives it.
+    ended: bool,
+    /// What this entry adds to its server's session counts now; kept apart from
+    /// `ended` and `transport()` so that [`Entry::recount`] moves exactly what was added.
+    counted: Option<Transport>,
 }
 
 impl Entry {
@@ -42,6 +55,27 @@ impl Entry {
             Transport::WebSocket
         } else {
             Transport::Polling
+        }
+    }
+
+    /// Brings the server's counts in line with the entry's state after a change.
+    fn recount(&mut self) {
+        let want = (!self.ended).then(|| self.transport());
+        if want != self.counted {
+            if let Some(t) = self.counted {
+                self.server.add_session(t, -1);
+            }
+            if let Some(t) = want {
+                self.server.add_session(t, 1);
+            }
+            self.counted = want;
+        }
+    }
+
+    /// Takes the entry out of the counts for good (it leaves the table).
+    fn uncount(&mut self) {
+        if let Some(t) = self.counted.take() {
+            self.server.add_session(t, -1);
         }
     }
 }
@@ -133,16 +167,21 @@ impl SidTable {
                 return Err(InsertError::Full(self.per_shard * SHARDS));
             }
         }
-        server.add_session(Transport::Polling, 1);
-        let entry = Entry {
+        // A handshake answered by a server put in maintenance meanwhile: its requests
+        // will be refused, so the session is lost already.
+        let ended = !server.condition.serves_pinned();
+        let mut entry = Entry {
             server,
             ttl,
             polls: 0,
             tunnels: 0,
             expires: now + ttl,
+            ended,
+            counted: None,
         };
-        if let Some(old) = shard.insert(sid.into(), entry) {
-            old.server.add_session(old.transport(), -1);
+        entry.recount();
+        if let Some(mut old) = shard.insert(sid.into(), entry) {
+            old.uncount();
         }
         Ok(())
     }
@@ -164,14 +203,17 @@ impl SidTable {
         let key = Arc::clone(shard.get_key_value(sid)?.0);
         let entry = shard.get_mut(sid)?;
         if entry.polls == 0 && entry.tunnels == 0 && entry.expires <= now {
-            return None; // dead; the sweeper will count it out
+            return None; // dead; the sweeper will take it out
         }
-        let before = entry.transport();
         match kind {
             PinKind::Poll => entry.polls += 1,
             PinKind::Tunnel => entry.tunnels += 1,
         }
-        move_session(&entry.server, before, entry.transport());
+        // A request its server may take: the session goes on (a failed upgrade probe's
+        // client resumes polling, a server is back from maintenance). One its server may
+        // not take is refused: the session is lost.
+        entry.ended = !entry.server.condition.serves_pinned();
+        entry.recount();
         Some(SessionPin {
             table: Arc::clone(self),
             sid: key,
@@ -186,28 +228,33 @@ impl SidTable {
         let Some(entry) = shard.get_mut(sid) else {
             return;
         };
-        let before = entry.transport();
         match kind {
             PinKind::Poll => entry.polls = entry.polls.saturating_sub(1),
             PinKind::Tunnel => entry.tunnels = entry.tunnels.saturating_sub(1),
         }
-        move_session(&entry.server, before, entry.transport());
         // A session whose WebSocket closed is over — Engine.IO never goes back from an
         // upgraded WebSocket to polling — unless the tunnel was a failed upgrade probe,
-        // after which the client resumes polling within moments and re-pins it. So the
-        // entry lingers briefly instead of a whole heartbeat, and a drained server's
-        // session count reaches zero when its clients leave, not a minute later.
-        let linger = match kind {
-            PinKind::Tunnel if entry.tunnels == 0 => entry.ttl.min(TUNNEL_END_LINGER),
-            _ => entry.ttl,
+        // after which the client resumes polling within moments and re-pins it. So it
+        // stops counting now, and its entry lingers briefly instead of a whole heartbeat
+        // for the probe's sake. A session whose server no longer serves it is over too,
+        // and the request just refused must not keep its entry for another heartbeat.
+        let websocket_closed = kind == PinKind::Tunnel && entry.tunnels == 0 && entry.polls == 0;
+        if websocket_closed || !entry.server.condition.serves_pinned() {
+            entry.ended = true;
+        }
+        entry.recount();
+        let linger = if entry.ended {
+            entry.ttl.min(TUNNEL_END_LINGER)
+        } else {
+            entry.ttl
         };
         entry.expires = Instant::now() + linger;
     }
 
     /// Forgets a session whose server answered that it does not know it.
     pub fn remove(&self, sid: &str) {
-        if let Some(entry) = self.shard(sid).remove(sid) {
-            entry.server.add_session(entry.transport(), -1);
+        if let Some(mut entry) = self.shard(sid).remove(sid) {
+            entry.uncount();
         }
     }
 
@@ -224,7 +271,9 @@ impl SidTable {
         self.len() == 0
     }
 
-    /// Drops every expired, unpinned session and counts it out of its server.
+    /// Drops every expired, unpinned session and counts it out of its server, and ends
+    /// the sessions of servers that no longer serve them (maintenance, down): tether
+    /// refuses their requests and has closed their tunnels, so they are over.
     /// Returns how many were dropped.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
@@ -253,19 +302,16 @@ impl SidTable {
     }
 }
 
-fn move_session(server: &ServerStats, from: Transport, to: Transport) {
-    if from != to {
-        server.add_session(from, -1);
-        server.add_session(to, 1);
-    }
-}
-
 fn sweep_shard(shard: &mut Shard, now: Instant) -> usize {
     let before = shard.len();
     shard.retain(|_, e| {
+        if !e.ended && !e.server.condition.serves_pinned() {
+            e.ended = true;
+            e.recount();
+        }
         let alive = e.polls > 0 || e.tunnels > 0 || e.expires > now;
         if !alive {
-            e.server.add_session(e.transport(), -1);
+            e.uncount();
         }
         alive
     });
@@ -275,6 +321,7 @@ fn sweep_shard(shard: &mut Shard, now: Instant) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ServerState;
 
     fn stats(id: &str) -> Arc<ServerStats> {
         Arc::new(ServerStats::new("b".into(), id.into()))
@@ -335,6 +382,11 @@ mod tests {
         assert_eq!(s.sessions(Transport::WebSocket), 1, "still one session");
         drop(poll);
         drop(tunnel);
+        assert_eq!(s.load(), 0, "its WebSocket closed: the session is over");
+        // Unless the tunnel was a failed probe: polling resumes and counts again.
+        let poll = t.pin_poll("abc").unwrap();
+        assert_eq!(s.sessions(Transport::Polling), 1);
+        drop(poll);
         assert_eq!(s.sessions(Transport::Polling), 1);
         assert_eq!(s.load(), 1);
     }
@@ -345,6 +397,8 @@ mod tests {
         let s = stats("node-1");
         t.insert("ws", s.clone(), Duration::from_secs(60)).unwrap();
         drop(t.pin_tunnel("ws").unwrap());
+        assert_eq!(s.load(), 0, "uncounted the moment its WebSocket closes");
+        assert_eq!(t.len(), 1, "but kept a moment for a failed probe");
         tokio::time::advance(TUNNEL_END_LINGER + Duration::from_millis(10)).await;
         assert_eq!(t.sweep(), 1, "gone long before its 60 s heartbeat");
         assert_eq!(s.load(), 0);
@@ -357,6 +411,60 @@ mod tests {
         tokio::time::advance(TUNNEL_END_LINGER * 2).await;
         assert_eq!(t.sweep(), 0);
         assert_eq!(s.sessions(Transport::Polling), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_of_a_server_in_maint_stop_counting_and_come_back_with_it() {
+        let t = table(100);
+        let s = stats("node-1");
+        t.insert("idle", s.clone(), Duration::from_secs(60))
+            .unwrap();
+        t.insert("polling", s.clone(), Duration::from_secs(60))
+            .unwrap();
+        let long_poll = t.pin_poll("polling").unwrap();
+        t.insert("upgraded", s.clone(), Duration::from_secs(60))
+            .unwrap();
+        let tunnel = t.pin_tunnel("upgraded").unwrap();
+        assert_eq!(s.load(), 3);
+
+        s.condition.set_state(ServerState::Maint);
+        assert_eq!(t.sweep(), 0, "nothing pinned is dropped");
+        assert_eq!(s.load(), 0, "every session of a server in maint is over");
+        assert_eq!(t.len(), 3, "their entries still route (to a refusal)");
+        drop(tunnel);
+        drop(long_poll);
+        assert_eq!(s.load(), 0);
+        // A refused request does not keep the entry for another heartbeat.
+        drop(t.pin_poll("polling").unwrap());
+        assert_eq!(s.load(), 0);
+        tokio::time::advance(TUNNEL_END_LINGER + Duration::from_millis(10)).await;
+        assert_eq!(t.sweep(), 2, "refused and closed: gone after the linger");
+
+        // Back in service before its entry expired: a session that still polls counts.
+        s.condition.set_state(ServerState::Ready);
+        let poll = t.pin_poll("idle").unwrap();
+        assert_eq!(s.sessions(Transport::Polling), 1);
+        drop(poll);
+        assert_eq!(s.load(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pinned_session_is_never_dropped_whatever_its_server_does() {
+        let t = table(100);
+        let s = stats("node-1");
+        t.insert("abc", s.clone(), Duration::from_secs(1)).unwrap();
+        let pin = t.pin_poll("abc").unwrap();
+        s.condition.set_state(ServerState::Maint);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(t.sweep(), 0);
+        assert_eq!(
+            t.server_of("abc").map(|x| x.id.to_string()),
+            Some("node-1".into())
+        );
+        s.condition.set_state(ServerState::Draining);
+        drop(pin);
+        assert_eq!(t.sweep(), 0, "a draining server keeps serving it");
+        assert!(t.pin_poll("abc").is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -33,8 +33,23 @@
 //   A to the element in B, both stamped by the pages' clocks), deliveredNode (data-node shown in B),
 //   killed, reconnectedTo, reconnectMs (from "killed" to B connected elsewhere), statusAfter (B's
 //   #status text), aNodeAfter (A's node after the kill), deliveredAfter, latencyAfterMs,
-//   deliveredAfterNode, online [[nodes in A's who's-online list], [B's]], screenshot, pageErrors,
-//   error (only when something threw).
+//   deliveredAfterNode, online [[nodes in A's who's-online list], [B's]], hintBefore (A's #hint
+//   before any message: {visible, text}), hintAfter ([A's, B's] #hint visible after the first
+//   message), you ([A's, B's] own entry in the online list, under long names: {text, found,
+//   clippedBy: ancestors whose box cuts "(you)" off, overflowing: elements of the entry wider than
+//   their box}), screenshot, pageErrors, error (only when something threw).
+//
+// Mode "dashboard": tether's admin dashboard (url: the admin listener's root) behind a token.
+//   token        the right token (required)
+//   wrongToken   a wrong one, tried first (default "not-the-token")
+//   screenshot   PNG path of the dashboard once signed in (optional)
+//   Steps: open the page; the login form (#login) must show with a message; sign in with the wrong
+//   token, which must be refused with a message while the form stays usable; sign in with the
+//   right one; the server table (rows tr[data-server]) must show; reload: still signed in (the
+//   tab keeps the token); no cookie is ever set.
+//   Report: pageStatus, loginShown, firstMessage, wrongMessage, retryPossible, servers (ids in the
+//   table), addresses (address cells), loginHiddenAfter, serversAfterReload, cookies (count),
+//   tokenInUrl, screenshot, pageErrors, error.
 //
 // Mode "socketio-client": the real socket.io-client bundle from npm in a blank page of the url's
 // origin (GET /__browser_js_blank__, whatever it answers).
@@ -169,6 +184,49 @@ async function waitConnected(page, not, limitMs) {
   }));
 }
 
+// Whether the first-time hint of the message pane shows, and what it says.
+function hintState(page) {
+  return page.evaluate(() => {
+    const h = document.getElementById("hint");
+    if (!h) return { visible: false, text: null };
+    const r = h.getBoundingClientRect();
+    return { visible: !h.hidden && r.width > 0 && r.height > 0, text: h.textContent.replace(/\s+/g, " ").trim() };
+  });
+}
+
+// The page's own entry in "who's online" once it shows `name`: is its "(you)" cut off by any
+// box around it, and is anything in the entry wider than its box?
+async function youState(page, name) {
+  await page.waitForFunction(
+    (name) => { const li = document.querySelector("#online li.me"); return li && li.textContent.includes(name); },
+    name,
+    { timeout: 6000, polling: 50 }
+  ).catch(() => {});
+  return page.evaluate(() => {
+    const li = document.querySelector("#online li.me");
+    if (!li) return { found: false, text: null };
+    const walker = document.createTreeWalker(li, NodeFilter.SHOW_TEXT);
+    let node = walker.nextNode();
+    while (node && !node.data.includes("(you)")) node = walker.nextNode();
+    if (!node) return { found: false, text: li.textContent };
+    const range = document.createRange();
+    const at = node.data.indexOf("(you)");
+    range.setStart(node, at);
+    range.setEnd(node, at + "(you)".length);
+    const r = range.getBoundingClientRect();
+    const clippedBy = [];
+    for (let e = node.parentElement; e && e !== document.body; e = e.parentElement) {
+      if (getComputedStyle(e).overflowX === "visible") continue;
+      const b = e.getBoundingClientRect();
+      if (r.left < b.left - 0.5 || r.right > b.right + 0.5) clippedBy.push(e.id || e.className || e.tagName);
+    }
+    const overflowing = [li, ...li.querySelectorAll("*")]
+      .filter((e) => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)
+      .map((e) => e.className || e.tagName);
+    return { found: true, text: li.textContent, width: r.width, clippedBy, overflowing };
+  });
+}
+
 // Types `text` into `from` and sends it; waits for it in `to`. Returns {delivered, latencyMs, node}.
 async function sendAndSee(from, to, text, limitMs) {
   await from.page.fill("#text", text);
@@ -234,9 +292,12 @@ async function chat(browser) {
     nodeA = await waitConnected(a.page, null, timeoutMs);
     report.nodes = [nodeA.node, nodeB.node];
     report.distinct = nodeA.node !== nodeB.node;
-    await a.page.fill("#name", `alice-${nonce}`);
+    report.hintBefore = await hintState(a.page);
+    // Long names (the field takes 40 characters): the online list must still show "(you)".
+    const names = [`alice-with-a-long-name-${nonce}`, `bob-also-has-a-long-name-${nonce}`];
+    await a.page.fill("#name", names[0]);
     await a.page.dispatchEvent("#name", "change");
-    await b.page.fill("#name", `bob-${nonce}`);
+    await b.page.fill("#name", names[1]);
     await b.page.dispatchEvent("#name", "change");
     // Let both sides upgrade (if they will) before measuring.
     await Promise.all([a.page, b.page].map((p) =>
@@ -245,6 +306,8 @@ async function chat(browser) {
     report.transports = await Promise.all([a.page, b.page].map((p) => p.textContent("#transport")));
 
     const first = await sendAndSee(a, b, `hello from A ${nonce}`, 10000);
+    report.hintAfter = await Promise.all([a.page, b.page].map(async (p) => (await hintState(p)).visible));
+    report.you = await Promise.all([youState(a.page, names[0]), youState(b.page, names[1])]);
     report.delivered = first.delivered;
     report.latencyMs = first.latencyMs;
     report.deliveredNode = first.node;
@@ -301,6 +364,60 @@ async function chat(browser) {
     } catch (err) {
       report.screenshotError = err.message.split("\n")[0];
     }
+  }
+  return report;
+}
+
+// ---------------------------------------------------------------- dashboard mode
+
+async function dashboard(browser) {
+  const report = { event: "final", mode: "dashboard", pageErrors: [] };
+  if (typeof opts.token !== "string" || !opts.token) fail(2, "dashboard mode needs a token");
+  const context = await newContext(browser);
+  try {
+    const page = await context.newPage();
+    page.on("pageerror", (err) => report.pageErrors.push(err.message));
+    const visible = (sel) => page.isVisible(sel);
+    const serverIds = () => page.$$eval("#backends tr[data-server]", (rows) => rows.map((r) => r.dataset.server));
+    const res = await page.goto(opts.url, { waitUntil: "domcontentloaded", timeout: timeoutMs });
+    report.pageStatus = res && res.status();
+    await page.waitForSelector("#login:not([hidden])", { timeout: timeoutMs });
+    await page.waitForFunction(() => document.getElementById("login-msg").textContent.trim() !== "", null, { timeout: timeoutMs });
+    report.loginShown = await visible("#login");
+    report.firstMessage = (await page.textContent("#login-msg")).trim();
+
+    await page.fill("#token", opts.wrongToken || "not-the-token");
+    await page.click("#login-submit");
+    await page.waitForFunction(() => /refused/.test(document.getElementById("login-msg").textContent), null, { timeout: timeoutMs });
+    report.wrongMessage = (await page.textContent("#login-msg")).trim();
+    report.retryPossible = (await visible("#login")) && !(await page.isDisabled("#login-submit")) && (await page.isEditable("#token"));
+
+    await page.fill("#token", opts.token);
+    await page.click("#login-submit");
+    await page.waitForSelector("#backends tr[data-server]", { timeout: timeoutMs });
+    report.servers = await serverIds();
+    report.addresses = await page.$$eval("#backends tr[data-server]", (rows) => rows.map((r) => r.cells[1].textContent));
+    report.loginHiddenAfter = !(await visible("#login"));
+    // Still fresh a second later: the page keeps polling /status with the token.
+    await page.waitForTimeout(1500);
+    report.serversLater = await serverIds();
+    report.loginHiddenLater = !(await visible("#login"));
+
+    if (opts.screenshot) {
+      fs.mkdirSync(path.dirname(path.resolve(opts.screenshot)), { recursive: true });
+      await page.screenshot({ path: opts.screenshot, fullPage: true });
+      report.screenshot = path.resolve(opts.screenshot);
+    }
+    await page.reload({ waitUntil: "domcontentloaded", timeout: timeoutMs });
+    await page.waitForSelector("#backends tr[data-server]", { timeout: timeoutMs }).catch(() => {});
+    report.serversAfterReload = await serverIds();
+    report.cookies = (await context.cookies()).length;
+    report.tokenInUrl = page.url().includes(opts.token);
+  } catch (err) {
+    report.error = err.message.split("\n")[0];
+    log("dashboard:", err.stack || err.message);
+  } finally {
+    await context.close().catch(() => {});
   }
   return report;
 }
@@ -401,12 +518,14 @@ async function clientMode(browser, which) {
 // ---------------------------------------------------------------- main
 
 (async () => {
-  if (!["chat", "socketio-client", "tether-client"].includes(mode)) fail(2, `unknown mode ${JSON.stringify(mode)}`);
+  if (!["chat", "dashboard", "socketio-client", "tether-client"].includes(mode)) fail(2, `unknown mode ${JSON.stringify(mode)}`);
   if (mode === "chat") watchStdin();
   const browser = await launch();
   let report;
   try {
-    report = mode === "chat" ? await chat(browser) : await clientMode(browser, mode);
+    if (mode === "chat") report = await chat(browser);
+    else if (mode === "dashboard") report = await dashboard(browser);
+    else report = await clientMode(browser, mode);
   } finally {
     // A hard stop in case closing the browser hangs.
     setTimeout(() => process.exit(0), 10000).unref();

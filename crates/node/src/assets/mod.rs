@@ -10,7 +10,9 @@
 //! Element ids the browser tests rely on: `#node`, `#transport`, `#status` (its text contains
 //! "connected" while connected, and `data-state` is `connected`, `connecting` or `lost`),
 //! `#name`, `#text`, `#send`, `#messages` (each chat message an element of class `msg` with
-//! the sender's node in `data-node`), `#online`.
+//! the sender's node in `data-node`), `#online` (the entry of this page's own session has class
+//! `me`, and its "(you)" is an element of class `you`), `#hint` (the first-time hint in the
+//! message pane, hidden once a message arrives).
 
 /// The chat page, served at `/`.
 pub const INDEX_HTML: &str = include_str!("index.html");
@@ -43,6 +45,7 @@ mod tests {
             "send",
             "messages",
             "online",
+            "hint",
         ] {
             assert!(
                 INDEX_HTML.contains(&format!("id=\"{id}\"")),
