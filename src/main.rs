@@ -152,6 +152,8 @@ enum NodeAdapter {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tether::telemetry::init();
+    // Before any node or tether part takes a metric handle (the demo starts nodes first).
+    tether::telemetry::install_recorder();
     // Purge freed pages on jemalloc's clock, not only when a thread next allocates.
     #[cfg(all(unix, not(target_env = "msvc")))]
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {

@@ -13,6 +13,7 @@ use http::{HeaderMap, Uri};
 
 use super::{hash_key, Affinity, SessionPin, SidTable};
 use crate::backends::{Backend, Server, SessionGuard};
+use crate::config::ServerState;
 use crate::engineio::EioQuery;
 use crate::telemetry;
 
@@ -94,9 +95,11 @@ impl Affinity {
                 let stats = pin.server();
                 let server = (*stats.backend == *backend.name)
                     .then(|| backend.server(&stats.id))
-                    .flatten()
-                    .filter(|s| s.serves_pinned())
-                    .ok_or_else(|| session_lost(backend))?;
+                    .flatten();
+                let server = match server {
+                    Some(s) if s.serves_pinned() => s,
+                    other => return Err(session_lost(backend, other, "server_gone")),
+                };
                 return Ok(Target {
                     pin: Some(pin),
                     ..found(server)
@@ -104,9 +107,10 @@ impl Affinity {
             }
             // Not learned here (tether restarted, or another instance learned it): the
             // cookie still knows the server. Without one, the session is lost to us.
-            let server = cookie_server
-                .filter(|s| s.serves_pinned())
-                .ok_or_else(|| session_lost(backend))?;
+            let server = match cookie_server {
+                Some(s) if s.serves_pinned() => s,
+                other => return Err(session_lost(backend, other, "unknown")),
+            };
             return Ok(found(server));
         }
 
@@ -144,8 +148,16 @@ impl Affinity {
     }
 }
 
-/// Counts a request whose session's server is gone.
-fn session_lost(backend: &Backend) -> Miss {
-    metrics::counter!(telemetry::SESSIONS_LOST, "backend" => backend.name.to_string()).increment(1);
+/// Counts a request whose session cannot be served: its server is known but cannot serve
+/// it (in maint, or down), or is not known at all (`otherwise`: it left the config, or
+/// the sid was never learned here).
+fn session_lost(backend: &Backend, server: Option<&Server>, otherwise: &'static str) -> Miss {
+    let cause = match server {
+        Some(s) if s.stats.condition.state() == ServerState::Maint => "maint",
+        Some(_) => "server_down",
+        None => otherwise,
+    };
+    metrics::counter!(telemetry::SID_UNKNOWN, "backend" => backend.name.to_string(), "cause" => cause)
+        .increment(1);
     Miss::SessionUnknown
 }

@@ -168,7 +168,7 @@ impl Tether {
             }
             None => (None, None),
         };
-        tether_kit::recorder::handle();
+        crate::telemetry::install_recorder();
         let store = Arc::new(Store::new(&config)?);
         let connections = Gate::new(connection_cap(&config.limits));
         let proxy = Arc::new(Proxy::new(Arc::clone(&store), Arc::clone(&connections)));
