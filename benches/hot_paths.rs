@@ -10,6 +10,9 @@ use tether::affinity::SidTable;
 use tether::backends::ServerStats;
 use tether::engineio::{parse_open_packet, parse_query};
 
+/// The client every benchmark session belongs to.
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 fn engineio(c: &mut Criterion) {
     let mut g = c.benchmark_group("engineio");
     let query = "EIO=4&transport=polling&t=PZ3cQ8f&sid=fUvk3y5PQy1b8aqfAAAB";
@@ -34,7 +37,7 @@ fn sid_table(c: &mut Criterion) {
     let stats = Arc::new(ServerStats::new("b".into(), "node-1".into()));
     let sids: Vec<String> = (0..100_000).map(|i| format!("sid{i:017}AAAB")).collect();
     for s in &sids {
-        let _ = table.insert(s, Arc::clone(&stats), Duration::from_secs(3600));
+        let _ = table.insert(s, Arc::clone(&stats), Duration::from_secs(3600), LOCAL);
     }
     let mut i = 0usize;
     g.bench_function("pin_and_unpin_100k", |b| {
@@ -48,7 +51,7 @@ fn sid_table(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             let sid = format!("new{n:017}AAAB");
-            let _ = table.insert(&sid, Arc::clone(&stats), Duration::from_secs(60));
+            let _ = table.insert(&sid, Arc::clone(&stats), Duration::from_secs(60), LOCAL);
             table.remove(&sid);
         })
     });

@@ -6,6 +6,7 @@
 //!   need no cookie;
 //! - a session placed by this request gets a cookie naming its server.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -30,7 +31,7 @@ impl Affinity {
         &self,
         sids: &SidTable,
         target: &Target<'_>,
-        eio: Option<EioQuery<'_>>,
+        (eio, client): (Option<EioQuery<'_>>, IpAddr),
         parts: &mut Parts,
         body: Incoming,
     ) -> Result<ProxyBody, hyper::Error> {
@@ -42,7 +43,7 @@ impl Affinity {
         if let Some(sid) = eio.and_then(|q| q.sid) {
             if target.pin.is_none() && accepted {
                 let ttl = engineio::DEFAULT_HEARTBEAT + self.idle_margin;
-                let _ = sids.insert(sid, Arc::clone(stats), ttl);
+                let _ = sids.insert(sid, Arc::clone(stats), ttl, client);
             }
         }
         // A session placed by this request gets a cookie, and one whose cookie grows old
@@ -57,7 +58,7 @@ impl Affinity {
         }
         let handshake = eio.is_some_and(|q| q.sid.is_none() && q.transport == Transport::Polling);
         if handshake && accepted {
-            self.learn_sid(sids, target, body).await
+            self.learn_sid(sids, target, client, body).await
         } else {
             Ok(ProxyBody::Stream(body))
         }
@@ -69,6 +70,7 @@ impl Affinity {
         &self,
         sids: &SidTable,
         target: &Target<'_>,
+        client: IpAddr,
         mut body: Incoming,
     ) -> Result<ProxyBody, hyper::Error> {
         let mut buf = BytesMut::new();
@@ -87,7 +89,7 @@ impl Affinity {
         match engineio::parse_open_packet(&prefix) {
             Some(open) => {
                 let ttl = open.heartbeat() + self.idle_margin;
-                if let Err(e) = sids.insert(open.sid, Arc::clone(&server.stats), ttl) {
+                if let Err(e) = sids.insert(open.sid, Arc::clone(&server.stats), ttl, client) {
                     tracing::warn!(error = %e, "session not recorded; it relies on cookie or hash");
                 }
             }

@@ -17,14 +17,16 @@
 //! critical section on one of 64 shards, and the key is borrowed as `&str` for lookups
 //! so the request path does not allocate.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ahash::RandomState;
 use tokio::time::Instant;
 
-use crate::backends::ServerStats;
+use crate::backends::{ServerStats, SessionEnd};
 use crate::engineio::Transport;
+use crate::telemetry;
 
 const SHARDS: usize = 64;
 
@@ -47,9 +49,43 @@ struct Entry {
     /// What this entry adds to its server's session counts now; kept apart from
     /// `ended` and `transport()` so that [`Entry::recount`] moves exactly what was added.
     counted: Option<Transport>,
+    /// Why and when it ended, while `ended`.
+    end: Option<(SessionEnd, Instant)>,
+    /// When the handshake was answered (for the session's duration) and by the wall
+    /// clock (for operators), and whose session it is.
+    born: Instant,
+    started: SystemTime,
+    client: IpAddr,
 }
 
 impl Entry {
+    /// The session is over for `cause` (a later request its server takes revives it).
+    fn end(&mut self, cause: SessionEnd, now: Instant) {
+        if !self.ended {
+            self.ended = true;
+            self.end = Some((cause, now));
+        }
+        self.recount();
+    }
+
+    fn revive(&mut self) {
+        self.ended = false;
+        self.end = None;
+        self.recount();
+    }
+
+    /// The entry leaves the table: out of the counts, and its session's end counted —
+    /// one that never ended otherwise went silent until its liveness window passed.
+    fn finish(&mut self, now: Instant) {
+        self.uncount();
+        let (cause, at) = self.end.unwrap_or_else(|| {
+            let last_heard = self.expires.checked_sub(self.ttl).unwrap_or(self.born);
+            (SessionEnd::IdleTimeout, last_heard.min(now))
+        });
+        self.server
+            .session_ended(cause, at.saturating_duration_since(self.born));
+    }
+
     fn transport(&self) -> Transport {
         if self.tunnels > 0 {
             Transport::WebSocket
@@ -104,6 +140,8 @@ pub struct SessionPin {
     server: Arc<ServerStats>,
     ttl: Duration,
     kind: PinKind,
+    /// How the tunnel holding it ended, when it knows.
+    end: Option<SessionEnd>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,11 +163,44 @@ impl SessionPin {
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
+
+    /// Says how the tunnel holding this pin ended: the session ends with it.
+    pub fn ended_by(&mut self, cause: SessionEnd) {
+        self.end = Some(cause);
+    }
 }
 
 impl Drop for SessionPin {
     fn drop(&mut self) {
-        self.table.unpin(&self.sid, self.kind);
+        self.table.unpin(&self.sid, self.kind, self.end);
+    }
+}
+
+/// One session of the table, as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub sid: Arc<str>,
+    pub backend: Arc<str>,
+    pub server: Arc<str>,
+    pub transport: Transport,
+    /// When its handshake was answered.
+    pub started: SystemTime,
+    pub client: IpAddr,
+    /// False once it is over (its entry lingers a moment, or a refused request holds it).
+    pub live: bool,
+}
+
+impl SessionInfo {
+    fn of(sid: &Arc<str>, e: &Entry) -> SessionInfo {
+        SessionInfo {
+            sid: Arc::clone(sid),
+            backend: Arc::clone(&e.server.backend),
+            server: Arc::clone(&e.server.id),
+            transport: e.transport(),
+            started: e.started,
+            client: e.client,
+            live: !e.ended,
+        }
     }
 }
 
@@ -158,32 +229,75 @@ impl SidTable {
         sid: &str,
         server: Arc<ServerStats>,
         ttl: Duration,
+        client: IpAddr,
     ) -> Result<(), InsertError> {
         let now = Instant::now();
         let mut shard = self.shard(sid);
         if shard.len() >= self.per_shard && !shard.contains_key(sid) {
             sweep_shard(&mut shard, now);
             if shard.len() >= self.per_shard {
+                metrics::counter!(telemetry::SID_TABLE_FULL).increment(1);
                 return Err(InsertError::Full(self.per_shard * SHARDS));
             }
         }
-        // A handshake answered by a server put in maintenance meanwhile: its requests
-        // will be refused, so the session is lost already.
-        let ended = !server.condition.serves_pinned();
         let mut entry = Entry {
             server,
             ttl,
             polls: 0,
             tunnels: 0,
             expires: now + ttl,
-            ended,
+            ended: false,
             counted: None,
+            end: None,
+            born: now,
+            started: SystemTime::now(),
+            client,
         };
         entry.recount();
+        // A handshake answered by a server put in maintenance meanwhile: its requests
+        // will be refused, so the session is lost already.
+        if !entry.server.condition.serves_pinned() {
+            let cause = entry.server.unserved_end();
+            entry.end(cause, now);
+        }
         if let Some(mut old) = shard.insert(sid.into(), entry) {
-            old.uncount();
+            old.finish(now);
         }
         Ok(())
+    }
+
+    /// The session `sid`, if the table knows it.
+    pub fn info(&self, sid: &str) -> Option<SessionInfo> {
+        let shard = self.shard(sid);
+        let (key, entry) = shard.get_key_value(sid)?;
+        Some(SessionInfo::of(key, entry))
+    }
+
+    /// Up to `limit` sessions, of `backend` and `server` when given, live ones only
+    /// unless `ended` too. Scans the table shard by shard, so it is for operators, not
+    /// for the request path.
+    pub fn list(
+        &self,
+        backend: Option<&str>,
+        server: Option<&str>,
+        limit: usize,
+    ) -> Vec<SessionInfo> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = tether_kit::lock(shard);
+            for (key, e) in shard.iter() {
+                if out.len() >= limit {
+                    return out;
+                }
+                let wanted = !e.ended
+                    && backend.is_none_or(|b| *e.server.backend == *b)
+                    && server.is_none_or(|s| *e.server.id == *s);
+                if wanted {
+                    out.push(SessionInfo::of(key, e));
+                }
+            }
+        }
+        out
     }
 
     /// Finds a session for a polling request and pins it until the pin drops.
@@ -212,18 +326,24 @@ impl SidTable {
         // A request its server may take: the session goes on (a failed upgrade probe's
         // client resumes polling, a server is back from maintenance). One its server may
         // not take is refused: the session is lost.
-        entry.ended = !entry.server.condition.serves_pinned();
-        entry.recount();
+        if entry.server.condition.serves_pinned() {
+            entry.revive();
+        } else {
+            let cause = entry.server.unserved_end();
+            entry.end(cause, now);
+        }
         Some(SessionPin {
             table: Arc::clone(self),
             sid: key,
             server: Arc::clone(&entry.server),
             ttl: entry.ttl,
             kind,
+            end: None,
         })
     }
 
-    fn unpin(&self, sid: &str, kind: PinKind) {
+    fn unpin(&self, sid: &str, kind: PinKind, how: Option<SessionEnd>) {
+        let now = Instant::now();
         let mut shard = self.shard(sid);
         let Some(entry) = shard.get_mut(sid) else {
             return;
@@ -239,22 +359,26 @@ impl SidTable {
         // for the probe's sake. A session whose server no longer serves it is over too,
         // and the request just refused must not keep its entry for another heartbeat.
         let websocket_closed = kind == PinKind::Tunnel && entry.tunnels == 0 && entry.polls == 0;
-        if websocket_closed || !entry.server.condition.serves_pinned() {
-            entry.ended = true;
+        if !entry.server.condition.serves_pinned() {
+            let cause = entry.server.unserved_end();
+            entry.end(cause, now);
+        } else if websocket_closed {
+            entry.end(how.unwrap_or(SessionEnd::ClientClosed), now);
         }
-        entry.recount();
         let linger = if entry.ended {
             entry.ttl.min(TUNNEL_END_LINGER)
         } else {
             entry.ttl
         };
-        entry.expires = Instant::now() + linger;
+        entry.expires = now + linger;
     }
 
     /// Forgets a session whose server answered that it does not know it.
     pub fn remove(&self, sid: &str) {
         if let Some(mut entry) = self.shard(sid).remove(sid) {
-            entry.uncount();
+            let now = Instant::now();
+            entry.end(SessionEnd::ServerClosed, now);
+            entry.finish(now);
         }
     }
 
@@ -306,22 +430,28 @@ fn sweep_shard(shard: &mut Shard, now: Instant) -> usize {
     let before = shard.len();
     shard.retain(|_, e| {
         if !e.ended && !e.server.condition.serves_pinned() {
-            e.ended = true;
-            e.recount();
+            let cause = e.server.unserved_end();
+            e.end(cause, now);
         }
         let alive = e.polls > 0 || e.tunnels > 0 || e.expires > now;
         if !alive {
-            e.uncount();
+            e.finish(now);
         }
         alive
     });
-    before - shard.len()
+    let dropped = before - shard.len();
+    if dropped > 0 {
+        metrics::counter!(telemetry::SID_TABLE_EXPIRED).increment(dropped as u64);
+    }
+    dropped
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::ServerState;
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn stats(id: &str) -> Arc<ServerStats> {
         Arc::new(ServerStats::new("b".into(), id.into()))
@@ -335,7 +465,8 @@ mod tests {
     async fn learned_sid_finds_its_server_and_counts_as_polling() {
         let t = table(100);
         let s = stats("node-1");
-        t.insert("abc", s.clone(), Duration::from_secs(3)).unwrap();
+        t.insert("abc", s.clone(), Duration::from_secs(3), LOCAL)
+            .unwrap();
         let pin = t.pin_poll("abc").unwrap();
         assert_eq!(pin.server().id.as_ref(), "node-1");
         assert_eq!(s.sessions(Transport::Polling), 1);
@@ -346,7 +477,8 @@ mod tests {
     async fn silent_session_expires_after_its_ttl() {
         let t = table(100);
         let s = stats("node-1");
-        t.insert("abc", s.clone(), Duration::from_secs(3)).unwrap();
+        t.insert("abc", s.clone(), Duration::from_secs(3), LOCAL)
+            .unwrap();
         tokio::time::advance(Duration::from_millis(2900)).await;
         assert_eq!(t.sweep(), 0);
         tokio::time::advance(Duration::from_millis(200)).await;
@@ -359,7 +491,8 @@ mod tests {
     async fn pinned_session_never_expires_and_heartbeat_restarts_at_unpin() {
         let t = table(100);
         let s = stats("node-1");
-        t.insert("abc", s.clone(), Duration::from_secs(3)).unwrap();
+        t.insert("abc", s.clone(), Duration::from_secs(3), LOCAL)
+            .unwrap();
         let pin = t.pin_poll("abc").unwrap();
         tokio::time::advance(Duration::from_secs(60)).await;
         assert_eq!(t.sweep(), 0);
@@ -374,7 +507,8 @@ mod tests {
     async fn tunnel_moves_the_session_to_websocket_and_back() {
         let t = table(100);
         let s = stats("node-1");
-        t.insert("abc", s.clone(), Duration::from_secs(3)).unwrap();
+        t.insert("abc", s.clone(), Duration::from_secs(3), LOCAL)
+            .unwrap();
         let tunnel = t.pin_tunnel("abc").unwrap();
         assert_eq!(s.sessions(Transport::WebSocket), 1);
         assert_eq!(s.sessions(Transport::Polling), 0);
@@ -395,7 +529,8 @@ mod tests {
     async fn session_ends_soon_after_its_websocket_closes() {
         let t = table(100);
         let s = stats("node-1");
-        t.insert("ws", s.clone(), Duration::from_secs(60)).unwrap();
+        t.insert("ws", s.clone(), Duration::from_secs(60), LOCAL)
+            .unwrap();
         drop(t.pin_tunnel("ws").unwrap());
         assert_eq!(s.load(), 0, "uncounted the moment its WebSocket closes");
         assert_eq!(t.len(), 1, "but kept a moment for a failed probe");
@@ -404,7 +539,7 @@ mod tests {
         assert_eq!(s.load(), 0);
 
         // A failed probe: polling resumes and the session lives on.
-        t.insert("probe", s.clone(), Duration::from_secs(60))
+        t.insert("probe", s.clone(), Duration::from_secs(60), LOCAL)
             .unwrap();
         drop(t.pin_tunnel("probe").unwrap());
         drop(t.pin_poll("probe").unwrap());
@@ -417,12 +552,12 @@ mod tests {
     async fn sessions_of_a_server_in_maint_stop_counting_and_come_back_with_it() {
         let t = table(100);
         let s = stats("node-1");
-        t.insert("idle", s.clone(), Duration::from_secs(60))
+        t.insert("idle", s.clone(), Duration::from_secs(60), LOCAL)
             .unwrap();
-        t.insert("polling", s.clone(), Duration::from_secs(60))
+        t.insert("polling", s.clone(), Duration::from_secs(60), LOCAL)
             .unwrap();
         let long_poll = t.pin_poll("polling").unwrap();
-        t.insert("upgraded", s.clone(), Duration::from_secs(60))
+        t.insert("upgraded", s.clone(), Duration::from_secs(60), LOCAL)
             .unwrap();
         let tunnel = t.pin_tunnel("upgraded").unwrap();
         assert_eq!(s.load(), 3);
@@ -452,7 +587,8 @@ mod tests {
     async fn a_pinned_session_is_never_dropped_whatever_its_server_does() {
         let t = table(100);
         let s = stats("node-1");
-        t.insert("abc", s.clone(), Duration::from_secs(1)).unwrap();
+        t.insert("abc", s.clone(), Duration::from_secs(1), LOCAL)
+            .unwrap();
         let pin = t.pin_poll("abc").unwrap();
         s.condition.set_state(ServerState::Maint);
         tokio::time::advance(Duration::from_secs(30)).await;
@@ -473,7 +609,7 @@ mod tests {
         let s = stats("node-1");
         let mut refused = 0;
         for i in 0..(SHARDS * 4) {
-            if t.insert(&format!("sid{i}"), s.clone(), Duration::from_secs(1))
+            if t.insert(&format!("sid{i}"), s.clone(), Duration::from_secs(1), LOCAL)
                 .is_err()
             {
                 refused += 1;
@@ -483,7 +619,8 @@ mod tests {
         assert!(t.len() <= SHARDS);
         assert_eq!(s.sessions(Transport::Polling) as usize, t.len());
         tokio::time::advance(Duration::from_secs(5)).await;
-        t.insert("late", s.clone(), Duration::from_secs(1)).unwrap();
+        t.insert("late", s.clone(), Duration::from_secs(1), LOCAL)
+            .unwrap();
         assert!(t.pin_poll("late").is_some());
     }
 
@@ -491,8 +628,10 @@ mod tests {
     async fn reinserting_a_sid_moves_it_without_double_counting() {
         let t = table(100);
         let (a, b) = (stats("a"), stats("b"));
-        t.insert("x", a.clone(), Duration::from_secs(1)).unwrap();
-        t.insert("x", b.clone(), Duration::from_secs(1)).unwrap();
+        t.insert("x", a.clone(), Duration::from_secs(1), LOCAL)
+            .unwrap();
+        t.insert("x", b.clone(), Duration::from_secs(1), LOCAL)
+            .unwrap();
         assert_eq!((a.load(), b.load()), (0, 1));
         t.remove("x");
         assert_eq!(b.load(), 0);

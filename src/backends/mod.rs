@@ -29,7 +29,7 @@ use crate::tls::TlsUpstream;
 use crate::upstream::{ConnPool, Peer, ProxyLine};
 
 pub use condition::{Health, ServerCondition};
-pub use stats::{Registry, ServerStats, SessionGuard};
+pub use stats::{Registry, ServerStats, SessionEnd, SessionGuard};
 
 /// One server of a backend, as one routing snapshot sees it.
 #[derive(Debug)]

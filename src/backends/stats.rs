@@ -7,11 +7,133 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ahash::AHashMap;
+use metrics::{Counter, Gauge, Histogram};
 
 use super::ServerCondition;
 use crate::engineio::Transport;
+use crate::telemetry;
+
+/// Why a session ended, as the metrics say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The client closed its WebSocket.
+    ClientClosed,
+    /// The server closed the WebSocket.
+    ServerClosed,
+    /// Nothing was heard within the session's liveness window: a polling client that
+    /// went away, or a silent tunnel.
+    IdleTimeout,
+    /// Its server was found down.
+    ServerDown,
+    /// Its server was put in maintenance.
+    Maint,
+    /// tether shut down before it ended.
+    Shutdown,
+}
+
+impl SessionEnd {
+    const ALL: [SessionEnd; 6] = [
+        SessionEnd::ClientClosed,
+        SessionEnd::ServerClosed,
+        SessionEnd::IdleTimeout,
+        SessionEnd::ServerDown,
+        SessionEnd::Maint,
+        SessionEnd::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::ClientClosed => "client_closed",
+            SessionEnd::ServerClosed => "server_closed",
+            SessionEnd::IdleTimeout => "idle_timeout",
+            SessionEnd::ServerDown => "server_down",
+            SessionEnd::Maint => "maint",
+            SessionEnd::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Method classes and status classes of [`telemetry::HTTP_REQUESTS`].
+const METHODS: [&str; 3] = ["GET", "POST", "other"];
+const STATUSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The server's metric handles, registered once when tether first meets the server, so
+/// the request path increments an atomic instead of building labels per request.
+pub struct ServerMetrics {
+    requests: [[Counter; 5]; 3],
+    pub upgrades_ok: Counter,
+    pub upgrades_failed: Counter,
+    pub tunnels: Gauge,
+    pub bytes_to_server: Counter,
+    pub bytes_to_client: Counter,
+    pub reused: Counter,
+    pub new_connections: Counter,
+    pub probe_duration: Histogram,
+    ended: [Counter; 6],
+    session_duration: Histogram,
+}
+
+impl std::fmt::Debug for ServerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerMetrics")
+    }
+}
+
+impl ServerMetrics {
+    fn new(backend: &str, server: &str) -> ServerMetrics {
+        let (b, s) = (backend.to_owned(), server.to_owned());
+        let counter = |name: &'static str, label: &'static str, value: &'static str| metrics::counter!(name, "backend" => b.clone(), "server" => s.clone(), label => value);
+        ServerMetrics {
+            requests: METHODS.map(|m| {
+                STATUSES.map(|st| {
+                    metrics::counter!(telemetry::HTTP_REQUESTS, "backend" => b.clone(),
+                        "server" => s.clone(), "method" => m, "status" => st)
+                })
+            }),
+            upgrades_ok: counter(telemetry::UPGRADES, "result", "succeeded"),
+            upgrades_failed: counter(telemetry::UPGRADES, "result", "failed"),
+            tunnels: metrics::gauge!(telemetry::TUNNELS, "backend" => b.clone(), "server" => s.clone()),
+            bytes_to_server: counter(telemetry::TUNNEL_BYTES, "direction", "to_server"),
+            bytes_to_client: counter(telemetry::TUNNEL_BYTES, "direction", "to_client"),
+            reused: counter(telemetry::UPSTREAM_REQUESTS, "connection", "reused"),
+            new_connections: counter(telemetry::UPSTREAM_REQUESTS, "connection", "new"),
+            probe_duration: metrics::histogram!(telemetry::HEALTH_PROBE_DURATION,
+                "backend" => b.clone(), "server" => s.clone()),
+            ended: SessionEnd::ALL.map(|c| counter(telemetry::SESSIONS_ENDED, "cause", c.as_str())),
+            session_duration: metrics::histogram!(telemetry::SESSION_DURATION, "backend" => b.clone()),
+        }
+    }
+
+    /// Counts a request answered by this server with `status`.
+    pub fn request(&self, method: &http::Method, status: http::StatusCode) {
+        self.requests[method_class(method)][status_class(status)].increment(1);
+    }
+}
+
+/// Index of a method in [`METHODS`].
+pub fn method_class(method: &http::Method) -> usize {
+    match *method {
+        http::Method::GET => 0,
+        http::Method::POST => 1,
+        _ => 2,
+    }
+}
+
+/// Index of a status in [`STATUSES`] (anything out of range counts as 5xx).
+pub fn status_class(status: http::StatusCode) -> usize {
+    match status.as_u16() / 100 {
+        n @ 1..=5 => usize::from(n - 1),
+        _ => 4,
+    }
+}
+
+/// The label of a method class and of a status class.
+pub fn class_labels(method: usize, status: usize) -> (&'static str, &'static str) {
+    (METHODS[method.min(2)], STATUSES[status.min(4)])
+}
 
 /// Live counters of one server. Signed so that a decrement racing a reload can never
 /// wrap around; readers clamp at zero.
@@ -27,11 +149,13 @@ pub struct ServerStats {
     pending: AtomicI64,
     /// Health and operator state.
     pub condition: ServerCondition,
+    pub metrics: ServerMetrics,
 }
 
 impl ServerStats {
     pub fn new(backend: Arc<str>, id: Arc<str>) -> Self {
         ServerStats {
+            metrics: ServerMetrics::new(&backend, &id),
             backend,
             id,
             polling: AtomicI64::new(0),
@@ -52,6 +176,25 @@ impl ServerStats {
             + self.websocket.load(Ordering::Relaxed)
             + self.pending.load(Ordering::Relaxed);
         sum.max(0) as u64
+    }
+
+    /// Counts a session of this server that ended, after `lived`.
+    pub fn session_ended(&self, cause: SessionEnd, lived: Duration) {
+        let i = SessionEnd::ALL
+            .iter()
+            .position(|c| *c == cause)
+            .unwrap_or(0);
+        self.metrics.ended[i].increment(1);
+        self.metrics.session_duration.record(lived.as_secs_f64());
+    }
+
+    /// Why a session of this server is over when its server no longer serves it.
+    pub fn unserved_end(&self) -> SessionEnd {
+        if self.condition.state() == crate::config::ServerState::Maint {
+            SessionEnd::Maint
+        } else {
+            SessionEnd::ServerDown
+        }
     }
 
     pub fn add_session(&self, transport: Transport, delta: i64) {

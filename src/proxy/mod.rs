@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::affinity::{client_ip, Affinity, Keys, SessionPin, Target};
 use crate::backends::health::{note_failure, note_success};
-use crate::backends::{Backend, SessionGuard};
+use crate::backends::{Backend, SessionEnd, SessionGuard};
 use crate::body::{Guarded, ProxyBody, Rules};
 use crate::config::Limits;
 use crate::engineio::{self, Transport};
@@ -37,7 +37,7 @@ use crate::upstream::{self, UpstreamError, UpstreamRequest};
 
 pub use error::ProxyError;
 use retry::{into_upstream, Replay};
-use tunnel::{HardStop, IdleLimit, TunnelStop};
+use tunnel::{ByteTally, HardStop, IdleLimit, TunnelEnd, TunnelStop};
 
 /// One warning per second per cause of failed requests at most: a flood of failing
 /// requests must not become a flood of log lines (the rest are counted in the next line).
@@ -203,7 +203,7 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         let body = affinity
-            .learn(&self.store.sids, &target, eio, &mut parts, body)
+            .learn(&self.store.sids, &target, (eio, client), &mut parts, body)
             .await
             .map_err(|e| UpstreamError::exchange(&target.server.id, e))?;
         // A server that sends a head and then stalls its body would hold the client's
@@ -300,7 +300,9 @@ impl Proxy {
         (rules, endpoints): (Rules, (SocketAddr, SocketAddr)),
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_side = hyper::upgrade::on(&mut *req);
-        let mut resp = self
+        // A polling session moving to WebSocket (a WebSocket-only session is no upgrade).
+        let upgrading_session = target.pin.is_some();
+        let sent = self
             .send(
                 backend,
                 affinity,
@@ -313,17 +315,34 @@ impl Proxy {
                     endpoints,
                 },
             )
-            .await?;
+            .await;
+        let failed = |target: &Target<'_>| {
+            if upgrading_session {
+                target.server.stats.metrics.upgrades_failed.increment(1);
+            }
+        };
+        let mut resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                failed(&target);
+                return Err(e);
+            }
+        };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            failed(&target);
             let (parts, body) = resp.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::Stream(body)));
         }
         if !websocket::completes(resp.headers(), &key) {
+            failed(&target);
             let e = UpstreamError::NotWebSocket {
                 server: target.server.id.to_string(),
             };
             note_failure(backend, target.server, &e);
             return Err(e.into());
+        }
+        if upgrading_session {
+            target.server.stats.metrics.upgrades_ok.increment(1);
         }
         let server_side = hyper::upgrade::on(&mut resp);
         let idle = match (backend.timeouts.tunnel_idle, &target.pin) {
@@ -346,7 +365,8 @@ impl Proxy {
         drop(target.pending);
         let server_id = Arc::clone(&target.server.id);
         let stats = Arc::clone(&target.server.stats);
-        let mut stop = TunnelStop::new(Arc::clone(&self.hard_stop), stats);
+        let mut stop = TunnelStop::new(Arc::clone(&self.hard_stop), Arc::clone(&stats));
+        let hard_stop = Arc::clone(&self.hard_stop);
         let place = self.connections.force_enter();
         self.tunnels.spawn(async move {
             let _place = place;
@@ -357,11 +377,32 @@ impl Proxy {
                     return;
                 }
             };
+            let m = &stats.metrics;
+            let tally = [
+                ByteTally::new(m.bytes_to_server.clone()),
+                ByteTally::new(m.bytes_to_client.clone()),
+            ];
+            m.tunnels.increment(1.0);
+            let opened = std::time::Instant::now();
             // By reference: moved into the relay, the task would keep it twice (as
             // captured, and in the relay) for the tunnel's whole life.
-            let end = tunnel::relay(client, server, idle, &mut stop).await;
+            let end = tunnel::relay(client, server, (idle, tally), &mut stop).await;
+            m.tunnels.decrement(1.0);
             tracing::debug!(server = %server_id, ?end, "tunnel closed");
-            drop(session);
+            let cause = match end {
+                TunnelEnd::ClientClosed => SessionEnd::ClientClosed,
+                TunnelEnd::ServerClosed => SessionEnd::ServerClosed,
+                TunnelEnd::Idle => SessionEnd::IdleTimeout,
+                TunnelEnd::Stopped if hard_stop.is_fired() => SessionEnd::Shutdown,
+                TunnelEnd::Stopped => stats.unserved_end(),
+            };
+            match session {
+                TunnelSession::Pinned(mut pin) => pin.ended_by(cause),
+                TunnelSession::Counted(counted) => {
+                    drop(counted);
+                    stats.session_ended(cause, opened.elapsed());
+                }
+            }
         });
         let (mut parts, _) = resp.into_parts();
         parts

@@ -17,7 +17,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::tunnel::{limit_from_first_frame, TunnelEnd};
+use super::tunnel::{limit_from_first_frame, ByteTally, TunnelEnd};
 
 /// Size of the per-thread scratch buffer.
 const SCRATCH: usize = 16 * 1024;
@@ -47,6 +47,8 @@ struct Relay {
     limit_ms: u64,
     /// Learn the limit from the server's first frame (an open packet), with this margin.
     learn: Option<Duration>,
+    /// Bytes read, client → server and server → client.
+    tally: [ByteTally; 2],
 }
 
 /// Relays between `client` and `server` until one side ends, the tunnel stays silent
@@ -56,8 +58,8 @@ struct Relay {
 pub(super) fn relay_tcp<S: Future<Output = ()>>(
     (client, client_rest): (TcpStream, Bytes),
     (server, server_rest): (TcpStream, Bytes),
-    limit: Duration,
-    learn: Option<Duration>,
+    (limit, learn): (Duration, Option<Duration>),
+    tally: [ByteTally; 2],
     stop: S,
 ) -> TcpRelay<S> {
     let mut relay = Relay {
@@ -69,6 +71,7 @@ pub(super) fn relay_tcp<S: Future<Output = ()>>(
         last_ms: 0,
         limit_ms: limit.as_millis() as u64,
         learn,
+        tally,
     };
     // Even empty, a rest is a view of hyper's whole read buffer (8 KiB): keep it only if
     // it holds bytes, or every idle tunnel keeps two of them alive.
@@ -209,12 +212,13 @@ impl Relay {
                     }
                     Err(_) => return Read::Eof,
                 };
-                Read::Moved { rest, learnt }
+                Read::Moved { rest, learnt, n }
             });
             match read {
                 Read::Nothing => {}
                 Read::Eof => return Poll::Ready(()),
-                Read::Moved { rest, learnt } => {
+                Read::Moved { rest, learnt, n } => {
+                    self.tally[usize::from(!up)].add(n);
                     if !up {
                         self.learn = None;
                     }
@@ -262,6 +266,7 @@ enum Read {
     Moved {
         rest: Option<Bytes>,
         learnt: Option<Duration>,
+        n: usize,
     },
 }
 
@@ -278,6 +283,13 @@ mod tests {
         (b, a)
     }
 
+    fn tallies() -> [ByteTally; 2] {
+        [
+            ByteTally::new(metrics::Counter::noop()),
+            ByteTally::new(metrics::Counter::noop()),
+        ]
+    }
+
     #[tokio::test]
     async fn an_idle_tunnel_is_a_small_future() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -285,8 +297,8 @@ mod tests {
         let f = relay_tcp(
             (c, Bytes::new()),
             (s, Bytes::new()),
-            Duration::from_secs(1),
-            None,
+            (Duration::from_secs(1), None),
+            tallies(),
             async {},
         );
         let size = std::mem::size_of_val(&f);
@@ -300,8 +312,8 @@ mod tests {
         let relay = tokio::spawn(relay_tcp(
             (c, Bytes::from_static(b"early-up ")),
             (s, Bytes::from_static(b"early-down ")),
-            Duration::from_secs(10),
-            None,
+            (Duration::from_secs(10), None),
+            tallies(),
             std::future::pending(),
         ));
         // More than the scratch buffer and the sockets hold, so writes back up.
@@ -338,8 +350,8 @@ mod tests {
         let relay = tokio::spawn(relay_tcp(
             (c, Bytes::new()),
             (s, Bytes::new()),
-            Duration::from_secs(30),
-            Some(Duration::from_millis(100)),
+            (Duration::from_secs(30), Some(Duration::from_millis(100))),
+            tallies(),
             std::future::pending(),
         ));
         // An unmasked text frame with the open packet: heartbeat 200 + 100 ms.
@@ -364,8 +376,8 @@ mod tests {
         let end = relay_tcp(
             (c, Bytes::new()),
             (s, Bytes::new()),
-            Duration::from_secs(30),
-            None,
+            (Duration::from_secs(30), None),
+            tallies(),
             tokio::time::sleep(Duration::from_millis(50)),
         )
         .await;

@@ -37,6 +37,10 @@ pub struct HardStop {
 }
 
 impl HardStop {
+    pub fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
     pub fn fire(&self) {
         self.fired.store(true, Ordering::Release);
         self.waiters.wake_all();
@@ -116,6 +120,42 @@ pub enum TunnelEnd {
     Stopped,
 }
 
+/// Bytes one direction of a tunnel relayed, added to its server's counter in batches:
+/// one shared atomic per message would be contended by every tunnel of the server.
+/// What is left is added when the tunnel ends (on drop).
+#[derive(Debug)]
+pub struct ByteTally {
+    pending: u64,
+    counter: metrics::Counter,
+}
+
+impl ByteTally {
+    /// Bytes held back before they are added.
+    const BATCH: u64 = 64 * 1024;
+
+    pub fn new(counter: metrics::Counter) -> ByteTally {
+        ByteTally {
+            pending: 0,
+            counter,
+        }
+    }
+
+    pub(super) fn add(&mut self, n: usize) {
+        self.pending += n as u64;
+        if self.pending >= Self::BATCH {
+            self.counter.increment(std::mem::take(&mut self.pending));
+        }
+    }
+}
+
+impl Drop for ByteTally {
+    fn drop(&mut self) {
+        if self.pending > 0 {
+            self.counter.increment(self.pending);
+        }
+    }
+}
+
 /// Relays between the client and the server until one side ends or the tunnel idles.
 ///
 /// A plain function choosing a future, not an `async fn`: an async fn would carry its
@@ -123,7 +163,7 @@ pub enum TunnelEnd {
 pub fn relay<'a, S>(
     client: Upgraded,
     server: Upgraded,
-    idle: IdleLimit,
+    (idle, tally): (IdleLimit, [ByteTally; 2]),
     stop: S,
 ) -> impl Future<Output = TunnelEnd> + Send + 'a
 where
@@ -137,7 +177,7 @@ where
         Ok(c) => c,
         Err(client) => {
             let (c, s) = (TokioIo::new(client), TokioIo::new(server));
-            let f: Buffered<'a> = Box::pin(relay_buffered(c, Bytes::new(), s, idle, stop));
+            let f: Buffered<'a> = Box::pin(relay_buffered(c, Bytes::new(), s, (idle, tally), stop));
             return Either::Left(f);
         }
     };
@@ -146,7 +186,8 @@ where
         Err(server) => {
             let c = client.io.into_inner();
             let s = TokioIo::new(server);
-            let f: Buffered<'a> = Box::pin(relay_buffered(c, client.read_buf, s, idle, stop));
+            let f: Buffered<'a> =
+                Box::pin(relay_buffered(c, client.read_buf, s, (idle, tally), stop));
             return Either::Left(f);
         }
     };
@@ -154,8 +195,8 @@ where
     Either::Right(tcp_relay::relay_tcp(
         (client.io.into_inner(), client.read_buf),
         (server.io.into_inner(), server.read_buf),
-        limit,
-        learn,
+        (limit, learn),
+        tally,
         stop,
     ))
 }
@@ -192,7 +233,7 @@ async fn relay_buffered<C, S>(
     client: C,
     client_rest: Bytes,
     server: S,
-    idle: IdleLimit,
+    (idle, [mut to_server, mut to_client]): (IdleLimit, [ByteTally; 2]),
     stop: impl Future<Output = ()>,
 ) -> TunnelEnd
 where
@@ -204,6 +245,7 @@ where
     if !client_rest.is_empty() && server_wr.write_all(&client_rest).await.is_err() {
         return TunnelEnd::ServerClosed;
     }
+    to_server.add(client_rest.len());
     // A view of hyper's whole read buffer, even empty: not for the tunnel's lifetime.
     drop(client_rest);
     let start = Instant::now();
@@ -211,13 +253,19 @@ where
     let (limit, learn_margin) = limits(idle);
 
     let end = {
-        let up = copy(&mut client_rd, &mut server_wr, start, &last, None);
+        let up = copy(
+            (&mut client_rd, &mut server_wr),
+            start,
+            &last,
+            None,
+            &mut to_server,
+        );
         let down = copy(
-            &mut server_rd,
-            &mut client_wr,
+            (&mut server_rd, &mut client_wr),
             start,
             &last,
             learn_margin.map(|m| (m, &limit)),
+            &mut to_client,
         );
         let watchdog = watchdog(start, &last, &limit);
         tokio::select! {
@@ -244,11 +292,11 @@ struct Limit {
 /// Copies until EOF or error, stamping `last` with each chunk. With `learn`, the first
 /// chunk is read for an open packet whose heartbeat (+ margin) becomes the idle limit.
 async fn copy<R, W>(
-    rd: &mut R,
-    wr: &mut W,
+    (rd, wr): (&mut R, &mut W),
     start: Instant,
     last: &AtomicU64,
     mut learn: Option<(Duration, &Limit)>,
+    tally: &mut ByteTally,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -269,6 +317,7 @@ async fn copy<R, W>(
         if wr.write_all(&buf[..n]).await.is_err() || wr.flush().await.is_err() {
             return;
         }
+        tally.add(n);
     }
 }
 

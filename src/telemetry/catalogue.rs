@@ -54,13 +54,13 @@ catalogue! {
         "How long sessions lived, from the handshake (or the WebSocket upgrade of a WebSocket-only session) to their end.";
     SID_UNKNOWN = Counter "tether_engineio_sid_unknown_total" ["backend", "cause"]
         "Requests answered Engine.IO's 400 Session ID unknown by tether: unknown (a sid never learned or long expired), server_gone (its server left the config), server_down, maint.";
-    SID_TABLE_ENTRIES = Gauge "tether_sid_table_entries" ["backend"]
+    SID_TABLE_ENTRIES = Gauge "tether_sid_table_entries" []
         "Sessions in the sid table (learned sids, live or lingering).";
-    SID_TABLE_CAPACITY = Gauge "tether_sid_table_capacity" ["backend"]
+    SID_TABLE_CAPACITY = Gauge "tether_sid_table_capacity" []
         "Most sids the table holds (sessions.capacity).";
-    SID_TABLE_EXPIRED = Counter "tether_sid_table_expired_total" ["backend"]
+    SID_TABLE_EXPIRED = Counter "tether_sid_table_expired_total" []
         "Sids dropped from the table after their session's liveness window passed with no request or tunnel.";
-    SID_TABLE_FULL = Counter "tether_sid_table_refused_total" ["backend"]
+    SID_TABLE_FULL = Counter "tether_sid_table_refused_total" []
         "New sids not recorded because the table was full (their sessions then rely on the cookie or WebSocket).";
 
     // WebSocket tunnels.
