@@ -24,7 +24,7 @@ use super::{Backend, Health, Server, ServerStats};
 use crate::config::{HealthConfig, HealthMode, SendProxy};
 use crate::telemetry;
 use crate::tls::TlsUpstream;
-use crate::upstream::{dial, Blame, Dialed, Peer, ProxyLine, UpstreamError};
+use crate::upstream::{dial, Blame, Dialed, Meters, Peer, ProxyLine, UpstreamError};
 
 /// The most of a health response read: the status line is all that matters.
 const MAX_RESPONSE_HEAD: usize = 1024;
@@ -147,9 +147,13 @@ impl Probe {
                 version,
                 endpoints: None,
             }),
+            // A probe's connections are not traffic: measured as the probe's time.
+            meters: &NO_METERS,
         }
     }
 }
+
+static NO_METERS: Meters = Meters::NONE;
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,10 +182,15 @@ async fn run(p: Probe, stats: Arc<ServerStats>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        let started = std::time::Instant::now();
         let verdict = tokio::select! {
             _ = stop.cancelled() => return,
             v = probe(&p) => v,
         };
+        stats
+            .metrics
+            .probe_duration
+            .record(started.elapsed().as_secs_f64());
         let condition = &stats.condition;
         match verdict {
             Ok(()) => {
@@ -245,6 +254,11 @@ fn count_flip(stats: &ServerStats, to: Health) {
 /// process is gone); anything else slow or broken on the server's side towards avoiding
 /// it for new sessions, its established sessions untouched.
 pub fn note_failure(backend: &Backend, server: &Server, e: &UpstreamError) {
+    if let Some(kind) = e.connect_kind() {
+        metrics::counter!(telemetry::CONNECT_ERRORS, "backend" => backend.name.to_string(),
+            "server" => server.id.to_string(), "kind" => kind)
+        .increment(1);
+    }
     let blame = e.blame();
     match blame {
         Blame::Client => return,

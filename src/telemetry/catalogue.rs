@@ -113,7 +113,7 @@ catalogue! {
     BUILD_INFO = Gauge "tether_build_info" ["version"]
         "Always 1; its label says which tether this is.";
     CONFIG_GENERATION = Gauge "tether_config_generation" []
-        "Generation of the routing snapshot in force: 1 at start, one more per applied change (reload, discovery, health, operator action).";
+        "Config versions put in force: 1 at start, one more per applied reload.";
     RELOADS = Counter "tether_config_reloads_total" ["result"]
         "Config reloads: ok or error (the old config stays).";
     ACCESS_LOG_DROPPED = Counter "tether_access_log_dropped_total" []

@@ -21,6 +21,36 @@ pub fn install_recorder() -> &'static tether_kit::recorder::PrometheusHandle {
     handle
 }
 
+/// The process figures every Prometheus client exports, read from `/proc` at scrape time
+/// (nothing is recorded where it is not Linux).
+pub fn export_process() {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime, fields 14 and 15 of the file (11 and 12 after the name), are in
+    // USER_HZ ticks, which Linux fixes at 100 for every user-space interface.
+    if let (Some(user), Some(system)) = (field(11), field(12)) {
+        metrics::counter!(CPU_SECONDS).absolute(((user + system) / 100.0) as u64);
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    if let Some(kib) = rss_kib {
+        metrics::gauge!(RESIDENT_MEMORY).set(kib * 1024.0);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(OPEN_FDS).set(fds.count() as f64);
+    }
+    metrics::gauge!(MAX_FDS).set(tether_kit::gate::open_files_limit() as f64);
+}
+
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
