@@ -133,6 +133,11 @@ const HANDSHAKE_RESULTS: [&str; 4] = ["ok", "refused", "limited", "failed"];
 impl BackendMetrics {
     fn new(backend: &str) -> BackendMetrics {
         let b = backend.to_owned();
+        // Counted where they happen (rare); registered here so they exist at 0.
+        for cause in ["unknown", "server_gone", "server_down", "maint"] {
+            metrics::counter!(telemetry::SID_UNKNOWN, "backend" => b.clone(), "cause" => cause)
+                .increment(0);
+        }
         BackendMetrics {
             request_duration: metrics::histogram!(telemetry::HTTP_REQUEST_DURATION, "backend" => b.clone()),
             handshakes: [Transport::Polling, Transport::WebSocket].map(|t| {

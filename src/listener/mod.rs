@@ -200,16 +200,42 @@ async fn serve_accepted(
         Serve::Tls { acceptor, hsts } => {
             Box::pin(async move {
                 let timeout = proxy.store().load().limits.header_read_timeout;
+                let listener = conn.local.to_string();
+                let failed = || {
+                    metrics::counter!(telemetry::TLS_HANDSHAKES, "listener" => listener.clone(),
+                        "version" => "-", "alpn" => "-", "result" => "failed")
+                    .increment(1);
+                };
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
-                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let session = tls_stream.get_ref().1;
+                        let alpn = session.alpn_protocol();
+                        let h2 = alpn == Some(b"h2");
+                        let version = match session.protocol_version() {
+                            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                            _ => "other",
+                        };
+                        let alpn = match alpn {
+                            Some(b"h2") => "h2",
+                            Some(b"http/1.1") => "http/1.1",
+                            Some(_) => "other",
+                            None => "none",
+                        };
+                        metrics::counter!(telemetry::TLS_HANDSHAKES, "listener" => listener,
+                            "version" => version, "alpn" => alpn, "result" => "ok")
+                        .increment(1);
                         let handler = Handler::Proxy(hsts.clone());
                         serve_conn(tls_stream, conn, proxy, l, handler, h2).await
                     }
                     Ok(Err(e)) => {
+                        failed();
                         tracing::debug!(peer = %client, error = %e, "TLS handshake failed")
                     }
-                    Err(_) => tracing::debug!(peer = %client, "TLS handshake timed out"),
+                    Err(_) => {
+                        failed();
+                        tracing::debug!(peer = %client, "TLS handshake timed out")
+                    }
                 }
             })
             .await

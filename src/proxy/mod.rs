@@ -394,6 +394,14 @@ impl Proxy {
                 (Ok(c), Ok(s)) => (c, s),
                 (c, s) => {
                     tracing::debug!(server = %server_id, client_ok = c.is_ok(), server_ok = s.is_ok(), "upgrade did not complete");
+                    // The side that failed to complete it is the one that went away.
+                    if let TunnelSession::Pinned(mut pin) = session {
+                        pin.ended_by(if s.is_err() {
+                            SessionEnd::ServerClosed
+                        } else {
+                            SessionEnd::ClientClosed
+                        });
+                    }
                     return;
                 }
             };

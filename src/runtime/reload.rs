@@ -122,6 +122,7 @@ impl Runtime {
         status.at = SystemTime::now();
         match result {
             Ok(()) => {
+                metrics::counter!(telemetry::TLS_RELOADS, "result" => "ok").increment(1);
                 if status
                     .error
                     .as_deref()
@@ -134,7 +135,7 @@ impl Runtime {
                 status.failed += 1;
                 tracing::error!(error = %e, "new certificates rejected; the previous ones stay in force");
                 status.error = Some(format!("{CERTIFICATES}{e}"));
-                metrics::counter!(telemetry::RELOADS, "result" => "error").increment(1);
+                metrics::counter!(telemetry::TLS_RELOADS, "result" => "error").increment(1);
             }
         }
     }

@@ -104,8 +104,8 @@ catalogue! {
     // TLS.
     TLS_HANDSHAKES = Counter "tether_tls_handshakes_total" ["listener", "version", "alpn", "result"]
         "TLS handshakes on listeners: result ok or failed; version and ALPN protocol of the ok ones.";
-    TLS_NOT_AFTER = Gauge "tether_tls_certificate_not_after_timestamp_seconds" ["listener", "certificate", "name"]
-        "When each listener certificate expires (Unix time); name is its first DNS name or its subject.";
+    TLS_NOT_AFTER = Gauge "tether_tls_certificate_not_after_timestamp_seconds" ["certificate", "name"]
+        "When each listener certificate expires (Unix time), by its file and its first DNS name.";
     TLS_RELOADS = Counter "tether_tls_certificate_reloads_total" ["result"]
         "Certificate files re-read after they changed on disk: ok or error (the old ones stay).";
 

@@ -18,6 +18,23 @@ pub fn install_recorder() -> &'static tether_kit::recorder::PrometheusHandle {
     let handle = tether_kit::recorder::install(&histograms);
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Counters of rare events exist at 0 from the start, so `rate()` and alerts on them
+    // work before the first event.
+    for result in ["ok", "error"] {
+        metrics::counter!(RELOADS, "result" => result).increment(0);
+        metrics::counter!(TLS_RELOADS, "result" => result).increment(0);
+    }
+    for what in ["denied", "connections", "handshakes", "requests"] {
+        metrics::counter!(CLIENTS_LIMITED, "what" => what).increment(0);
+    }
+    for name in [
+        PROXY_HEADERS_REFUSED,
+        SID_TABLE_EXPIRED,
+        SID_TABLE_FULL,
+        ACCESS_LOG_DROPPED,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
     handle
 }
 
