@@ -315,3 +315,33 @@ async fn the_demo_prints_text_for_people_and_json_only_when_asked() {
         "a machine line among the text: {text:#?}"
     );
 }
+
+#[test]
+fn the_readme_lists_every_metric_with_its_labels() {
+    let text = readme();
+    let rows: BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once("` | "))
+        .filter(|(name, _)| name.starts_with("tether_") || name.starts_with("process_"))
+        .map(|(name, rest)| (name.to_owned(), rest.to_owned()))
+        .collect();
+    for m in tether::telemetry::ALL {
+        let row = rows
+            .get(m.name)
+            .unwrap_or_else(|| panic!("{} is not in the README's metrics table", m.name));
+        let labels = m.labels.join(", ");
+        let labels = if labels.is_empty() { "—".to_owned() } else { labels };
+        assert!(
+            row.contains(&format!("| {labels} |")),
+            "{}: the README's labels are not {labels}: {row}",
+            m.name
+        );
+    }
+    for name in rows.keys() {
+        assert!(
+            tether::telemetry::ALL.iter().any(|m| m.name == name),
+            "the README lists {name}, which tether does not export"
+        );
+    }
+}
