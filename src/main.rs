@@ -24,8 +24,17 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     about = "A sticky-session load balancer for Socket.IO / Engine.IO clusters"
 )]
 struct Cli {
+    /// How logs are written on stderr: lines for people, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormatArg,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -151,7 +160,10 @@ enum NodeAdapter {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tether::telemetry::init();
+    tether::telemetry::init(match cli.log_format {
+        LogFormatArg::Human => tether::telemetry::LogFormat::Human,
+        LogFormatArg::Json => tether::telemetry::LogFormat::Json,
+    });
     // Before any node or tether part takes a metric handle (the demo starts nodes first).
     tether::telemetry::install_recorder();
     // Purge freed pages on jemalloc's clock, not only when a thread next allocates.

@@ -110,6 +110,12 @@ fn commands_block() -> BTreeMap<String, String> {
         if let Some(rest) = line.strip_prefix("tether ") {
             let mut parts = rest.splitn(2, ' ');
             current = parts.next().unwrap_or("").to_owned();
+            if current.starts_with('[') {
+                // Options of every command, written once: `tether [--global ...] COMMAND`.
+                per_command.entry(String::new()).or_default().push_str(rest);
+                current.clear();
+                continue;
+            }
             per_command
                 .entry(current.clone())
                 .or_default()
@@ -126,14 +132,31 @@ fn commands_block() -> BTreeMap<String, String> {
 #[test]
 fn the_readme_commands_block_is_the_binary_s_real_options() {
     let block = commands_block();
-    let listed: BTreeSet<&str> = block.keys().map(String::as_str).collect();
+    let listed: BTreeSet<&str> = block
+        .keys()
+        .map(String::as_str)
+        .filter(|c| !c.is_empty())
+        .collect();
     assert_eq!(
         listed,
         COMMANDS.iter().copied().collect(),
         "commands in the README's block"
     );
+    // Options of every command (`tether --help`), written once on the block's first line.
+    let top = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("--help")
+        .output()
+        .expect("tether runs");
+    let global = options_in_help(&String::from_utf8_lossy(&top.stdout));
+    let written_global = options_in_text(block.get("").map_or("", String::as_str));
+    assert_eq!(
+        written_global.keys().collect::<BTreeSet<_>>(),
+        global.keys().collect::<BTreeSet<_>>(),
+        "options of every command in the README's block (its `tether [--...]` line)"
+    );
     for command in COMMANDS {
-        let real = options_in_help(&help(command));
+        let mut real = options_in_help(&help(command));
+        real.retain(|o, _| !global.contains_key(o));
         let written = options_in_text(&block[*command]);
         let real_names: BTreeSet<&String> = real.keys().collect();
         let written_names: BTreeSet<&String> = written.keys().collect();
@@ -331,7 +354,11 @@ fn the_readme_lists_every_metric_with_its_labels() {
             .get(m.name)
             .unwrap_or_else(|| panic!("{} is not in the README's metrics table", m.name));
         let labels = m.labels.join(", ");
-        let labels = if labels.is_empty() { "—".to_owned() } else { labels };
+        let labels = if labels.is_empty() {
+            "—".to_owned()
+        } else {
+            labels
+        };
         assert!(
             row.contains(&format!("| {labels} |")),
             "{}: the README's labels are not {labels}: {row}",
@@ -343,5 +370,41 @@ fn the_readme_lists_every_metric_with_its_labels() {
             tether::telemetry::ALL.iter().any(|m| m.name == name),
             "the README lists {name}, which tether does not export"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_can_be_json_lines_for_a_collector() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["--log-format", "json", "node", "--port", "0"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether node");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+        .await
+        .expect("the node starts")
+        .unwrap()
+        .expect("its listening line");
+    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
+    let mut stderr = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        child.stderr.take().unwrap().read_to_string(&mut stderr),
+    )
+    .await
+    .expect("the node stops")
+    .unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "no log lines: {stderr}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        assert!(v["timestamp"].is_string(), "{line}");
     }
 }

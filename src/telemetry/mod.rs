@@ -68,16 +68,36 @@ pub fn export_process() {
     metrics::gauge!(MAX_FDS).set(tether_kit::gate::open_files_limit() as f64);
 }
 
-pub fn init() {
+/// How process logs are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line per event for people: time, level, target, message, fields.
+    #[default]
+    Human,
+    /// One JSON object per line for collectors (Loki, Elasticsearch, CloudWatch): the
+    /// event's fields as fields, nothing to parse out of a message.
+    Json,
+}
+
+/// Sets up process logs on stderr, in `format`.
+pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder
+            .with_ansi(colour(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 /// Colour only for a person at a terminal: escape codes in a log file or a pipe to a
