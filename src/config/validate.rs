@@ -243,8 +243,10 @@ fn bind_addr(s: &str, path: &KeyPath) -> R<SocketAddr> {
     ))
 }
 
-const EXAMPLE_BIND: &str = "ip:port such as 0.0.0.0:8080 or [::]:8080";
-const EXAMPLE_ADDR: &str = "host:port such as 127.0.0.1:3001 or node-1.internal:3000";
+const EXAMPLE_BIND: &str =
+    "ip:port such as 0.0.0.0:8080 or \"[::]:8080\" (IPv6 in brackets, quoted)";
+const EXAMPLE_ADDR: &str =
+    "host:port such as 127.0.0.1:3001, node-1.internal:3000 or \"[::1]:3001\" (IPv6 in brackets, quoted)";
 
 /// Why a `host:port` is not one, said against an example of what is expected.
 enum NotHostPort {
