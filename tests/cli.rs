@@ -34,6 +34,10 @@ fn the_sample_config_passes_check() {
 #[test]
 fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
     let dir = tempfile::tempdir().unwrap();
+    // A port of this test's own (bound to port 0), for a listener the config must refuse
+    // before binding: were it not refused, `run` would fail to bind it, not serve on it.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap().to_string();
     let cases = [
         // An unknown (misspelt) key, with the key it was probably meant to be.
         (
@@ -69,6 +73,13 @@ fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
             ":5:30: backends.chat.servers[0].addr: invalid address \"127.0.0.1:99999\": port 99999 is out of range 1-65535",
             None,
         ),
+        // A server that is tether's own listener: every request would loop (issue 13).
+        (
+            "loop.yaml",
+            format!("listeners:\n  - bind: {held}\nbackends:\n  chat:\n    servers: [{{ id: a, addr: \"{held}\" }}]\n"),
+            ":5:30: backends.chat.servers[0].addr: {held} is tether's own listeners[0] (bind {held}): requests would loop back into tether",
+            None,
+        ),
         // Broken YAML.
         (
             "syntax.yaml",
@@ -78,9 +89,13 @@ fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
         ),
     ];
     for (name, text, located, also) in cases {
+        let located = located.replace("{held}", &held);
         let path = write(dir.path(), name, &text);
         for cmd in ["check", "run"] {
-            let out = tether(&[cmd, "--config", &path]);
+            let out = tether_exits(
+                &[cmd, "--config", &path],
+                std::time::Duration::from_secs(30),
+            );
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{cmd} {name} must fail");
             assert!(
@@ -92,6 +107,7 @@ fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
             }
         }
     }
+    drop(holder);
 }
 
 #[test]
