@@ -32,15 +32,13 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Run {
-        /// The YAML config file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Validate a config file: exit 0 if it is good, else print file:line:column and why.
     Check {
-        /// The YAML config file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Write a development CA (ca.pem) and a certificate signed by it (cert.pem,
     /// key.pem), for trying TLS locally.
@@ -138,6 +136,41 @@ enum Command {
     /// A Socket.IO-aware load generator against a loopback target: real client
     /// sessions (polling then upgrade, or WebSocket), echo round trips, sessions per node.
     Bench(tether_bench::BenchArgs),
+}
+
+/// The config file of `run` and `check`, named either way: `tether check FILE` is the
+/// habit nginx -t and haproxy -c users bring, `--config FILE` the older spelling.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The YAML config file [default: conf/tether.yaml, in the working directory].
+    #[arg(value_name = "FILE", conflicts_with = "config")]
+    file: Option<PathBuf>,
+    /// The same, as an option.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The file named, or the default; and whether it is the default.
+    fn path(self) -> (PathBuf, bool) {
+        match self.file.or(self.config) {
+            Some(path) => (path, false),
+            None => (PathBuf::from(DEFAULT_CONFIG), true),
+        }
+    }
+}
+
+/// [`tether::server::load_config`], saying so when the file that cannot be read is the
+/// default one: a user who named no file may not know that one was looked for.
+fn load_config(command: &str, arg: ConfigArg) -> anyhow::Result<(PathBuf, tether::config::Config)> {
+    let (path, default) = arg.path();
+    match tether::server::load_config(&path) {
+        Ok(config) => Ok((path, config)),
+        Err(e @ tether::config::ConfigError::Read { .. }) if default => Err(anyhow::anyhow!(
+            "{e}; no config file was named, and this is the default: name one, as in `tether {command} path/to/tether.yaml`"
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(feature = "bundled")]
@@ -243,9 +276,9 @@ fn said_once(e: &anyhow::Error) -> String {
     line
 }
 
-fn check(path: PathBuf) -> anyhow::Result<()> {
+fn check(arg: ConfigArg) -> anyhow::Result<()> {
     // Certificates, keys and CA bundles too: what `run` would read besides the file.
-    let config = tether::server::load_config(&path)?;
+    let (path, config) = load_config("check", arg)?;
     for w in &config.warnings {
         eprintln!("tether: warning: {w}");
     }
@@ -298,8 +331,8 @@ fn cert(out: PathBuf, mut names: Vec<String>, force: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-fn run(path: PathBuf) -> anyhow::Result<()> {
-    let config = tether::server::load_config(&path)?;
+fn run(arg: ConfigArg) -> anyhow::Result<()> {
+    let (_, config) = load_config("run", arg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -111,6 +111,54 @@ fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
 }
 
 #[test]
+fn the_config_file_can_be_named_as_an_argument_too() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/tether.yaml");
+    // `tether check FILE`, as `nginx -t -c` and `haproxy -c -f` users type it.
+    let out = tether(&["check", sample]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 server(s)"));
+    // `run FILE` reads that file (a bad one, so that it stops at once).
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(dir.path(), "bad.yaml", "listeners: 3\n");
+    let out = tether_exits(&["run", &bad], std::time::Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("tether: {bad}:1:12: listeners: expected a list, got the number 3")
+    );
+    // Both at once is ambiguous: refused.
+    assert!(!tether(&["check", sample, "--config", sample]).status.success());
+}
+
+#[test]
+fn a_missing_default_config_says_it_is_the_default_and_where_it_was_looked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().canonicalize().unwrap();
+    for cmd in ["check", "run"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg(cmd)
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}");
+        assert_eq!(
+            err.trim(),
+            format!(
+                "tether: conf/tether.yaml: cannot read the config file: No such file or directory (os error 2); looked for {}, as relative paths are read from the working directory; no config file was named, and this is the default: name one, as in `tether {cmd} path/to/tether.yaml`",
+                cwd.join("conf/tether.yaml").display()
+            ),
+            "{cmd}"
+        );
+        assert_said_once(&err);
+    }
+}
+
+#[test]
 fn a_missing_file_is_a_clear_error() {
     let out = tether(&["check", "--config", "/nonexistent/tether.yaml"]);
     assert!(!out.status.success());
@@ -371,8 +419,8 @@ fn a_missing_relative_certificate_says_where_it_was_looked_for() {
     let cwd = dir.path().join("certs").canonicalize().unwrap();
     assert!(
         err.contains(&format!(
-            "cannot read nope.pem: No such file or directory (os error 2); relative paths are read from the working directory, {}",
-            cwd.display()
+            "cannot read nope.pem: No such file or directory (os error 2); looked for {}, as relative paths are read from the working directory",
+            cwd.join("nope.pem").display()
         )),
         "{err}"
     );

@@ -37,10 +37,13 @@ impl fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all (missing, unreadable, not a file, too big).
-    #[error("{}: cannot read the config file: {cause}", path.display())]
+    #[error("{}: cannot read the config file: {cause}{}", path.display(), looked_for(.path, .relative_to))]
     Read {
         path: PathBuf,
         cause: std::io::Error,
+        /// The working directory, when the path is relative: where it was looked for is
+        /// then not where a reader of the message may think.
+        relative_to: Option<PathBuf>,
     },
     /// The text is not well-formed YAML (or not UTF-8).
     #[error("{at}: {message}")]
@@ -69,6 +72,19 @@ pub struct ConfigWarning {
     pub at: Location,
     pub key: String,
     pub message: String,
+}
+
+/// Where a relative path was looked for, said after the cause (`; looked for /abs/path,
+/// ...`), or nothing for an absolute one. Shared with the TLS layer, whose certificate
+/// paths are relative to the same working directory, not to the config file.
+pub fn looked_for(path: &std::path::Path, relative_to: &Option<PathBuf>) -> String {
+    match relative_to {
+        Some(dir) if path.is_relative() => format!(
+            "; looked for {}, as relative paths are read from the working directory",
+            dir.join(path).display()
+        ),
+        _ => String::new(),
+    }
 }
 
 fn key_prefix(key: &str) -> String {
@@ -435,10 +451,21 @@ mod tests {
         let e = ConfigError::Read {
             path: "conf/x.yaml".into(),
             cause: std::io::Error::from(std::io::ErrorKind::NotFound),
+            relative_to: Some("/home/u".into()),
         };
-        assert!(e
-            .to_string()
-            .starts_with("conf/x.yaml: cannot read the config file: "));
+        assert_eq!(
+            e.to_string(),
+            "conf/x.yaml: cannot read the config file: entity not found; looked for /home/u/conf/x.yaml, as relative paths are read from the working directory"
+        );
         assert!(e.location().is_none());
+        let e = ConfigError::Read {
+            path: "/etc/x.yaml".into(),
+            cause: std::io::Error::from(std::io::ErrorKind::NotFound),
+            relative_to: Some("/home/u".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "/etc/x.yaml: cannot read the config file: entity not found"
+        );
     }
 }

@@ -25,7 +25,7 @@ mod validate;
 use std::io::Read;
 use std::path::Path;
 
-pub use error::{ConfigError, ConfigWarning, Location};
+pub use error::{looked_for, ConfigError, ConfigWarning, Location};
 pub use model::*;
 
 /// Bigger than any real config; stops `--config /dev/zero` from eating memory.
@@ -60,6 +60,10 @@ pub fn load_checked(
     let read_err = |cause| ConfigError::Read {
         path: path.to_path_buf(),
         cause,
+        relative_to: path
+            .is_relative()
+            .then(std::env::current_dir)
+            .and_then(Result::ok),
     };
     let mut bytes = Vec::new();
     std::fs::File::open(path)
