@@ -131,7 +131,9 @@ fn the_config_file_can_be_named_as_an_argument_too() {
         format!("tether: {bad}:1:12: listeners: expected a list, got the number 3")
     );
     // Both at once is ambiguous: refused.
-    assert!(!tether(&["check", sample, "--config", sample]).status.success());
+    assert!(!tether(&["check", sample, "--config", sample])
+        .status
+        .success());
 }
 
 #[test]
@@ -505,6 +507,116 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET /status` on the admin API.
+fn status(admin: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// A stand-in for a stock `new Server().listen(port)`: 404 to every path it does not
+/// serve (here, to every path: the health check is what is looked at). Counts the
+/// connections it takes.
+fn plain_socket_io_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            drop(s);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn the_sample_config_keeps_plain_socket_io_servers_up() {
+    let mut text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/tether.yaml")).unwrap();
+    let servers: Vec<_> = (0..3).map(|_| plain_socket_io_server()).collect();
+    let binds = [
+        ("127.0.0.1:8080", "127.0.0.1:0".to_owned()),
+        ("127.0.0.1:9900", "127.0.0.1:0".to_owned()),
+    ];
+    let nodes = (1..=3).map(|i| (format!("127.0.0.1:300{i}"), servers[i - 1].0.to_string()));
+    for (from, to) in binds
+        .into_iter()
+        .map(|(f, t)| (f.to_owned(), t))
+        .chain(nodes)
+    {
+        assert!(text.contains(&from), "the sample has {from}");
+        text = text.replace(&from, &to);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "tether.yaml", &text);
+    let mut tether = Running::start(&path);
+    let admin = tether.stdout_after("tether admin on ");
+    // Each server probed `fall` (3 in the sample) + 1 times: the verdicts of the first
+    // `fall` are in. An HTTP check of a path these servers do not serve would have
+    // marked them down by then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while servers
+        .iter()
+        .any(|(_, seen)| seen.load(std::sync::atomic::Ordering::SeqCst) < 4)
+    {
+        assert!(std::time::Instant::now() < deadline, "probes did not come");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = status(&admin);
+    let health: Vec<&str> = status["backends"][0]["servers"]
+        .as_array()
+        .expect("servers in /status")
+        .iter()
+        .map(|s| s["health"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(health, ["up", "up", "up"], "{status}");
+    drop(tether.child.kill());
+    let _ = tether.child.wait();
+    let logged: Vec<String> = tether.stderr.try_iter().collect();
+    assert!(
+        !logged.iter().any(|l| l.contains("server down")),
+        "{logged:?}"
+    );
+}
+
+#[test]
+fn a_server_taken_down_by_a_404_is_told_of_tcp_checks() {
+    let (server, _) = plain_socket_io_server();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "tether.yaml",
+        &format!("listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  chat:\n    health: {{ path: /health, interval: 100ms, timeout: 1s, rise: 1, fall: 1 }}\n    servers: [{{ id: a, addr: \"{server}\" }}]\n"),
+    );
+    let mut tether = Running::start(&path);
+    tether.stderr_line(&[
+        "WARN",
+        "server down",
+        "status 404, expected 200 (does the server answer GET /health? use health.mode: tcp otherwise)",
+    ]);
 }
 
 /// `POST /reload` on the admin API: the status code and the JSON answer.
