@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use tether_node::drivers::memory::MemoryBus;
 use tether_node::node::{self, AdapterChoice, NodeError, NodeOptions, RunningNode};
-use tether_node::supervisor::{self, PoolOptions};
+use tether_node::supervisor::{self, PoolOptions, PortsError};
 
 use crate::config::ConfigError;
 use crate::server::{self, StartError};
@@ -21,6 +21,10 @@ use crate::tls::dev_ca::{self, CertError};
 
 /// Where a local Redis is looked for when none is given.
 pub const LOCAL_REDIS: &str = "127.0.0.1:6379";
+
+/// How long child-process nodes get to start serving before the demo gives up on them:
+/// tether's config names their ports, which a node given port 0 only says once serving.
+const NODES_START: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -31,7 +35,7 @@ pub struct DemoOptions {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub admin: SocketAddr,
-    /// First node port (0: any free ports; in-process only).
+    /// First node port (0: any free ports).
     pub base_port: u16,
     pub nodes: usize,
     /// Where the generated certificate goes.
@@ -50,6 +54,10 @@ pub enum DemoError {
     CertWrite { dir: PathBuf, cause: std::io::Error },
     #[error("starting a node: {0}")]
     Node(NodeError),
+    #[error("the nodes' ports: {0}")]
+    Ports(PortsError),
+    #[error("{} did not start serving within {}s (the log above says why)", .0.join(", "), NODES_START.as_secs())]
+    NodesSlow(Vec<String>),
     #[error("the demo config: {0}")]
     Config(ConfigError),
     #[error("starting tether: {0}")]
@@ -70,6 +78,7 @@ macro_rules! from_cause {
 from_cause!(
     Cert(CertError),
     Node(NodeError),
+    Ports(PortsError),
     Config(ConfigError),
     Tether(StartError)
 );
@@ -90,6 +99,35 @@ async fn redis_answers(addr: &str) -> bool {
     )
 }
 
+/// The port each of `ids` first says it serves on, in the order of `ids`; or, after
+/// [`NODES_START`], the ids still silent.
+async fn first_ports(
+    ids: &[String],
+    mut announced: tokio::sync::mpsc::UnboundedReceiver<supervisor::Listening>,
+) -> Result<Vec<u16>, Vec<String>> {
+    let mut ports: Vec<Option<u16>> = vec![None; ids.len()];
+    let all = async {
+        while ports.iter().any(Option::is_none) {
+            let Some(l) = announced.recv().await else {
+                return;
+            };
+            if let Some(i) = ids.iter().position(|id| *id == l.id) {
+                ports[i].get_or_insert(l.port);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(NODES_START, all).await;
+    match ports.iter().copied().collect::<Option<Vec<u16>>>() {
+        Some(ports) => Ok(ports),
+        None => Err(ids
+            .iter()
+            .zip(&ports)
+            .filter(|(_, p)| p.is_none())
+            .map(|(id, _)| id.clone())
+            .collect()),
+    }
+}
+
 /// Runs the demo until `stop`; prints what to open.
 pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoError> {
     let redis = match (&opts.redis, opts.no_redis) {
@@ -105,29 +143,44 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
     let mut pool = None;
     let servers: Vec<(String, SocketAddr)> = match &redis {
         Some(url) => {
-            let base = if opts.base_port == 0 {
-                3001
-            } else {
-                opts.base_port
-            };
             let args = vec!["--redis".to_owned(), url.clone()];
-            let pool_opts = PoolOptions::consecutive(opts.exe.clone(), opts.nodes, base, &args);
-            let list = pool_opts
-                .nodes
-                .iter()
-                .map(|n| (n.id.clone(), SocketAddr::from(([127, 0, 0, 1], n.port))))
-                .collect();
-            pool = Some(tokio::spawn(supervisor::run(pool_opts, stop.child_token())));
-            list
+            let pool_opts =
+                PoolOptions::consecutive(opts.exe.clone(), opts.nodes, opts.base_port, &args)?;
+            let ids: Vec<String> = pool_opts.nodes.iter().map(|n| n.id.clone()).collect();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let pool_stop = stop.child_token();
+            let running = tokio::spawn(supervisor::run_announcing(
+                pool_opts,
+                pool_stop.clone(),
+                Some(tx),
+            ));
+            let ports = tokio::select! {
+                ports = first_ports(&ids, rx) => ports,
+                _ = stop.cancelled() => {
+                    let _ = running.await;
+                    return Ok(());
+                }
+            };
+            let ports = match ports {
+                Ok(ports) => ports,
+                Err(missing) => {
+                    pool_stop.cancel();
+                    let _ = running.await;
+                    return Err(DemoError::NodesSlow(missing));
+                }
+            };
+            pool = Some(running);
+            ids.into_iter()
+                .zip(ports)
+                .map(|(id, port)| (id, SocketAddr::from(([127, 0, 0, 1], port))))
+                .collect()
         }
         None => {
             let bus = MemoryBus::new();
-            for i in 0..opts.nodes {
-                let port = if opts.base_port == 0 {
-                    0
-                } else {
-                    opts.base_port + i as u16
-                };
+            for (i, port) in supervisor::node_ports(opts.nodes, opts.base_port)?
+                .into_iter()
+                .enumerate()
+            {
                 let n = node::start(NodeOptions {
                     bind: SocketAddr::from(([127, 0, 0, 1], port)),
                     id: format!("node-{}", i + 1),

@@ -88,7 +88,7 @@ enum Command {
         /// How many nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// Port of the first node; the others follow.
+        /// Port of the first node; the others follow (0: any free port for each).
         #[arg(long, default_value_t = 3001)]
         base_port: u16,
         /// Redis (>= 7) the nodes share; default: none (each node alone).
@@ -120,7 +120,7 @@ enum Command {
         /// How many nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// Port of the first node (0: any free ports; in-process nodes only).
+        /// Port of the first node; the others follow (0: any free port for each).
         #[arg(long, default_value_t = 3001)]
         base_port: u16,
         /// Where to write the generated certificate (default: a tether-demo directory
@@ -426,7 +426,7 @@ fn pool(
         nodes,
         base_port,
         &adapter_args(redis, adapter),
-    );
+    )?;
     with_signals(|stop| async move {
         tether_node::supervisor::run(opts, stop).await;
         Ok(())
