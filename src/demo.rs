@@ -38,8 +38,8 @@ pub struct DemoOptions {
     /// First node port (0: any free ports).
     pub base_port: u16,
     pub nodes: usize,
-    /// Where the generated certificate goes.
-    pub cert_dir: PathBuf,
+    /// Where the generated certificate goes; `None`: [`default_cert_dir`].
+    pub cert_dir: Option<PathBuf>,
     /// The `tether` executable, for child-process nodes.
     pub exe: PathBuf,
     /// Announce the addresses as one JSON line (scripts, tests) instead of text.
@@ -97,6 +97,74 @@ async fn redis_answers(addr: &str) -> bool {
         tokio::time::timeout(Duration::from_millis(500), probe).await,
         Ok(Some(true))
     )
+}
+
+/// Where the demo writes its certificate unless told: a directory of this user's own, so
+/// that two users of one machine neither clobber each other's CA nor meet a directory the
+/// other made and they cannot write (a fixed `/tmp/tether-demo` did both).
+/// `$XDG_CACHE_HOME/tether/demo`, else `~/.cache/tether/demo`, else (no home, as under
+/// some service managers) `tether-demo-<uid>` in the temp directory.
+pub fn default_cert_dir() -> PathBuf {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    match absolute("XDG_CACHE_HOME").or_else(|| absolute("HOME").map(|h| h.join(".cache"))) {
+        Some(cache) => cache.join("tether").join("demo"),
+        None => {
+            let user = own_uid()
+                .map(|u| u.to_string())
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_default();
+            std::env::temp_dir().join(format!("tether-demo-{user}"))
+        }
+    }
+}
+
+/// This process's user id, read without `unsafe` (the owner of `/proc/self`).
+#[cfg(unix)]
+fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+#[cfg(not(unix))]
+fn own_uid() -> Option<u32> {
+    None
+}
+
+/// Makes `dir` a directory only this user can enter (it will hold a private key):
+/// created with mode 0700, or, found already, checked to be this user's and narrowed to
+/// 0700 — in the temp directory another user could have made it first.
+#[cfg(unix)]
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(
+            "it is not a directory (a symbolic link?); choose another with --cert-dir",
+        ));
+    }
+    if let Some(uid) = own_uid().filter(|&u| u != meta.uid()) {
+        return Err(std::io::Error::other(format!(
+            "it belongs to another user (uid {}, not {uid}); choose another with --cert-dir",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
 }
 
 /// The port each of `ids` first says it serves on, in the order of `ids`; or, after
@@ -199,12 +267,18 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
     };
 
     let cert = dev_ca::generate_dev_cert(&["localhost", "127.0.0.1"])?;
-    let paths = cert
-        .write(&opts.cert_dir)
-        .map_err(|cause| DemoError::CertWrite {
-            dir: opts.cert_dir.clone(),
-            cause,
-        })?;
+    let cert_dir = match &opts.cert_dir {
+        Some(dir) => dir.clone(),
+        None => default_cert_dir(),
+    };
+    let written = match opts.cert_dir {
+        Some(_) => cert.write(&cert_dir),
+        None => private_dir(&cert_dir).and_then(|()| cert.write(&cert_dir)),
+    };
+    let paths = written.map_err(|cause| DemoError::CertWrite {
+        dir: cert_dir.clone(),
+        cause,
+    })?;
 
     let mut yaml = format!(
         "listeners:\n  - bind: \"{}\"\n  - bind: \"{}\"\n    tls:\n      certificates:\n        - {{ cert: \"{}\", key: \"{}\", default: true }}\n\

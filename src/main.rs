@@ -123,8 +123,8 @@ enum Command {
         /// Port of the first node; the others follow (0: any free port for each).
         #[arg(long, default_value_t = 3001)]
         base_port: u16,
-        /// Where to write the generated certificate (default: a tether-demo directory
-        /// in the system temp directory).
+        /// Where to write the generated certificate [default: a directory of your own,
+        /// mode 0700: $XDG_CACHE_HOME/tether/demo or ~/.cache/tether/demo].
         #[arg(long)]
         cert_dir: Option<PathBuf>,
         /// Print the addresses as one JSON line instead of the text for people (for
@@ -241,7 +241,7 @@ fn main() -> ExitCode {
             admin: ([127, 0, 0, 1], admin_port).into(),
             base_port,
             nodes,
-            cert_dir: cert_dir.unwrap_or_else(|| std::env::temp_dir().join("tether-demo")),
+            cert_dir,
             json,
             exe: std::env::current_exe().unwrap_or_else(|_| "tether".into()),
         }),

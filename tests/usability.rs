@@ -363,3 +363,87 @@ async fn the_demo_prints_text_for_people_and_json_only_when_asked() {
         "a machine line among the text: {text:#?}"
     );
 }
+
+/// `tether demo --no-redis --json` on free ports with `env` set (`None`: removed), until
+/// it announces itself: the CA path it printed, or, if it exits first, its stderr.
+async fn demo_ca(env: &[(&str, Option<&std::path::Path>)]) -> Result<std::path::PathBuf, String> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+    command
+        .args(["demo", "--no-redis", "--base-port", "0", "--json"])
+        .args(["--port", "0", "--tls-port", "0", "--admin-port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        match value {
+            Some(v) => command.env(name, v),
+            None => command.env_remove(name),
+        };
+    }
+    let mut child = command.spawn().expect("tether demo");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+        .await
+        .expect("the demo starts or stops")
+        .unwrap();
+    let Some(line) = line else {
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err).await;
+        return Err(err);
+    };
+    let demo: serde_json::Value = serde_json::from_str(&line).expect("the JSON line");
+    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    Ok(demo["ca"].as_str().expect("ca").into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_keeps_its_certificate_in_a_private_directory_of_the_user_s_own() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = tempfile::tempdir().unwrap();
+    let (home, tmp) = (root.path().join("home"), root.path().join("tmp"));
+    for d in [&home, &tmp] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let mode = |dir: &std::path::Path| std::fs::metadata(dir).unwrap().mode() & 0o777;
+    // The user's cache directory.
+    let ca = demo_ca(&[
+        ("HOME", Some(&home)),
+        ("XDG_CACHE_HOME", None),
+        ("TMPDIR", Some(&tmp)),
+    ])
+    .await
+    .unwrap();
+    let dir = home.join(".cache/tether/demo");
+    assert_eq!(ca, dir.join("ca.pem"));
+    assert_eq!(mode(&dir), 0o700);
+    let xdg = root.path().join("xdg");
+    let ca = demo_ca(&[("HOME", Some(&home)), ("XDG_CACHE_HOME", Some(&xdg))])
+        .await
+        .unwrap();
+    assert_eq!(ca, xdg.join("tether/demo/ca.pem"));
+    // No home: a directory named for the user in the temp directory; one found there
+    // already, open to others, is narrowed to 0700.
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let dir = tmp.join(format!("tether-demo-{uid}"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let no_home = [
+        ("HOME", None),
+        ("XDG_CACHE_HOME", None),
+        ("TMPDIR", Some(tmp.as_path())),
+    ];
+    let ca = demo_ca(&no_home).await.unwrap();
+    assert_eq!(ca, dir.join("ca.pem"));
+    assert_eq!(mode(&dir), 0o700);
+    // One that another user made first is not written into (only root can give a
+    // directory away, so only root checks this).
+    if std::os::unix::fs::chown(&dir, Some(uid + 4242), None).is_ok() {
+        let err = demo_ca(&no_home).await.unwrap_err();
+        assert!(
+            err.contains(&format!("writing the demo certificate into {}: it belongs to another user (uid {}, not {uid})", dir.display(), uid + 4242)),
+            "{err}"
+        );
+    }
+}
