@@ -275,6 +275,45 @@ fn the_readme_s_certificate_directory_is_ignored_and_the_sample_names_it() {
     }
 }
 
+/// The README's drain recipe ends: a wait for `drained` alone lasts as long as the
+/// longest-connected client (hours), so it is held to a `timeout`, after which `maint`
+/// moves the sessions that are left. And `sh` can parse it as written.
+#[test]
+fn the_readme_s_drain_recipe_cannot_wait_for_ever() {
+    let readme = readme();
+    let block = readme
+        .split("```")
+        .find(|b| b.contains("/drain") && b.starts_with("sh\n"))
+        .expect("a sh block with the drain recipe");
+    let commands: Vec<&str> = block
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .collect();
+    let at = |what: &str| {
+        commands
+            .iter()
+            .position(|c| c.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} in {commands:#?}"))
+    };
+    let (drain, wait, maint) = (at("/drain"), at("drained"), at("/maint"));
+    assert!(
+        commands[wait].starts_with("timeout "),
+        "the wait for drained is not bounded: {}",
+        commands[wait]
+    );
+    assert!(drain < wait && wait < maint, "{commands:#?}");
+    let parsed = std::process::Command::new("sh")
+        .args(["-n", "-c", block.trim_start_matches("sh\n")])
+        .output()
+        .expect("sh");
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+}
+
 #[test]
 fn the_licence_cargo_toml_names_is_in_the_repository() {
     let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).expect("Cargo.toml");
