@@ -1132,6 +1132,15 @@ mod tests {
                 "{addr}: {msg}"
             );
         }
+        // The examples show how an IPv6 address is written, quoted for YAML.
+        assert!(
+            why(authority("127.0.0.1", &p())).ends_with(
+                "expected host:port such as 127.0.0.1:3001, node-1.internal:3000 or \"[::1]:3001\" (IPv6 in brackets, quoted)"
+            ),
+            "{}",
+            why(authority("127.0.0.1", &p()))
+        );
+        assert!(why(bind_addr("", &p())).contains("\"[::]:8080\" (IPv6 in brackets, quoted)"));
     }
 
     #[test]
