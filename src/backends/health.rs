@@ -166,10 +166,26 @@ pub enum ProbeError {
     Write(std::io::Error),
     #[error("read: {0}")]
     Read(std::io::Error),
-    #[error("status {got}, expected {expected}")]
-    Status { got: u16, expected: u16 },
+    #[error("status {got}, expected {expected}{}", not_found_hint(*.got, .path))]
+    Status {
+        got: u16,
+        expected: u16,
+        /// The path probed, for the hint a 404 gets.
+        path: String,
+    },
     #[error("not an HTTP response")]
     NotHttp,
+}
+
+/// A 404 is most often a server without a health route at all: a stock socket.io server
+/// serves `/socket.io/` and nothing else. Said in the log line that marks it down, since
+/// that is where a first-time user meets it, with every new session answered 503.
+fn not_found_hint(got: u16, path: &str) -> String {
+    if got == 404 {
+        format!(" (does the server answer GET {path}? use health.mode: tcp otherwise)")
+    } else {
+        String::new()
+    }
 }
 
 async fn run(p: Probe, stats: Arc<ServerStats>, stop: CancellationToken) {
@@ -350,6 +366,7 @@ where
         Some(got) => Err(ProbeError::Status {
             got,
             expected: expect,
+            path: path.clone(),
         }),
         None => Err(ProbeError::NotHttp),
     }
@@ -426,7 +443,25 @@ mod tests {
             .await
             .is_ok());
         let err = probe(&p(http("/health"), answer_with("503 Nope").await)).await;
-        assert!(err.unwrap_err().to_string().contains("503"));
+        assert_eq!(err.unwrap_err().to_string(), "status 503, expected 200");
+    }
+
+    #[tokio::test]
+    async fn a_404_asks_whether_the_server_has_the_path_and_points_at_tcp_checks() {
+        let p = Probe {
+            config: cfg(HealthMode::Http {
+                path: "/healthz".into(),
+                expect_status: 200,
+            }),
+            id: "s".into(),
+            addr: answer_with("404 Not Found").await,
+            tls: None,
+            send_proxy: None,
+        };
+        assert_eq!(
+            probe(&p).await.unwrap_err().to_string(),
+            "status 404, expected 200 (does the server answer GET /healthz? use health.mode: tcp otherwise)"
+        );
     }
 
     #[tokio::test]
