@@ -38,11 +38,8 @@ async fn run_binary(node: &NodeServer, dir: &std::path::Path) -> (Child, SocketA
         .expect("tether printed its address")
         .unwrap()
         .unwrap();
-    let addr = line
-        .strip_prefix("tether listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
+    let (addr, _) =
+        listening_addr(&line).unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, addr, stderr)
 }

@@ -315,3 +315,45 @@ async fn the_demo_prints_text_for_people_and_json_only_when_asked() {
         "a machine line among the text: {text:#?}"
     );
 }
+
+/// `tether demo` with one port taken by this test: it exits at once, saying which
+/// option moves that port and that 0 takes any free one.
+async fn demo_with_a_taken_port(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["demo", "--no-redis"])
+        .args(args)
+        .arg("--cert-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether demo");
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the demo exits when a port is taken")
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_names_the_option_that_moves_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let free = ["--tls-port", "0", "--admin-port", "0"];
+    let err =
+        demo_with_a_taken_port(&[&["--port", &port, "--base-port", "0"][..], &free[..]].concat())
+            .await;
+    let expected = format!("tether: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98); choose another with --port N, or --port 0 for any free port");
+    assert!(err.lines().any(|l| l == expected), "{err}");
+
+    let err =
+        demo_with_a_taken_port(&[&["--port", "0", "--base-port", &port][..], &free[..]].concat())
+            .await;
+    let expected = format!("tether: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98); choose another with --base-port N, or --base-port 0 for any free ports");
+    assert!(err.lines().any(|l| l == expected), "{err}");
+    drop(taken);
+}

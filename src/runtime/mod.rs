@@ -59,14 +59,18 @@ pub trait AdminApi: Send + Sync + 'static {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {cause}")]
+    /// `at`: where the file asks for it (`file:line:column: listeners[N].bind`).
+    #[error("{at}: cannot listen on {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
+        at: String,
         cause: std::io::Error,
     },
-    #[error("admin: cannot listen on {addr}: {cause}")]
+    /// `at`: where the file asks for it (`file:line:column: admin.bind`).
+    #[error("{at}: cannot listen on {addr}: {cause}")]
     AdminBind {
         addr: SocketAddr,
+        at: String,
         cause: std::io::Error,
     },
     #[error("TLS listener {addr}: {cause}")]
@@ -149,13 +153,14 @@ impl Tether {
         let mut bound = Vec::with_capacity(config.listeners.len());
         let mut sockets = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let (socket, b) = bind_listener(l, &stop_accepting).await?;
+            let (socket, b) =
+                bind_listener(l, (config.source.as_deref(), i), &stop_accepting).await?;
             sockets.push((i, socket));
             bound.push(b);
         }
         let (admin, admin_socket) = match &config.admin {
             Some(a) => {
-                let socket = bind_admin(a.bind).await?;
+                let socket = bind_admin(a.bind, config.source.as_deref()).await?;
                 let local = socket.local_addr().unwrap_or(a.bind);
                 (
                     Some(AdminBound {
@@ -207,6 +212,19 @@ impl Tether {
     /// The bound addresses, in the order of `listeners` in the config.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.runtime.local_addrs()
+    }
+
+    /// The bound listeners as URLs (`http://127.0.0.1:8080`, `https://...` for TLS), in
+    /// config order: what to print for a person, who would otherwise find out by trying
+    /// which scheme a port speaks.
+    pub fn listener_urls(&self) -> Vec<String> {
+        lock(&self.runtime.listeners)
+            .iter()
+            .map(|b| {
+                let tls = b.config.tls.is_some() && b.config.redirect_https.is_none();
+                format!("{}://{}", if tls { "https" } else { "http" }, b.local)
+            })
+            .collect()
     }
 
     /// The admin listener's address, if there is one.
@@ -295,8 +313,10 @@ fn log_warnings(config: &Config) {
     }
 }
 
+/// Binds listener `l`, the `index`th of the file `source` (named in a failure).
 async fn bind_listener(
     l: &ListenerConfig,
+    (source, index): (Option<&Path>, usize),
     stop_accepting: &CancellationToken,
 ) -> Result<(TcpListener, Bound), StartError> {
     let mode = listener_mode(l)?;
@@ -304,6 +324,7 @@ async fn bind_listener(
         .await
         .map_err(|cause| StartError::Bind {
             addr: l.bind,
+            at: config::bind_key(source, Some(index)),
             cause,
         })?;
     let local = socket.local_addr().unwrap_or(l.bind);
@@ -352,10 +373,14 @@ fn connection_cap(limits: &Limits) -> usize {
     usize::try_from(cap).unwrap_or(usize::MAX)
 }
 
-async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, StartError> {
+async fn bind_admin(addr: SocketAddr, source: Option<&Path>) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|cause| StartError::AdminBind { addr, cause })
+        .map_err(|cause| StartError::AdminBind {
+            addr,
+            at: config::bind_key(source, None),
+            cause,
+        })
 }
 
 fn listener_mode(l: &ListenerConfig) -> Result<Mode, StartError> {

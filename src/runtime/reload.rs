@@ -196,9 +196,12 @@ impl Runtime {
             .collect();
         let mut new_binds = Vec::new();
         let mut swaps = Vec::new();
-        for l in wanted {
+        for (i, l) in wanted.iter().enumerate() {
             match current.get(&l.bind) {
-                None => new_binds.push(bind_listener(l, &self.life.stop_accepting).await?),
+                None => new_binds.push(
+                    bind_listener(l, (self.source.as_deref(), i), &self.life.stop_accepting)
+                        .await?,
+                ),
                 // Rebuilt even when unchanged: certificate files may have been replaced.
                 Some(slot) => swaps.push((Arc::clone(slot), listener_mode(l)?, l.clone())),
             }
@@ -266,7 +269,7 @@ impl Runtime {
         }
         let same_bind = lock(&self.admin).as_ref().map(|a| a.config.bind) == wanted.map(|w| w.bind);
         let socket = match wanted {
-            Some(w) if !same_bind => Some(bind_admin(w.bind).await?),
+            Some(w) if !same_bind => Some(bind_admin(w.bind, self.source.as_deref()).await?),
             _ => None,
         };
         let mut admin = lock(&self.admin);
