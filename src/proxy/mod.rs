@@ -103,7 +103,9 @@ impl Proxy {
         match self.forward(&snapshot, req, conn).await {
             Ok(resp) => resp,
             Err(e) => {
-                if e.is_client_side() {
+                if matches!(e, ProxyError::SessionUnknown(_)) {
+                    // Logged where it was decided, with the sid.
+                } else if e.is_client_side() {
                     tracing::debug!(peer = %conn.peer, error = %e, "request refused");
                 } else if let Some(suppressed) = FAILURE_LOG[e.cause()].allow() {
                     tracing::warn!(peer = %conn.peer, error = %e, suppressed, "request failed");
@@ -279,7 +281,7 @@ impl Proxy {
                     let Ok(next) = affinity.place_new(backend, key, engine_io, &tried) else {
                         return Err(e.into());
                     };
-                    tracing::info!(from = %server.id, to = %next.server.id, error = %e, "new session retried on another server");
+                    tracing::info!(backend = %backend.name, from = %server.id, to = %next.server.id, policy = %"retry", error = %e, "new session placed again: its server could not be reached");
                     metrics::counter!(telemetry::PLACEMENT_RETRIES, "backend" => backend.name.to_string())
                         .increment(1);
                     *target = next;

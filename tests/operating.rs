@@ -1,0 +1,181 @@
+//! What an operator reads while running tether: the routing decisions at debug, failures
+//! that name the backend, the server's address and the reason, what a reload changed,
+//! the admin API's refusals, loops refused, plain HTTP on a TLS port answered, and the
+//! progress of a shutdown. Each runs the real binary and reads its log.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// Long enough for a busy 2-core machine; each wait ends as soon as the line is there.
+const LOG_WAIT: Duration = Duration::from_secs(20);
+
+/// An address with nothing listening on it (bound, then released).
+fn dead_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn write_config(dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
+    let path = dir.join("tether.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// One request with a body, on a fresh connection.
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> RawResponse {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    raw_exchange(addr, None, req.as_bytes()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_say_where_each_session_went_and_why_a_sid_is_unknown() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = sockets(std::slice::from_ref(&node))
+        .with("cookie:\n  secret: \"operating-test-secret-0123456789\"")
+        .build();
+    let t = TetherProcess::start(&write_config(dir.path(), &yaml), "debug").await;
+
+    // A handshake: placed by the backend's policy, then its sid learned.
+    let hs = get(t.addr, None, &eio_path(None), &[]).await;
+    assert_eq!(hs.status, 200, "{}", hs.text());
+    let sid = hs.sid();
+    let cookie = hs
+        .header("set-cookie")
+        .expect("a cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    t.log
+        .wait_for(
+            0,
+            &[
+                "new session placed",
+                "backend=sockets",
+                "server=node-1",
+                "policy=least_sessions",
+            ],
+            LOG_WAIT,
+        )
+        .await;
+    t.log
+        .wait_for(
+            0,
+            &["sid learned", &format!("sid={sid}"), "server=node-1"],
+            LOG_WAIT,
+        )
+        .await;
+
+    // A sid nobody ever learned, without a cookie: said as such, not as a server gone.
+    let r = get(t.addr, None, &eio_path(Some("never-seen-sid")), &[]).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    t.log
+        .wait_for(
+            0,
+            &[
+                "Session ID unknown",
+                "sid=never-seen-sid",
+                "reason=unknown sid",
+            ],
+            LOG_WAIT,
+        )
+        .await;
+
+    // A session tether never saw (made on the node directly) whose cookie names its
+    // server: routed by the cookie, and learned from it.
+    let direct = get(node.addr, None, &eio_path(None), &[]).await;
+    let other = direct.sid();
+    let r = post(
+        t.addr,
+        &eio_path(Some(&other)),
+        &[("Cookie", &cookie)],
+        "40",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    t.log
+        .wait_for(
+            0,
+            &[
+                "sid re-learned from the cookie",
+                &format!("sid={other}"),
+                "server=node-1",
+            ],
+            LOG_WAIT,
+        )
+        .await;
+
+    // Once per decision: one placement (the handshake), one sid learned, one refusal.
+    assert_eq!(t.log.matching(0, &["new session placed"]).len(), 1);
+    assert_eq!(t.log.matching(0, &["sid learned"]).len(), 1);
+    assert_eq!(t.log.matching(0, &["Session ID unknown"]).len(), 1);
+    assert!(t
+        .log
+        .matching(0, &["request refused", "Session ID unknown"])
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_name_the_backend_the_server_s_address_and_the_reason() {
+    let dead = dead_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = ConfigBuilder::new()
+        .backend("chat")
+        .server("gone", dead)
+        .build();
+    let t = TetherProcess::start(&write_config(dir.path(), &yaml), "info").await;
+
+    // Refused connections: 502, said with the address; three in a row mark it down.
+    let r = get(t.addr, None, &eio_path(None), &[]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "the server could not be reached\n",
+        "no server address for the client"
+    );
+    t.log
+        .wait_for(
+            0,
+            &[
+                "request failed",
+                &format!("connecting to gone at {dead}: Connection refused"),
+            ],
+            LOG_WAIT,
+        )
+        .await;
+    let mut last = 0;
+    for _ in 0..10 {
+        last = get(t.addr, None, &eio_path(None), &[]).await.status;
+        if last == 503 {
+            break;
+        }
+    }
+    assert_eq!(last, 503, "down after the refusals");
+    t.log
+        .wait_for(
+            0,
+            &[
+                "request failed",
+                "backend chat: no server can take a new session: its one server is down",
+            ],
+            LOG_WAIT,
+        )
+        .await;
+}
