@@ -179,3 +179,54 @@ async fn failures_name_the_backend_the_server_s_address_and_the_reason() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_comes_back_round_a_loop_is_refused_not_forwarded_again() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // B in front of the node, A in front of B: a chain of two tethers works.
+    let b_yaml = |server: std::net::SocketAddr| {
+        ConfigBuilder::new()
+            .admin()
+            .backend("chat")
+            .server("next", server)
+            .build()
+    };
+    let b_file = write_config(dir_b.path(), &b_yaml(node.addr));
+    let b = TetherProcess::start(&b_file, "info").await;
+    let a_yaml = ConfigBuilder::new()
+        .backend("front")
+        .server("b", b.addr)
+        .build();
+    let a = TetherProcess::start(&write_config(dir_a.path(), &a_yaml), "info").await;
+    let hs = get(a.addr, None, &eio_path(None), &[]).await;
+    assert_eq!(hs.status, 200, "through two tethers: {}", hs.text());
+
+    // B now sends to A: a request to A goes A → B → A, and A knows its own mark.
+    std::fs::write(&b_file, b_yaml(a.addr)).unwrap();
+    let r = admin_request(b.admin().await, "POST", "/reload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let started = std::time::Instant::now();
+    let r = get(a.addr, None, "/", &[]).await;
+    assert_eq!(r.status, 508, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    a.log
+        .wait_for(
+            0,
+            &["WARN", "request failed", "loop detected", "backend front"],
+            LOG_WAIT,
+        )
+        .await;
+    // Each time refused at once; the log line is throttled (one a second at most).
+    let burst = std::time::Instant::now();
+    for _ in 0..3 {
+        assert_eq!(get(a.addr, None, "/", &[]).await.status, 508);
+    }
+    let lines = a.log.matching(0, &["loop detected"]).len();
+    let allowed = 2 + burst.elapsed().as_secs() as usize;
+    assert!(lines <= allowed, "{lines} loop lines for 4 loops");
+}

@@ -43,6 +43,9 @@ pub enum ProxyError {
     Target(target::BadTarget),
     #[error("an Engine.IO message larger than {0} bytes")]
     PayloadTooLarge(u64),
+    /// The request carries this tether's own `Via` mark: it went round a loop.
+    #[error("loop detected: the request came back to this tether through backend {0} (is one of its servers tether itself, or a proxy in front of it?)")]
+    Loop(Arc<str>),
 }
 
 impl From<Miss> for ProxyError {
@@ -86,6 +89,7 @@ impl ProxyError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ProxyError::NoServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
             ProxyError::Upstream(
                 UpstreamError::Connect { .. }
                 | UpstreamError::Exchange { .. }
@@ -99,7 +103,7 @@ impl ProxyError {
     }
 
     /// How many [`ProxyError::cause`]s there are.
-    pub const CAUSES: usize = 16;
+    pub const CAUSES: usize = 17;
 
     /// Which kind of failure it is, as an index below [`ProxyError::CAUSES`]: logs are
     /// throttled per cause.
@@ -115,6 +119,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge(_) => 13,
             ProxyError::Forbidden => 14,
             ProxyError::Limited { .. } => 15,
+            ProxyError::Loop(_) => 16,
             ProxyError::Upstream(u) => match u {
                 UpstreamError::Connect { .. } => 4,
                 UpstreamError::ConnectTimeout { .. } => 5,
@@ -167,6 +172,10 @@ impl ProxyError {
             ProxyError::NoServer { .. } => (
                 "text/plain; charset=utf-8",
                 "no server can take a new session\n".to_owned(),
+            ),
+            ProxyError::Loop(_) => (
+                "text/plain; charset=utf-8",
+                "loop detected: this request already passed through this proxy\n".to_owned(),
             ),
             ProxyError::Upstream(u) if !matches!(u, UpstreamError::RequestBody { .. }) => (
                 "text/plain; charset=utf-8",

@@ -70,6 +70,8 @@ pub struct Proxy {
     tunnels: TaskTracker,
     /// Fired when the shutdown grace is over: tunnels still open are closed.
     hard_stop: Arc<HardStop>,
+    /// The mark this tether puts on what it forwards, and knows again.
+    via: headers::Via,
 }
 
 impl Proxy {
@@ -79,6 +81,7 @@ impl Proxy {
             connections,
             tunnels: TaskTracker::new(),
             hard_stop: Arc::default(),
+            via: headers::Via::default(),
         }
     }
 
@@ -131,6 +134,9 @@ impl Proxy {
             Unrouted::NoRoute => ProxyError::NoRoute,
             Unrouted::Denied => ProxyError::Forbidden,
         })?;
+        if self.via.seen_in(req.headers()) {
+            return Err(ProxyError::Loop(Arc::clone(&backend.name)));
+        }
         let client = client_ip::resolve(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
         let upgrade =
             websocket::check_request(req.method(), req.headers()).map_err(ProxyError::WebSocket)?;
@@ -170,6 +176,8 @@ impl Proxy {
         target::apply(&aim, &uri, &mut req).map_err(ProxyError::Target)?;
         headers::strip_hop_by_hop(req.headers_mut(), upgrading);
         headers::set_forwarded(req.headers_mut(), &origin);
+        let received = req.version();
+        self.via.append(req.headers_mut(), received);
         *req.version_mut() = Version::HTTP_11;
 
         let rules = body_rules(&snap.limits, &req, eio)?;
