@@ -230,3 +230,144 @@ async fn a_request_that_comes_back_round_a_loop_is_refused_not_forwarded_again()
     let allowed = 2 + burst.elapsed().as_secs() as usize;
     assert!(lines <= allowed, "{lines} loop lines for 4 loops");
 }
+
+/// `GET /status` of a tether process's admin API, as JSON.
+async fn status(admin: std::net::SocketAddr) -> serde_json::Value {
+    let r = admin_request(admin, "GET", "/status").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_str(&r.text()).expect("status is JSON")
+}
+
+fn server_of(status: &serde_json::Value, id: &str) -> serde_json::Value {
+    status["backends"][0]["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["id"] == id)
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_reload_says_why_and_what_changed_and_nothing_is_not_a_new_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (dead_addr(), dead_addr(), dead_addr());
+    let yaml = |a_extra: &str, with_c: bool| {
+        let mut cfg = ConfigBuilder::new()
+            .admin()
+            .backend("chat")
+            .server_with("a", a, a_extra)
+            .server("b", b);
+        if with_c {
+            cfg = cfg.server("c", c);
+        }
+        cfg.build()
+    };
+    let path = write_config(dir.path(), &yaml("", false));
+    let t = TetherProcess::start(&path, "info").await;
+    let admin = t.admin().await;
+    t.log.wait_for(0, &["config file watched"], LOG_WAIT).await;
+
+    // Saved as it was (an editor's save, a touch): said, and no new generation.
+    let mark = t.log.mark();
+    write_atomically(&path, &yaml("", false));
+    t.log
+        .wait_for(
+            mark,
+            &["config unchanged", "trigger=the config file changed"],
+            LOG_WAIT,
+        )
+        .await;
+    assert_eq!(status(admin).await["reload"]["generation"], 1);
+
+    // A weight and a server: both named, the weight as the admin API's changes are.
+    let mark = t.log.mark();
+    write_atomically(&path, &yaml("weight: 3", true));
+    t.log
+        .wait_for(
+            mark,
+            &[
+                "config reloaded: servers added: chat/c; chat/a weight 1 → 3",
+                "generation=2",
+            ],
+            LOG_WAIT,
+        )
+        .await;
+    t.log
+        .wait_for(
+            mark,
+            &[
+                "server weight set by the config file",
+                "server=a",
+                "from=1",
+                "to=3",
+            ],
+            LOG_WAIT,
+        )
+        .await;
+
+    // Drained by the API, then `state: ready` written: the API's state holds, and the
+    // log and /status say why.
+    let r = admin_request(admin, "POST", "/backends/chat/servers/a/drain").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = server_of(&status(admin).await, "a");
+    assert_eq!(
+        (s["state"].as_str(), s["state_source"].as_str()),
+        (Some("draining"), Some("admin")),
+        "{s}"
+    );
+    let mark = t.log.mark();
+    write_atomically(&path, &yaml("weight: 3, state: ready", true));
+    t.log.wait_for(mark, &["config unchanged"], LOG_WAIT).await;
+    t.log
+        .wait_for(
+            mark,
+            &[
+                "server keeps the state the admin API set",
+                "server=a",
+                "state=draining",
+                "file_state=ready",
+            ],
+            LOG_WAIT,
+        )
+        .await;
+    let s = server_of(&status(admin).await, "a");
+    assert_eq!(
+        (s["state"].as_str(), s["state_source"].as_str()),
+        (Some("draining"), Some("admin")),
+        "{s}"
+    );
+
+    // The file changes the state: it wins, logged like an API change.
+    let mark = t.log.mark();
+    write_atomically(&path, &yaml("weight: 3, state: maint", true));
+    t.log
+        .wait_for(
+            mark,
+            &[
+                "config reloaded: chat/a state ready → maint",
+                "generation=3",
+            ],
+            LOG_WAIT,
+        )
+        .await;
+    t.log
+        .wait_for(
+            mark,
+            &[
+                "server state set by the config file",
+                "server=a",
+                "from=draining",
+                "to=maint",
+            ],
+            LOG_WAIT,
+        )
+        .await;
+    let s = server_of(&status(admin).await, "a");
+    assert_eq!(
+        (s["state"].as_str(), s["state_source"].as_str()),
+        (Some("maint"), Some("file")),
+        "{s}"
+    );
+    assert_eq!(server_of(&status(admin).await, "b")["state_source"], "file");
+}

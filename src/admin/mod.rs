@@ -159,8 +159,8 @@ fn server_action(
             &serde_json::json!({ "error": format!("no server {server} in backend {backend}") }),
         );
     };
-    if let Some(old) = found.stats.condition.set_state(state) {
-        tracing::info!(%backend, %server, from = old.as_str(), to = state.as_str(), "server state set by the admin API");
+    if let Some(old) = found.stats.condition.set_state_by_admin(state) {
+        tracing::info!(%backend, %server, from = %old.as_str(), to = %state.as_str(), "server state set by the admin API");
         // Maintenance ends the server's sessions: counted out now rather than at the
         // next upkeep tick, so this answer already shows it.
         rt.store.sids.sweep();

@@ -11,6 +11,7 @@
 //! the admin *listener* (a reload may move it) and hands it to the [`AdminApi`] it was
 //! given.
 
+pub mod changes;
 pub mod reload;
 mod upkeep;
 pub mod watch;
