@@ -371,3 +371,103 @@ async fn each_reload_says_why_and_what_changed_and_nothing_is_not_a_new_generati
     );
     assert_eq!(server_of(&status(admin).await, "b")["state_source"], "file");
 }
+
+/// One admin request with an empty body and, when given, a bearer token.
+async fn admin_call(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> RawResponse {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    raw_exchange(admin, None, req.as_bytes()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_says_what_exists_and_why_a_token_was_refused() {
+    let token = "admin-test-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = ConfigBuilder::new()
+        .admin_yaml(&format!("bind: \"127.0.0.1:0\"\n  token: \"{token}\""))
+        .backend("chat")
+        .server("a", dead_addr())
+        .server("b", dead_addr())
+        .build();
+    let t = TetherProcess::start(&write_config(dir.path(), &yaml), "info").await;
+    let admin = t.admin().await;
+    let call = |method: &'static str, path: &'static str, token: Option<&'static str>| {
+        admin_call(admin, method, path, token)
+    };
+
+    let r = call("POST", "/backends/ap/servers/a/drain", Some(token)).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.text(),
+        r#"{"error":"there is no backend ap; the backends are: chat"}"#
+    );
+    let r = call("POST", "/backends/chat/servers/z/drain", Some(token)).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.text(),
+        r#"{"error":"backend chat has no server z; its servers are: a, b"}"#
+    );
+
+    let r = call("GET", "/status", None).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (401, "admin token required\n")
+    );
+    let r = call("GET", "/status", Some("not-the-token-at-all")).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (401, "admin token refused\n")
+    );
+    t.log
+        .wait_for(
+            0,
+            &[
+                "WARN",
+                "admin request with a wrong token refused",
+                "peer=127.0.0.1:",
+                "path=/status",
+            ],
+            LOG_WAIT,
+        )
+        .await;
+
+    // HEAD is answered like GET, without the body.
+    let r = call("HEAD", "/status", Some(token)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(r.body.is_empty());
+    let r = call("DELETE", "/status", Some(token)).await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+}
+
+#[test]
+fn a_short_admin_token_is_refused_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = ConfigBuilder::new()
+        .admin_yaml("bind: \"127.0.0.1:0\"\n  token: \"letmein\"")
+        .backend("chat")
+        .server("a", "127.0.0.1:1")
+        .build();
+    let path = write_config(dir.path(), &yaml);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:5:10: admin.token: the token is 7 bytes; at least 16 are needed",
+            path.display()
+        )),
+        "{err}"
+    );
+}
