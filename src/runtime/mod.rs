@@ -45,6 +45,10 @@ use watch::Trigger;
 /// After the grace, how long closing what is left may take.
 const HARD_STOP_WAIT: Duration = Duration::from_secs(2);
 
+/// During the shutdown grace, how often what is still open is logged at most (a third
+/// of the grace when that is shorter, but not more than once a second).
+const SHUTDOWN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// Serves the admin API on a bound listener until `stop`.
 pub trait AdminApi: Send + Sync + 'static {
     fn serve(
@@ -271,8 +275,8 @@ impl Tether {
         rt.life.shutdown.cancelled().await;
         let grace = rt.store.config().shutdown_grace;
         tracing::info!(
-            ?grace,
-            "shutting down: no new connections; in-flight requests and tunnels get the grace"
+            "shutting down: no new connections; requests in flight and tunnels have {} to finish",
+            humantime::format_duration(grace)
         );
         rt.life.stop_accepting.cancel();
         if let Some(a) = lock(&rt.admin).as_ref() {
@@ -285,7 +289,30 @@ impl Tether {
             rt.life.connections.wait().await;
             rt.proxy.tunnels().wait().await;
         };
-        if tokio::time::timeout(grace, drained).await.is_err() {
+        // A grace of minutes would otherwise be silence: the operator sees what is left
+        // and that it shrinks.
+        let started = tokio::time::Instant::now();
+        let every = (grace / 3).clamp(Duration::from_secs(1), SHUTDOWN_PROGRESS_EVERY);
+        let progress = async {
+            let mut tick = tokio::time::interval_at(started + every, every);
+            loop {
+                tick.tick().await;
+                let left = grace.saturating_sub(started.elapsed());
+                tracing::info!(
+                    connections = rt.life.connections.len(),
+                    tunnels = rt.proxy.tunnels().len(),
+                    grace_left = %humantime::format_duration(Duration::from_secs(left.as_secs())),
+                    "shutting down: still open"
+                );
+            }
+        };
+        let waited = tokio::time::timeout(grace, async {
+            tokio::select! {
+                () = drained => {}
+                () = progress => {}
+            }
+        });
+        if waited.await.is_err() {
             tracing::info!(
                 connections = rt.life.connections.len(),
                 tunnels = rt.proxy.tunnels().len(),
