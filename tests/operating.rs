@@ -471,3 +471,33 @@ fn a_short_admin_token_is_refused_at_its_key() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_do_not_feed_on_a_log_file_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = ConfigBuilder::new()
+        .admin()
+        .backend("chat")
+        .server("a", dead_addr())
+        .build();
+    let path = write_config(dir.path(), &yaml);
+    let t = TetherProcess::start(&path, "trace").await;
+    t.log.wait_for(0, &["config file watched"], LOG_WAIT).await;
+    // What a log file next to the config sees: a write per line tether logs.
+    let other = dir.path().join("tether.log");
+    for i in 0..5 {
+        std::fs::write(&other, format!("line {i}\n")).unwrap();
+    }
+    // Then the config itself: once its reload is logged, the events before it were seen.
+    let mark = t.log.mark();
+    write_atomically(&path, &yaml);
+    t.log.wait_for(mark, &["config unchanged"], LOG_WAIT).await;
+    let machinery = t.log.matching(0, &["inotify"]);
+    assert!(machinery.is_empty(), "{machinery:#?}");
+    // tether's own debug lines are still there.
+    let r = get(t.addr, None, &eio_path(Some("never-seen-sid")), &[]).await;
+    assert_eq!(r.status, 400);
+    t.log
+        .wait_for(mark, &["DEBUG", "Session ID unknown"], LOG_WAIT)
+        .await;
+}
