@@ -62,6 +62,48 @@ pub enum DemoError {
     Config(ConfigError),
     #[error("starting tether: {0}")]
     Tether(StartError),
+    /// A port the demo was told to use (or its default) is taken: say which option
+    /// moves it, and that 0 takes any free one.
+    #[error("cannot listen on {addr}: {cause}; choose another with {flag} N, or {flag} 0 for any free {what}")]
+    PortTaken {
+        addr: SocketAddr,
+        flag: &'static str,
+        what: &'static str,
+        cause: std::io::Error,
+    },
+}
+
+impl DemoError {
+    /// tether's own start error, a taken port named by the option that sets it.
+    fn starting_tether(e: StartError, opts: &DemoOptions) -> DemoError {
+        let (addr, flag, cause) = match e {
+            StartError::Bind { addr, cause, .. } if addr == opts.https => {
+                (addr, "--tls-port", cause)
+            }
+            StartError::Bind { addr, cause, .. } => (addr, "--port", cause),
+            StartError::AdminBind { addr, cause, .. } => (addr, "--admin-port", cause),
+            other => return DemoError::Tether(other),
+        };
+        DemoError::PortTaken {
+            addr,
+            flag,
+            what: "port",
+            cause,
+        }
+    }
+
+    /// A node's start error, a taken port named by the option that sets it.
+    fn starting_node(e: NodeError) -> DemoError {
+        match e {
+            NodeError::Bind { addr, cause } => DemoError::PortTaken {
+                addr,
+                flag: "--base-port",
+                what: "ports",
+                cause,
+            },
+            other => DemoError::Node(other),
+        }
+    }
 }
 
 // By hand rather than `#[from]`, which would also make each cause the error's `source()`
@@ -256,7 +298,8 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
                     ping_interval: None,
                     ping_timeout: None,
                 })
-                .await?;
+                .await
+                .map_err(DemoError::starting_node)?;
                 in_process.push(n);
             }
             in_process
@@ -293,7 +336,9 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
         yaml.push_str(&format!("      - {{ id: {id}, addr: \"{addr}\" }}\n"));
     }
     let config = crate::config::parse(&yaml, std::path::Path::new("<demo>"))?;
-    let tether = server::bind(config).await?;
+    let tether = server::bind(config)
+        .await
+        .map_err(|e| DemoError::starting_tether(e, &opts))?;
     let addrs = tether.local_addrs();
     let admin = tether.admin_addr();
     let (http, https) = (addrs[0], addrs[1]);

@@ -351,11 +351,11 @@ fn run(arg: ConfigArg) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let tether = tether::server::bind(config).await?;
-        for addr in tether.local_addrs() {
-            println!("tether listening on {addr}");
+        for url in tether.listener_urls() {
+            println!("tether listening on {url}");
         }
         if let Some(addr) = tether.admin_addr() {
-            println!("tether admin on {addr}");
+            println!("tether admin on http://{addr}");
         }
         tokio::spawn(tether_kit::signal::on_signal(tether.shutdown_token()));
         tether.run().await;

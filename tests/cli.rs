@@ -293,20 +293,22 @@ fn a_port_in_use_is_said_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let servers = "    servers: [{ id: a, addr: \"127.0.0.1:1\" }]\n";
+    // Each says where the file asks for the address: which of several is taken.
     let cases = [
         (
             "listener.yaml",
-            format!("listeners:\n  - bind: 127.0.0.1:{port}\nbackends:\n  chat:\n{servers}"),
-            format!("tether: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)"),
+            format!("listeners:\n  - bind: 127.0.0.1:0\n  - bind: 127.0.0.1:{port}\nbackends:\n  chat:\n{servers}"),
+            format!("3:11: listeners[1].bind: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)"),
         ),
         (
             "admin.yaml",
             format!("listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:{port}\nbackends:\n  chat:\n{servers}"),
-            format!("tether: admin: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)"),
+            format!("4:9: admin.bind: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)"),
         ),
     ];
     for (name, yaml, expected) in cases {
         let path = write(dir.path(), name, &yaml);
+        let expected = format!("tether: {path}:{expected}");
         let out = tether_exits(
             &["run", "--config", &path],
             std::time::Duration::from_secs(30),
@@ -573,7 +575,7 @@ fn the_sample_config_keeps_plain_socket_io_servers_up() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "tether.yaml", &text);
     let mut tether = Running::start(&path);
-    let admin = tether.stdout_after("tether admin on ");
+    let admin = tether.stdout_after("tether admin on http://");
     // Each server probed `fall` (3 in the sample) + 1 times: the verdicts of the first
     // `fall` are in. An HTTP check of a path these servers do not serve would have
     // marked them down by then.
@@ -650,8 +652,8 @@ fn run_logs_warnings_and_a_reload_with_a_bad_certificate_changes_nothing() {
         &format!("{head}    timeouts: {{ response: 10ms }}\n"),
     );
     let mut tether = Running::start(&path);
-    let addr = tether.stdout_after("tether listening on ");
-    let admin = tether.stdout_after("tether admin on ");
+    let addr = tether.stdout_after("tether listening on http://");
+    let admin = tether.stdout_after("tether admin on http://");
     // At start-up, at WARN, at the key.
     tether.stderr_line(&[
         "WARN",

@@ -263,11 +263,8 @@ async fn a_flood_of_failing_requests_is_not_a_flood_of_log_lines() {
         .expect("tether printed its address")
         .unwrap()
         .unwrap();
-    let addr: SocketAddr = line
-        .strip_prefix("tether listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
+    let (addr, _) =
+        listening_addr(&line).unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     let mut stderr = child.stderr.take().unwrap();
     let log = tokio::spawn(async move {
         let mut text = String::new();

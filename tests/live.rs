@@ -318,8 +318,8 @@ async fn admin_urls_answer_other_methods_with_405_and_allow() {
     );
     for (method, path, allow) in [
         ("GET", "/reload", "POST"),
-        ("POST", "/status", "GET"),
-        ("DELETE", "/metrics", "GET"),
+        ("POST", "/status", "GET, HEAD"),
+        ("DELETE", "/metrics", "GET, HEAD"),
         ("POST", "/", "GET, HEAD"),
     ] {
         let r = admin_request(admin, method, path).await;

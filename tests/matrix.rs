@@ -374,9 +374,9 @@ async fn floods_are_held_to_their_address_and_leave_no_trace() {
             .unwrap()
             .unwrap()
             .unwrap();
-        if let Some(a) = line.strip_prefix("tether listening on ") {
-            addr = a.parse().ok();
-        } else if let Some(a) = line.strip_prefix("tether admin on ") {
+        if let Some((a, _)) = listening_addr(&line) {
+            addr = Some(a);
+        } else if let Some(a) = line.strip_prefix("tether admin on http://") {
             admin = a.parse().ok();
         }
     }

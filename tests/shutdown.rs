@@ -26,6 +26,7 @@ async fn run_binary(node: &NodeServer, dir: &std::path::Path) -> (Child, SocketA
     let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["run", "--config"])
         .arg(&file)
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -38,11 +39,8 @@ async fn run_binary(node: &NodeServer, dir: &std::path::Path) -> (Child, SocketA
         .expect("tether printed its address")
         .unwrap()
         .unwrap();
-    let addr = line
-        .strip_prefix("tether listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
+    let (addr, _) =
+        listening_addr(&line).unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, addr, stderr)
 }
@@ -62,7 +60,7 @@ async fn sigterm_finishes_polls_gives_tunnels_the_grace_and_exits_zero() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr, _stderr) = run_binary(&node, dir.path()).await;
+    let (mut child, addr, stderr) = run_binary(&node, dir.path()).await;
 
     let mut ws = ws_connect(addr, WS_ONLY).await;
     assert!(ws_read_text(&mut ws).await.starts_with("0{"));
@@ -88,6 +86,22 @@ async fn sigterm_finishes_polls_gives_tunnels_the_grace_and_exits_zero() {
     );
     assert_eq!(polled.text(), "2", "it carries the node's ping");
 
+    // The grace is not silent: what is still open is logged as it goes.
+    let wait = GRACE + Duration::from_secs(5);
+    stderr
+        .wait_for(
+            0,
+            &["shutting down: no new connections", "have 3s to finish"],
+            wait,
+        )
+        .await;
+    stderr
+        .wait_for(
+            0,
+            &["shutting down: still open", "tunnels=1", "grace_left="],
+            wait,
+        )
+        .await;
     let closed = wait_closed(&mut ws, GRACE + Duration::from_secs(5)).await;
     let ws_closed = t0.elapsed();
     assert!(closed.is_some(), "the tunnel is closed after the grace");

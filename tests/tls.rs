@@ -587,3 +587,67 @@ async fn an_http2_connection_that_sends_no_request_is_closed() {
     );
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_a_tls_listener_is_told_to_use_https_and_stdout_says_which_is_which() {
+    let pki = Pki::new();
+    let (c, k) = pki.issue("server", &["localhost"]);
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = sockets(std::slice::from_ref(&node))
+        .listeners(&["127.0.0.1:0"])
+        .listener(&tls_listener(&[(&c, &k, false)], ""))
+        .build();
+    let file = dir.path().join("tether.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let t = TetherProcess::start(&file, "info").await;
+    let tls_line = t
+        .stdout
+        .wait_for(
+            0,
+            &["tether listening on https://"],
+            Duration::from_secs(20),
+        )
+        .await;
+    let (tls_addr, tls) = listening_addr(&tls_line).expect("a URL");
+    assert!(tls);
+    assert_eq!(
+        listening_addr(&t.stdout.matching(0, &["listening"])[0]),
+        Some((t.addr, false))
+    );
+
+    // What curl http:// and a browser send: told, in HTTP, to use https://.
+    let r = get(tls_addr, None, "/", &[]).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        format!("plain HTTP was sent to a TLS port: use https://{tls_addr}/\n")
+    );
+    t.log
+        .wait_for(
+            0,
+            &["plain HTTP on a TLS listener", "use https://"],
+            Duration::from_secs(20),
+        )
+        .await;
+
+    // TLS on the same port is untouched.
+    let client = pki.client(&[b"http/1.1"]);
+    let mut s = tls_connect(&client, tls_addr, "localhost").await.unwrap();
+    s.write_all(
+        format!(
+            "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            eio_path(None)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+}

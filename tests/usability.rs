@@ -579,3 +579,160 @@ async fn the_demo_keeps_its_certificate_in_a_private_directory_of_the_user_s_own
         );
     }
 }
+
+/// `tether demo` with one port taken by this test: it exits at once, saying which
+/// option moves that port and that 0 takes any free one.
+async fn demo_with_a_taken_port(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["demo", "--no-redis"])
+        .args(args)
+        .arg("--cert-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether demo");
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the demo exits when a port is taken")
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_names_the_option_that_moves_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let free = ["--tls-port", "0", "--admin-port", "0"];
+    let err =
+        demo_with_a_taken_port(&[&["--port", &port, "--base-port", "0"][..], &free[..]].concat())
+            .await;
+    let expected = format!("tether: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98); choose another with --port N, or --port 0 for any free port");
+    assert!(err.lines().any(|l| l == expected), "{err}");
+
+    let err =
+        demo_with_a_taken_port(&[&["--port", "0", "--base-port", &port][..], &free[..]].concat())
+            .await;
+    let expected = format!("tether: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98); choose another with --base-port N, or --base-port 0 for any free ports");
+    assert!(err.lines().any(|l| l == expected), "{err}");
+    drop(taken);
+}
+
+/// `bash examples/local-cluster.sh` with the binary under test, in a process group of its
+/// own (which a failing test kills whole: the script's children with it).
+struct Script {
+    child: tokio::process::Child,
+    log: StderrTail,
+}
+
+impl Script {
+    fn start(env: &[(&str, &str)]) -> Script {
+        let mut child = Command::new("bash")
+            .arg(repo().join("examples/local-cluster.sh"))
+            .env("TETHER", env!("CARGO_BIN_EXE_tether"))
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("bash");
+        let log = StderrTail::follow("local-cluster.sh", child.stderr.take().unwrap());
+        Script { child, log }
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Some(pid) = self.child.id() {
+                tether_kit::signal::send_signal(pid, "KILL");
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .status();
+            }
+        }
+    }
+}
+
+fn refused(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cluster_script_says_ready_once_tether_listens_and_stops_all_it_started() {
+    let mut script = Script::start(&[("PORT", "0"), ("ADMIN_PORT", "0"), ("BASE_PORT", "0")]);
+    let banner = script
+        .log
+        .wait_for(
+            0,
+            &["tether: http://127.0.0.1:", "in front of node-1..3"],
+            Duration::from_secs(60),
+        )
+        .await;
+    // `tether: http://127.0.0.1:P in front of node-1..3 (127.0.0.1:A, B, C)`
+    let url = banner.split_whitespace().nth(1).unwrap().to_owned();
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let inner = banner.split_once('(').unwrap().1.trim_end_matches(')');
+    let mut ports: Vec<u16> = inner
+        .trim_start_matches("127.0.0.1:")
+        .split(", ")
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 3, "{banner}");
+    let hs = get(addr, None, &eio_path(None), &[]).await;
+    assert_eq!(hs.status, 200, "{}", hs.text());
+    assert!(
+        script.log.matching(0, &["cannot listen"]).is_empty(),
+        "the banner came after tether listened"
+    );
+
+    // What Ctrl-C does to the script: it stops everything it started, by pid.
+    tether_kit::signal::send_signal(script.child.id().unwrap(), "INT");
+    let status = tokio::time::timeout(Duration::from_secs(20), script.child.wait())
+        .await
+        .expect("the script stops")
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    ports.push(addr.port());
+    for port in ports {
+        assert!(refused(port), "127.0.0.1:{port} still answers");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cluster_script_says_why_tether_could_not_start_and_no_banner() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut script = Script::start(&[("PORT", &port), ("ADMIN_PORT", "0"), ("BASE_PORT", "0")]);
+    let status = tokio::time::timeout(Duration::from_secs(60), script.child.wait())
+        .await
+        .expect("the script ends")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    script
+        .log
+        .wait_for(
+            0,
+            &[
+                &format!("cannot listen on 127.0.0.1:{port}"),
+                "Address already in use",
+            ],
+            Duration::from_secs(5),
+        )
+        .await;
+    script
+        .log
+        .wait_for(
+            0,
+            &["tether did not start", "PORT=N"],
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(script.log.matching(0, &["Ctrl-C stops it all"]).is_empty());
+    drop(taken);
+}

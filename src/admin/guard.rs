@@ -1,5 +1,5 @@
-//! Who may talk to the admin API. The API can drain, stop and reload tether, and it
-//! usually listens on loopback, where every web page the operator's browser opens can
+//! Who may talk to the admin API. The API can drain servers, put them in maintenance
+//! (ending their sessions) and reload the config, and it usually listens on loopback, where every web page the operator's browser opens can
 //! reach it too. So besides the bearer token (when one is set):
 //!
 //! - the request must name a host the API answers to: an IP address, `localhost`, or a
@@ -29,8 +29,12 @@ pub enum Refusal {
     ForeignHost,
     #[error("a state change must come from the admin API's own origin")]
     CrossOrigin,
+    /// No token was sent (or not as `Authorization: Bearer`).
     #[error("admin token required")]
-    Token,
+    TokenMissing,
+    /// A token was sent and it is not the one configured.
+    #[error("admin token refused")]
+    TokenRefused,
 }
 
 /// Whether a request needs the token (when one is set).
@@ -71,13 +75,18 @@ pub fn check(
     match &cfg.token {
         None => Ok(()),
         Some(_) if access == Access::Public => Ok(()),
-        Some(token) => headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .filter(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
-            .map(|_| ())
-            .ok_or(Refusal::Token),
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or(Refusal::TokenMissing)?;
+            if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                Ok(())
+            } else {
+                Err(Refusal::TokenRefused)
+            }
+        }
     }
 }
 
@@ -226,8 +235,8 @@ mod tests {
             )
         };
         assert_eq!(with("Bearer s3cret"), Ok(()));
-        assert_eq!(with("Bearer s3cre"), Err(Refusal::Token));
-        assert_eq!(with("Basic s3cret"), Err(Refusal::Token));
+        assert_eq!(with("Bearer s3cre"), Err(Refusal::TokenRefused));
+        assert_eq!(with("Basic s3cret"), Err(Refusal::TokenMissing));
     }
 
     #[test]
@@ -246,7 +255,7 @@ mod tests {
         ] {
             let a = access(&method, path);
             assert_eq!(a, Access::Token, "{method} {path}");
-            assert_eq!(check(&c, a, &method, &local), Err(Refusal::Token));
+            assert_eq!(check(&c, a, &method, &local), Err(Refusal::TokenMissing));
         }
         let rebound = headers(&[("host", "evil.example")]);
         assert_eq!(

@@ -12,8 +12,10 @@ mod status;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -22,6 +24,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tether_kit::throttle::Throttle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -50,14 +53,14 @@ impl AdminApi for Api {
 
 /// Serves admin requests until `stop`.
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
-    tether_kit::accept::accept_loop(&listener, &stop.clone(), "admin", &[], |stream, _, _| {
+    tether_kit::accept::accept_loop(&listener, &stop.clone(), "admin", &[], |stream, peer, _| {
         let rt_limits = rt.store.load().limits.clone();
         let rt = Arc::clone(&rt);
         let stop = stop.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let rt = Arc::clone(&rt);
-                async move { Ok::<_, Infallible>(handle(&rt, req).await) }
+                async move { Ok::<_, Infallible>(handle(&rt, req, peer).await) }
             });
             // The proxy's limits on a request head apply here too: a client that sends
             // half a head and goes quiet is closed, not kept for ever.
@@ -153,14 +156,27 @@ fn server_action(
         return not_allowed("POST");
     }
     let snap = rt.store.load();
-    let Some(found) = snap.backend(backend).and_then(|b| b.server(server)) else {
+    // A typo is answered with what exists, so the next try can be right.
+    let names = |names: Vec<&str>| match names.is_empty() {
+        true => "none".to_owned(),
+        false => names.join(", "),
+    };
+    let Some(b) = snap.backend(backend) else {
+        let known = names(snap.backends.iter().map(|b| &*b.name).collect());
         return json(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({ "error": format!("no server {server} in backend {backend}") }),
+            &serde_json::json!({ "error": format!("there is no backend {backend}; the backends are: {known}") }),
         );
     };
-    if let Some(old) = found.stats.condition.set_state(state) {
-        tracing::info!(%backend, %server, from = old.as_str(), to = state.as_str(), "server state set by the admin API");
+    let Some(found) = b.server(server) else {
+        let known = names(b.servers.iter().map(|s| &*s.id).collect());
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": format!("backend {backend} has no server {server}; its servers are: {known}") }),
+        );
+    };
+    if let Some(old) = found.stats.condition.set_state_by_admin(state) {
+        tracing::info!(%backend, %server, from = %old.as_str(), to = %state.as_str(), "server state set by the admin API");
         // Maintenance ends the server's sessions: counted out now rather than at the
         // next upkeep tick, so this answer already shows it.
         rt.store.sids.sweep();
@@ -168,18 +184,35 @@ fn server_action(
     json(StatusCode::OK, &status::server_json(found))
 }
 
-async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// One line a second at most for refused tokens, one for missing ones: a script guessing
+/// tokens must not flood the log, and the first of each is what the operator needs.
+static TOKEN_REFUSED_LOG: Throttle = Throttle::new(Duration::from_secs(1));
+static TOKEN_MISSING_LOG: Throttle = Throttle::new(Duration::from_secs(1));
+
+async fn handle(
+    rt: &Arc<Runtime>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     let Some(cfg) = rt.admin_config() else {
         return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
     };
     let access = guard::access(req.method(), req.uri().path());
     match guard::check(&cfg, access, req.method(), req.headers()) {
         Ok(()) => {}
-        Err(Refusal::Token) => {
+        Err(refused @ (Refusal::TokenMissing | Refusal::TokenRefused)) => {
+            let path = req.uri().path();
+            if refused == Refusal::TokenRefused {
+                if let Some(suppressed) = TOKEN_REFUSED_LOG.allow() {
+                    tracing::warn!(%peer, method = %req.method(), %path, suppressed, "admin request with a wrong token refused");
+                }
+            } else if let Some(suppressed) = TOKEN_MISSING_LOG.allow() {
+                tracing::info!(%peer, method = %req.method(), %path, suppressed, "admin request without a token refused");
+            }
             let mut r = reply(
                 StatusCode::UNAUTHORIZED,
                 "text/plain",
-                "admin token required\n",
+                format!("{refused}\n"),
             );
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -196,8 +229,9 @@ async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Byte
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
         (&Method::GET | &Method::HEAD, [""]) => dashboard(),
-        (&Method::GET, ["status"]) => json(StatusCode::OK, &status::status(rt)),
-        (&Method::GET, ["metrics"]) => {
+        // HEAD is GET without the body (hyper leaves it out): monitors probe with it.
+        (&Method::GET | &Method::HEAD, ["status"]) => json(StatusCode::OK, &status::status(rt)),
+        (&Method::GET | &Method::HEAD, ["metrics"]) => {
             status::export_gauges(rt);
             reply(
                 StatusCode::OK,
@@ -219,7 +253,7 @@ async fn handle(rt: &Arc<Runtime>, req: Request<Incoming>) -> Response<Full<Byte
             server_action(rt, method, backend, server, action)
         }
         (_, [""]) => not_allowed("GET, HEAD"),
-        (_, ["status"] | ["metrics"]) => not_allowed("GET"),
+        (_, ["status"] | ["metrics"]) => not_allowed("GET, HEAD"),
         (_, ["reload"]) => not_allowed("POST"),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

@@ -27,6 +27,9 @@ pub fn server_json(server: &Server) -> Value {
         "addr": server.addr.as_str(),
         "weight": server.weight,
         "state": if c.is_removed() { "removed" } else { c.state().as_str() },
+        // Where the state comes from: after an admin drain the file may say `ready`, and
+        // the API's state holds until the file changes this server's state.
+        "state_source": if c.state_set_by_admin() { "admin" } else { "file" },
         "health": c.health().as_str(),
         "avoided": c.is_avoided(),
         "drained": drained(stats),

@@ -43,7 +43,9 @@ impl Affinity {
         if let Some(sid) = eio.and_then(|q| q.sid) {
             if target.pin.is_none() && accepted {
                 let ttl = engineio::DEFAULT_HEARTBEAT + self.idle_margin;
-                let _ = sids.insert(sid, Arc::clone(stats), ttl, client);
+                if sids.insert(sid, Arc::clone(stats), ttl, client).is_ok() {
+                    tracing::debug!(%sid, backend = %stats.backend, server = %stats.id, "sid re-learned from the cookie");
+                }
             }
         }
         // A session placed by this request gets a cookie, and one whose cookie grows old
@@ -89,8 +91,13 @@ impl Affinity {
         match engineio::parse_open_packet(&prefix) {
             Some(open) => {
                 let ttl = open.heartbeat() + self.idle_margin;
-                if let Err(e) = sids.insert(open.sid, Arc::clone(&server.stats), ttl, client) {
-                    tracing::warn!(error = %e, "session not recorded; it relies on cookie or hash");
+                match sids.insert(open.sid, Arc::clone(&server.stats), ttl, client) {
+                    Ok(_) => {
+                        tracing::debug!(sid = %open.sid, backend = %server.stats.backend, server = %server.id, "sid learned")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "session not recorded; it relies on cookie or hash")
+                    }
                 }
             }
             None => tracing::debug!(server = %server.id, "handshake response without open packet"),

@@ -23,7 +23,7 @@ use crate::balance::placement_hash;
 use crate::config::{BackendConfig, Balance, HashKey};
 
 pub use cookie::CookieSigner;
-pub use pick::{Keys, Miss, Target};
+pub use pick::{Keys, Lost, Miss, Target};
 pub use sid_table::{SessionPin, SidTable};
 
 /// One backend's affinity rules.

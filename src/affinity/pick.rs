@@ -12,7 +12,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Uri};
 
 use super::{hash_key, Affinity, SessionPin, SidTable};
-use crate::backends::{Backend, Server, SessionGuard};
+use crate::backends::{Backend, NoRoom, Server, SessionGuard};
 use crate::config::ServerState;
 use crate::engineio::EioQuery;
 use crate::telemetry;
@@ -36,14 +36,44 @@ pub struct Target<'s> {
 }
 
 /// Why no server was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Miss {
-    /// The request names a session whose server is gone (or that no key can find).
-    #[error("the session's server is gone")]
-    SessionUnknown,
-    /// No server can take a new session now.
-    #[error("no server can take a new session")]
-    NoServer,
+    /// The request names a session no server here can serve: Engine.IO's `Session ID
+    /// unknown`, which makes the client re-handshake at once.
+    #[error("{0}")]
+    SessionUnknown(Lost),
+    /// No server of the backend can take a new session now.
+    #[error("backend {backend}: no server can take a new session: {why}")]
+    NoServer { backend: Arc<str>, why: NoRoom },
+}
+
+/// Why a request's session cannot be served: said in the log, and counted by cause
+/// (`tether_engineio_sid_unknown_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Lost {
+    /// Neither learned here (tether restarted, another instance learned it, or it
+    /// expired) nor named by a cookie.
+    #[error("unknown sid: never learned here (or expired) and no cookie names its server")]
+    Unknown,
+    /// Its server left the config (or the cookie names a server the backend lacks).
+    #[error("the session's server is no longer in the backend")]
+    ServerGone,
+    #[error("the session's server is down")]
+    ServerDown,
+    #[error("the session's server is in maintenance")]
+    Maint,
+}
+
+impl Lost {
+    /// The metric's `cause` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lost::Unknown => "unknown",
+            Lost::ServerGone => "server_gone",
+            Lost::ServerDown => "server_down",
+            Lost::Maint => "maint",
+        }
+    }
 }
 
 /// A request's keys, as [`Affinity::pick`] reads them.
@@ -82,7 +112,9 @@ impl Affinity {
         };
         if !self.sticky {
             // Round robin has no key to hash.
-            return self.place_new(backend, 0, false, &[]);
+            let target = self.place_new(backend, 0, false, &[])?;
+            placed(backend, target.server, backend.policy().as_str(), false);
+            return Ok(target);
         }
 
         if let Some(sid) = keys.eio.and_then(|q| q.sid) {
@@ -98,7 +130,7 @@ impl Affinity {
                     .flatten();
                 let server = match server {
                     Some(s) if s.serves_pinned() => s,
-                    other => return Err(session_lost(backend, other, "server_gone")),
+                    other => return Err(session_lost(backend, sid, other, Lost::ServerGone)),
                 };
                 return Ok(Target {
                     pin: Some(pin),
@@ -109,20 +141,30 @@ impl Affinity {
             // cookie still knows the server. Without one, the session is lost to us.
             let server = match cookie_server {
                 Some(s) if s.serves_pinned() => s,
-                other => return Err(session_lost(backend, other, "unknown")),
+                other => {
+                    let otherwise = match cookie {
+                        Some(_) => Lost::ServerGone,
+                        None => Lost::Unknown,
+                    };
+                    return Err(session_lost(backend, sid, other, otherwise));
+                }
             };
             return Ok(found(server));
         }
 
         // A cookie names a server for a new session only while nothing advises against it:
         // draining, maint, full, avoided, or over its share of load.
+        let session = keys.eio.is_some();
         if let Some(server) = cookie_server.filter(|s| backend.welcomes(s)) {
+            placed(backend, server, "cookie", session);
             return Ok(found(server));
         }
         // Only a new session needs its hash key: requests of known sessions (the vast
         // majority) never compute it.
         let key = hash_key(&self.hash_key, keys.uri, keys.headers, keys.client);
-        self.place_new(backend, key, keys.eio.is_some(), &[])
+        let target = self.place_new(backend, key, session, &[])?;
+        placed(backend, target.server, backend.policy().as_str(), session);
+        Ok(target)
     }
 
     /// Places a new session (or a stateless request), avoiding `tried` servers. An
@@ -134,7 +176,10 @@ impl Affinity {
         engine_io: bool,
         tried: &[usize],
     ) -> Result<Target<'b>, Miss> {
-        let (i, server) = backend.place(key, tried).ok_or(Miss::NoServer)?;
+        let (i, server) = backend.place(key, tried).ok_or_else(|| Miss::NoServer {
+            backend: Arc::clone(&backend.name),
+            why: backend.no_room(),
+        })?;
         Ok(Target {
             server,
             pin: None,
@@ -148,16 +193,28 @@ impl Affinity {
     }
 }
 
-/// Counts a request whose session cannot be served: its server is known but cannot serve
-/// it (in maint, or down), or is not known at all (`otherwise`: it left the config, or
-/// the sid was never learned here).
-fn session_lost(backend: &Backend, server: Option<&Server>, otherwise: &'static str) -> Miss {
-    let cause = match server {
-        Some(s) if s.stats.condition.state() == ServerState::Maint => "maint",
-        Some(_) => "server_down",
+/// Says where a request without a session (a new one, when `session`) was placed, and
+/// by what: `cookie`, or the backend's policy. At debug: a level check when off.
+fn placed(backend: &Backend, server: &Server, policy: &'static str, session: bool) {
+    if session {
+        tracing::debug!(backend = %backend.name, server = %server.id, %policy, "new session placed");
+    } else {
+        tracing::debug!(backend = %backend.name, server = %server.id, %policy, "request placed");
+    }
+}
+
+/// Counts and logs a request whose session cannot be served: its server is known but
+/// cannot serve it (in maint, or down), or is not known at all (`otherwise`: it left the
+/// config, or the sid was never learned here).
+fn session_lost(backend: &Backend, sid: &str, server: Option<&Server>, otherwise: Lost) -> Miss {
+    let lost = match server {
+        Some(s) if s.stats.condition.state() == ServerState::Maint => Lost::Maint,
+        Some(_) => Lost::ServerDown,
         None => otherwise,
     };
-    metrics::counter!(telemetry::SID_UNKNOWN, "backend" => backend.name.to_string(), "cause" => cause)
+    metrics::counter!(telemetry::SID_UNKNOWN, "backend" => backend.name.to_string(), "cause" => lost.as_str())
         .increment(1);
-    Miss::SessionUnknown
+    let server = server.map(|s| tracing::field::display(&s.id));
+    tracing::debug!(backend = %backend.name, %sid, server, reason = %lost, "Session ID unknown");
+    Miss::SessionUnknown(lost)
 }

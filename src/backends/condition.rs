@@ -100,6 +100,9 @@ pub struct ServerCondition {
     /// The state the config file last asked for; a reload applies the file's state only
     /// when it differs, so an admin `drain` survives a reload that did not touch it.
     config_state: Mutex<Option<ServerState>>,
+    /// The state in force was set by the admin API (and holds until the file changes
+    /// this server's state): `/status` says so, since the file then says otherwise.
+    admin_state: AtomicBool,
     /// Consecutive failures on live traffic that say something about the server.
     failures: AtomicU32,
     /// Passive down without active checks lasts until this time (`now_ms`).
@@ -124,6 +127,7 @@ impl Default for ServerCondition {
             state: AtomicU8::new(state_to_u8(ServerState::Ready)),
             removed: AtomicBool::new(false),
             config_state: Mutex::new(None),
+            admin_state: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
             avoid_until_ms: AtomicU64::new(0),
@@ -186,7 +190,20 @@ impl ServerCondition {
             return None;
         }
         *last = Some(s);
+        self.admin_state.store(false, Ordering::Release);
         self.set_state(s)
+    }
+
+    /// Sets the operator state as the admin API asks; it holds until the config file
+    /// changes this server's `state:`.
+    pub fn set_state_by_admin(&self, s: ServerState) -> Option<ServerState> {
+        self.admin_state.store(true, Ordering::Release);
+        self.set_state(s)
+    }
+
+    /// Whether the state in force was set by the admin API rather than the config file.
+    pub fn state_set_by_admin(&self) -> bool {
+        self.admin_state.load(Ordering::Acquire)
     }
 
     pub fn is_removed(&self) -> bool {
@@ -372,11 +389,18 @@ mod tests {
     fn config_state_is_applied_only_when_the_file_changes_it() {
         let c = ServerCondition::default();
         c.apply_config_state(ServerState::Ready);
-        c.set_state(ServerState::Draining); // admin
+        assert!(!c.state_set_by_admin());
+        c.set_state_by_admin(ServerState::Draining);
+        assert!(c.state_set_by_admin());
         assert_eq!(c.apply_config_state(ServerState::Ready), None);
         assert_eq!(c.state(), ServerState::Draining);
+        assert!(
+            c.state_set_by_admin(),
+            "the file did not change: the API's state holds"
+        );
         c.apply_config_state(ServerState::Maint);
         assert_eq!(c.state(), ServerState::Maint);
+        assert!(!c.state_set_by_admin());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use http::uri::Authority;
 
 use crate::balance::{Candidate, Placer, Policy};
 use crate::config::{
-    BackendConfig, Balance, HealthConfig, Placement, SendProxy, ServerConfig, Timeouts,
+    BackendConfig, Balance, HealthConfig, Placement, SendProxy, ServerConfig, ServerState, Timeouts,
 };
 use crate::engineio::Transport;
 use crate::telemetry;
@@ -213,6 +213,40 @@ impl Backend {
         }
     }
 
+    /// How new sessions are placed here.
+    pub fn policy(&self) -> Policy {
+        self.placer.policy()
+    }
+
+    /// Why no server can take a new session now, for the log of a request refused for
+    /// it. Walks the servers: called only when placement found none.
+    pub fn no_room(&self) -> NoRoom {
+        if let Some(max) = self.max_connections.filter(|_| self.is_full()) {
+            return NoRoom::BackendFull(max);
+        }
+        let mut tally = [0usize; Reason::ALL.len()];
+        let servers = self.placeable();
+        for s in servers {
+            let c = &s.stats.condition;
+            let why = match (c.state(), c.health()) {
+                (ServerState::Maint, _) => Reason::Maint,
+                (ServerState::Draining, _) => Reason::Draining,
+                _ if c.is_removed() => Reason::Draining,
+                (_, Health::Down) => Reason::Down,
+                (_, Health::Unknown) => Reason::Unchecked,
+                _ if !s.accepts_new_sessions() => Reason::Full,
+                // It could take one: it was just tried and failed (a retry), or it
+                // changed while placement walked.
+                _ => Reason::Tried,
+            };
+            tally[why as usize] += 1;
+        }
+        NoRoom::Servers {
+            total: servers.len(),
+            tally,
+        }
+    }
+
     /// The servers placement may choose from (retired ones excluded).
     pub fn placeable(&self) -> &[Server] {
         &self.servers[..self.placer.server_count().min(self.servers.len())]
@@ -252,6 +286,80 @@ impl Backend {
     }
 }
 
+/// Why a backend could place no new session (see [`Backend::no_room`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoom {
+    /// The backend as a whole is at its `max_connections`.
+    BackendFull(u64),
+    /// Each server's reason, counted: `tally[r as usize]` servers for [`Reason`] `r`.
+    Servers {
+        total: usize,
+        tally: [usize; Reason::ALL.len()],
+    },
+}
+
+/// Why one server could take no new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Down,
+    Unchecked,
+    Draining,
+    Maint,
+    Full,
+    Tried,
+}
+
+impl Reason {
+    const ALL: [Reason; 6] = [
+        Reason::Down,
+        Reason::Unchecked,
+        Reason::Draining,
+        Reason::Maint,
+        Reason::Full,
+        Reason::Tried,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Down => "down",
+            Reason::Unchecked => "awaiting a first good health check",
+            Reason::Draining => "draining",
+            Reason::Maint => "in maintenance",
+            Reason::Full => "at max_connections",
+            Reason::Tried => "tried and unreachable",
+        }
+    }
+}
+
+impl std::fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (total, tally) = match self {
+            NoRoom::BackendFull(max) => {
+                return write!(f, "the backend is at its max_connections ({max})")
+            }
+            NoRoom::Servers { total: 0, .. } => return f.write_str("the backend has no servers"),
+            NoRoom::Servers { total, tally } => (*total, tally),
+        };
+        let present: Vec<(Reason, usize)> = Reason::ALL
+            .iter()
+            .map(|r| (*r, tally[*r as usize]))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        match present.as_slice() {
+            [(r, n)] if *n == total && total == 1 => write!(f, "its one server is {}", r.as_str()),
+            [(r, n)] if *n == total => write!(f, "all {total} servers are {}", r.as_str()),
+            _ => {
+                write!(f, "of {total} servers, ")?;
+                for (i, (r, n)) in present.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{n} {}", r.as_str())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +386,31 @@ mod tests {
         assert!(backend.place(7, &[]).is_none(), "backend full at 3");
         held.pop();
         assert_eq!(&*backend.place(7, &[]).unwrap().1.id, "c");
+    }
+
+    #[test]
+    fn a_backend_without_room_says_why() {
+        let two = "listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  b:\n    servers:\n      - { id: a, addr: \"127.0.0.1:1\" }\n      - { id: c, addr: \"127.0.0.1:2\" }\n";
+        let b = backend(two);
+        let (a, c) = (b.server("a").unwrap(), b.server("c").unwrap());
+        a.stats.condition.set_health(Health::Down);
+        c.stats.condition.set_health(Health::Down);
+        assert!(b.place(1, &[]).is_none());
+        assert_eq!(b.no_room().to_string(), "all 2 servers are down");
+        let b = backend(two);
+        let (a, c) = (b.server("a").unwrap(), b.server("c").unwrap());
+        a.stats.condition.set_state(ServerState::Draining);
+        c.stats.condition.set_state(ServerState::Maint);
+        assert_eq!(
+            b.no_room().to_string(),
+            "of 2 servers, 1 draining, 1 in maintenance"
+        );
+        let b = backend("listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  b:\n    max_connections: 1\n    servers:\n      - { id: a, addr: \"127.0.0.1:1\" }\n");
+        let _held = SessionGuard::pending(Arc::clone(&b.server("a").unwrap().stats));
+        assert_eq!(
+            b.no_room().to_string(),
+            "the backend is at its max_connections (1)"
+        );
     }
 
     #[test]

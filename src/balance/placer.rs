@@ -39,6 +39,17 @@ pub enum Policy {
     RoundRobin,
 }
 
+impl Policy {
+    /// As the config names it, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::LeastSessions => "least_sessions",
+            Policy::Hash { .. } => "hash",
+            Policy::RoundRobin => "round_robin",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Placer {
     ring: Ring,
@@ -60,6 +71,10 @@ impl Placer {
             slow_start: slow_start.filter(|w| !w.is_zero()),
             turn: AtomicUsize::new(0),
         }
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     /// How many servers placement chooses from.

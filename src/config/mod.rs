@@ -204,6 +204,25 @@ fn named_files(config: &Config) -> Vec<(locate::KeyPath, NamedFile<'_>)> {
     out
 }
 
+/// Where the `bind` of listener `listener` (or, for `None`, of the admin API) is written
+/// in the file `source`: `file:line:column: key`, or the key alone when the config did
+/// not come from a file. For a failure found only when the address is bound (a port in
+/// use), so the file is read again, as for any error located after validation.
+pub fn bind_key(source: Option<&Path>, listener: Option<usize>) -> String {
+    let root = locate::KeyPath::root();
+    let key = match listener {
+        Some(i) => root.key("listeners").index(i).key("bind"),
+        None => root.key("admin").key("bind"),
+    };
+    match source.and_then(|f| Some((f, std::fs::read_to_string(f).ok()?))) {
+        Some((file, text)) => format!(
+            "{}: {key}",
+            Location::new(file, locate::locate(&text, &key))
+        ),
+        None => key.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use http::uri::Authority;
 use ipnet::IpNet;
 
 /// One whole, valid configuration file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it came from, for messages (`None` when parsed from a string).
     pub source: Option<PathBuf>,
@@ -213,7 +213,7 @@ pub enum HostMatch {
     Suffix(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
     pub name: String,
     pub servers: Vec<ServerConfig>,

@@ -221,6 +221,9 @@ fn tls(raw: RawTls, path: &KeyPath) -> R<TlsConfig> {
     Ok(TlsConfig { certificates, hsts })
 }
 
+/// The shortest admin token accepted, in bytes (the cookie secret's minimum too).
+const MIN_ADMIN_TOKEN: usize = 16;
+
 fn admin(raw: RawAdmin, path: &KeyPath, listeners: &[ListenerConfig]) -> R<AdminConfig> {
     let bind = bind_addr(&raw.bind, &path.key("bind"))?;
     if let Some(j) = listeners.iter().position(|l| binds_clash(l.bind, bind)) {
@@ -236,11 +239,18 @@ fn admin(raw: RawAdmin, path: &KeyPath, listeners: &[ListenerConfig]) -> R<Admin
                 "the token must be non-empty printable ASCII without spaces (it travels in an Authorization header); remove the key for no token",
             );
         }
+        // As for cookie secrets: a short token is guessed by a script that tries them.
+        if t.len() < MIN_ADMIN_TOKEN {
+            return bad(
+                &path.key("token"),
+                format!("the token is {} bytes; at least {MIN_ADMIN_TOKEN} are needed (e.g. the output of `openssl rand -hex 32`)", t.len()),
+            );
+        }
     }
     if raw.token.is_none() && !bind.ip().is_loopback() {
         return bad(
             &path.key("bind"),
-            format!("{bind} is reachable from other hosts and the admin API can drain, stop and reload tether: set admin.token (then every request needs Authorization: Bearer <token>), or bind a loopback address such as 127.0.0.1:{}", bind.port()),
+            format!("{bind} is reachable from other hosts, and the admin API can drain servers, put them in maintenance (ending their sessions) and reload the config: set admin.token (then every request needs Authorization: Bearer <token>), or bind a loopback address such as 127.0.0.1:{}", bind.port()),
         );
     }
     let mut hosts = Vec::with_capacity(raw.hosts.len());
@@ -1205,7 +1215,15 @@ mod tests {
                 && err.contains("admin.token"),
             "{err}"
         );
-        assert!(parse("{ bind: \"0.0.0.0:9900\", token: abc }").is_ok());
+        assert!(parse("{ bind: \"0.0.0.0:9900\", token: 0123456789abcdef }").is_ok());
+        let err = parse("{ bind: \"0.0.0.0:9900\", token: abc }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("t.yaml:3:")
+                && err.contains("admin.token: the token is 3 bytes; at least 16"),
+            "{err}"
+        );
         assert!(parse("{ bind: \"127.0.0.1:9900\" }").is_ok());
         assert!(parse("{ bind: \"[::1]:9900\" }").is_ok());
         let hosts = parse("{ bind: \"127.0.0.1:9900\", hosts: [Admin.Example.COM.] }").unwrap();

@@ -206,7 +206,28 @@ async fn serve_accepted(
                         "version" => "-", "alpn" => "-", "result" => "failed")
                     .increment(1);
                 };
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                let deadline = tokio::time::Instant::now() + timeout;
+                match tokio::time::timeout_at(deadline, first_byte(&stream)).await {
+                    // A TLS record starts with its type (22 for a handshake); a request
+                    // line starts with a method in capitals: plain HTTP was sent to a
+                    // TLS port, which TLS would answer with an alert that browsers and
+                    // curl report as gibberish. nginx answers it in HTTP; so does tether.
+                    Ok(Some(b)) if b.is_ascii_uppercase() => {
+                        static LOG: Throttle = Throttle::new(Duration::from_secs(1));
+                        if let Some(suppressed) = LOG.allow() {
+                            tracing::info!(peer = %client, local = %conn.local, suppressed, "plain HTTP on a TLS listener: answered 400, use https://");
+                        }
+                        let handler = Handler::PlainOnTls;
+                        return serve_conn(stream, conn, proxy, l, handler, false).await;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return,
+                    Err(_) => {
+                        tracing::debug!(peer = %client, "TLS handshake timed out");
+                        return;
+                    }
+                }
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
                         let session = tls_stream.get_ref().1;
                         let alpn = session.alpn_protocol();
@@ -243,6 +264,15 @@ async fn serve_accepted(
     }
 }
 
+/// The first byte the client sent, left unread; `None` if it closed (or failed) first.
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
+    let mut b = [0u8; 1];
+    match stream.peek(&mut b).await {
+        Ok(1) => Some(b[0]),
+        _ => None,
+    }
+}
+
 /// Closes a connection its client may not open (the stream is dropped unread).
 fn refuse(peer: SocketAddr, why: Refused) {
     metrics::counter!(telemetry::CLIENTS_LIMITED, "what" => why.as_str()).increment(1);
@@ -259,6 +289,8 @@ enum Handler {
     Proxy(Option<HeaderValue>),
     /// A redirect to HTTPS on this port.
     Redirect(u16),
+    /// Plain HTTP sent to a TLS listener: told to use https://, then closed.
+    PlainOnTls,
 }
 
 impl Handler {
@@ -278,8 +310,33 @@ impl Handler {
                 resp
             }
             Handler::Redirect(port) => redirect_https(&req, *port),
+            Handler::PlainOnTls => plain_on_tls(&req),
         }
     }
+}
+
+/// `400` for a plain HTTP request on a TLS port, saying so (nginx: "The plain HTTP
+/// request was sent to HTTPS port"), with the URL to use when the request names its
+/// host; the connection closes after it.
+fn plain_on_tls(req: &Request<Incoming>) -> Response<ProxyBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()));
+    let body = match host {
+        Some(h) => format!("plain HTTP was sent to a TLS port: use https://{h}/\n"),
+        None => "plain HTTP was sent to a TLS port: use https://\n".to_owned(),
+    };
+    let mut resp = Response::new(ProxyBody::text(body));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// `example.com:80` → `example.com`; `[::1]:80` → `[::1]` (brackets kept for a URL).

@@ -7,7 +7,10 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use super::{target, websocket};
 use crate::admission::Refused;
-use crate::affinity::Miss;
+use std::sync::Arc;
+
+use crate::affinity::{Lost, Miss};
+use crate::backends::NoRoom;
 use crate::body::{BodyLimit, ProxyBody};
 use crate::engineio::{self, EioError};
 use crate::upstream::UpstreamError;
@@ -23,10 +26,11 @@ pub enum ProxyError {
         why: Refused,
         retry_after: std::time::Duration,
     },
-    #[error("the session's server is gone")]
-    SessionUnknown,
-    #[error("no server can take a new session")]
-    NoServer,
+    /// Engine.IO's `Session ID unknown`, and why.
+    #[error("Session ID unknown: {0}")]
+    SessionUnknown(Lost),
+    #[error("backend {backend}: no server can take a new session: {why}")]
+    NoServer { backend: Arc<str>, why: NoRoom },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("bad request: {0}")]
@@ -39,13 +43,16 @@ pub enum ProxyError {
     Target(target::BadTarget),
     #[error("an Engine.IO message larger than {0} bytes")]
     PayloadTooLarge(u64),
+    /// The request carries this tether's own `Via` mark: it went round a loop.
+    #[error("loop detected: the request came back to this tether through backend {0} (is one of its servers tether itself, or a proxy in front of it?)")]
+    Loop(Arc<str>),
 }
 
 impl From<Miss> for ProxyError {
     fn from(m: Miss) -> ProxyError {
         match m {
-            Miss::SessionUnknown => ProxyError::SessionUnknown,
-            Miss::NoServer => ProxyError::NoServer,
+            Miss::SessionUnknown(lost) => ProxyError::SessionUnknown(lost),
+            Miss::NoServer { backend, why } => ProxyError::NoServer { backend, why },
         }
     }
 }
@@ -72,7 +79,7 @@ impl ProxyError {
                 ..
             } => StatusCode::FORBIDDEN,
             ProxyError::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::SessionUnknown
+            ProxyError::SessionUnknown(_)
             | ProxyError::BadRequest(_)
             | ProxyError::EngineIo(_)
             | ProxyError::WebSocket(_)
@@ -81,7 +88,8 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::RequestBody { cause }) if too_large(cause) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
             ProxyError::Upstream(
                 UpstreamError::Connect { .. }
                 | UpstreamError::Exchange { .. }
@@ -95,15 +103,15 @@ impl ProxyError {
     }
 
     /// How many [`ProxyError::cause`]s there are.
-    pub const CAUSES: usize = 16;
+    pub const CAUSES: usize = 17;
 
     /// Which kind of failure it is, as an index below [`ProxyError::CAUSES`]: logs are
     /// throttled per cause.
     pub fn cause(&self) -> usize {
         match self {
             ProxyError::NoRoute => 0,
-            ProxyError::SessionUnknown => 1,
-            ProxyError::NoServer => 2,
+            ProxyError::SessionUnknown(_) => 1,
+            ProxyError::NoServer { .. } => 2,
             ProxyError::BadRequest(_) => 3,
             ProxyError::EngineIo(_) => 9,
             ProxyError::WebSocket(_) => 10,
@@ -111,6 +119,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge(_) => 13,
             ProxyError::Forbidden => 14,
             ProxyError::Limited { .. } => 15,
+            ProxyError::Loop(_) => 16,
             ProxyError::Upstream(u) => match u {
                 UpstreamError::Connect { .. } => 4,
                 UpstreamError::ConnectTimeout { .. } => 5,
@@ -130,7 +139,7 @@ impl ProxyError {
             ProxyError::NoRoute
                 | ProxyError::Forbidden
                 | ProxyError::Limited { .. }
-                | ProxyError::SessionUnknown
+                | ProxyError::SessionUnknown(_)
                 | ProxyError::BadRequest(_)
                 | ProxyError::EngineIo(_)
                 | ProxyError::WebSocket(_)
@@ -154,9 +163,23 @@ impl ProxyError {
         // RFC 6455 §4.4: a refused version is answered with the one spoken.
         let refused_version = matches!(self, ProxyError::WebSocket(websocket::Refusal::Version));
         let (content_type, body) = match self {
-            ProxyError::SessionUnknown => (
+            ProxyError::SessionUnknown(_) => (
                 "application/json",
                 engineio::SESSION_UNKNOWN_BODY.to_owned(),
+            ),
+            // The log says which backend and why; the client learns only what it can
+            // act on (and nothing of the servers behind tether).
+            ProxyError::NoServer { .. } => (
+                "text/plain; charset=utf-8",
+                "no server can take a new session\n".to_owned(),
+            ),
+            ProxyError::Loop(_) => (
+                "text/plain; charset=utf-8",
+                "loop detected: this request already passed through this proxy\n".to_owned(),
+            ),
+            ProxyError::Upstream(u) if !matches!(u, UpstreamError::RequestBody { .. }) => (
+                "text/plain; charset=utf-8",
+                format!("{}\n", u.client_text()),
             ),
             ProxyError::BadRequest(_) => {
                 ("application/json", engineio::BAD_REQUEST_BODY.to_owned())
@@ -193,7 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn lost_session_gets_engine_io_own_error() {
-        let resp = ProxyError::SessionUnknown.into_response();
+        let resp = ProxyError::SessionUnknown(Lost::Unknown).into_response();
         assert_eq!(resp.status(), 400);
         assert_eq!(resp.headers()["content-type"], "application/json");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -202,7 +225,11 @@ mod tests {
 
     #[test]
     fn unavailable_says_when_to_retry() {
-        let resp = ProxyError::NoServer.into_response();
+        let resp = ProxyError::NoServer {
+            backend: "b".into(),
+            why: NoRoom::BackendFull(1),
+        }
+        .into_response();
         assert_eq!(resp.status(), 503);
         assert_eq!(resp.headers()["retry-after"], "1");
     }

@@ -238,6 +238,66 @@ fn put(headers: &mut HeaderMap, name: &HeaderName, value: String) {
     }
 }
 
+/// This tether's entry in `Via` (RFC 9110 §7.6.3), which marks every request it forwards
+/// so that one coming back is recognised: a config whose server is tether itself (or a
+/// proxy in front of it) would otherwise send each request round until a limit broke the
+/// loop, about a thousand hops later. The received-by name is a pseudonym drawn at
+/// random for each running tether (RFC 9110 allows one in place of a host name), so two
+/// tethers in a chain, even in one process, tell each other apart, and the name says
+/// nothing about the host.
+#[derive(Debug)]
+pub struct Via {
+    pseudonym: String,
+    /// The entry for a request received over HTTP/1.1 and over HTTP/2.
+    http1: HeaderValue,
+    http2: HeaderValue,
+}
+
+impl Default for Via {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        // RandomState's keys come from the OS's randomness; a clock and the pid mixed
+        // in make two instances of one process differ too.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let random =
+            std::collections::hash_map::RandomState::new().hash_one((now, std::process::id()));
+        let pseudonym = format!("tether-{random:016x}");
+        let entry = |protocol: &str| {
+            HeaderValue::from_str(&format!("{protocol} {pseudonym}"))
+                .unwrap_or(HeaderValue::from_static("1.1 tether"))
+        };
+        Via {
+            http1: entry("1.1"),
+            http2: entry("2"),
+            pseudonym,
+        }
+    }
+}
+
+impl Via {
+    /// Whether the request already passed through this tether.
+    pub fn seen_in(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(header::VIA)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|entry| entry.split_whitespace().nth(1) == Some(self.pseudonym.as_str()))
+    }
+
+    /// Appends this tether's entry for a request received as `version`.
+    pub fn append(&self, headers: &mut HeaderMap, version: http::Version) {
+        let entry = if version == http::Version::HTTP_2 {
+            &self.http2
+        } else {
+            &self.http1
+        };
+        headers.append(header::VIA, entry.clone());
+    }
+}
+
 /// Makes an absolute-form URI (HTTP/2 requests carry one) origin-form, and gives a
 /// request without `Host` (HTTP/2, or an HTTP/1.0 client) the URI's authority, else the
 /// server's address: it goes upstream as HTTP/1.1, where `Host` is required. `Err` says
@@ -274,6 +334,32 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn via_marks_a_request_and_knows_its_own_mark_only() {
+        let (ours, theirs) = (Via::default(), Via::default());
+        let mut h = map(&[("via", "1.0 fred, 1.1 p.example.net (Apache/1.1)")]);
+        assert!(!ours.seen_in(&h));
+        theirs.append(&mut h, http::Version::HTTP_11);
+        assert!(!ours.seen_in(&h), "another tether's mark is not ours");
+        ours.append(&mut h, http::Version::HTTP_2);
+        assert!(ours.seen_in(&h) && theirs.seen_in(&h));
+        let values: Vec<&str> = h
+            .get_all("via")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            values.len(),
+            3,
+            "appended, earlier entries kept: {values:?}"
+        );
+        assert!(values[1].starts_with("1.1 tether-") && values[2].starts_with("2 tether-"));
+        // Our pseudonym as a comment or a prefix is not our mark.
+        let name = ours.pseudonym.clone();
+        let fake = map(&[("via", &format!("1.1 x ({name}), 1.1 {name}x") as &str)]);
+        assert!(!ours.seen_in(&fake));
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct Proxy {
     tunnels: TaskTracker,
     /// Fired when the shutdown grace is over: tunnels still open are closed.
     hard_stop: Arc<HardStop>,
+    /// The mark this tether puts on what it forwards, and knows again.
+    via: headers::Via,
 }
 
 impl Proxy {
@@ -79,6 +81,7 @@ impl Proxy {
             connections,
             tunnels: TaskTracker::new(),
             hard_stop: Arc::default(),
+            via: headers::Via::default(),
         }
     }
 
@@ -110,7 +113,9 @@ impl Proxy {
                 (resp, if ok { "ok" } else { "refused" })
             }
             Err(e) => {
-                if e.is_client_side() {
+                if matches!(e, ProxyError::SessionUnknown(_)) {
+                    // Logged where it was decided, with the sid.
+                } else if e.is_client_side() {
                     tracing::debug!(peer = %conn.peer, error = %e, "request refused");
                 } else if let Some(suppressed) = FAILURE_LOG[e.cause()].allow() {
                     tracing::warn!(peer = %conn.peer, error = %e, suppressed, "request failed");
@@ -144,6 +149,9 @@ impl Proxy {
             Unrouted::Denied => ProxyError::Forbidden,
         })?;
         seen.backend = Some(backend);
+        if self.via.seen_in(req.headers()) {
+            return Err(ProxyError::Loop(Arc::clone(&backend.name)));
+        }
         let client = client_ip::resolve(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
         let upgrade =
             websocket::check_request(req.method(), req.headers()).map_err(ProxyError::WebSocket)?;
@@ -187,6 +195,8 @@ impl Proxy {
         target::apply(&aim, &uri, &mut req).map_err(ProxyError::Target)?;
         headers::strip_hop_by_hop(req.headers_mut(), upgrading);
         headers::set_forwarded(req.headers_mut(), &origin);
+        let received = req.version();
+        self.via.append(req.headers_mut(), received);
         *req.version_mut() = Version::HTTP_11;
 
         let rules = body_rules(&snap.limits, &req, eio)?;
@@ -299,7 +309,7 @@ impl Proxy {
                     let Ok(next) = affinity.place_new(backend, key, engine_io, &tried) else {
                         return Err(e.into());
                     };
-                    tracing::info!(from = %server.id, to = %next.server.id, error = %e, "new session retried on another server");
+                    tracing::info!(backend = %backend.name, from = %server.id, to = %next.server.id, policy = %"retry", error = %e, "new session placed again: its server could not be reached");
                     metrics::counter!(telemetry::PLACEMENT_RETRIES, "backend" => backend.name.to_string())
                         .increment(1);
                     *target = next;

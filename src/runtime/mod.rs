@@ -11,6 +11,7 @@
 //! the admin *listener* (a reload may move it) and hands it to the [`AdminApi`] it was
 //! given.
 
+pub mod changes;
 pub mod reload;
 mod upkeep;
 pub mod watch;
@@ -44,6 +45,10 @@ use watch::Trigger;
 /// After the grace, how long closing what is left may take.
 const HARD_STOP_WAIT: Duration = Duration::from_secs(2);
 
+/// During the shutdown grace, how often what is still open is logged at most (a third
+/// of the grace when that is shorter, but not more than once a second).
+const SHUTDOWN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// Serves the admin API on a bound listener until `stop`.
 pub trait AdminApi: Send + Sync + 'static {
     fn serve(
@@ -59,14 +64,18 @@ pub trait AdminApi: Send + Sync + 'static {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {cause}")]
+    /// `at`: where the file asks for it (`file:line:column: listeners[N].bind`).
+    #[error("{at}: cannot listen on {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
+        at: String,
         cause: std::io::Error,
     },
-    #[error("admin: cannot listen on {addr}: {cause}")]
+    /// `at`: where the file asks for it (`file:line:column: admin.bind`).
+    #[error("{at}: cannot listen on {addr}: {cause}")]
     AdminBind {
         addr: SocketAddr,
+        at: String,
         cause: std::io::Error,
     },
     #[error("TLS listener {addr}: {cause}")]
@@ -151,13 +160,14 @@ impl Tether {
         let mut bound = Vec::with_capacity(config.listeners.len());
         let mut sockets = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let (socket, b) = bind_listener(l, &stop_accepting).await?;
+            let (socket, b) =
+                bind_listener(l, (config.source.as_deref(), i), &stop_accepting).await?;
             sockets.push((i, socket));
             bound.push(b);
         }
         let (admin, admin_socket) = match &config.admin {
             Some(a) => {
-                let socket = bind_admin(a.bind).await?;
+                let socket = bind_admin(a.bind, config.source.as_deref()).await?;
                 let local = socket.local_addr().unwrap_or(a.bind);
                 (
                     Some(AdminBound {
@@ -210,6 +220,19 @@ impl Tether {
         self.runtime.local_addrs()
     }
 
+    /// The bound listeners as URLs (`http://127.0.0.1:8080`, `https://...` for TLS), in
+    /// config order: what to print for a person, who would otherwise find out by trying
+    /// which scheme a port speaks.
+    pub fn listener_urls(&self) -> Vec<String> {
+        lock(&self.runtime.listeners)
+            .iter()
+            .map(|b| {
+                let tls = b.config.tls.is_some() && b.config.redirect_https.is_none();
+                format!("{}://{}", if tls { "https" } else { "http" }, b.local)
+            })
+            .collect()
+    }
+
     /// The admin listener's address, if there is one.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.runtime.admin_addr()
@@ -253,8 +276,8 @@ impl Tether {
         rt.life.shutdown.cancelled().await;
         let grace = rt.store.config().shutdown_grace;
         tracing::info!(
-            ?grace,
-            "shutting down: no new connections; in-flight requests and tunnels get the grace"
+            "shutting down: no new connections; requests in flight and tunnels have {} to finish",
+            humantime::format_duration(grace)
         );
         rt.life.stop_accepting.cancel();
         if let Some(a) = lock(&rt.admin).as_ref() {
@@ -267,7 +290,30 @@ impl Tether {
             rt.life.connections.wait().await;
             rt.proxy.tunnels().wait().await;
         };
-        if tokio::time::timeout(grace, drained).await.is_err() {
+        // A grace of minutes would otherwise be silence: the operator sees what is left
+        // and that it shrinks.
+        let started = tokio::time::Instant::now();
+        let every = (grace / 3).clamp(Duration::from_secs(1), SHUTDOWN_PROGRESS_EVERY);
+        let progress = async {
+            let mut tick = tokio::time::interval_at(started + every, every);
+            loop {
+                tick.tick().await;
+                let left = grace.saturating_sub(started.elapsed());
+                tracing::info!(
+                    connections = rt.life.connections.len(),
+                    tunnels = rt.proxy.tunnels().len(),
+                    grace_left = %humantime::format_duration(Duration::from_secs(left.as_secs())),
+                    "shutting down: still open"
+                );
+            }
+        };
+        let waited = tokio::time::timeout(grace, async {
+            tokio::select! {
+                () = drained => {}
+                () = progress => {}
+            }
+        });
+        if waited.await.is_err() {
             tracing::info!(
                 connections = rt.life.connections.len(),
                 tunnels = rt.proxy.tunnels().len(),
@@ -296,8 +342,10 @@ fn log_warnings(config: &Config) {
     }
 }
 
+/// Binds listener `l`, the `index`th of the file `source` (named in a failure).
 async fn bind_listener(
     l: &ListenerConfig,
+    (source, index): (Option<&Path>, usize),
     stop_accepting: &CancellationToken,
 ) -> Result<(TcpListener, Bound), StartError> {
     let mode = listener_mode(l)?;
@@ -305,6 +353,7 @@ async fn bind_listener(
         .await
         .map_err(|cause| StartError::Bind {
             addr: l.bind,
+            at: config::bind_key(source, Some(index)),
             cause,
         })?;
     let local = socket.local_addr().unwrap_or(l.bind);
@@ -353,10 +402,14 @@ fn connection_cap(limits: &Limits) -> usize {
     usize::try_from(cap).unwrap_or(usize::MAX)
 }
 
-async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, StartError> {
+async fn bind_admin(addr: SocketAddr, source: Option<&Path>) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|cause| StartError::AdminBind { addr, cause })
+        .map_err(|cause| StartError::AdminBind {
+            addr,
+            at: config::bind_key(source, None),
+            cause,
+        })
 }
 
 fn listener_mode(l: &ListenerConfig) -> Result<Mode, StartError> {

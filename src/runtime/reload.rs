@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use tether_kit::lock;
 use tokio_util::sync::CancellationToken;
 
+use super::changes::{self, Changes};
 use super::watch::{self, Trigger};
 use super::{bind_admin, bind_listener, listener_mode, AdminBound, Runtime, StartError};
 use crate::config::{AdminConfig, Config, ConfigError, ListenerConfig};
@@ -77,7 +78,10 @@ impl Runtime {
         };
         let _watch = match &self.source {
             Some(path) => match watch::watch_file(path, self.reload_tx.clone()) {
-                Ok(w) => Some(w),
+                Ok(w) => {
+                    tracing::info!(file = %path.display(), "config file watched: saving it reloads");
+                    Some(w)
+                }
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP or the admin API");
                     None
@@ -148,34 +152,59 @@ impl Runtime {
             return Err(ReloadError::NoSource);
         };
         let result = match super::load_config(path) {
-            Ok(config) => {
-                super::log_warnings(&config);
-                self.apply(config).await
-            }
+            Ok(config) => self.apply(config).await,
             Err(e) => Err(e.into()),
         };
         let mut status = lock(&self.status);
         status.at = SystemTime::now();
-        match &result {
-            Ok(()) => {
-                status.generation += 1;
+        let result = match result {
+            Ok(changes) => {
                 status.succeeded += 1;
                 status.error = None;
-                tracing::info!(?trigger, generation = status.generation, "config reloaded");
+                match changes {
+                    // A `touch`, or an editor saving what was there: nothing new to count.
+                    None => tracing::info!(
+                        %trigger,
+                        generation = status.generation,
+                        "config unchanged"
+                    ),
+                    Some(changes) => {
+                        status.generation += 1;
+                        tracing::info!(%trigger, generation = status.generation, "config reloaded: {changes}");
+                    }
+                }
                 metrics::counter!(telemetry::RELOADS, "result" => "ok").increment(1);
+                Ok(())
             }
             Err(e) => {
                 status.failed += 1;
                 status.error = Some(e.to_string());
-                tracing::error!(?trigger, error = %e, "config rejected; the previous one stays in force");
+                tracing::error!(%trigger, error = %e, "config rejected; the previous one stays in force");
                 metrics::counter!(telemetry::RELOADS, "result" => "error").increment(1);
+                Err(e)
             }
+        };
+        drop(status);
+        if let Some(config) = result.is_ok().then(|| self.store.config()) {
+            self.say_admin_held_states(&config);
         }
         result
     }
 
     /// Puts a parsed config in force: listeners first (they can fail), then routing.
-    async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ReloadError> {
+    /// Returns what changed, or `None` when the file says what is in force already.
+    async fn apply(self: &Arc<Self>, config: Config) -> Result<Option<Changes>, ReloadError> {
+        let old = self.store.config();
+        if old == config {
+            // Nothing to put in force (and no new snapshot, whose new connection pools
+            // would drop every kept-alive connection). Certificate files may have been
+            // replaced under the same names, so the listeners read them again, as on any
+            // reload.
+            self.sync_listeners(&config.listeners).await?;
+            return Ok(None);
+        }
+        super::log_warnings(&config);
+        let changes = changes::between(&old, &config);
         let prepared = self.store.prepare(&config)?;
         self.sync_listeners(&config.listeners).await?;
         self.sync_admin(config.admin.as_ref()).await?;
@@ -184,7 +213,28 @@ impl Runtime {
         let snapshot = self.store.commit(&config, prepared);
         self.routing_changed(&snapshot);
         self.discovery.sync(&config);
-        Ok(())
+        // As the admin API logs its changes (states are logged where they are applied).
+        for c in changes.servers.iter().filter(|c| c.what == "weight") {
+            tracing::info!(backend = %c.backend, server = %c.server, from = %c.from, to = %c.to, "server weight set by the config file");
+        }
+        Ok(Some(changes))
+    }
+
+    /// Says which servers keep a state the admin API set although the file asks for
+    /// another: by design the API's state holds until the file changes that server's
+    /// `state:`, which surprises whoever just wrote `state: ready` after a drain.
+    fn say_admin_held_states(&self, config: &Config) {
+        for b in &config.backends {
+            for s in &b.servers {
+                let Some(stats) = self.store.server_stats(&b.name, &s.id) else {
+                    continue;
+                };
+                let c = &stats.condition;
+                if c.state_set_by_admin() && c.state() != s.state {
+                    tracing::info!(backend = %b.name, server = %s.id, state = %c.state().as_str(), file_state = %s.state.as_str(), "server keeps the state the admin API set; the file's state applies once the file changes it (or set it with the API)");
+                }
+            }
+        }
     }
 
     /// New binds start, removed ones stop accepting (their connections go on), and a
@@ -197,9 +247,12 @@ impl Runtime {
             .collect();
         let mut new_binds = Vec::new();
         let mut swaps = Vec::new();
-        for l in wanted {
+        for (i, l) in wanted.iter().enumerate() {
             match current.get(&l.bind) {
-                None => new_binds.push(bind_listener(l, &self.life.stop_accepting).await?),
+                None => new_binds.push(
+                    bind_listener(l, (self.source.as_deref(), i), &self.life.stop_accepting)
+                        .await?,
+                ),
                 // Rebuilt even when unchanged: certificate files may have been replaced.
                 Some(slot) => swaps.push((Arc::clone(slot), listener_mode(l)?, l.clone())),
             }
@@ -267,7 +320,7 @@ impl Runtime {
         }
         let same_bind = lock(&self.admin).as_ref().map(|a| a.config.bind) == wanted.map(|w| w.bind);
         let socket = match wanted {
-            Some(w) if !same_bind => Some(bind_admin(w.bind).await?),
+            Some(w) if !same_bind => Some(bind_admin(w.bind, self.source.as_deref()).await?),
             _ => None,
         };
         let mut admin = lock(&self.admin);

@@ -22,6 +22,18 @@ pub enum Trigger {
     Certificates,
 }
 
+impl std::fmt::Display for Trigger {
+    /// In words, for the reload's log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::FileChanged => "the config file changed",
+            Trigger::Signal => "SIGHUP",
+            Trigger::Admin => "POST /reload",
+            Trigger::Certificates => "certificate files changed",
+        })
+    }
+}
+
 /// Keeps the file watcher alive; dropping it stops watching.
 pub struct FileWatch {
     _watcher: notify::RecommendedWatcher,

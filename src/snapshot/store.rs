@@ -209,7 +209,9 @@ impl Store {
                     stats.condition.set_health(Health::Unknown);
                 }
                 stats.condition.set_removed(false);
-                stats.condition.apply_config_state(s.state);
+                if let Some(old) = stats.condition.apply_config_state(s.state) {
+                    tracing::info!(backend = %b.name, server = %s.id, from = %old.as_str(), to = %s.state.as_str(), "server state set by the config file");
+                }
                 present.insert((b.name.clone(), s.id.clone()), s);
             }
         }

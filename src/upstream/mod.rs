@@ -86,13 +86,16 @@ impl Peer<'_> {
 /// elsewhere) and whose doing it was ([`UpstreamError::blame`]).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("connecting to {server}: {cause}")]
+    /// `addr` is said with the id: the log of a failed connect is read to find which
+    /// address is wrong or has nothing listening.
+    #[error("connecting to {server} at {addr}: {cause}")]
     Connect {
         server: String,
+        addr: String,
         cause: std::io::Error,
     },
-    #[error("connecting to {server}: timed out")]
-    ConnectTimeout { server: String },
+    #[error("connecting to {server} at {addr}: timed out")]
+    ConnectTimeout { server: String, addr: String },
     #[error("{server} did not answer in time")]
     ResponseTimeout { server: String },
     #[error("talking to {server}: {}", with_causes(cause))]
@@ -178,6 +181,22 @@ impl UpstreamError {
         }
     }
 
+    /// What the client is told: the kind of failure without the server's name or
+    /// address, which are for tether's log.
+    pub fn client_text(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+                "the server could not be reached"
+            }
+            UpstreamError::ResponseTimeout { .. } => "the server did not answer in time",
+            UpstreamError::Exchange { .. } => "the exchange with the server failed",
+            UpstreamError::NotWebSocket { .. } => {
+                "the server did not complete the WebSocket handshake"
+            }
+            UpstreamError::RequestBody { .. } => "the request body failed",
+        }
+    }
+
     pub fn blame(&self) -> Blame {
         match self {
             UpstreamError::Connect { cause, .. } if is_local_shortage(cause) => Blame::Local,
@@ -248,9 +267,11 @@ pub enum Dialed {
 pub async fn dial(peer: Peer<'_>, limit: Duration) -> Result<Dialed, UpstreamError> {
     let timed_out = || UpstreamError::ConnectTimeout {
         server: peer.id.to_owned(),
+        addr: peer.addr.to_string(),
     };
     let failed = |cause| UpstreamError::Connect {
         server: peer.id.to_owned(),
+        addr: peer.addr.to_string(),
         cause,
     };
     let started = std::time::Instant::now();

@@ -103,3 +103,82 @@ pub fn write_atomically(path: &Path, text: &str) {
     std::fs::write(&tmp, text).expect("write config");
     std::fs::rename(&tmp, path).expect("rename config");
 }
+
+/// The address in a `tether listening on http://ADDR` (or `https://`) line of the
+/// binary's stdout, and whether it is a TLS listener.
+pub fn listening_addr(line: &str) -> Option<(SocketAddr, bool)> {
+    let url = line.strip_prefix("tether listening on ")?;
+    let (tls, addr) = match url.split_once("://")? {
+        ("http", a) => (false, a),
+        ("https", a) => (true, a),
+        _ => return None,
+    };
+    Some((addr.trim_end_matches('/').parse().ok()?, tls))
+}
+
+/// `tether run` as a child process, as an operator runs it: its stdout and stderr
+/// followed line by line (shown if the test fails); killed on drop.
+pub struct TetherProcess {
+    /// The first listener.
+    pub addr: SocketAddr,
+    pub stdout: super::StderrTail,
+    /// Its log.
+    pub log: super::StderrTail,
+    child: tokio::process::Child,
+}
+
+impl TetherProcess {
+    /// Starts `tether run --config path` with `RUST_LOG=rust_log` and waits for its first
+    /// listener.
+    pub async fn start(path: &Path, rust_log: &str) -> TetherProcess {
+        use std::process::Stdio;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["run", "--config"])
+            .arg(path)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the tether binary");
+        let log = super::StderrTail::follow("tether", child.stderr.take().expect("stderr"));
+        let stdout =
+            super::StderrTail::follow("tether stdout", child.stdout.take().expect("stdout"));
+        let line = stdout
+            .wait_for(0, &["tether listening on "], Duration::from_secs(30))
+            .await;
+        let (addr, _) = listening_addr(&line).unwrap_or_else(|| panic!("{line:?}"));
+        TetherProcess {
+            addr,
+            stdout,
+            log,
+            child,
+        }
+    }
+
+    /// The admin listener's address (the config must have one).
+    pub async fn admin(&self) -> SocketAddr {
+        let line = self
+            .stdout
+            .wait_for(0, &["tether admin on "], Duration::from_secs(30))
+            .await;
+        line.trim_start_matches("tether admin on http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    /// Sends `sig` (`TERM`, `INT`, `HUP`) to it, by its pid.
+    pub fn signal(&self, sig: &str) {
+        tether_kit::signal::send_signal(self.child.id().expect("running"), sig);
+    }
+
+    /// Waits for it to exit.
+    pub async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("tether exits in time")
+            .expect("waiting for tether")
+    }
+}

@@ -1,42 +1,96 @@
 //! Children's stderr, kept out of a passing run and shown with a failing one: a green
 //! `tests/run.sh` should not print hundreds of fixture log lines (a node's
 //! `Session ID unknown` is what many tests provoke on purpose), but a test that fails
-//! should show what its peers said.
+//! should show what its peers said. A test can also wait for a line (a log line that
+//! says something happened) and count them.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::Notify;
 
-/// Lines kept per child: the end of its story is what explains a failure.
-const KEPT: usize = 400;
+/// Lines shown when a test fails: the end of a child's story is what explains it.
+const SHOWN: usize = 400;
 
-/// The last lines a child wrote to stderr; printed (where the test harness captures
-/// them) when dropped during a panic.
+#[derive(Default)]
+struct Seen {
+    lines: Mutex<Vec<String>>,
+    /// Woken on each new line, and when the stream ends.
+    more: Notify,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+/// The lines a child wrote to one of its pipes; the last of them printed (where the test
+/// harness captures them) when dropped during a panic.
 pub struct StderrTail {
     name: String,
-    lines: Arc<Mutex<VecDeque<String>>>,
+    seen: Arc<Seen>,
 }
 
 impl StderrTail {
-    /// Starts reading `stderr` of the child called `name`.
+    /// Starts reading `stderr` (or any pipe) of the child called `name`.
     pub fn follow(name: &str, stderr: impl AsyncRead + Unpin + Send + 'static) -> StderrTail {
-        let lines = Arc::new(Mutex::new(VecDeque::new()));
-        let sink = Arc::clone(&lines);
+        let seen = Arc::new(Seen::default());
+        let sink = Arc::clone(&seen);
         tokio::spawn(async move {
             let mut reader = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = reader.next_line().await {
-                let mut kept = sink.lock().unwrap_or_else(|e| e.into_inner());
-                if kept.len() == KEPT {
-                    kept.pop_front();
-                }
-                kept.push_back(line);
+                sink.lines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line);
+                sink.more.notify_waiters();
             }
+            sink.ended.store(true, std::sync::atomic::Ordering::Release);
+            sink.more.notify_waiters();
         });
         StderrTail {
             name: name.to_owned(),
-            lines,
+            seen,
         }
+    }
+
+    /// How many lines so far: a mark to wait or count from.
+    pub fn mark(&self) -> usize {
+        self.lines().len()
+    }
+
+    /// The lines from `from` on that hold every one of `parts`.
+    pub fn matching(&self, from: usize, parts: &[&str]) -> Vec<String> {
+        self.lines()
+            .iter()
+            .skip(from)
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits up to `within` for a line from `from` on that holds every one of `parts`;
+    /// fails the test (showing the lines) if none comes.
+    pub async fn wait_for(&self, from: usize, parts: &[&str], within: Duration) -> String {
+        let found = tokio::time::timeout(within, async {
+            loop {
+                let more = self.seen.more.notified();
+                if let Some(line) = self.matching(from, parts).into_iter().next() {
+                    return Some(line);
+                }
+                if self.seen.ended.load(std::sync::atomic::Ordering::Acquire) {
+                    return None;
+                }
+                more.await;
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("{} ended without a line holding {parts:?}", self.name),
+            Err(_) => panic!("no line holding {parts:?} from {} in {within:?}", self.name),
+        }
+    }
+
+    fn lines(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.seen.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -45,16 +99,17 @@ impl Drop for StderrTail {
         if !std::thread::panicking() {
             return;
         }
-        let kept = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.is_empty() {
+        let lines = self.lines();
+        if lines.is_empty() {
             return;
         }
+        let shown = &lines[lines.len().saturating_sub(SHOWN)..];
         eprintln!(
-            "--- stderr of {} (last {} lines) ---",
+            "--- output of {} (last {} lines) ---",
             self.name,
-            kept.len()
+            shown.len()
         );
-        for line in kept.iter() {
+        for line in shown {
             eprintln!("[{}] {line}", self.name);
         }
     }
