@@ -93,12 +93,17 @@ async fn a_polling_then_upgrade_session_is_logged_line_by_line() {
         .expect("the upgrade request");
     assert_eq!(upgrade["status"], 101, "{upgrade}");
 
-    // Then the tunnel's end: the client closed it, with bytes both ways.
+    // Then the tunnel's end, with bytes both ways. The client's `disconnect()` sends
+    // Socket.IO's disconnect packet, upon which the server may close the WebSocket
+    // before the client's own close frame: either side may have ended it.
     let tunnel = entries.last().unwrap();
     assert_eq!(tunnel["type"], "websocket_closed", "{tunnel}");
     assert_eq!(tunnel["sid"], sid);
     assert_eq!(tunnel["server"], "node-1");
-    assert_eq!(tunnel["cause"], "client_closed");
+    assert!(
+        tunnel["cause"] == "client_closed" || tunnel["cause"] == "server_closed",
+        "{tunnel}"
+    );
     assert!(tunnel["bytes_to_server"].as_u64().unwrap() > 0, "{tunnel}");
     assert!(tunnel["bytes_to_client"].as_u64().unwrap() > 0, "{tunnel}");
     tether.stop().await;

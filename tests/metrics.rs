@@ -132,12 +132,15 @@ async fn scraped_metrics_equal_what_the_clients_saw() {
 
     // Every client upgrades to WebSocket; then the live sessions per server are the
     // clients' own whoami counts.
-    let s = until(admin, Duration::from_secs(30), |s| {
+    until(admin, Duration::from_secs(30), |s| {
         s.sum("tether_sessions", &[("transport", "websocket")]) == CLIENTS as f64
     })
     .await;
+    // The clients' own report at a moment both sides agree (a client whose ping timed out
+    // on a loaded machine reconnects meanwhile, so `ready` may be stale).
+    let (report, s) = checkpoint(&mut soak, admin, &ids).await;
     for id in &ids {
-        let saw = n(&ready["perNode"][id]);
+        let saw = n(&report["perNodeFinal"][id]);
         let live = s.sum("tether_server_sessions", &[("server", id)]);
         let by_transport = s.sum("tether_sessions", &[("server", id)]);
         println!(
@@ -198,7 +201,9 @@ async fn scraped_metrics_equal_what_the_clients_saw() {
         "maint: {on_first} sessions on {}, {ended_maint} ended by maint",
         ids[0]
     );
-    assert_eq!(ended_maint, on_first);
+    // Every session that was there ended by maint (a client whose ping timed out on a
+    // loaded machine may have joined it since the scrape, and ended the same way).
+    assert!(ended_maint >= on_first, "{ended_maint} < {on_first}");
     // Tunnels add their bytes in batches, and what is left when they close.
     for direction in ["to_client", "to_server"] {
         let bytes = s.sum(
@@ -208,9 +213,14 @@ async fn scraped_metrics_equal_what_the_clients_saw() {
         println!("{} {direction}: {bytes} bytes", ids[0]);
         assert!(bytes > 0.0, "{direction}");
     }
-    // The clients moved: the scrape still says what they see.
-    let (report, s) = checkpoint(&mut soak, admin, &ids).await;
-    println!("after maint: clients {}", report["perNodeFinal"]);
+    // The clients moved. (A client whose long poll was already at node-1 believes it is
+    // there until node-1 next answers that poll, up to a pingInterval later, so the
+    // clients' view is compared only where it is settled: before the maint.)
+    let s = until(admin, Duration::from_secs(30), |s| {
+        s.sum("tether_server_sessions", &[("server", &ids[1])]) > 0.0
+            && s.sum("tether_server_sessions", &[("server", &ids[0])]) == 0.0
+    })
+    .await;
     assert_eq!(s.sum("tether_server_sessions", &[("server", &ids[0])]), 0.0);
 
     // node-2 killed: its sessions end as the server closed them (their tunnels read the
@@ -218,6 +228,16 @@ async fn scraped_metrics_equal_what_the_clients_saw() {
     // reconnecting to it found the port closed, which marks it down at once).
     let on_second = s.sum("tether_server_sessions", &[("server", &ids[1])]);
     let before = s.sum("tether_sessions_ended_total", &[("server", &ids[1])]);
+    let ended_as = |s: &Scrape| {
+        s.sum(
+            "tether_sessions_ended_total",
+            &[("server", &ids[1]), ("cause", "server_closed")],
+        ) + s.sum(
+            "tether_sessions_ended_total",
+            &[("server", &ids[1]), ("cause", "server_down")],
+        )
+    };
+    let closed_before = ended_as(&s);
     cluster.nodes[1].signal("KILL");
     let s = until(admin, Duration::from_secs(30), |s| {
         s.sum("tether_sessions_ended_total", &[("server", &ids[1])]) - before >= on_second
@@ -230,20 +250,16 @@ async fn scraped_metrics_equal_what_the_clients_saw() {
     }) {
         println!("  {k} {v}");
     }
-    let closed = s.sum(
-        "tether_sessions_ended_total",
-        &[("server", &ids[1]), ("cause", "server_closed")],
-    ) + s.sum(
-        "tether_sessions_ended_total",
-        &[("server", &ids[1]), ("cause", "server_down")],
-    );
+    let closed = ended_as(&s) - closed_before;
     let all = s.sum("tether_sessions_ended_total", &[("server", &ids[1])]) - before;
     println!(
         "kill -9: {on_second} sessions on {}, {all} ended, {closed} as server_closed or server_down",
         ids[1]
     );
-    assert_eq!(all, on_second);
-    assert_eq!(closed, on_second);
+    // Every session it held ended (a client whose ping timed out on a loaded machine may
+    // have joined it since the scrape), and each as the server's doing.
+    assert!(all >= on_second, "{all} < {on_second}");
+    assert_eq!(closed, all);
     assert!(
         s.sum("tether_session_duration_seconds_count", &[]) >= on_first + on_second,
         "durations recorded"

@@ -271,9 +271,7 @@ fn count_flip(stats: &ServerStats, to: Health) {
 /// it for new sessions, its established sessions untouched.
 pub fn note_failure(backend: &Backend, server: &Server, e: &UpstreamError) {
     if let Some(kind) = e.connect_kind() {
-        metrics::counter!(telemetry::CONNECT_ERRORS, "backend" => backend.name.to_string(),
-            "server" => server.id.to_string(), "kind" => kind)
-        .increment(1);
+        server.stats.metrics.connect_error(kind);
     }
     let blame = e.blame();
     match blame {

@@ -74,6 +74,7 @@ pub struct ServerMetrics {
     pub probe_duration: Histogram,
     ended: [Counter; 6],
     session_duration: Histogram,
+    connect_errors: [Counter; 5],
 }
 
 impl std::fmt::Debug for ServerMetrics {
@@ -106,8 +107,20 @@ impl ServerMetrics {
             probe_duration: metrics::histogram!(telemetry::HEALTH_PROBE_DURATION,
                 "backend" => b.clone(), "server" => s.clone()),
             ended: SessionEnd::ALL.map(|c| counter(telemetry::SESSIONS_ENDED, "cause", c.as_str())),
+            // Counted where they happen (rare); registered here so they exist at 0.
+            connect_errors: ["refused", "timeout", "tls", "local", "other"]
+                .map(|k| counter(telemetry::CONNECT_ERRORS, "kind", k)),
             session_duration: metrics::histogram!(telemetry::SESSION_DURATION, "backend" => b.clone()),
         }
+    }
+
+    /// Counts a connection to this server that could not be opened, by `kind`.
+    pub fn connect_error(&self, kind: &str) {
+        let i = ["refused", "timeout", "tls", "local", "other"]
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(4);
+        self.connect_errors[i].increment(1);
     }
 
     /// Counts a request answered by this server with `status`.
