@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use tether_node::drivers::memory::MemoryBus;
 use tether_node::node::{self, AdapterChoice, NodeError, NodeOptions, RunningNode};
-use tether_node::supervisor::{self, PoolOptions};
+use tether_node::supervisor::{self, PoolOptions, PortsError};
 
 use crate::config::ConfigError;
 use crate::server::{self, StartError};
@@ -21,6 +21,10 @@ use crate::tls::dev_ca::{self, CertError};
 
 /// Where a local Redis is looked for when none is given.
 pub const LOCAL_REDIS: &str = "127.0.0.1:6379";
+
+/// How long child-process nodes get to start serving before the demo gives up on them:
+/// tether's config names their ports, which a node given port 0 only says once serving.
+const NODES_START: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -31,11 +35,11 @@ pub struct DemoOptions {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub admin: SocketAddr,
-    /// First node port (0: any free ports; in-process only).
+    /// First node port (0: any free ports).
     pub base_port: u16,
     pub nodes: usize,
-    /// Where the generated certificate goes.
-    pub cert_dir: PathBuf,
+    /// Where the generated certificate goes; `None`: [`default_cert_dir`].
+    pub cert_dir: Option<PathBuf>,
     /// The `tether` executable, for child-process nodes.
     pub exe: PathBuf,
     /// Announce the addresses as one JSON line (scripts, tests) instead of text.
@@ -50,6 +54,10 @@ pub enum DemoError {
     CertWrite { dir: PathBuf, cause: std::io::Error },
     #[error("starting a node: {0}")]
     Node(NodeError),
+    #[error("the nodes' ports: {0}")]
+    Ports(PortsError),
+    #[error("{} did not start serving within {}s (the log above says why)", .0.join(", "), NODES_START.as_secs())]
+    NodesSlow(Vec<String>),
     #[error("the demo config: {0}")]
     Config(ConfigError),
     #[error("starting tether: {0}")]
@@ -112,6 +120,7 @@ macro_rules! from_cause {
 from_cause!(
     Cert(CertError),
     Node(NodeError),
+    Ports(PortsError),
     Config(ConfigError),
     Tether(StartError)
 );
@@ -132,6 +141,103 @@ async fn redis_answers(addr: &str) -> bool {
     )
 }
 
+/// Where the demo writes its certificate unless told: a directory of this user's own, so
+/// that two users of one machine neither clobber each other's CA nor meet a directory the
+/// other made and they cannot write (a fixed `/tmp/tether-demo` did both).
+/// `$XDG_CACHE_HOME/tether/demo`, else `~/.cache/tether/demo`, else (no home, as under
+/// some service managers) `tether-demo-<uid>` in the temp directory.
+pub fn default_cert_dir() -> PathBuf {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    match absolute("XDG_CACHE_HOME").or_else(|| absolute("HOME").map(|h| h.join(".cache"))) {
+        Some(cache) => cache.join("tether").join("demo"),
+        None => {
+            let user = own_uid()
+                .map(|u| u.to_string())
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_default();
+            std::env::temp_dir().join(format!("tether-demo-{user}"))
+        }
+    }
+}
+
+/// This process's user id, read without `unsafe` (the owner of `/proc/self`).
+#[cfg(unix)]
+fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+#[cfg(not(unix))]
+fn own_uid() -> Option<u32> {
+    None
+}
+
+/// Makes `dir` a directory only this user can enter (it will hold a private key):
+/// created with mode 0700, or, found already, checked to be this user's and narrowed to
+/// 0700 — in the temp directory another user could have made it first.
+#[cfg(unix)]
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(
+            "it is not a directory (a symbolic link?); choose another with --cert-dir",
+        ));
+    }
+    if let Some(uid) = own_uid().filter(|&u| u != meta.uid()) {
+        return Err(std::io::Error::other(format!(
+            "it belongs to another user (uid {}, not {uid}); choose another with --cert-dir",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// The port each of `ids` first says it serves on, in the order of `ids`; or, after
+/// [`NODES_START`], the ids still silent.
+async fn first_ports(
+    ids: &[String],
+    mut announced: tokio::sync::mpsc::UnboundedReceiver<supervisor::Listening>,
+) -> Result<Vec<u16>, Vec<String>> {
+    let mut ports: Vec<Option<u16>> = vec![None; ids.len()];
+    let all = async {
+        while ports.iter().any(Option::is_none) {
+            let Some(l) = announced.recv().await else {
+                return;
+            };
+            if let Some(i) = ids.iter().position(|id| *id == l.id) {
+                ports[i].get_or_insert(l.port);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(NODES_START, all).await;
+    match ports.iter().copied().collect::<Option<Vec<u16>>>() {
+        Some(ports) => Ok(ports),
+        None => Err(ids
+            .iter()
+            .zip(&ports)
+            .filter(|(_, p)| p.is_none())
+            .map(|(id, _)| id.clone())
+            .collect()),
+    }
+}
+
 /// Runs the demo until `stop`; prints what to open.
 pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoError> {
     let redis = match (&opts.redis, opts.no_redis) {
@@ -147,29 +253,44 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
     let mut pool = None;
     let servers: Vec<(String, SocketAddr)> = match &redis {
         Some(url) => {
-            let base = if opts.base_port == 0 {
-                3001
-            } else {
-                opts.base_port
-            };
             let args = vec!["--redis".to_owned(), url.clone()];
-            let pool_opts = PoolOptions::consecutive(opts.exe.clone(), opts.nodes, base, &args);
-            let list = pool_opts
-                .nodes
-                .iter()
-                .map(|n| (n.id.clone(), SocketAddr::from(([127, 0, 0, 1], n.port))))
-                .collect();
-            pool = Some(tokio::spawn(supervisor::run(pool_opts, stop.child_token())));
-            list
+            let pool_opts =
+                PoolOptions::consecutive(opts.exe.clone(), opts.nodes, opts.base_port, &args)?;
+            let ids: Vec<String> = pool_opts.nodes.iter().map(|n| n.id.clone()).collect();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let pool_stop = stop.child_token();
+            let running = tokio::spawn(supervisor::run_announcing(
+                pool_opts,
+                pool_stop.clone(),
+                Some(tx),
+            ));
+            let ports = tokio::select! {
+                ports = first_ports(&ids, rx) => ports,
+                _ = stop.cancelled() => {
+                    let _ = running.await;
+                    return Ok(());
+                }
+            };
+            let ports = match ports {
+                Ok(ports) => ports,
+                Err(missing) => {
+                    pool_stop.cancel();
+                    let _ = running.await;
+                    return Err(DemoError::NodesSlow(missing));
+                }
+            };
+            pool = Some(running);
+            ids.into_iter()
+                .zip(ports)
+                .map(|(id, port)| (id, SocketAddr::from(([127, 0, 0, 1], port))))
+                .collect()
         }
         None => {
             let bus = MemoryBus::new();
-            for i in 0..opts.nodes {
-                let port = if opts.base_port == 0 {
-                    0
-                } else {
-                    opts.base_port + i as u16
-                };
+            for (i, port) in supervisor::node_ports(opts.nodes, opts.base_port)?
+                .into_iter()
+                .enumerate()
+            {
                 let n = node::start(NodeOptions {
                     bind: SocketAddr::from(([127, 0, 0, 1], port)),
                     id: format!("node-{}", i + 1),
@@ -189,12 +310,18 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
     };
 
     let cert = dev_ca::generate_dev_cert(&["localhost", "127.0.0.1"])?;
-    let paths = cert
-        .write(&opts.cert_dir)
-        .map_err(|cause| DemoError::CertWrite {
-            dir: opts.cert_dir.clone(),
-            cause,
-        })?;
+    let cert_dir = match &opts.cert_dir {
+        Some(dir) => dir.clone(),
+        None => default_cert_dir(),
+    };
+    let written = match opts.cert_dir {
+        Some(_) => cert.write(&cert_dir),
+        None => private_dir(&cert_dir).and_then(|()| cert.write(&cert_dir)),
+    };
+    let paths = written.map_err(|cause| DemoError::CertWrite {
+        dir: cert_dir.clone(),
+        cause,
+    })?;
 
     let mut yaml = format!(
         "listeners:\n  - bind: \"{}\"\n  - bind: \"{}\"\n    tls:\n      certificates:\n        - {{ cert: \"{}\", key: \"{}\", default: true }}\n\

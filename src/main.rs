@@ -24,23 +24,30 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     about = "A sticky-session load balancer for Socket.IO / Engine.IO clusters"
 )]
 struct Cli {
+    /// How logs are written on stderr: lines for people, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormatArg,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
     Run {
-        /// The YAML config file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Validate a config file: exit 0 if it is good, else print file:line:column and why.
     Check {
-        /// The YAML config file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Write a development CA (ca.pem) and a certificate signed by it (cert.pem,
     /// key.pem), for trying TLS locally.
@@ -90,7 +97,7 @@ enum Command {
         /// How many nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// Port of the first node; the others follow.
+        /// Port of the first node; the others follow (0: any free port for each).
         #[arg(long, default_value_t = 3001)]
         base_port: u16,
         /// Redis (>= 7) the nodes share; default: none (each node alone).
@@ -122,11 +129,11 @@ enum Command {
         /// How many nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// Port of the first node (0: any free ports; in-process nodes only).
+        /// Port of the first node; the others follow (0: any free port for each).
         #[arg(long, default_value_t = 3001)]
         base_port: u16,
-        /// Where to write the generated certificate (default: a tether-demo directory
-        /// in the system temp directory).
+        /// Where to write the generated certificate [default: a directory of your own,
+        /// mode 0700: $XDG_CACHE_HOME/tether/demo or ~/.cache/tether/demo].
         #[arg(long)]
         cert_dir: Option<PathBuf>,
         /// Print the addresses as one JSON line instead of the text for people (for
@@ -140,6 +147,41 @@ enum Command {
     Bench(tether_bench::BenchArgs),
 }
 
+/// The config file of `run` and `check`, named either way: `tether check FILE` is the
+/// habit nginx -t and haproxy -c users bring, `--config FILE` the older spelling.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The YAML config file [default: conf/tether.yaml, in the working directory].
+    #[arg(value_name = "FILE", conflicts_with = "config")]
+    file: Option<PathBuf>,
+    /// The same, as an option.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The file named, or the default; and whether it is the default.
+    fn path(self) -> (PathBuf, bool) {
+        match self.file.or(self.config) {
+            Some(path) => (path, false),
+            None => (PathBuf::from(DEFAULT_CONFIG), true),
+        }
+    }
+}
+
+/// [`tether::server::load_config`], saying so when the file that cannot be read is the
+/// default one: a user who named no file may not know that one was looked for.
+fn load_config(command: &str, arg: ConfigArg) -> anyhow::Result<(PathBuf, tether::config::Config)> {
+    let (path, default) = arg.path();
+    match tether::server::load_config(&path) {
+        Ok(config) => Ok((path, config)),
+        Err(e @ tether::config::ConfigError::Read { .. }) if default => Err(anyhow::anyhow!(
+            "{e}; no config file was named, and this is the default: name one, as in `tether {command} path/to/tether.yaml`"
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(feature = "bundled")]
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum NodeAdapter {
@@ -151,7 +193,10 @@ enum NodeAdapter {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tether::telemetry::init();
+    tether::telemetry::init(match cli.log_format {
+        LogFormatArg::Human => tether::telemetry::LogFormat::Human,
+        LogFormatArg::Json => tether::telemetry::LogFormat::Json,
+    });
     // Before any node or tether part takes a metric handle (the demo starts nodes first).
     tether::telemetry::install_recorder();
     // Purge freed pages on jemalloc's clock, not only when a thread next allocates.
@@ -208,7 +253,7 @@ fn main() -> ExitCode {
             admin: ([127, 0, 0, 1], admin_port).into(),
             base_port,
             nodes,
-            cert_dir: cert_dir.unwrap_or_else(|| std::env::temp_dir().join("tether-demo")),
+            cert_dir,
             json,
             exe: std::env::current_exe().unwrap_or_else(|_| "tether".into()),
         }),
@@ -243,9 +288,9 @@ fn said_once(e: &anyhow::Error) -> String {
     line
 }
 
-fn check(path: PathBuf) -> anyhow::Result<()> {
+fn check(arg: ConfigArg) -> anyhow::Result<()> {
     // Certificates, keys and CA bundles too: what `run` would read besides the file.
-    let config = tether::server::load_config(&path)?;
+    let (path, config) = load_config("check", arg)?;
     for w in &config.warnings {
         eprintln!("tether: warning: {w}");
     }
@@ -298,8 +343,8 @@ fn cert(out: PathBuf, mut names: Vec<String>, force: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-fn run(path: PathBuf) -> anyhow::Result<()> {
-    let config = tether::server::load_config(&path)?;
+fn run(arg: ConfigArg) -> anyhow::Result<()> {
+    let (_, config) = load_config("run", arg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -393,7 +438,7 @@ fn pool(
         nodes,
         base_port,
         &adapter_args(redis, adapter),
-    );
+    )?;
     with_signals(|stop| async move {
         tether_node::supervisor::run(opts, stop).await;
         Ok(())

@@ -34,6 +34,10 @@ fn the_sample_config_passes_check() {
 #[test]
 fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
     let dir = tempfile::tempdir().unwrap();
+    // A port of this test's own (bound to port 0), for a listener the config must refuse
+    // before binding: were it not refused, `run` would fail to bind it, not serve on it.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap().to_string();
     let cases = [
         // An unknown (misspelt) key, with the key it was probably meant to be.
         (
@@ -69,6 +73,13 @@ fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
             ":5:30: backends.chat.servers[0].addr: invalid address \"127.0.0.1:99999\": port 99999 is out of range 1-65535",
             None,
         ),
+        // A server that is tether's own listener: every request would loop (issue 13).
+        (
+            "loop.yaml",
+            format!("listeners:\n  - bind: {held}\nbackends:\n  chat:\n    servers: [{{ id: a, addr: \"{held}\" }}]\n"),
+            ":5:30: backends.chat.servers[0].addr: {held} is tether's own listeners[0] (bind {held}): requests would loop back into tether",
+            None,
+        ),
         // Broken YAML.
         (
             "syntax.yaml",
@@ -78,9 +89,13 @@ fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
         ),
     ];
     for (name, text, located, also) in cases {
+        let located = located.replace("{held}", &held);
         let path = write(dir.path(), name, &text);
         for cmd in ["check", "run"] {
-            let out = tether(&[cmd, "--config", &path]);
+            let out = tether_exits(
+                &[cmd, "--config", &path],
+                std::time::Duration::from_secs(30),
+            );
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{cmd} {name} must fail");
             assert!(
@@ -91,6 +106,57 @@ fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
                 assert!(err.contains(also), "{cmd} {name}: {err}");
             }
         }
+    }
+    drop(holder);
+}
+
+#[test]
+fn the_config_file_can_be_named_as_an_argument_too() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/tether.yaml");
+    // `tether check FILE`, as `nginx -t -c` and `haproxy -c -f` users type it.
+    let out = tether(&["check", sample]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 server(s)"));
+    // `run FILE` reads that file (a bad one, so that it stops at once).
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(dir.path(), "bad.yaml", "listeners: 3\n");
+    let out = tether_exits(&["run", &bad], std::time::Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("tether: {bad}:1:12: listeners: expected a list, got the number 3")
+    );
+    // Both at once is ambiguous: refused.
+    assert!(!tether(&["check", sample, "--config", sample])
+        .status
+        .success());
+}
+
+#[test]
+fn a_missing_default_config_says_it_is_the_default_and_where_it_was_looked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().canonicalize().unwrap();
+    for cmd in ["check", "run"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg(cmd)
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}");
+        assert_eq!(
+            err.trim(),
+            format!(
+                "tether: conf/tether.yaml: cannot read the config file: No such file or directory (os error 2); looked for {}, as relative paths are read from the working directory; no config file was named, and this is the default: name one, as in `tether {cmd} path/to/tether.yaml`",
+                cwd.join("conf/tether.yaml").display()
+            ),
+            "{cmd}"
+        );
+        assert_said_once(&err);
     }
 }
 
@@ -357,8 +423,8 @@ fn a_missing_relative_certificate_says_where_it_was_looked_for() {
     let cwd = dir.path().join("certs").canonicalize().unwrap();
     assert!(
         err.contains(&format!(
-            "cannot read nope.pem: No such file or directory (os error 2); relative paths are read from the working directory, {}",
-            cwd.display()
+            "cannot read nope.pem: No such file or directory (os error 2); looked for {}, as relative paths are read from the working directory",
+            cwd.join("nope.pem").display()
         )),
         "{err}"
     );
@@ -443,6 +509,116 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET /status` on the admin API.
+fn status(admin: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// A stand-in for a stock `new Server().listen(port)`: 404 to every path it does not
+/// serve (here, to every path: the health check is what is looked at). Counts the
+/// connections it takes.
+fn plain_socket_io_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            drop(s);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn the_sample_config_keeps_plain_socket_io_servers_up() {
+    let mut text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/tether.yaml")).unwrap();
+    let servers: Vec<_> = (0..3).map(|_| plain_socket_io_server()).collect();
+    let binds = [
+        ("127.0.0.1:8080", "127.0.0.1:0".to_owned()),
+        ("127.0.0.1:9900", "127.0.0.1:0".to_owned()),
+    ];
+    let nodes = (1..=3).map(|i| (format!("127.0.0.1:300{i}"), servers[i - 1].0.to_string()));
+    for (from, to) in binds
+        .into_iter()
+        .map(|(f, t)| (f.to_owned(), t))
+        .chain(nodes)
+    {
+        assert!(text.contains(&from), "the sample has {from}");
+        text = text.replace(&from, &to);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "tether.yaml", &text);
+    let mut tether = Running::start(&path);
+    let admin = tether.stdout_after("tether admin on http://");
+    // Each server probed `fall` (3 in the sample) + 1 times: the verdicts of the first
+    // `fall` are in. An HTTP check of a path these servers do not serve would have
+    // marked them down by then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while servers
+        .iter()
+        .any(|(_, seen)| seen.load(std::sync::atomic::Ordering::SeqCst) < 4)
+    {
+        assert!(std::time::Instant::now() < deadline, "probes did not come");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = status(&admin);
+    let health: Vec<&str> = status["backends"][0]["servers"]
+        .as_array()
+        .expect("servers in /status")
+        .iter()
+        .map(|s| s["health"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(health, ["up", "up", "up"], "{status}");
+    drop(tether.child.kill());
+    let _ = tether.child.wait();
+    let logged: Vec<String> = tether.stderr.try_iter().collect();
+    assert!(
+        !logged.iter().any(|l| l.contains("server down")),
+        "{logged:?}"
+    );
+}
+
+#[test]
+fn a_server_taken_down_by_a_404_is_told_of_tcp_checks() {
+    let (server, _) = plain_socket_io_server();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "tether.yaml",
+        &format!("listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  chat:\n    health: {{ path: /health, interval: 100ms, timeout: 1s, rise: 1, fall: 1 }}\n    servers: [{{ id: a, addr: \"{server}\" }}]\n"),
+    );
+    let mut tether = Running::start(&path);
+    tether.stderr_line(&[
+        "WARN",
+        "server down",
+        "status 404, expected 200 (does the server answer GET /health? use health.mode: tcp otherwise)",
+    ]);
 }
 
 /// `POST /reload` on the admin API: the status code and the JSON answer.

@@ -374,3 +374,155 @@ async fn pool_restarts_a_node_that_dies() {
     assert!(status.success());
     assert!(node_pids(base).is_empty(), "children stopped with the pool");
 }
+
+/// The pids of the processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid ...`; comm may hold spaces, so read after its `)`.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+/// The kernel's range for port-0 binds: a port picked "any free" is in it, and a fixed
+/// default such as 3001 is not.
+fn ephemeral_range() -> std::ops::RangeInclusive<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_else(|_| "32768 60999".to_owned());
+    let mut ends = text.split_whitespace().map(|p| p.parse::<u16>().unwrap());
+    ends.next().unwrap()..=ends.next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_base_port_0_gives_each_node_a_free_port_and_keeps_it_across_a_restart() {
+    let _heavy = HEAVY.lock().await;
+    let mut pool = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["pool", "--nodes", "3", "--base-port", "0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(pool.stderr.take().unwrap()).lines();
+    // `node listening node=node-2 port=41234`, for each start of a node.
+    let mut next_listening = async || loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), log.next_line())
+            .await
+            .expect("a node says it listens")
+            .unwrap()
+            .expect("the pool is running");
+        if !line.contains("node listening") {
+            continue;
+        }
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
+                .to_owned()
+        };
+        break (field("node="), field("port=").parse::<u16>().unwrap());
+    };
+    let mut ports = std::collections::BTreeMap::new();
+    while ports.len() < 3 {
+        let (node, port) = next_listening().await;
+        ports.insert(node, port);
+    }
+    let distinct: std::collections::BTreeSet<u16> = ports.values().copied().collect();
+    assert_eq!(distinct.len(), 3, "{ports:?}");
+    for (node, &port) in &ports {
+        assert!(ephemeral_range().contains(&port), "{node} on {port}");
+        let answer = get(([127, 0, 0, 1], port).into(), None, "/health", &[]).await;
+        assert_eq!(answer.status, 200, "{node} on {port}");
+    }
+    // A node that dies comes back on the port it had: whoever was told where it is
+    // still finds it.
+    let port = ports["node-1"];
+    let pids = children_of(pool.id().unwrap());
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let node1 = pids
+        .iter()
+        .copied()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("node-1"))
+        })
+        .expect("node-1's process");
+    tether_kit::signal::send_signal(node1, "KILL");
+    assert_eq!(next_listening().await, ("node-1".to_owned(), port));
+    tether_kit::signal::send_signal(pool.id().unwrap(), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), pool.wait())
+        .await
+        .expect("pool stops")
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_redis_and_base_port_0_puts_its_child_nodes_on_free_ports() {
+    let _heavy = HEAVY.lock().await;
+    let redis = TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["demo", "--redis", &redis.unix_url(), "--base-port", "0"])
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--json",
+        ])
+        .arg("--cert-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _stderr = StderrTail::follow("demo", child.stderr.take().unwrap());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let demo: Value = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("demo starts")
+            .unwrap()
+            .expect("demo printed its addresses");
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if v["event"] == "demo" {
+                break v;
+            }
+        }
+    };
+    let nodes: Vec<SocketAddr> = demo["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["addr"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 3, "{demo}");
+    // Child processes of the demo, serving where it says.
+    assert_eq!(children_of(child.id().unwrap()).len(), 3, "{demo}");
+    for addr in &nodes {
+        assert!(ephemeral_range().contains(&addr.port()), "{demo}");
+        assert_eq!(get(*addr, None, "/health", &[]).await.status, 200, "{addr}");
+    }
+    // tether in front of them: a handshake through it is answered by one of them.
+    let http: SocketAddr = demo["http"].as_str().unwrap().parse().unwrap();
+    let open = get(http, None, "/socket.io/?EIO=4&transport=polling", &[]).await;
+    assert_eq!(open.status, 200, "{}", open.text());
+    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("demo stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -80,9 +80,19 @@ pub fn export_gauges(rt: &Runtime) {
                 metrics::gauge!(telemetry::SESSIONS, "backend" => b.name.to_string(), "server" => s.id.to_string(), "transport" => name)
                     .set(s.stats.sessions(t) as f64);
             }
+            metrics::gauge!(telemetry::SERVER_SESSIONS, "backend" => b.name.to_string(), "server" => s.id.to_string())
+                .set(s.stats.load() as f64);
             let up = s.stats.condition.health() == Health::Up;
             metrics::gauge!(telemetry::SERVER_UP, "backend" => b.name.to_string(), "server" => s.id.to_string())
                 .set(if up { 1.0 } else { 0.0 });
         }
     }
+    let sids = &rt.store.sids;
+    metrics::gauge!(telemetry::SID_TABLE_ENTRIES).set(sids.len() as f64);
+    metrics::gauge!(telemetry::SID_TABLE_CAPACITY).set(sids.capacity() as f64);
+    let (open, max) = rt.connections();
+    metrics::gauge!(telemetry::CLIENT_CONNECTIONS).set(open as f64);
+    metrics::gauge!(telemetry::CLIENT_CONNECTIONS_LIMIT).set(max as f64);
+    metrics::gauge!(telemetry::CONFIG_GENERATION).set(rt.reload_status().generation as f64);
+    telemetry::export_process();
 }

@@ -51,6 +51,8 @@ struct Entry {
     counted: Option<Transport>,
     /// Why and when it ended, while `ended`.
     end: Option<(SessionEnd, Instant)>,
+    /// Its end is counted in the metrics already.
+    end_counted: bool,
     /// When the handshake was answered (for the session's duration) and by the wall
     /// clock (for operators), and whose session it is.
     born: Instant,
@@ -64,6 +66,15 @@ impl Entry {
         if !self.ended {
             self.ended = true;
             self.end = Some((cause, now));
+            // Its server no longer serves it: over for good, whatever request of it is
+            // still in flight (which would otherwise hold the entry, and the count,
+            // until the server answers it). A closed WebSocket is counted when the
+            // entry goes, since a failed upgrade probe's session resumes polling.
+            if matches!(cause, SessionEnd::Maint | SessionEnd::ServerDown) && !self.end_counted {
+                self.end_counted = true;
+                self.server
+                    .session_ended(cause, now.saturating_duration_since(self.born));
+            }
         }
         self.recount();
     }
@@ -78,6 +89,9 @@ impl Entry {
     /// one that never ended otherwise went silent until its liveness window passed.
     fn finish(&mut self, now: Instant) {
         self.uncount();
+        if self.end_counted {
+            return;
+        }
         let (cause, at) = self.end.unwrap_or_else(|| {
             let last_heard = self.expires.checked_sub(self.ttl).unwrap_or(self.born);
             (SessionEnd::IdleTimeout, last_heard.min(now))
@@ -249,6 +263,7 @@ impl SidTable {
             ended: false,
             counted: None,
             end: None,
+            end_counted: false,
             born: now,
             started: SystemTime::now(),
             client,
@@ -385,6 +400,11 @@ impl SidTable {
     /// The server a sid is pinned to, without pinning (for tests and status).
     pub fn server_of(&self, sid: &str) -> Option<Arc<ServerStats>> {
         self.shard(sid).get(sid).map(|e| Arc::clone(&e.server))
+    }
+
+    /// Most sessions the table holds.
+    pub fn capacity(&self) -> usize {
+        self.per_shard * SHARDS
     }
 
     pub fn len(&self) -> usize {

@@ -24,7 +24,7 @@ use super::{Backend, Health, Server, ServerStats};
 use crate::config::{HealthConfig, HealthMode, SendProxy};
 use crate::telemetry;
 use crate::tls::TlsUpstream;
-use crate::upstream::{dial, Blame, Dialed, Peer, ProxyLine, UpstreamError};
+use crate::upstream::{dial, Blame, Dialed, Meters, Peer, ProxyLine, UpstreamError};
 
 /// The most of a health response read: the status line is all that matters.
 const MAX_RESPONSE_HEAD: usize = 1024;
@@ -147,9 +147,13 @@ impl Probe {
                 version,
                 endpoints: None,
             }),
+            // A probe's connections are not traffic: measured as the probe's time.
+            meters: &NO_METERS,
         }
     }
 }
+
+static NO_METERS: Meters = Meters::NONE;
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
@@ -162,10 +166,26 @@ pub enum ProbeError {
     Write(std::io::Error),
     #[error("read: {0}")]
     Read(std::io::Error),
-    #[error("status {got}, expected {expected}")]
-    Status { got: u16, expected: u16 },
+    #[error("status {got}, expected {expected}{}", not_found_hint(*.got, .path))]
+    Status {
+        got: u16,
+        expected: u16,
+        /// The path probed, for the hint a 404 gets.
+        path: String,
+    },
     #[error("not an HTTP response")]
     NotHttp,
+}
+
+/// A 404 is most often a server without a health route at all: a stock socket.io server
+/// serves `/socket.io/` and nothing else. Said in the log line that marks it down, since
+/// that is where a first-time user meets it, with every new session answered 503.
+fn not_found_hint(got: u16, path: &str) -> String {
+    if got == 404 {
+        format!(" (does the server answer GET {path}? use health.mode: tcp otherwise)")
+    } else {
+        String::new()
+    }
 }
 
 async fn run(p: Probe, stats: Arc<ServerStats>, stop: CancellationToken) {
@@ -178,10 +198,15 @@ async fn run(p: Probe, stats: Arc<ServerStats>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        let started = std::time::Instant::now();
         let verdict = tokio::select! {
             _ = stop.cancelled() => return,
             v = probe(&p) => v,
         };
+        stats
+            .metrics
+            .probe_duration
+            .record(started.elapsed().as_secs_f64());
         let condition = &stats.condition;
         match verdict {
             Ok(()) => {
@@ -245,6 +270,11 @@ fn count_flip(stats: &ServerStats, to: Health) {
 /// process is gone); anything else slow or broken on the server's side towards avoiding
 /// it for new sessions, its established sessions untouched.
 pub fn note_failure(backend: &Backend, server: &Server, e: &UpstreamError) {
+    if let Some(kind) = e.connect_kind() {
+        metrics::counter!(telemetry::CONNECT_ERRORS, "backend" => backend.name.to_string(),
+            "server" => server.id.to_string(), "kind" => kind)
+        .increment(1);
+    }
     let blame = e.blame();
     match blame {
         Blame::Client => return,
@@ -336,6 +366,7 @@ where
         Some(got) => Err(ProbeError::Status {
             got,
             expected: expect,
+            path: path.clone(),
         }),
         None => Err(ProbeError::NotHttp),
     }
@@ -412,7 +443,25 @@ mod tests {
             .await
             .is_ok());
         let err = probe(&p(http("/health"), answer_with("503 Nope").await)).await;
-        assert!(err.unwrap_err().to_string().contains("503"));
+        assert_eq!(err.unwrap_err().to_string(), "status 503, expected 200");
+    }
+
+    #[tokio::test]
+    async fn a_404_asks_whether_the_server_has_the_path_and_points_at_tcp_checks() {
+        let p = Probe {
+            config: cfg(HealthMode::Http {
+                path: "/healthz".into(),
+                expect_status: 200,
+            }),
+            id: "s".into(),
+            addr: answer_with("404 Not Found").await,
+            tls: None,
+            send_proxy: None,
+        };
+        assert_eq!(
+            probe(&p).await.unwrap_err().to_string(),
+            "status 404, expected 200 (does the server answer GET /healthz? use health.mode: tcp otherwise)"
+        );
     }
 
     #[tokio::test]

@@ -25,6 +25,8 @@ use crate::balance::{Candidate, Placer, Policy};
 use crate::config::{
     BackendConfig, Balance, HealthConfig, Placement, SendProxy, ServerConfig, ServerState, Timeouts,
 };
+use crate::engineio::Transport;
+use crate::telemetry;
 use crate::tls::TlsUpstream;
 use crate::upstream::{ConnPool, Peer, ProxyLine};
 
@@ -71,6 +73,7 @@ impl Server {
                 version,
                 endpoints: None,
             }),
+            meters: &self.stats.metrics.upstream,
         }
     }
 }
@@ -109,6 +112,52 @@ pub struct Backend {
     pub tls: Option<Arc<TlsUpstream>>,
     /// The PROXY header each connection to a server opens with.
     pub send_proxy: Option<SendProxy>,
+    pub metrics: BackendMetrics,
+}
+
+/// The backend's metric handles (see [`stats::ServerMetrics`] for why handles).
+pub struct BackendMetrics {
+    pub request_duration: metrics::Histogram,
+    /// By transport (polling, websocket), then result (ok, refused, limited, failed).
+    handshakes: [[metrics::Counter; 4]; 2],
+}
+
+impl std::fmt::Debug for BackendMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendMetrics")
+    }
+}
+
+const HANDSHAKE_RESULTS: [&str; 4] = ["ok", "refused", "limited", "failed"];
+
+impl BackendMetrics {
+    fn new(backend: &str) -> BackendMetrics {
+        let b = backend.to_owned();
+        // Counted where they happen (rare); registered here so they exist at 0.
+        for cause in ["unknown", "server_gone", "server_down", "maint"] {
+            metrics::counter!(telemetry::SID_UNKNOWN, "backend" => b.clone(), "cause" => cause)
+                .increment(0);
+        }
+        BackendMetrics {
+            request_duration: metrics::histogram!(telemetry::HTTP_REQUEST_DURATION, "backend" => b.clone()),
+            handshakes: [Transport::Polling, Transport::WebSocket].map(|t| {
+                HANDSHAKE_RESULTS.map(|r| {
+                    metrics::counter!(telemetry::HANDSHAKES, "backend" => b.clone(),
+                        "transport" => t.as_str(), "result" => r)
+                })
+            }),
+        }
+    }
+
+    /// Counts a new session asked for on `transport`, with its `result`.
+    pub fn handshake(&self, transport: Transport, result: &str) {
+        let t = usize::from(transport == Transport::WebSocket);
+        let r = HANDSHAKE_RESULTS
+            .iter()
+            .position(|x| *x == result)
+            .unwrap_or(3);
+        self.handshakes[t][r].increment(1);
+    }
 }
 
 impl Backend {
@@ -160,6 +209,7 @@ impl Backend {
             max_connections: cfg.max_connections,
             tls,
             send_proxy: cfg.proxy_protocol,
+            metrics: BackendMetrics::new(&cfg.name),
         }
     }
 

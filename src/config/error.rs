@@ -37,10 +37,13 @@ impl fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all (missing, unreadable, not a file, too big).
-    #[error("{}: cannot read the config file: {cause}", path.display())]
+    #[error("{}: cannot read the config file: {cause}{}", path.display(), looked_for(.path, .relative_to))]
     Read {
         path: PathBuf,
         cause: std::io::Error,
+        /// The working directory, when the path is relative: where it was looked for is
+        /// then not where a reader of the message may think.
+        relative_to: Option<PathBuf>,
     },
     /// The text is not well-formed YAML (or not UTF-8).
     #[error("{at}: {message}")]
@@ -69,6 +72,19 @@ pub struct ConfigWarning {
     pub at: Location,
     pub key: String,
     pub message: String,
+}
+
+/// Where a relative path was looked for, said after the cause (`; looked for /abs/path,
+/// ...`), or nothing for an absolute one. Shared with the TLS layer, whose certificate
+/// paths are relative to the same working directory, not to the config file.
+pub fn looked_for(path: &std::path::Path, relative_to: &Option<PathBuf>) -> String {
+    match relative_to {
+        Some(dir) if path.is_relative() => format!(
+            "; looked for {}, as relative paths are read from the working directory",
+            dir.join(path).display()
+        ),
+        _ => String::new(),
+    }
 }
 
 fn key_prefix(key: &str) -> String {
@@ -131,11 +147,30 @@ impl ConfigError {
         match split_path(&full) {
             (Some(path), msg) => shape_error(at, path, msg, text),
             (None, msg) if is_shape_message(msg) => shape_error(at, "", msg, text),
-            (None, msg) => ConfigError::Syntax {
-                at,
-                message: format!("invalid YAML: {msg}"),
-            },
+            (None, msg) => syntax_error(at, msg, text),
         }
+    }
+}
+
+/// The YAML parser's own message, unless the cause is one a newcomer would not guess
+/// from it: a tab in the indentation reads as `found character that cannot start any
+/// token` or `a tab character that violates indentation`.
+fn syntax_error(mut at: Location, msg: &str, text: &str) -> ConfigError {
+    let line = text.lines().nth(at.line.saturating_sub(1)).unwrap_or("");
+    let indent = line
+        .char_indices()
+        .take_while(|(_, c)| c.is_whitespace())
+        .find(|(_, c)| *c == '\t');
+    if let Some((byte, _)) = indent {
+        at.column = 1 + line[..byte].chars().count();
+        return ConfigError::Syntax {
+            at,
+            message: "a tab in the indentation: YAML indents with spaces, never tabs; replace it with spaces".to_owned(),
+        };
+    }
+    ConfigError::Syntax {
+        at,
+        message: format!("invalid YAML: {msg}"),
     }
 }
 
@@ -147,11 +182,18 @@ fn shape_error(mut at: Location, path: &str, msg: &str, text: &str) -> ConfigErr
             format!("{path}.{k}")
         }
     };
+    if msg.starts_with("unknown field `<<`") {
+        return schema(at, join("<<"), NO_MERGE_KEYS.to_owned());
+    }
     if let Some(field) = backquoted_after(msg, "unknown field ") {
         let allowed = backquoted_list(&msg[msg.find(", ").unwrap_or(msg.len())..]);
         let mut message = format!("unknown key `{field}`");
         if let Some(near) = closest(field, &allowed) {
             message.push_str(&format!(" (did you mean `{near}`?)"));
+        }
+        if path.is_empty() && field.starts_with("x-") {
+            // docker-compose's habit: a top-level `x-` key holding anchors.
+            message.push_str(" (extension keys are not supported: put an anchor where its value is first written)");
         }
         if allowed.is_empty() {
             message.push_str("; this map takes no keys");
@@ -175,7 +217,121 @@ fn shape_error(mut at: Location, path: &str, msg: &str, text: &str) -> ConfigErr
     if let Some(rest) = msg.strip_prefix("unknown variant ") {
         return schema(at, path.to_owned(), format!("unknown value {rest}"));
     }
+    if let Some(message) = wrong_type(msg, path, value_at(text, &at)) {
+        return schema(at, path.to_owned(), message);
+    }
     schema(at, path.to_owned(), msg.to_owned())
+}
+
+/// What a `<<` key is told: serde_yaml reads it as a key like any other.
+const NO_MERGE_KEYS: &str = "merge keys (`<<: *anchor`) are not supported: write the keys out; a whole value can still be reused, with an anchor where it is first written (`health: &checks { ... }`) and an alias where it is wanted again (`health: *checks`)";
+
+/// serde's `invalid type: GOT, expected WANT` in the file's own terms: no Rust type
+/// names (`u64`, `struct RawBackend`), YAML's words for what was written, and what to
+/// change when the mistake is a common one.
+///
+/// `written` is the text of the value as it stands in the file, for the mistakes that
+/// show only there: an unquoted `[::1]:3001` is a list to YAML.
+fn wrong_type(msg: &str, path: &str, written: &str) -> Option<String> {
+    let rest = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))?;
+    // The value may hold ", expected " itself (a quoted string); the expectation never does.
+    let (got, want) = rest.rsplit_once(", expected ")?;
+    let key = path.rsplit('.').next().unwrap_or(path);
+    let named_key = !key.is_empty() && !key.ends_with(']');
+    let want = match want {
+        "a string" => "text",
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a sequence" => "a list",
+        // serde_yaml's word for an enum given a list or a mapping.
+        "a YAML tag starting with '!'" => "a single word",
+        w if w.starts_with("struct ") || w == "a map" => "a mapping (key: value lines)",
+        w => w,
+    };
+    let quoted = got.strip_prefix("string ");
+    let unquoted = quoted.map(|q| q.trim_matches('"'));
+    let hint = match (want, got) {
+        ("text", "sequence") if written.starts_with('[') => {
+            let value = written
+                .split([',', '}', '#'])
+                .next()
+                .unwrap_or(written)
+                .trim();
+            return Some(if is_bracketed_address(value) {
+                format!("an IPv6 address must be quoted, or YAML reads the [ as the start of a list: write {key}: \"{value}\"")
+            } else {
+                format!("expected text, got a list: YAML reads an unquoted [ as the start of one; quote the value: {key}: \"{value}\"")
+            });
+        }
+        ("a whole number" | "a number", _)
+            if unquoted.is_some_and(|u| u.parse::<f64>().is_ok()) =>
+        {
+            format!(
+                "; write it without quotes: {key}: {}",
+                unquoted.unwrap_or_default()
+            )
+        }
+        ("true or false", _)
+            if unquoted.is_some_and(|u| {
+                ["yes", "no", "on", "off", "y", "n"].contains(&u.to_ascii_lowercase().as_str())
+            }) =>
+        {
+            "; YAML 1.2 reads yes, no, on and off as text".to_owned()
+        }
+        ("a mapping (key: value lines)", "sequence") if named_key => {
+            format!("; if `{key}` belongs under the key above it, indent it further")
+        }
+        ("a list", _) if quoted.is_some() => format!(
+            "; one item is still a list: {key}: [{}]",
+            unquoted.unwrap_or_default()
+        ),
+        ("a whole number", g) if g.starts_with("integer `-") => {
+            "; it cannot be negative".to_owned()
+        }
+        _ => String::new(),
+    };
+    let got = match got {
+        "sequence" => "a list".to_owned(),
+        "map" => "a mapping".to_owned(),
+        "unit value" => "nothing".to_owned(),
+        g => match (quoted, g.split_once(' ')) {
+            (Some(q), _) => format!("text {q}"),
+            (None, Some(("integer" | "floating", n))) => {
+                format!(
+                    "the number {}",
+                    n.trim_start_matches("point ").trim_matches('`')
+                )
+            }
+            (None, Some(("boolean", b))) => b.trim_matches('`').to_owned(),
+            _ => g.to_owned(),
+        },
+    };
+    Some(format!("expected {want}, got {got}{hint}"))
+}
+
+/// `[v6]` or `[v6]:port`, as a server or listener address is written.
+fn is_bracketed_address(s: &str) -> bool {
+    let Some((ip, after)) = s.strip_prefix('[').and_then(|r| r.split_once(']')) else {
+        return false;
+    };
+    let port_ok = after.is_empty()
+        || after
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok && ip.parse::<std::net::Ipv6Addr>().is_ok()
+}
+
+/// The rest of the line from `at`, as written.
+fn value_at<'t>(text: &'t str, at: &Location) -> &'t str {
+    let line = text.lines().nth(at.line.saturating_sub(1)).unwrap_or("");
+    let start = line
+        .char_indices()
+        .nth(at.column.saturating_sub(1))
+        .map_or(line.len(), |(i, _)| i);
+    line[start..].trim_end()
 }
 
 fn schema(at: Location, key: String, message: String) -> ConfigError {
@@ -295,10 +451,21 @@ mod tests {
         let e = ConfigError::Read {
             path: "conf/x.yaml".into(),
             cause: std::io::Error::from(std::io::ErrorKind::NotFound),
+            relative_to: Some("/home/u".into()),
         };
-        assert!(e
-            .to_string()
-            .starts_with("conf/x.yaml: cannot read the config file: "));
+        assert_eq!(
+            e.to_string(),
+            "conf/x.yaml: cannot read the config file: entity not found; looked for /home/u/conf/x.yaml, as relative paths are read from the working directory"
+        );
         assert!(e.location().is_none());
+        let e = ConfigError::Read {
+            path: "/etc/x.yaml".into(),
+            cause: std::io::Error::from(std::io::ErrorKind::NotFound),
+            relative_to: Some("/home/u".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "/etc/x.yaml: cannot read the config file: entity not found"
+        );
     }
 }

@@ -478,7 +478,7 @@ impl<'de> Deserialize<'de> for RawHashKey {
         impl<'de> Visitor<'de> for V {
             type Value = RawHashKey;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("`client_ip` or a map with one of `header`, `query`, `cookie`")
+                f.write_str("`client_ip` or a mapping with one of `header`, `query`, `cookie`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawHashKey, E> {
                 match v {
@@ -521,11 +521,16 @@ impl<'de> Deserialize<'de> for Backends {
         impl<'de> Visitor<'de> for V {
             type Value = Backends;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of backend name to backend")
+                f.write_str("a mapping (key: value lines) of backend names to their settings")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Backends, A::Error> {
                 let mut out: Vec<(String, RawBackend)> = Vec::new();
                 while let Some(name) = map.next_key::<String>()? {
+                    if name == "<<" {
+                        // A merge key, not a backend's name: said so before its value
+                        // is read as a backend's keys (`error.rs` words it).
+                        return Err(de::Error::unknown_field("<<", &[]));
+                    }
                     if out.iter().any(|(n, _)| *n == name) {
                         return Err(de::Error::custom(format!("duplicate key `{name}`")));
                     }

@@ -56,6 +56,7 @@ pub(crate) fn validate(raw: RawConfig) -> R<Config> {
         .collect::<R<Vec<_>>>()?;
     let limits = limits(raw.limits.unwrap_or_default(), &root.key("limits"))?;
     let backends = backends(raw.backends, &root.key("backends"))?;
+    no_server_is_a_listener(&listeners, &backends, &root.key("backends"))?;
     let routes = routes(raw.routes, &backends, &root.key("routes"))?;
     let shutdown_grace = match raw.shutdown_grace {
         None => DEFAULT_SHUTDOWN_GRACE,
@@ -130,6 +131,47 @@ fn listeners(raw: Vec<RawListener>, path: &KeyPath) -> R<Vec<ListenerConfig>> {
         });
     }
     Ok(out)
+}
+
+/// Refuses a server that is one of tether's own listeners: every request sent there comes
+/// back to tether, which sends it there again, some thousand times deep until descriptors
+/// run out — while `check` had said the file was fine.
+///
+/// Only what is certain is refused: a server written as the listener's own address, or as
+/// a loopback or unspecified address on the port of a listener bound to every interface
+/// (`[::]` is taken as dual-stack, the Linux default). A host name is not resolved here.
+fn no_server_is_a_listener(
+    listeners: &[ListenerConfig],
+    backends: &[BackendConfig],
+    path: &KeyPath,
+) -> R<()> {
+    for b in backends {
+        for (i, s) in b.servers.iter().enumerate() {
+            let host = s.addr.host().trim_start_matches('[').trim_end_matches(']');
+            let (Ok(ip), Some(port)) = (host.parse::<std::net::IpAddr>(), s.addr.port_u16()) else {
+                continue;
+            };
+            let local = ip.is_loopback() || ip.is_unspecified();
+            let reaches = |l: &&ListenerConfig| {
+                let bind = l.bind;
+                bind.port() == port
+                    && (bind.ip() == ip
+                        || (local
+                            && bind.ip().is_unspecified()
+                            && (bind.is_ipv6() || ip.is_ipv4())))
+            };
+            if let Some(j) = listeners.iter().position(|l| reaches(&l)) {
+                return bad(
+                    &path.key(&b.name).key("servers").index(i).key("addr"),
+                    format!(
+                        "{} is tether's own listeners[{j}] (bind {}): requests would loop back into tether; give the address of a Socket.IO server",
+                        s.addr, listeners[j].bind
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Two sockets that the kernel would refuse to bind together. Port 0 never clashes: each
@@ -253,8 +295,10 @@ fn bind_addr(s: &str, path: &KeyPath) -> R<SocketAddr> {
     ))
 }
 
-const EXAMPLE_BIND: &str = "ip:port such as 0.0.0.0:8080 or [::]:8080";
-const EXAMPLE_ADDR: &str = "host:port such as 127.0.0.1:3001 or node-1.internal:3000";
+const EXAMPLE_BIND: &str =
+    "ip:port such as 0.0.0.0:8080 or \"[::]:8080\" (IPv6 in brackets, quoted)";
+const EXAMPLE_ADDR: &str =
+    "host:port such as 127.0.0.1:3001, node-1.internal:3000 or \"[::1]:3001\" (IPv6 in brackets, quoted)";
 
 /// Why a `host:port` is not one, said against an example of what is expected.
 enum NotHostPort {
@@ -1097,6 +1141,51 @@ mod tests {
                 !msg.contains("missing") || expected.contains("missing"),
                 "{addr}: {msg}"
             );
+        }
+        // The examples show how an IPv6 address is written, quoted for YAML.
+        assert!(
+            why(authority("127.0.0.1", &p())).ends_with(
+                "expected host:port such as 127.0.0.1:3001, node-1.internal:3000 or \"[::1]:3001\" (IPv6 in brackets, quoted)"
+            ),
+            "{}",
+            why(authority("127.0.0.1", &p()))
+        );
+        assert!(why(bind_addr("", &p())).contains("\"[::]:8080\" (IPv6 in brackets, quoted)"));
+    }
+
+    #[test]
+    fn a_server_that_is_a_listener_of_tether_is_refused_at_its_addr() {
+        let parse = |bind: &str, addr: &str| {
+            let yaml = format!(
+                "listeners:\n  - bind: 127.0.0.1:9000\n  - bind: \"{bind}\"\nbackends:\n  chat:\n    servers:\n      - {{ id: a, addr: \"127.0.0.1:1\" }}\n      - {{ id: b, addr: \"{addr}\" }}\n"
+            );
+            crate::config::parse(&yaml, std::path::Path::new("t.yaml")).map(drop)
+        };
+        for (bind, addr) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.2:8080"),
+            ("0.0.0.0:8080", "0.0.0.0:8080"),
+            ("[::]:8080", "[::1]:8080"),
+            ("[::]:8080", "127.0.0.1:8080"),
+            ("[::1]:8080", "[::1]:8080"),
+            ("10.1.2.3:8080", "10.1.2.3:8080"),
+        ] {
+            let err = parse(bind, addr).expect_err(addr).to_string();
+            assert_eq!(
+                err,
+                format!("t.yaml:8:24: backends.chat.servers[1].addr: {addr} is tether's own listeners[1] (bind {bind}): requests would loop back into tether; give the address of a Socket.IO server"),
+            );
+        }
+        for (bind, addr) in [
+            ("127.0.0.1:8080", "127.0.0.1:8081"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("127.0.0.1:0", "127.0.0.1:1"),
+            ("0.0.0.0:8080", "[::1]:8080"),
+            ("0.0.0.0:8080", "10.1.2.3:8080"),
+            ("0.0.0.0:8080", "node-1.internal:8080"),
+        ] {
+            assert!(parse(bind, addr).is_ok(), "{bind} {addr}");
         }
     }
 

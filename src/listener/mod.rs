@@ -200,6 +200,12 @@ async fn serve_accepted(
         Serve::Tls { acceptor, hsts } => {
             Box::pin(async move {
                 let timeout = proxy.store().load().limits.header_read_timeout;
+                let listener = conn.local.to_string();
+                let failed = || {
+                    metrics::counter!(telemetry::TLS_HANDSHAKES, "listener" => listener.clone(),
+                        "version" => "-", "alpn" => "-", "result" => "failed")
+                    .increment(1);
+                };
                 let deadline = tokio::time::Instant::now() + timeout;
                 match tokio::time::timeout_at(deadline, first_byte(&stream)).await {
                     // A TLS record starts with its type (22 for a handshake); a request
@@ -211,26 +217,48 @@ async fn serve_accepted(
                         if let Some(suppressed) = LOG.allow() {
                             tracing::info!(peer = %client, local = %conn.local, suppressed, "plain HTTP on a TLS listener: answered 400, use https://");
                         }
+                        failed();
                         let handler = Handler::PlainOnTls;
                         return serve_conn(stream, conn, proxy, l, handler, false).await;
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => return,
                     Err(_) => {
+                        failed();
                         tracing::debug!(peer = %client, "TLS handshake timed out");
                         return;
                     }
                 }
                 match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
-                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let session = tls_stream.get_ref().1;
+                        let alpn = session.alpn_protocol();
+                        let h2 = alpn == Some(b"h2");
+                        let version = match session.protocol_version() {
+                            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                            _ => "other",
+                        };
+                        let alpn = match alpn {
+                            Some(b"h2") => "h2",
+                            Some(b"http/1.1") => "http/1.1",
+                            Some(_) => "other",
+                            None => "none",
+                        };
+                        metrics::counter!(telemetry::TLS_HANDSHAKES, "listener" => listener,
+                            "version" => version, "alpn" => alpn, "result" => "ok")
+                        .increment(1);
                         let handler = Handler::Proxy(hsts.clone());
                         serve_conn(tls_stream, conn, proxy, l, handler, h2).await
                     }
                     Ok(Err(e)) => {
+                        failed();
                         tracing::debug!(peer = %client, error = %e, "TLS handshake failed")
                     }
-                    Err(_) => tracing::debug!(peer = %client, "TLS handshake timed out"),
+                    Err(_) => {
+                        failed();
+                        tracing::debug!(peer = %client, "TLS handshake timed out")
+                    }
                 }
             })
             .await

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::affinity::{client_ip, Affinity, Keys, SessionPin, Target};
 use crate::backends::health::{note_failure, note_success};
-use crate::backends::{Backend, SessionEnd, SessionGuard};
+use crate::backends::{stats, Backend, Server, SessionEnd, SessionGuard};
 use crate::body::{Guarded, ProxyBody, Rules};
 use crate::config::Limits;
 use crate::engineio::{self, Transport};
@@ -102,9 +102,16 @@ impl Proxy {
     /// Handles one request; every failure becomes a response, never a panic or a
     /// dropped connection.
     pub async fn handle(&self, req: ClientRequest, conn: ConnInfo) -> Response<ProxyBody> {
+        let arrived = std::time::Instant::now();
+        let method = req.method().clone();
         let snapshot = self.store.load_full();
-        match self.forward(&snapshot, req, conn).await {
-            Ok(resp) => resp,
+        let mut seen = Seen::default();
+        let (resp, handshake) = match self.forward(&snapshot, req, conn, &mut seen).await {
+            Ok(resp) => {
+                let ok =
+                    resp.status().is_success() || resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                (resp, if ok { "ok" } else { "refused" })
+            }
             Err(e) => {
                 if matches!(e, ProxyError::SessionUnknown(_)) {
                     // Logged where it was decided, with the sid.
@@ -113,17 +120,24 @@ impl Proxy {
                 } else if let Some(suppressed) = FAILURE_LOG[e.cause()].allow() {
                     tracing::warn!(peer = %conn.peer, error = %e, suppressed, "request failed");
                 }
-                e.into_response()
+                let handshake = match e {
+                    ProxyError::Limited { .. } => "limited",
+                    _ => "failed",
+                };
+                (e.into_response(), handshake)
             }
-        }
+        };
+        seen.record(&method, resp.status(), arrived.elapsed(), handshake);
+        resp
     }
 
-    /// Route, pick, rewrite, send, learn.
-    async fn forward(
+    /// Route, pick, rewrite, send, learn; what it learns on the way goes into `seen`.
+    async fn forward<'s>(
         &self,
-        snap: &Snapshot,
+        snap: &'s Snapshot,
         mut req: ClientRequest,
         conn: ConnInfo,
+        seen: &mut Seen<'s>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // A cheap clone (shared bytes), so the target and the parsed query can borrow it
         // while the request is rewritten.
@@ -134,6 +148,7 @@ impl Proxy {
             Unrouted::NoRoute => ProxyError::NoRoute,
             Unrouted::Denied => ProxyError::Forbidden,
         })?;
+        seen.backend = Some(backend);
         if self.via.seen_in(req.headers()) {
             return Err(ProxyError::Loop(Arc::clone(&backend.name)));
         }
@@ -148,6 +163,9 @@ impl Proxy {
             .map_err(ProxyError::EngineIo)?
             .flatten();
         let starts_session = eio.is_some_and(|q| q.sid.is_none());
+        if starts_session {
+            seen.handshake = eio.map(|q| q.transport);
+        }
         if let Err((why, retry_after)) =
             self.store
                 .clients
@@ -165,6 +183,7 @@ impl Proxy {
             upgrade: upgrading,
         };
         let mut target = affinity.pick(backend, &self.store.sids, keys)?;
+        seen.server = Some(target.server);
 
         let origin = headers::Origin {
             peer: client_ip::canonical(conn.peer.ip()),
@@ -210,6 +229,7 @@ impl Proxy {
                 },
             )
             .await?;
+        seen.server = Some(target.server);
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         let body = affinity
@@ -384,6 +404,14 @@ impl Proxy {
                 (Ok(c), Ok(s)) => (c, s),
                 (c, s) => {
                     tracing::debug!(server = %server_id, client_ok = c.is_ok(), server_ok = s.is_ok(), "upgrade did not complete");
+                    // The side that failed to complete it is the one that went away.
+                    if let TunnelSession::Pinned(mut pin) = session {
+                        pin.ended_by(if s.is_err() {
+                            SessionEnd::ServerClosed
+                        } else {
+                            SessionEnd::ClientClosed
+                        });
+                    }
                     return;
                 }
             };
@@ -419,6 +447,47 @@ impl Proxy {
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         Ok(Response::from_parts(parts, ProxyBody::empty()))
+    }
+}
+
+/// What the request path learnt about a request, for its metrics.
+#[derive(Default)]
+struct Seen<'s> {
+    backend: Option<&'s Backend>,
+    server: Option<&'s Server>,
+    /// A new session was asked for, on this transport.
+    handshake: Option<Transport>,
+}
+
+impl Seen<'_> {
+    /// Counts the request (by the server that answered it, or as tether's own answer),
+    /// its time to the response head, and the new session it asked for.
+    fn record(
+        &self,
+        method: &http::Method,
+        status: StatusCode,
+        took: Duration,
+        handshake: &'static str,
+    ) {
+        match (self.backend, self.server) {
+            (Some(b), Some(s)) => {
+                s.stats.metrics.request(method, status);
+                b.metrics.request_duration.record(took.as_secs_f64());
+            }
+            (backend, _) => {
+                let name = backend.map_or_else(|| "-".to_owned(), |b| b.name.to_string());
+                let (m, st) =
+                    stats::class_labels(stats::method_class(method), stats::status_class(status));
+                metrics::counter!(telemetry::HTTP_REQUESTS, "backend" => name.clone(), "server" => "-",
+                    "method" => m, "status" => st)
+                .increment(1);
+                metrics::histogram!(telemetry::HTTP_REQUEST_DURATION, "backend" => name)
+                    .record(took.as_secs_f64());
+            }
+        }
+        if let (Some(b), Some(t)) = (self.backend, self.handshake) {
+            b.metrics.handshake(t, handshake);
+        }
     }
 }
 

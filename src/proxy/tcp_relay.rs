@@ -109,10 +109,18 @@ impl<S: Future<Output = ()>> Future for TcpRelay<S> {
         let relay = this.relay;
         let end = if this.stop.poll(cx).is_ready() {
             TunnelEnd::Stopped
-        } else if relay.poll_direction(cx, true).is_ready() {
-            TunnelEnd::ClientClosed
-        } else if relay.poll_direction(cx, false).is_ready() {
-            TunnelEnd::ServerClosed
+        } else if let Poll::Ready(reader) = relay.poll_direction(cx, true) {
+            if reader {
+                TunnelEnd::ClientClosed
+            } else {
+                TunnelEnd::ServerClosed
+            }
+        } else if let Poll::Ready(reader) = relay.poll_direction(cx, false) {
+            if reader {
+                TunnelEnd::ServerClosed
+            } else {
+                TunnelEnd::ClientClosed
+            }
         } else {
             ready!(relay.poll_watchdog(cx, this.watchdog))
         };
@@ -165,8 +173,9 @@ impl Relay {
     }
 
     /// Moves what is readable in one direction (`up`: client → server). Ready when that
-    /// direction has ended (EOF or an error on either socket).
-    fn poll_direction(&mut self, cx: &mut Context<'_>, up: bool) -> Poll<()> {
+    /// direction has ended: `true` when its reading side ended (EOF or an error), `false`
+    /// when writing to the other side failed (that side is the one that went away).
+    fn poll_direction(&mut self, cx: &mut Context<'_>, up: bool) -> Poll<bool> {
         for _ in 0..READS_PER_POLL {
             let (from, to, pending) = if up {
                 (&self.client, &self.server, &mut self.up)
@@ -175,10 +184,10 @@ impl Relay {
             };
             if let Some(rest) = pending {
                 if ready!(to.poll_write_ready(cx)).is_err() {
-                    return Poll::Ready(());
+                    return Poll::Ready(false);
                 }
                 match to.try_write(rest) {
-                    Ok(0) => return Poll::Ready(()),
+                    Ok(0) => return Poll::Ready(false),
                     Ok(n) => {
                         rest.advance(n);
                         if rest.is_empty() {
@@ -186,12 +195,12 @@ impl Relay {
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Poll::Ready(()),
+                    Err(_) => return Poll::Ready(false),
                 }
                 continue;
             }
             if ready!(from.poll_read_ready(cx)).is_err() {
-                return Poll::Ready(());
+                return Poll::Ready(true);
             }
             // Only the server's first chunk is read for the open packet.
             let margin = if up { None } else { self.learn };
@@ -210,13 +219,14 @@ impl Relay {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         Some(Bytes::copy_from_slice(&buf[..n]))
                     }
-                    Err(_) => return Read::Eof,
+                    Err(_) => return Read::WriteFailed,
                 };
                 Read::Moved { rest, learnt, n }
             });
             match read {
                 Read::Nothing => {}
-                Read::Eof => return Poll::Ready(()),
+                Read::Eof => return Poll::Ready(true),
+                Read::WriteFailed => return Poll::Ready(false),
                 Read::Moved { rest, learnt, n } => {
                     self.tally[usize::from(!up)].add(n);
                     if !up {
@@ -261,6 +271,8 @@ enum Read {
     /// Not readable after all (the readiness is cleared; the next poll waits again).
     Nothing,
     Eof,
+    /// The chunk read could not be written on: the other side is gone.
+    WriteFailed,
     /// Bytes read and written on; `rest` is what the peer could not take yet, `learnt`
     /// the idle limit the chunk set (the server's open packet).
     Moved {

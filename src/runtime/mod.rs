@@ -153,6 +153,8 @@ impl Tether {
     /// listener, which `admin` will serve. With `config.source` set, `run` also reloads
     /// from that file.
     pub async fn bind(config: Config, admin_api: Arc<dyn AdminApi>) -> Result<Tether, StartError> {
+        // First: what is built below (certificates, servers) takes metric handles.
+        crate::telemetry::install_recorder();
         log_warnings(&config);
         let stop_accepting = CancellationToken::new();
         let mut bound = Vec::with_capacity(config.listeners.len());
@@ -178,7 +180,6 @@ impl Tether {
             }
             None => (None, None),
         };
-        crate::telemetry::install_recorder();
         let store = Arc::new(Store::new(&config)?);
         let connections = Gate::new(connection_cap(&config.limits));
         let proxy = Arc::new(Proxy::new(Arc::clone(&store), Arc::clone(&connections)));

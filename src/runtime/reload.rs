@@ -126,6 +126,7 @@ impl Runtime {
         status.at = SystemTime::now();
         match result {
             Ok(()) => {
+                metrics::counter!(telemetry::TLS_RELOADS, "result" => "ok").increment(1);
                 if status
                     .error
                     .as_deref()
@@ -138,7 +139,7 @@ impl Runtime {
                 status.failed += 1;
                 tracing::error!(error = %e, "new certificates rejected; the previous ones stay in force");
                 status.error = Some(format!("{CERTIFICATES}{e}"));
-                metrics::counter!(telemetry::RELOADS, "result" => "error").increment(1);
+                metrics::counter!(telemetry::TLS_RELOADS, "result" => "error").increment(1);
             }
         }
     }

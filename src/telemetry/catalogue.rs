@@ -49,7 +49,7 @@ catalogue! {
     SERVER_SESSIONS = Gauge "tether_server_sessions" ["backend", "server"]
         "Live sessions per server, every transport: the signal to scale servers on (HorizontalPodAutoscaler through prometheus-adapter).";
     SESSIONS_ENDED = Counter "tether_sessions_ended_total" ["backend", "server", "cause"]
-        "Sessions ended, by cause: client_closed, server_closed, idle_timeout, server_down, maint, migrated, shutdown.";
+        "Sessions ended, by cause: client_closed, server_closed, idle_timeout (nothing heard for its heartbeat), server_down, maint, shutdown.";
     SESSION_DURATION = Histogram "tether_session_duration_seconds" ["backend"]
         "How long sessions lived, from the handshake (or the WebSocket upgrade of a WebSocket-only session) to their end.";
     SID_UNKNOWN = Counter "tether_engineio_sid_unknown_total" ["backend", "cause"]
@@ -104,8 +104,8 @@ catalogue! {
     // TLS.
     TLS_HANDSHAKES = Counter "tether_tls_handshakes_total" ["listener", "version", "alpn", "result"]
         "TLS handshakes on listeners: result ok or failed; version and ALPN protocol of the ok ones.";
-    TLS_NOT_AFTER = Gauge "tether_tls_certificate_not_after_timestamp_seconds" ["listener", "certificate", "name"]
-        "When each listener certificate expires (Unix time); name is its first DNS name or its subject.";
+    TLS_NOT_AFTER = Gauge "tether_tls_certificate_not_after_timestamp_seconds" ["certificate", "name"]
+        "When each listener certificate expires (Unix time), by its file and its first DNS name.";
     TLS_RELOADS = Counter "tether_tls_certificate_reloads_total" ["result"]
         "Certificate files re-read after they changed on disk: ok or error (the old ones stay).";
 
@@ -113,7 +113,7 @@ catalogue! {
     BUILD_INFO = Gauge "tether_build_info" ["version"]
         "Always 1; its label says which tether this is.";
     CONFIG_GENERATION = Gauge "tether_config_generation" []
-        "Generation of the routing snapshot in force: 1 at start, one more per applied change (reload, discovery, health, operator action).";
+        "Config versions put in force: 1 at start, one more per applied reload.";
     RELOADS = Counter "tether_config_reloads_total" ["result"]
         "Config reloads: ok or error (the old config stays).";
     ACCESS_LOG_DROPPED = Counter "tether_access_log_dropped_total" []

@@ -18,6 +18,23 @@ pub fn install_recorder() -> &'static tether_kit::recorder::PrometheusHandle {
     let handle = tether_kit::recorder::install(&histograms);
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Counters of rare events exist at 0 from the start, so `rate()` and alerts on them
+    // work before the first event.
+    for result in ["ok", "error"] {
+        metrics::counter!(RELOADS, "result" => result).increment(0);
+        metrics::counter!(TLS_RELOADS, "result" => result).increment(0);
+    }
+    for what in ["denied", "connections", "handshakes", "requests"] {
+        metrics::counter!(CLIENTS_LIMITED, "what" => what).increment(0);
+    }
+    for name in [
+        PROXY_HEADERS_REFUSED,
+        SID_TABLE_EXPIRED,
+        SID_TABLE_FULL,
+        ACCESS_LOG_DROPPED,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
     handle
 }
 
@@ -64,18 +81,68 @@ fn directives(rust_log: Option<&str>) -> String {
     out
 }
 
-pub fn init() {
+/// The process figures every Prometheus client exports, read from `/proc` at scrape time
+/// (nothing is recorded where it is not Linux).
+pub fn export_process() {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime, fields 14 and 15 of the file (11 and 12 after the name), are in
+    // USER_HZ ticks, which Linux fixes at 100 for every user-space interface.
+    if let (Some(user), Some(system)) = (field(11), field(12)) {
+        metrics::counter!(CPU_SECONDS).absolute(((user + system) / 100.0) as u64);
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    if let Some(kib) = rss_kib {
+        metrics::gauge!(RESIDENT_MEMORY).set(kib * 1024.0);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(OPEN_FDS).set(fds.count() as f64);
+    }
+    metrics::gauge!(MAX_FDS).set(tether_kit::gate::open_files_limit() as f64);
+}
+
+/// How process logs are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line per event for people: time, level, target, message, fields.
+    #[default]
+    Human,
+    /// One JSON object per line for collectors (Loki, Elasticsearch, CloudWatch): the
+    /// event's fields as fields, nothing to parse out of a message.
+    Json,
+}
+
+/// Sets up process logs on stderr, in `format`.
+pub fn init(format: LogFormat) {
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = EnvFilter::try_new(directives(rust_log.as_deref()))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder
+            .with_ansi(colour(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 /// Colour only for a person at a terminal: escape codes in a log file or a pipe to a

@@ -20,7 +20,7 @@ pub use upstream::{client_config, TlsUpstream};
 
 use std::path::PathBuf;
 
-use crate::config::{CertPair, NamedFile};
+use crate::config::{looked_for, CertPair, NamedFile};
 
 /// What the listener offers in ALPN, preferred first: HTTP/2 where the client can,
 /// HTTP/1.1 (and with it WebSocket upgrades) otherwise.
@@ -32,11 +32,11 @@ pub const UPSTREAM_ALPN: [&[u8]; 1] = [b"http/1.1"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {cause}{}", working_dir(.relative_to))]
+    #[error("cannot read {}: {cause}{}", path.display(), looked_for(.path, .relative_to))]
     Read {
         path: PathBuf,
         cause: std::io::Error,
-        /// The working directory, when a relative path was not found there: the file
+        /// The working directory, when a relative path could not be opened: the file
         /// may sit beside the config, which is not where relative paths are read from.
         relative_to: Option<PathBuf>,
     },
@@ -63,16 +63,6 @@ pub enum TlsError {
     Config(rustls::Error),
     #[error("no certificates configured")]
     Empty,
-}
-
-fn working_dir(dir: &Option<PathBuf>) -> String {
-    match dir {
-        Some(d) => format!(
-            "; relative paths are read from the working directory, {}",
-            d.display()
-        ),
-        None => String::new(),
-    }
 }
 
 /// Reads a file the config names and checks it is what its key promises, so that a

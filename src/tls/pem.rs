@@ -9,14 +9,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::TlsError;
 
 fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
-    File::open(path).map(BufReader::new).map_err(|cause| {
-        let missing = cause.kind() == std::io::ErrorKind::NotFound && path.is_relative();
-        TlsError::Read {
+    File::open(path)
+        .map(BufReader::new)
+        .map_err(|cause| TlsError::Read {
             path: path.to_owned(),
-            relative_to: missing.then(std::env::current_dir).and_then(Result::ok),
+            relative_to: path
+                .is_relative()
+                .then(std::env::current_dir)
+                .and_then(Result::ok),
             cause,
-        }
-    })
+        })
 }
 
 /// Every certificate of a PEM file, in file order (for a chain: leaf first).

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use super::pem::{load_certs, load_key};
 use super::{TlsError, SERVER_ALPN};
 use crate::config::{CertPair, TlsConfig};
+use crate::telemetry;
 
 /// Builds the acceptor of a TLS listener: all its certificates, chosen by SNI.
 pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
@@ -66,6 +67,12 @@ impl SniResolver {
         let no_sni = resolver.default.unwrap_or(0);
         for (index, pair) in cfg.certificates.iter().enumerate() {
             let (key, names) = load_pair(pair, provider)?;
+            if let Some(not_after) = key.cert.first().and_then(|c| not_after(c)) {
+                let name = names.first().cloned().unwrap_or_else(|| "-".to_owned());
+                metrics::gauge!(telemetry::TLS_NOT_AFTER,
+                    "certificate" => pair.cert.display().to_string(), "name" => name)
+                .set(not_after as f64);
+            }
             if names.is_empty() && index != no_sni {
                 tracing::warn!(
                     cert = %pair.cert.display(),
@@ -130,6 +137,12 @@ pub(super) fn leaf_names(
         .valid_dns_names()
         .map(str::to_ascii_lowercase)
         .collect())
+}
+
+/// When a certificate expires (Unix seconds), for the expiry gauge.
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
 }
 
 /// A pair's signing key and chain, and the leaf's DNS names (lower-case, wildcards as

@@ -41,6 +41,33 @@ pub struct Peer<'a> {
     pub tls: Option<&'a TlsUpstream>,
     /// The PROXY header each connection opens with, when the backend sends one.
     pub proxy: Option<ProxyLine>,
+    pub meters: &'a Meters,
+}
+
+/// What talking to one server is measured by (handles registered by the server's owner;
+/// the default records nowhere).
+#[derive(Debug)]
+pub struct Meters {
+    /// Time to open a connection (TCP, then TLS).
+    pub connect_duration: metrics::Histogram,
+    /// Requests sent on a kept-alive connection, and on a new one.
+    pub reused: metrics::Counter,
+    pub new: metrics::Counter,
+}
+
+impl Meters {
+    /// Records nowhere (health probes, tests).
+    pub const NONE: Meters = Meters {
+        connect_duration: metrics::Histogram::noop(),
+        reused: metrics::Counter::noop(),
+        new: metrics::Counter::noop(),
+    };
+}
+
+impl Default for Meters {
+    fn default() -> Meters {
+        Meters::NONE
+    }
 }
 
 impl Peer<'_> {
@@ -153,6 +180,23 @@ impl UpstreamError {
         }
     }
 
+    /// For a connection that could not be opened: refused, timeout, tls, local or other.
+    pub fn connect_kind(&self) -> Option<&'static str> {
+        match self {
+            UpstreamError::ConnectTimeout { .. } => Some("timeout"),
+            UpstreamError::Connect { cause, .. } => Some(if is_local_shortage(cause) {
+                "local"
+            } else if cause.kind() == std::io::ErrorKind::ConnectionRefused {
+                "refused"
+            } else if cause.kind() == std::io::ErrorKind::InvalidData {
+                "tls"
+            } else {
+                "other"
+            }),
+            _ => None,
+        }
+    }
+
     pub fn blame(&self) -> Blame {
         match self {
             UpstreamError::Connect { cause, .. } if is_local_shortage(cause) => Blame::Local,
@@ -205,6 +249,7 @@ pub async fn send_upgrade(
     connect_timeout: Duration,
     response_timeout: Duration,
 ) -> Result<Response<Incoming>, UpstreamError> {
+    peer.meters.new.increment(1);
     // Each side keeps its own type: a plain one is relayed without buffers.
     match dial(peer, connect_timeout).await? {
         Dialed::Plain(s) => upgrade_over(s, req, response_timeout, peer).await,
@@ -229,6 +274,7 @@ pub async fn dial(peer: Peer<'_>, limit: Duration) -> Result<Dialed, UpstreamErr
         addr: peer.addr.to_string(),
         cause,
     };
+    let started = std::time::Instant::now();
     let stream = tokio::time::timeout(limit, TcpStream::connect(peer.addr.as_str()))
         .await
         .map_err(|_| timed_out())?
@@ -244,12 +290,18 @@ pub async fn dial(peer: Peer<'_>, limit: Duration) -> Result<Dialed, UpstreamErr
             .map_err(failed)?;
     }
     let Some(t) = peer.tls else {
+        peer.meters
+            .connect_duration
+            .record(started.elapsed().as_secs_f64());
         return Ok(Dialed::Plain(stream));
     };
     let stream = tokio::time::timeout(limit, t.connect(peer.addr, stream))
         .await
         .map_err(|_| timed_out())?
         .map_err(failed)?;
+    peer.meters
+        .connect_duration
+        .record(started.elapsed().as_secs_f64());
     Ok(Dialed::Tls(Box::new(stream)))
 }
 

@@ -108,17 +108,23 @@ impl ConnPool {
         if let Some(mut send) = self.take(owner) {
             match send.try_send_request(*req).await {
                 Ok(resp) => {
+                    peer.meters.reused.increment(1);
                     self.put(send, owner);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
+                    // Never written: it goes again on a new connection.
                     Some(unsent) => *req = unsent,
-                    None => return Err(UpstreamError::exchange(peer.id, e.into_error())),
+                    None => {
+                        peer.meters.reused.increment(1);
+                        return Err(UpstreamError::exchange(peer.id, e.into_error()));
+                    }
                 },
             }
         }
         // Boxed: connecting (TCP, TLS, handshake) is kilobytes of future, which every
         // request's future would otherwise carry and copy.
+        peer.meters.new.increment(1);
         let mut send = Box::pin(connect(peer)).await?;
         match send.send_request(*req).await {
             Ok(resp) => {
@@ -156,6 +162,7 @@ mod tests {
     struct Server {
         addr: Authority,
         pool: ConnPool,
+        meters: crate::upstream::Meters,
     }
 
     impl Server {
@@ -165,6 +172,7 @@ mod tests {
                 addr: &self.addr,
                 tls: None,
                 proxy: None,
+                meters: &self.meters,
             }
         }
     }
@@ -200,6 +208,7 @@ mod tests {
         let server = Server {
             addr: addr.to_string().parse().unwrap(),
             pool: ConnPool::default(),
+            meters: Default::default(),
         };
         (server, accepted)
     }

@@ -2,14 +2,21 @@
 //! runs workers. A node that dies is started again after a back-off that grows while it
 //! keeps dying and resets once it has stayed up; signals are forwarded; on exit every
 //! child is stopped.
+//!
+//! A node given port 0 binds a free port itself and says which on its first line; the
+//! supervisor reads it, announces it, and starts the node on that port again after a
+//! death, so whoever was told where it is (the demo's tether) still finds it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tether_kit::signal::send_signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use tether_kit::Backoff;
@@ -40,36 +47,95 @@ pub struct PoolOptions {
     pub nodes: Vec<NodeSpec>,
 }
 
+/// Ports that `n` nodes cannot have.
+#[derive(Debug, thiserror::Error)]
+#[error("{n} nodes on consecutive ports from {base} would run past port 65535; give a lower first port, or 0 for any free ports")]
+pub struct PortsError {
+    pub n: usize,
+    pub base: u16,
+}
+
+/// The ports of `n` nodes: consecutive from `base`, or every one 0 (a free port each)
+/// when `base` is 0 — not `1, 2, ...`, which are other services' ports.
+pub fn node_ports(n: usize, base: u16) -> Result<Vec<u16>, PortsError> {
+    (0..n)
+        .map(|i| match base {
+            0 => Some(0),
+            _ => u16::try_from(i).ok().and_then(|i| base.checked_add(i)),
+        })
+        .collect::<Option<Vec<u16>>>()
+        .ok_or(PortsError { n, base })
+}
+
 impl PoolOptions {
-    /// `n` nodes on consecutive ports from `base_port`, ids `node-1`...
-    pub fn consecutive(exe: PathBuf, n: usize, base_port: u16, args: &[String]) -> PoolOptions {
-        PoolOptions {
+    /// `n` nodes, ids `node-1`..., on [`node_ports`]`(n, base_port)`.
+    pub fn consecutive(
+        exe: PathBuf,
+        n: usize,
+        base_port: u16,
+        args: &[String],
+    ) -> Result<PoolOptions, PortsError> {
+        Ok(PoolOptions {
             exe,
-            nodes: (0..n)
-                .map(|i| NodeSpec {
+            nodes: node_ports(n, base_port)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, port)| NodeSpec {
                     id: format!("node-{}", i + 1),
-                    port: base_port.saturating_add(i as u16),
+                    port,
                     args: args.to_vec(),
                 })
                 .collect(),
-        }
+        })
     }
+}
+
+/// A node serving: its id and the port it listens on (the one it picked, if given 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    pub id: String,
+    pub port: u16,
 }
 
 /// Runs the pool until `stop` is cancelled, then stops every child.
 pub async fn run(opts: PoolOptions, stop: CancellationToken) {
+    run_announcing(opts, stop, None).await
+}
+
+/// [`run`], sending a [`Listening`] to `announce` each time a node starts serving.
+pub async fn run_announcing(
+    opts: PoolOptions,
+    stop: CancellationToken,
+    announce: Option<mpsc::UnboundedSender<Listening>>,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     for spec in opts.nodes {
-        tasks.spawn(supervise(opts.exe.clone(), spec, stop.clone()));
+        tasks.spawn(supervise(
+            opts.exe.clone(),
+            spec,
+            stop.clone(),
+            announce.clone(),
+        ));
     }
     while tasks.join_next().await.is_some() {}
 }
 
-async fn supervise(exe: PathBuf, spec: NodeSpec, stop: CancellationToken) {
+async fn supervise(
+    exe: PathBuf,
+    spec: NodeSpec,
+    stop: CancellationToken,
+    announce: Option<mpsc::UnboundedSender<Listening>>,
+) {
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
+    // The port the node is started on: the one asked for, then the one it picked.
+    let port = Arc::new(AtomicU16::new(spec.port));
     loop {
         let started = tokio::time::Instant::now();
-        let mut child = match spawn(&exe, &spec) {
+        let spec = NodeSpec {
+            port: port.load(Ordering::Relaxed),
+            ..spec.clone()
+        };
+        let mut child = match spawn(&exe, &spec, &port, announce.clone()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(node = %spec.id, error = %e, "cannot start node");
@@ -98,7 +164,12 @@ async fn supervise(exe: PathBuf, spec: NodeSpec, stop: CancellationToken) {
     }
 }
 
-fn spawn(exe: &PathBuf, spec: &NodeSpec) -> std::io::Result<Child> {
+fn spawn(
+    exe: &PathBuf,
+    spec: &NodeSpec,
+    port: &Arc<AtomicU16>,
+    announce: Option<mpsc::UnboundedSender<Listening>>,
+) -> std::io::Result<Child> {
     let mut child = Command::new(exe)
         .arg("node")
         .args(["--port", &spec.port.to_string(), "--id", &spec.id])
@@ -113,14 +184,35 @@ fn spawn(exe: &PathBuf, spec: &NodeSpec) -> std::io::Result<Child> {
     // the demo's text for people.
     if let Some(out) = child.stdout.take() {
         let id = spec.id.clone();
+        let port = Arc::clone(port);
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(node = %id, says = %line, "node output");
+                let Some(p) = listening_port(&line) else {
+                    tracing::info!(node = %id, says = %line, "node output");
+                    continue;
+                };
+                port.store(p, Ordering::Relaxed);
+                tracing::info!(node = %id, port = p, "node listening");
+                if let Some(tx) = &announce {
+                    let _ = tx.send(Listening {
+                        id: id.clone(),
+                        port: p,
+                    });
+                }
             }
         });
     }
     Ok(child)
+}
+
+/// The port of a node's `{"event":"listening","port":N,...}` line.
+fn listening_port(line: &str) -> Option<u16> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["event"] != "listening" {
+        return None;
+    }
+    v["port"].as_u64().and_then(|p| u16::try_from(p).ok())
 }
 
 /// Sleeps `d`; true if `stop` fired first.
@@ -150,10 +242,36 @@ mod tests {
 
     #[test]
     fn consecutive_nodes_get_ids_and_ports_in_order() {
-        let p = PoolOptions::consecutive("tether".into(), 3, 3001, &["--redis".into(), "x".into()]);
+        let p = PoolOptions::consecutive("tether".into(), 3, 3001, &["--redis".into(), "x".into()])
+            .unwrap();
         let ids: Vec<_> = p.nodes.iter().map(|n| (n.id.as_str(), n.port)).collect();
         assert_eq!(ids, [("node-1", 3001), ("node-2", 3002), ("node-3", 3003)]);
         assert_eq!(p.nodes[2].args, ["--redis", "x"]);
+    }
+
+    #[test]
+    fn base_port_0_gives_every_node_a_free_port_and_the_end_of_the_range_is_refused() {
+        assert_eq!(node_ports(3, 0).unwrap(), [0, 0, 0]);
+        assert_eq!(node_ports(2, 65534).unwrap(), [65534, 65535]);
+        assert_eq!(
+            node_ports(3, 65534).unwrap_err().to_string(),
+            "3 nodes on consecutive ports from 65534 would run past port 65535; give a lower first port, or 0 for any free ports"
+        );
+        assert!(node_ports(0, 3001).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_node_s_listening_line_gives_its_port() {
+        assert_eq!(
+            listening_port(r#"{"event":"listening","port":40123,"id":"node-1"}"#),
+            Some(40123)
+        );
+        assert_eq!(listening_port(r#"{"event":"draining"}"#), None);
+        assert_eq!(listening_port("listening on 3001"), None);
+        assert_eq!(
+            listening_port(r#"{"event":"listening","port":70000}"#),
+            None
+        );
     }
 
     #[tokio::test]
@@ -174,7 +292,7 @@ mod tests {
             .status();
         let stop = CancellationToken::new();
         let pool = tokio::spawn(run(
-            PoolOptions::consecutive(script.clone(), 1, 1, &[]),
+            PoolOptions::consecutive(script.clone(), 1, 1, &[]).unwrap(),
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(1200)).await;
