@@ -12,7 +12,8 @@
 //!   Engine.IO, where its sid is, what the open packet says. [`tls`] certificates chosen
 //!   by SNI, upstream TLS, PEM loading, a development CA (`tether cert`, tests).
 //!   [`admission`] what one client address may take: connections, session and request
-//!   rates, allow and deny lists.
+//!   rates, allow and deny lists. [`access_log`] one line per request and per closed
+//!   tunnel, written off the request path.
 //! - [`balance`] places new sessions: least sessions, consistent hash with bounded load,
 //!   round robin, slow start; fixed-seed hashing so every instance routes alike.
 //! - [`upstream`] talks to one server: dial (TCP, TLS), its keep-alive pool, upgrades.
@@ -37,6 +38,7 @@
 //! The bundled node pool (`tether node`, `tether pool`) and the load generator
 //! (`tether bench`) are crates of their own under `crates/`; the proxy never links them.
 
+pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod affinity;

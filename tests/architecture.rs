@@ -13,8 +13,8 @@ const LAYERS: &[&[&str]] = &[
     // one body type.
     &["telemetry", "wakers", "body"],
     &["config"],
-    // Protocol facts, everything TLS, per-client admission.
-    &["engineio", "tls", "admission"],
+    // Protocol facts, everything TLS, per-client admission, the access log.
+    &["engineio", "tls", "admission", "access_log"],
     // Placement of new sessions.
     &["balance"],
     // Connections to servers: dial, keep-alive pool, upgrades.

@@ -70,7 +70,9 @@ async fn until(admin: SocketAddr, limit: Duration, check: impl Fn(&Scrape) -> bo
 /// Waits until the clients' own report (live sessions per node, from `whoami`) and a
 /// scrape agree, both settled; returns both. Panics with the two when they never do.
 async fn checkpoint(soak: &mut Soak, admin: SocketAddr, ids: &[String]) -> (Value, Scrape) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    // A client whose long poll was in flight at a maint keeps waiting on it until the
+    // server next pings (pingInterval, 25 s), then is refused and reconnects.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let report = soak.report().await;
         let s = Scrape::take(admin).await;
@@ -122,7 +124,7 @@ async fn scraped_metrics_equal_what_the_clients_saw() {
     let (mut soak, ready) = Soak::start(json!({
         "url": format!("http://{}", tether.addr),
         "clients": CLIENTS,
-        "durationMs": 90_000,
+        "durationMs": 120_000,
     }))
     .await;
     assert_eq!(n(&ready["connected"]) as usize, CLIENTS, "{ready}");

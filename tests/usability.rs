@@ -426,6 +426,160 @@ async fn the_demo_prints_text_for_people_and_json_only_when_asked() {
     );
 }
 
+#[test]
+fn the_readme_lists_every_metric_with_its_labels() {
+    let text = readme();
+    let rows: BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once("` | "))
+        .filter(|(name, _)| name.starts_with("tether_") || name.starts_with("process_"))
+        .map(|(name, rest)| (name.to_owned(), rest.to_owned()))
+        .collect();
+    for m in tether::telemetry::ALL {
+        let row = rows
+            .get(m.name)
+            .unwrap_or_else(|| panic!("{} is not in the README's metrics table", m.name));
+        let labels = m.labels.join(", ");
+        let labels = if labels.is_empty() {
+            "—".to_owned()
+        } else {
+            labels
+        };
+        assert!(
+            row.contains(&format!("| {labels} |")),
+            "{}: the README's labels are not {labels}: {row}",
+            m.name
+        );
+    }
+    for name in rows.keys() {
+        assert!(
+            tether::telemetry::ALL.iter().any(|m| m.name == name),
+            "the README lists {name}, which tether does not export"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_can_be_json_lines_for_a_collector() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["--log-format", "json", "node", "--port", "0"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether node");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+        .await
+        .expect("the node starts")
+        .unwrap()
+        .expect("its listening line");
+    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
+    let mut stderr = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        child.stderr.take().unwrap().read_to_string(&mut stderr),
+    )
+    .await
+    .expect("the node stops")
+    .unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "no log lines: {stderr}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        assert!(v["timestamp"].is_string(), "{line}");
+    }
+}
+
+/// `tether demo --no-redis --json` on free ports with `env` set (`None`: removed), until
+/// it announces itself: the CA path it printed, or, if it exits first, its stderr.
+async fn demo_ca(env: &[(&str, Option<&std::path::Path>)]) -> Result<std::path::PathBuf, String> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+    command
+        .args(["demo", "--no-redis", "--base-port", "0", "--json"])
+        .args(["--port", "0", "--tls-port", "0", "--admin-port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        match value {
+            Some(v) => command.env(name, v),
+            None => command.env_remove(name),
+        };
+    }
+    let mut child = command.spawn().expect("tether demo");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+        .await
+        .expect("the demo starts or stops")
+        .unwrap();
+    let Some(line) = line else {
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err).await;
+        return Err(err);
+    };
+    let demo: serde_json::Value = serde_json::from_str(&line).expect("the JSON line");
+    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    Ok(demo["ca"].as_str().expect("ca").into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_keeps_its_certificate_in_a_private_directory_of_the_user_s_own() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = tempfile::tempdir().unwrap();
+    let (home, tmp) = (root.path().join("home"), root.path().join("tmp"));
+    for d in [&home, &tmp] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let mode = |dir: &std::path::Path| std::fs::metadata(dir).unwrap().mode() & 0o777;
+    // The user's cache directory.
+    let ca = demo_ca(&[
+        ("HOME", Some(&home)),
+        ("XDG_CACHE_HOME", None),
+        ("TMPDIR", Some(&tmp)),
+    ])
+    .await
+    .unwrap();
+    let dir = home.join(".cache/tether/demo");
+    assert_eq!(ca, dir.join("ca.pem"));
+    assert_eq!(mode(&dir), 0o700);
+    let xdg = root.path().join("xdg");
+    let ca = demo_ca(&[("HOME", Some(&home)), ("XDG_CACHE_HOME", Some(&xdg))])
+        .await
+        .unwrap();
+    assert_eq!(ca, xdg.join("tether/demo/ca.pem"));
+    // No home: a directory named for the user in the temp directory; one found there
+    // already, open to others, is narrowed to 0700.
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let dir = tmp.join(format!("tether-demo-{uid}"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let no_home = [
+        ("HOME", None),
+        ("XDG_CACHE_HOME", None),
+        ("TMPDIR", Some(tmp.as_path())),
+    ];
+    let ca = demo_ca(&no_home).await.unwrap();
+    assert_eq!(ca, dir.join("ca.pem"));
+    assert_eq!(mode(&dir), 0o700);
+    // One that another user made first is not written into (only root can give a
+    // directory away, so only root checks this).
+    if std::os::unix::fs::chown(&dir, Some(uid + 4242), None).is_ok() {
+        let err = demo_ca(&no_home).await.unwrap_err();
+        assert!(
+            err.contains(&format!("writing the demo certificate into {}: it belongs to another user (uid {}, not {uid})", dir.display(), uid + 4242)),
+            "{err}"
+        );
+    }
+}
+
 /// `tether demo` with one port taken by this test: it exits at once, saying which
 /// option moves that port and that 0 takes any free one.
 async fn demo_with_a_taken_port(args: &[&str]) -> String {
@@ -583,158 +737,4 @@ async fn the_local_cluster_script_says_why_tether_could_not_start_and_no_banner(
         .await;
     assert!(script.log.matching(0, &["Ctrl-C stops it all"]).is_empty());
     drop(taken);
-}
-
-#[test]
-fn the_readme_lists_every_metric_with_its_labels() {
-    let text = readme();
-    let rows: BTreeMap<String, String> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split_once("` | "))
-        .filter(|(name, _)| name.starts_with("tether_") || name.starts_with("process_"))
-        .map(|(name, rest)| (name.to_owned(), rest.to_owned()))
-        .collect();
-    for m in tether::telemetry::ALL {
-        let row = rows
-            .get(m.name)
-            .unwrap_or_else(|| panic!("{} is not in the README's metrics table", m.name));
-        let labels = m.labels.join(", ");
-        let labels = if labels.is_empty() {
-            "—".to_owned()
-        } else {
-            labels
-        };
-        assert!(
-            row.contains(&format!("| {labels} |")),
-            "{}: the README's labels are not {labels}: {row}",
-            m.name
-        );
-    }
-    for name in rows.keys() {
-        assert!(
-            tether::telemetry::ALL.iter().any(|m| m.name == name),
-            "the README lists {name}, which tether does not export"
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_can_be_json_lines_for_a_collector() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["--log-format", "json", "node", "--port", "0"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tether node");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
-        .await
-        .expect("the node starts")
-        .unwrap()
-        .expect("its listening line");
-    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
-    let mut stderr = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        child.stderr.take().unwrap().read_to_string(&mut stderr),
-    )
-    .await
-    .expect("the node stops")
-    .unwrap();
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert!(!lines.is_empty(), "no log lines: {stderr}");
-    for line in lines {
-        let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
-        assert!(v["timestamp"].is_string(), "{line}");
-    }
-}
-
-/// `tether demo --no-redis --json` on free ports with `env` set (`None`: removed), until
-/// it announces itself: the CA path it printed, or, if it exits first, its stderr.
-async fn demo_ca(env: &[(&str, Option<&std::path::Path>)]) -> Result<std::path::PathBuf, String> {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
-    command
-        .args(["demo", "--no-redis", "--base-port", "0", "--json"])
-        .args(["--port", "0", "--tls-port", "0", "--admin-port", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (name, value) in env {
-        match value {
-            Some(v) => command.env(name, v),
-            None => command.env_remove(name),
-        };
-    }
-    let mut child = command.spawn().expect("tether demo");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
-        .await
-        .expect("the demo starts or stops")
-        .unwrap();
-    let Some(line) = line else {
-        let mut err = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut err).await;
-        return Err(err);
-    };
-    let demo: serde_json::Value = serde_json::from_str(&line).expect("the JSON line");
-    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
-    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
-    Ok(demo["ca"].as_str().expect("ca").into())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_keeps_its_certificate_in_a_private_directory_of_the_user_s_own() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let root = tempfile::tempdir().unwrap();
-    let (home, tmp) = (root.path().join("home"), root.path().join("tmp"));
-    for d in [&home, &tmp] {
-        std::fs::create_dir(d).unwrap();
-    }
-    let mode = |dir: &std::path::Path| std::fs::metadata(dir).unwrap().mode() & 0o777;
-    // The user's cache directory.
-    let ca = demo_ca(&[
-        ("HOME", Some(&home)),
-        ("XDG_CACHE_HOME", None),
-        ("TMPDIR", Some(&tmp)),
-    ])
-    .await
-    .unwrap();
-    let dir = home.join(".cache/tether/demo");
-    assert_eq!(ca, dir.join("ca.pem"));
-    assert_eq!(mode(&dir), 0o700);
-    let xdg = root.path().join("xdg");
-    let ca = demo_ca(&[("HOME", Some(&home)), ("XDG_CACHE_HOME", Some(&xdg))])
-        .await
-        .unwrap();
-    assert_eq!(ca, xdg.join("tether/demo/ca.pem"));
-    // No home: a directory named for the user in the temp directory; one found there
-    // already, open to others, is narrowed to 0700.
-    let uid = std::fs::metadata("/proc/self").unwrap().uid();
-    let dir = tmp.join(format!("tether-demo-{uid}"));
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let no_home = [
-        ("HOME", None),
-        ("XDG_CACHE_HOME", None),
-        ("TMPDIR", Some(tmp.as_path())),
-    ];
-    let ca = demo_ca(&no_home).await.unwrap();
-    assert_eq!(ca, dir.join("ca.pem"));
-    assert_eq!(mode(&dir), 0o700);
-    // One that another user made first is not written into (only root can give a
-    // directory away, so only root checks this).
-    if std::os::unix::fs::chown(&dir, Some(uid + 4242), None).is_ok() {
-        let err = demo_ca(&no_home).await.unwrap_err();
-        assert!(
-            err.contains(&format!("writing the demo certificate into {}: it belongs to another user (uid {}, not {uid})", dir.display(), uid + 4242)),
-            "{err}"
-        );
-    }
 }

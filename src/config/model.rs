@@ -32,6 +32,28 @@ pub struct Config {
     /// Values that are valid but cannot work as meant, for whoever loaded the file to
     /// show: `tether check` prints them, start-up and reloads log them.
     pub warnings: Vec<super::ConfigWarning>,
+    /// One line per request and per closed WebSocket tunnel; `None`: off.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// `None`: stderr.
+    pub path: Option<PathBuf>,
+    pub format: AccessFormat,
+    /// Lines waiting for the writer at most; more are dropped and counted.
+    pub queue: usize,
+}
+
+/// Default of [`AccessLogConfig::queue`].
+pub const DEFAULT_ACCESS_QUEUE: usize = 8192;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    /// Space-separated fields, `-` for an unknown one, like nginx's `combined` format.
+    Plain,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Default of [`Config::shutdown_grace`].

@@ -52,6 +52,31 @@ pub struct RawConfig {
     /// Default 30s.
     #[serde(default)]
     pub shutdown_grace: Option<DurationSpec>,
+    /// Absent: no access log.
+    #[serde(default)]
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `stderr` (default) or a file path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Default `plain`.
+    #[serde(default)]
+    pub format: RawAccessFormat,
+    /// Lines waiting for the writer at most; default 8192.
+    #[serde(default)]
+    pub queue: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawAccessFormat {
+    #[default]
+    Plain,
+    Json,
 }
 
 #[derive(Debug, Deserialize)]

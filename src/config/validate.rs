@@ -62,7 +62,12 @@ pub(crate) fn validate(raw: RawConfig) -> R<Config> {
         None => DEFAULT_SHUTDOWN_GRACE,
         Some(spec) => duration(&spec, &root.key("shutdown_grace"))?,
     };
+    let access_log = match raw.access_log {
+        None => None,
+        Some(a) => Some(access_log(a, &root.key("access_log"))?),
+    };
     Ok(Config {
+        access_log,
         warnings: Vec::new(),
         shutdown_grace,
         source: None,
@@ -72,6 +77,32 @@ pub(crate) fn validate(raw: RawConfig) -> R<Config> {
         limits,
         routes,
         backends,
+    })
+}
+
+fn access_log(raw: RawAccessLog, path: &KeyPath) -> R<AccessLogConfig> {
+    let file = match raw.path.as_deref().map(str::trim) {
+        None | Some("stderr") => None,
+        Some("") => return bad(&path.key("path"), "empty path: give a file, or stderr"),
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    let queue = match raw.queue {
+        None => DEFAULT_ACCESS_QUEUE,
+        Some(n @ 1..=1_000_000) => n as usize,
+        Some(n) => {
+            return bad(
+                &path.key("queue"),
+                format!("{n} is out of range: 1 to 1000000 lines (8192 is usual)"),
+            )
+        }
+    };
+    Ok(AccessLogConfig {
+        path: file,
+        format: match raw.format {
+            RawAccessFormat::Plain => AccessFormat::Plain,
+            RawAccessFormat::Json => AccessFormat::Json,
+        },
+        queue,
     })
 }
 

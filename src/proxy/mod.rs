@@ -16,6 +16,7 @@ pub mod tunnel;
 pub mod websocket;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tether_kit::gate::Gate;
 use tether_kit::throttle::Throttle;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::{AccessLog, Record, RequestRecord, TunnelRecord};
 use crate::affinity::{client_ip, Affinity, Keys, SessionPin, Target};
 use crate::backends::health::{note_failure, note_success};
 use crate::backends::{stats, Backend, Server, SessionEnd, SessionGuard};
@@ -72,6 +74,8 @@ pub struct Proxy {
     hard_stop: Arc<HardStop>,
     /// The mark this tether puts on what it forwards, and knows again.
     via: headers::Via,
+    /// `None`: no access log.
+    access: arc_swap::ArcSwapOption<AccessLog>,
 }
 
 impl Proxy {
@@ -82,7 +86,18 @@ impl Proxy {
             tunnels: TaskTracker::new(),
             hard_stop: Arc::default(),
             via: headers::Via::default(),
+            access: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// Puts an access log in force (`None`: none).
+    pub fn set_access_log(&self, log: Option<Arc<AccessLog>>) {
+        self.access.store(log);
+    }
+
+    /// The access log in force.
+    pub fn access_log(&self) -> Option<Arc<AccessLog>> {
+        self.access.load_full()
     }
 
     /// Ends every tunnel still open (the shutdown grace is over).
@@ -104,6 +119,13 @@ impl Proxy {
     pub async fn handle(&self, req: ClientRequest, conn: ConnInfo) -> Response<ProxyBody> {
         let arrived = std::time::Instant::now();
         let method = req.method().clone();
+        // What the access log needs of the request, taken before it is consumed (a cheap
+        // clone of shared bytes), only when there is one.
+        let log = self.access.load_full();
+        let logged = log.as_ref().map(|_| {
+            let bytes_in = content_length(req.headers());
+            (req.uri().clone(), bytes_in)
+        });
         let snapshot = self.store.load_full();
         let mut seen = Seen::default();
         let (resp, handshake) = match self.forward(&snapshot, req, conn, &mut seen).await {
@@ -127,7 +149,29 @@ impl Proxy {
                 (e.into_response(), handshake)
             }
         };
-        seen.record(&method, resp.status(), arrived.elapsed(), handshake);
+        let took = arrived.elapsed();
+        seen.record(&method, resp.status(), took, handshake);
+        if let (Some(log), Some((uri, bytes_in))) = (log, logged) {
+            let eio = uri
+                .query()
+                .and_then(|q| engineio::parse_query(q).ok().flatten());
+            log.log(Record::Request(RequestRecord {
+                at: std::time::SystemTime::now(),
+                client: seen
+                    .client
+                    .unwrap_or_else(|| client_ip::canonical(conn.peer.ip())),
+                method,
+                path: uri.path().to_owned(),
+                status: resp.status().as_u16(),
+                backend: seen.backend.map(|b| Arc::clone(&b.name)),
+                server: seen.server.map(|s| Arc::clone(&s.id)),
+                sid: eio.and_then(|q| q.sid).map(str::to_owned),
+                transport: eio.map(|q| q.transport.as_str()),
+                duration: took,
+                bytes_in,
+                bytes_out: content_length(resp.headers()),
+            }));
+        }
         resp
     }
 
@@ -153,6 +197,7 @@ impl Proxy {
             return Err(ProxyError::Loop(Arc::clone(&backend.name)));
         }
         let client = client_ip::resolve(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
+        seen.client = Some(client);
         let upgrade =
             websocket::check_request(req.method(), req.headers()).map_err(ProxyError::WebSocket)?;
         let upgrading = matches!(upgrade, websocket::Upgrade::WebSocket(_));
@@ -397,6 +442,13 @@ impl Proxy {
         let stats = Arc::clone(&target.server.stats);
         let mut stop = TunnelStop::new(Arc::clone(&self.hard_stop), Arc::clone(&stats));
         let hard_stop = Arc::clone(&self.hard_stop);
+        let log = self.access.load_full();
+        let client_addr = endpoints.0;
+        let backend_name = Arc::clone(&backend.name);
+        let sid: Option<Arc<str>> = match &session {
+            TunnelSession::Pinned(pin) if log.is_some() => Some(Arc::from(pin.sid())),
+            _ => None,
+        };
         let place = self.connections.force_enter();
         self.tunnels.spawn(async move {
             let _place = place;
@@ -416,9 +468,12 @@ impl Proxy {
                 }
             };
             let m = &stats.metrics;
+            let totals = log.as_ref().map(|_| {
+                (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)))
+            });
             let tally = [
-                ByteTally::new(m.bytes_to_server.clone()),
-                ByteTally::new(m.bytes_to_client.clone()),
+                ByteTally::new(m.bytes_to_server.clone(), totals.as_ref().map(|t| Arc::clone(&t.0))),
+                ByteTally::new(m.bytes_to_client.clone(), totals.as_ref().map(|t| Arc::clone(&t.1))),
             ];
             m.tunnels.increment(1.0);
             let opened = std::time::Instant::now();
@@ -434,6 +489,19 @@ impl Proxy {
                 TunnelEnd::Stopped if hard_stop.is_fired() => SessionEnd::Shutdown,
                 TunnelEnd::Stopped => stats.unserved_end(),
             };
+            if let (Some(log), Some((up, down))) = (&log, &totals) {
+                log.log(Record::Tunnel(TunnelRecord {
+                    at: std::time::SystemTime::now(),
+                    client: client_ip::canonical(client_addr.ip()),
+                    backend: backend_name,
+                    server: Arc::clone(&server_id),
+                    sid: sid.clone(),
+                    cause: cause.as_str(),
+                    duration: opened.elapsed(),
+                    bytes_to_server: up.load(Ordering::Relaxed),
+                    bytes_to_client: down.load(Ordering::Relaxed),
+                }));
+            }
             match session {
                 TunnelSession::Pinned(mut pin) => pin.ended_by(cause),
                 TunnelSession::Counted(counted) => {
@@ -450,6 +518,14 @@ impl Proxy {
     }
 }
 
+/// A message's `Content-Length`, when it has one.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// What the request path learnt about a request, for its metrics.
 #[derive(Default)]
 struct Seen<'s> {
@@ -457,6 +533,8 @@ struct Seen<'s> {
     server: Option<&'s Server>,
     /// A new session was asked for, on this transport.
     handshake: Option<Transport>,
+    /// The client, after trusted proxies.
+    client: Option<std::net::IpAddr>,
 }
 
 impl Seen<'_> {

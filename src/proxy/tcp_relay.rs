@@ -49,6 +49,10 @@ struct Relay {
     learn: Option<Duration>,
     /// Bytes read, client → server and server → client.
     tally: [ByteTally; 2],
+    /// The client's last chunk began with a WebSocket close frame: it started the closing
+    /// handshake, after which the server closes the TCP connection first (RFC 6455
+    /// §7.1.1), so the end is the client's doing whoever's FIN came first.
+    client_closing: bool,
 }
 
 /// Relays between `client` and `server` until one side ends, the tunnel stays silent
@@ -72,6 +76,7 @@ pub(super) fn relay_tcp<S: Future<Output = ()>>(
         limit_ms: limit.as_millis() as u64,
         learn,
         tally,
+        client_closing: false,
     };
     // Even empty, a rest is a view of hyper's whole read buffer (8 KiB): keep it only if
     // it holds bytes, or every idle tunnel keeps two of them alive.
@@ -116,7 +121,7 @@ impl<S: Future<Output = ()>> Future for TcpRelay<S> {
                 TunnelEnd::ServerClosed
             }
         } else if let Poll::Ready(reader) = relay.poll_direction(cx, false) {
-            if reader {
+            if reader && !relay.client_closing {
                 TunnelEnd::ServerClosed
             } else {
                 TunnelEnd::ClientClosed
@@ -221,14 +226,27 @@ impl Relay {
                     }
                     Err(_) => return Read::WriteFailed,
                 };
-                Read::Moved { rest, learnt, n }
+                Read::Moved {
+                    rest,
+                    learnt,
+                    n,
+                    close_frame: is_close_frame(&buf[..n]),
+                }
             });
             match read {
                 Read::Nothing => {}
                 Read::Eof => return Poll::Ready(true),
                 Read::WriteFailed => return Poll::Ready(false),
-                Read::Moved { rest, learnt, n } => {
+                Read::Moved {
+                    rest,
+                    learnt,
+                    n,
+                    close_frame,
+                } => {
                     self.tally[usize::from(!up)].add(n);
+                    if up {
+                        self.client_closing = close_frame;
+                    }
                     if !up {
                         self.learn = None;
                     }
@@ -279,7 +297,13 @@ enum Read {
         rest: Option<Bytes>,
         learnt: Option<Duration>,
         n: usize,
+        close_frame: bool,
     },
+}
+
+/// Whether a chunk starts with a WebSocket close frame (FIN + opcode 8).
+pub(super) fn is_close_frame(chunk: &[u8]) -> bool {
+    chunk.first() == Some(&0x88)
 }
 
 #[cfg(test)]
@@ -297,8 +321,8 @@ mod tests {
 
     fn tallies() -> [ByteTally; 2] {
         [
-            ByteTally::new(metrics::Counter::noop()),
-            ByteTally::new(metrics::Counter::noop()),
+            ByteTally::new(metrics::Counter::noop(), None),
+            ByteTally::new(metrics::Counter::noop(), None),
         ]
     }
 

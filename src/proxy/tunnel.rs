@@ -127,6 +127,8 @@ pub enum TunnelEnd {
 pub struct ByteTally {
     pending: u64,
     counter: metrics::Counter,
+    /// The tunnel's own total, for the access log (added to with the counter).
+    total: Option<Arc<AtomicU64>>,
 }
 
 impl ByteTally {
@@ -134,17 +136,26 @@ impl ByteTally {
     /// atomic add, and a busy tunnel's figure is never more than this behind.
     const BATCH: u64 = 4 * 1024;
 
-    pub fn new(counter: metrics::Counter) -> ByteTally {
+    pub fn new(counter: metrics::Counter, total: Option<Arc<AtomicU64>>) -> ByteTally {
         ByteTally {
             pending: 0,
             counter,
+            total,
         }
     }
 
     pub(super) fn add(&mut self, n: usize) {
         self.pending += n as u64;
         if self.pending >= Self::BATCH {
-            self.counter.increment(std::mem::take(&mut self.pending));
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let n = std::mem::take(&mut self.pending);
+        self.counter.increment(n);
+        if let Some(t) = &self.total {
+            t.fetch_add(n, Ordering::Relaxed);
         }
     }
 }
@@ -152,7 +163,7 @@ impl ByteTally {
 impl Drop for ByteTally {
     fn drop(&mut self) {
         if self.pending > 0 {
-            self.counter.increment(self.pending);
+            self.flush();
         }
     }
 }
@@ -254,26 +265,29 @@ where
     let (limit, learn_margin) = limits(idle);
 
     let end = {
+        let client_closing = std::sync::atomic::AtomicBool::new(false);
         let up = copy(
             (&mut client_rd, &mut server_wr),
             start,
             &last,
             None,
-            &mut to_server,
+            (&mut to_server, Some(&client_closing)),
         );
         let down = copy(
             (&mut server_rd, &mut client_wr),
             start,
             &last,
             learn_margin.map(|m| (m, &limit)),
-            &mut to_client,
+            (&mut to_client, None),
         );
         let watchdog = watchdog(start, &last, &limit);
         // Each direction says whether its reader ended (that side closed) or its writer
         // failed (the other side did).
         tokio::select! {
             reader = up => if reader { TunnelEnd::ClientClosed } else { TunnelEnd::ServerClosed },
-            reader = down => if reader { TunnelEnd::ServerClosed } else { TunnelEnd::ClientClosed },
+            // A client that sent a close frame started the closing handshake, after
+            // which the server closes first (RFC 6455 §7.1.1).
+            reader = down => if reader && !client_closing.load(Ordering::Relaxed) { TunnelEnd::ServerClosed } else { TunnelEnd::ClientClosed },
             _ = watchdog => TunnelEnd::Idle,
             _ = stop => TunnelEnd::Stopped,
         }
@@ -300,7 +314,7 @@ async fn copy<R, W>(
     start: Instant,
     last: &AtomicU64,
     mut learn: Option<(Duration, &Limit)>,
-    tally: &mut ByteTally,
+    (tally, closing): (&mut ByteTally, Option<&std::sync::atomic::AtomicBool>),
 ) -> bool
 where
     R: AsyncRead + Unpin,
@@ -319,6 +333,12 @@ where
             }
         }
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Some(c) = closing {
+            c.store(
+                super::tcp_relay::is_close_frame(&buf[..n]),
+                Ordering::Relaxed,
+            );
+        }
         if wr.write_all(&buf[..n]).await.is_err() || wr.flush().await.is_err() {
             return false;
         }

@@ -83,6 +83,24 @@ pub enum StartError {
         addr: SocketAddr,
         cause: Box<TlsError>,
     },
+    #[error("access_log: cannot open {path}: {cause}")]
+    AccessLog {
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+}
+
+/// Starts the access log `config` asks for.
+pub(crate) fn start_access_log(
+    config: Option<&crate::config::AccessLogConfig>,
+) -> Result<Option<Arc<crate::access_log::AccessLog>>, StartError> {
+    let Some(c) = config else { return Ok(None) };
+    crate::access_log::AccessLog::start(c)
+        .map(|log| Some(Arc::new(log)))
+        .map_err(|cause| StartError::AccessLog {
+            path: c.path.clone().unwrap_or_else(|| "stderr".into()),
+            cause,
+        })
 }
 
 /// Reads and validates a config file together with every certificate, key and CA bundle
@@ -183,6 +201,7 @@ impl Tether {
         let store = Arc::new(Store::new(&config)?);
         let connections = Gate::new(connection_cap(&config.limits));
         let proxy = Arc::new(Proxy::new(Arc::clone(&store), Arc::clone(&connections)));
+        proxy.set_access_log(start_access_log(config.access_log.as_ref())?);
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let (discovered_tx, discovered_rx) = mpsc::unbounded_channel();
         let runtime = Runtime {

@@ -90,6 +90,7 @@ impl Runtime {
             None => None,
         };
         tokio::spawn(watch::on_sighup(self.reload_tx.clone()));
+        tokio::spawn(watch::on_sigusr1(Arc::downgrade(&self.proxy)));
         let mut certs = self.watch_certificates();
         while let Some(trigger) = watch::next(&mut rx).await {
             if trigger == Trigger::Certificates {
@@ -210,6 +211,11 @@ impl Runtime {
         self.sync_admin(config.admin.as_ref()).await?;
         self.connections
             .set_max(super::connection_cap(&config.limits));
+        let current = self.proxy.access_log();
+        if current.as_ref().map(|l| l.config()) != config.access_log.as_ref() {
+            self.proxy
+                .set_access_log(super::start_access_log(config.access_log.as_ref())?);
+        }
         let snapshot = self.store.commit(&config, prepared);
         self.routing_changed(&snapshot);
         self.discovery.sync(&config);

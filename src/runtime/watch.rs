@@ -124,6 +124,27 @@ pub async fn on_sighup(tx: mpsc::Sender<Trigger>) {
     drop(tx);
 }
 
+/// Reopens the access log on every SIGUSR1 (logrotate moved the file away), while the
+/// proxy lives.
+pub async fn on_sigusr1(proxy: std::sync::Weak<crate::proxy::Proxy>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            let Some(proxy) = proxy.upgrade() else { return };
+            if let Some(log) = proxy.access_log() {
+                tracing::info!("reopening the access log");
+                log.reopen();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(proxy);
+}
+
 /// Waits for the next trigger and folds in those that follow within [`DEBOUNCE`]. A
 /// full reload re-reads certificates too, so it wins over a certificate-only change.
 pub async fn next(rx: &mut mpsc::Receiver<Trigger>) -> Option<Trigger> {

@@ -38,6 +38,47 @@ pub fn install_recorder() -> &'static tether_kit::recorder::PrometheusHandle {
     handle
 }
 
+/// The process figures every Prometheus client exports, read from `/proc` at scrape time
+/// (nothing is recorded where it is not Linux).
+pub fn export_process() {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime, fields 14 and 15 of the file (11 and 12 after the name), are in
+    // USER_HZ ticks, which Linux fixes at 100 for every user-space interface.
+    if let (Some(user), Some(system)) = (field(11), field(12)) {
+        metrics::counter!(CPU_SECONDS).absolute(((user + system) / 100.0) as u64);
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    if let Some(kib) = rss_kib {
+        metrics::gauge!(RESIDENT_MEMORY).set(kib * 1024.0);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(OPEN_FDS).set(fds.count() as f64);
+    }
+    metrics::gauge!(MAX_FDS).set(tether_kit::gate::open_files_limit() as f64);
+}
+
+/// How process logs are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line per event for people: time, level, target, message, fields.
+    #[default]
+    Human,
+    /// One JSON object per line for collectors (Loki, Elasticsearch, CloudWatch): the
+    /// event's fields as fields, nothing to parse out of a message.
+    Json,
+}
+
 /// Crates whose debug and trace output is about their own machinery (each inotify event,
 /// each socket readiness, each HTTP frame): kept at info when `RUST_LOG` asks for debug
 /// or trace in general, unless it names them. Besides drowning tether's own lines, with a
@@ -79,47 +120,6 @@ fn directives(rust_log: Option<&str>) -> String {
         }
     }
     out
-}
-
-/// The process figures every Prometheus client exports, read from `/proc` at scrape time
-/// (nothing is recorded where it is not Linux).
-pub fn export_process() {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return;
-    };
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    // utime and stime, fields 14 and 15 of the file (11 and 12 after the name), are in
-    // USER_HZ ticks, which Linux fixes at 100 for every user-space interface.
-    if let (Some(user), Some(system)) = (field(11), field(12)) {
-        metrics::counter!(CPU_SECONDS).absolute(((user + system) / 100.0) as u64);
-    }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
-    if let Some(kib) = rss_kib {
-        metrics::gauge!(RESIDENT_MEMORY).set(kib * 1024.0);
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        metrics::gauge!(OPEN_FDS).set(fds.count() as f64);
-    }
-    metrics::gauge!(MAX_FDS).set(tether_kit::gate::open_files_limit() as f64);
-}
-
-/// How process logs are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One line per event for people: time, level, target, message, fields.
-    #[default]
-    Human,
-    /// One JSON object per line for collectors (Loki, Elasticsearch, CloudWatch): the
-    /// event's fields as fields, nothing to parse out of a message.
-    Json,
 }
 
 /// Sets up process logs on stderr, in `format`.

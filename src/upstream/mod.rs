@@ -164,22 +164,6 @@ impl UpstreamError {
         }
     }
 
-    /// What the client is told: the kind of failure without the server's name or
-    /// address, which are for tether's log.
-    pub fn client_text(&self) -> &'static str {
-        match self {
-            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
-                "the server could not be reached"
-            }
-            UpstreamError::ResponseTimeout { .. } => "the server did not answer in time",
-            UpstreamError::Exchange { .. } => "the exchange with the server failed",
-            UpstreamError::NotWebSocket { .. } => {
-                "the server did not complete the WebSocket handshake"
-            }
-            UpstreamError::RequestBody { .. } => "the request body failed",
-        }
-    }
-
     /// For a connection that could not be opened: refused, timeout, tls, local or other.
     pub fn connect_kind(&self) -> Option<&'static str> {
         match self {
@@ -194,6 +178,22 @@ impl UpstreamError {
                 "other"
             }),
             _ => None,
+        }
+    }
+
+    /// What the client is told: the kind of failure without the server's name or
+    /// address, which are for tether's log.
+    pub fn client_text(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+                "the server could not be reached"
+            }
+            UpstreamError::ResponseTimeout { .. } => "the server did not answer in time",
+            UpstreamError::Exchange { .. } => "the exchange with the server failed",
+            UpstreamError::NotWebSocket { .. } => {
+                "the server did not complete the WebSocket handshake"
+            }
+            UpstreamError::RequestBody { .. } => "the request body failed",
         }
     }
 
