@@ -56,7 +56,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 redis_args=()
 if command -v redis-server >/dev/null 2>&1; then

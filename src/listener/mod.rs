@@ -217,12 +217,14 @@ async fn serve_accepted(
                         if let Some(suppressed) = LOG.allow() {
                             tracing::info!(peer = %client, local = %conn.local, suppressed, "plain HTTP on a TLS listener: answered 400, use https://");
                         }
+                        failed();
                         let handler = Handler::PlainOnTls;
                         return serve_conn(stream, conn, proxy, l, handler, false).await;
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => return,
                     Err(_) => {
+                        failed();
                         tracing::debug!(peer = %client, "TLS handshake timed out");
                         return;
                     }

@@ -13,9 +13,20 @@ use tokio::sync::Notify;
 /// Lines shown when a test fails: the end of a child's story is what explains it.
 const SHOWN: usize = 400;
 
+/// Lines kept for waiting and counting: a soak's chatty child must not grow without
+/// bound; the oldest go first (marks stay valid, counting from the first line).
+const KEPT: usize = 50_000;
+
+#[derive(Default)]
+struct Lines {
+    /// Lines dropped from the front so far.
+    dropped: usize,
+    kept: std::collections::VecDeque<String>,
+}
+
 #[derive(Default)]
 struct Seen {
-    lines: Mutex<Vec<String>>,
+    lines: Mutex<Lines>,
     /// Woken on each new line, and when the stream ends.
     more: Notify,
     ended: std::sync::atomic::AtomicBool,
@@ -36,10 +47,14 @@ impl StderrTail {
         tokio::spawn(async move {
             let mut reader = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = reader.next_line().await {
-                sink.lines
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(line);
+                {
+                    let mut lines = sink.lines.lock().unwrap_or_else(|e| e.into_inner());
+                    if lines.kept.len() == KEPT {
+                        lines.kept.pop_front();
+                        lines.dropped += 1;
+                    }
+                    lines.kept.push_back(line);
+                }
                 sink.more.notify_waiters();
             }
             sink.ended.store(true, std::sync::atomic::Ordering::Release);
@@ -53,14 +68,17 @@ impl StderrTail {
 
     /// How many lines so far: a mark to wait or count from.
     pub fn mark(&self) -> usize {
-        self.lines().len()
+        let lines = self.lines();
+        lines.dropped + lines.kept.len()
     }
 
-    /// The lines from `from` on that hold every one of `parts`.
+    /// The lines from `from` on (of those still kept) that hold every one of `parts`.
     pub fn matching(&self, from: usize, parts: &[&str]) -> Vec<String> {
-        self.lines()
+        let lines = self.lines();
+        lines
+            .kept
             .iter()
-            .skip(from)
+            .skip(from.saturating_sub(lines.dropped))
             .filter(|l| parts.iter().all(|p| l.contains(p)))
             .cloned()
             .collect()
@@ -89,7 +107,7 @@ impl StderrTail {
         }
     }
 
-    fn lines(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn lines(&self) -> std::sync::MutexGuard<'_, Lines> {
         self.seen.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -100,16 +118,16 @@ impl Drop for StderrTail {
             return;
         }
         let lines = self.lines();
-        if lines.is_empty() {
+        if lines.kept.is_empty() {
             return;
         }
-        let shown = &lines[lines.len().saturating_sub(SHOWN)..];
+        let skip = lines.kept.len().saturating_sub(SHOWN);
         eprintln!(
             "--- output of {} (last {} lines) ---",
             self.name,
-            shown.len()
+            lines.kept.len() - skip
         );
-        for line in shown {
+        for line in lines.kept.iter().skip(skip) {
             eprintln!("[{}] {line}", self.name);
         }
     }
