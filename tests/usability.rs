@@ -350,10 +350,11 @@ fn the_licence_cargo_toml_names_is_in_the_repository() {
     assert!(apache.contains("Apache License") && apache.contains("Version 2.0"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_written_to_a_pipe_carry_no_colour_codes() {
+/// What `tether ARGS` (a node) writes on stderr through a pipe from start to a SIGTERM
+/// stop, with `NO_COLOR` unset and `RUST_LOG=info`.
+async fn node_logs(args: &[&str]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["node", "--port", "0"])
+        .args(args)
         .env_remove("NO_COLOR")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -377,6 +378,12 @@ async fn logs_written_to_a_pipe_carry_no_colour_codes() {
     .await
     .expect("the node stops")
     .unwrap();
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let stderr = node_logs(&["node", "--port", "0"]).await;
     assert!(stderr.contains("INFO"), "no log lines to check: {stderr:?}");
     assert!(
         !stderr.contains('\x1b'),
@@ -462,30 +469,7 @@ fn the_readme_lists_every_metric_with_its_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_can_be_json_lines_for_a_collector() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["--log-format", "json", "node", "--port", "0"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tether node");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
-        .await
-        .expect("the node starts")
-        .unwrap()
-        .expect("its listening line");
-    tether_kit::signal::send_signal(child.id().unwrap(), "TERM");
-    let mut stderr = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        child.stderr.take().unwrap().read_to_string(&mut stderr),
-    )
-    .await
-    .expect("the node stops")
-    .unwrap();
+    let stderr = node_logs(&["--log-format", "json", "node", "--port", "0"]).await;
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(!lines.is_empty(), "no log lines: {stderr}");
     for line in lines {
