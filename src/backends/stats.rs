@@ -56,6 +56,9 @@ impl SessionEnd {
     }
 }
 
+/// Kinds of [`telemetry::CONNECT_ERRORS`], as `UpstreamError::connect_kind` names them.
+const CONNECT_KINDS: [&str; 5] = ["refused", "timeout", "tls", "local", "other"];
+
 /// Method classes and status classes of [`telemetry::HTTP_REQUESTS`].
 const METHODS: [&str; 3] = ["GET", "POST", "other"];
 const STATUSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -108,18 +111,14 @@ impl ServerMetrics {
                 "backend" => b.clone(), "server" => s.clone()),
             ended: SessionEnd::ALL.map(|c| counter(telemetry::SESSIONS_ENDED, "cause", c.as_str())),
             // Counted where they happen (rare); registered here so they exist at 0.
-            connect_errors: ["refused", "timeout", "tls", "local", "other"]
-                .map(|k| counter(telemetry::CONNECT_ERRORS, "kind", k)),
+            connect_errors: CONNECT_KINDS.map(|k| counter(telemetry::CONNECT_ERRORS, "kind", k)),
             session_duration: metrics::histogram!(telemetry::SESSION_DURATION, "backend" => b.clone()),
         }
     }
 
     /// Counts a connection to this server that could not be opened, by `kind`.
     pub fn connect_error(&self, kind: &str) {
-        let i = ["refused", "timeout", "tls", "local", "other"]
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(4);
+        let i = CONNECT_KINDS.iter().position(|k| *k == kind).unwrap_or(4);
         self.connect_errors[i].increment(1);
     }
 
