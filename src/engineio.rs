@@ -162,7 +162,7 @@ fn percent_decode(s: &str) -> Option<String> {
 /// Sids in the wild are base64id (20 chars, Node), 16 alphanumerics (socketioxide),
 /// or URL-safe base64 of other servers. Anything else cannot be a sid tether learned,
 /// and must not reach the sid table (bounded key size, no percent-decoding games).
-fn valid_sid(s: &str) -> bool {
+pub fn valid_sid(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()

@@ -10,6 +10,9 @@
 //!   form a foreign page posts is refused. Clients that send neither (curl, deploy
 //!   scripts) are not browsers and pass.
 //!
+//! The probes (`/healthz`, `/readyz`) are served without the token too: orchestrators
+//! send none, and they say no more than whether to send tether traffic.
+//!
 //! The dashboard page itself is served without the token: it holds no data (it reads
 //! everything through `/status`, with the token the user types into it), and a browser
 //! cannot send a bearer token with a page load, so without this a user would have no
@@ -45,9 +48,12 @@ pub enum Access {
     Token,
 }
 
-/// Which requests are [`Access::Public`]: reading the dashboard page.
+/// Which requests are [`Access::Public`]: reading the dashboard page, and the liveness
+/// and readiness probes (a kubelet or load balancer probe sends no token, and all they
+/// say is whether tether should get traffic).
 pub fn access(method: &Method, path: &str) -> Access {
-    if matches!(*method, Method::GET | Method::HEAD) && path == "/" {
+    if matches!(*method, Method::GET | Method::HEAD) && matches!(path, "/" | "/healthz" | "/readyz")
+    {
         Access::Public
     } else {
         Access::Token

@@ -1,13 +1,16 @@
 //! The admin listener: what an operator and a deploy script talk to.
 //!
 //! `GET /metrics` (Prometheus text), `GET /status` (JSON: backends, servers, state,
-//! health, sessions, drained, last reload), `GET /` (a small live dashboard),
-//! `POST /reload`, `POST /backends/{b}/servers/{s}/{drain|ready|maint}`. With a token
-//! configured, every request but the dashboard page itself needs `Authorization: Bearer
-//! <token>` (the page asks for it and sends it); [`guard`] says who else is refused
-//! (foreign host names, cross-origin changes).
+//! health, sessions, drained, readiness, certificates, last reload), `GET /history` (the
+//! dashboard's fifteen minutes of samples), `GET /sessions` and `GET /sessions/{sid}`
+//! (the session registry), `GET /healthz` and `GET /readyz` (probes), `GET /` (the live
+//! dashboard), `POST /reload`, `POST /backends/{b}/servers/{s}/{drain|ready|maint}`.
+//! With a token configured, every request but the dashboard page and the two probes
+//! needs `Authorization: Bearer <token>` (the page asks for it and sends it); [`guard`]
+//! says who else is refused (foreign host names, cross-origin changes).
 
 mod guard;
+mod sessions;
 mod status;
 
 use std::convert::Infallible;
@@ -239,6 +242,29 @@ async fn handle(
                 tether_kit::recorder::handle().render(),
             )
         }
+        // Liveness: the process answers. Readiness: send it clients (see
+        // `status::not_ready`); the body says why not, for the operator reading the probe.
+        (&Method::GET | &Method::HEAD, ["healthz"]) => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET | &Method::HEAD, ["readyz"]) => {
+            let why = status::not_ready(rt);
+            match why.is_empty() {
+                true => reply(StatusCode::OK, "text/plain", "ready\n"),
+                false => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {}\n", why.join("; ")),
+                ),
+            }
+        }
+        (&Method::GET | &Method::HEAD, ["history"]) => json(StatusCode::OK, &rt.history.to_json()),
+        (&Method::GET | &Method::HEAD, ["sessions"]) => {
+            let (status, doc) = sessions::list(rt, req.uri().query());
+            json(status, &doc)
+        }
+        (&Method::GET | &Method::HEAD, ["sessions", sid]) => {
+            let (status, doc) = sessions::one(rt, sid);
+            json(status, &doc)
+        }
         (&Method::POST, ["reload"]) => match rt.reload(Trigger::Admin).await {
             Ok(()) => json(
                 StatusCode::OK,
@@ -253,7 +279,8 @@ async fn handle(
             server_action(rt, method, backend, server, action)
         }
         (_, [""]) => not_allowed("GET, HEAD"),
-        (_, ["status"] | ["metrics"]) => not_allowed("GET, HEAD"),
+        (_, ["status" | "metrics" | "healthz" | "readyz" | "history" | "sessions"])
+        | (_, ["sessions", _]) => not_allowed("GET, HEAD"),
         (_, ["reload"]) => not_allowed("POST"),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

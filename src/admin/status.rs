@@ -1,13 +1,14 @@
 //! The `/status` document and the gauges exported with `/metrics`, both read from the
 //! live snapshot and counters at request time.
 
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
 use crate::backends::{Health, Server, ServerStats};
 use crate::config::ServerState;
 use crate::engineio::Transport;
+use crate::runtime::history::unix_ms;
 use crate::runtime::Runtime;
 use crate::telemetry;
 
@@ -41,6 +42,35 @@ pub fn server_json(server: &Server) -> Value {
     })
 }
 
+/// Why tether should not be sent new clients now (empty: ready). Ready means it is not
+/// shutting down, its listeners are bound, and every backend has a server that takes new
+/// sessions (up, ready, in the config): a backend without one would answer 503 to every
+/// new client. A server at its `max_connections` still counts: being full is load, and
+/// taking the instance out of rotation for it would make it flap.
+pub fn not_ready(rt: &Runtime) -> Vec<String> {
+    let mut why = Vec::new();
+    if rt.shutting_down() {
+        why.push("shutting down".to_owned());
+    }
+    if rt.local_addrs().is_empty() {
+        why.push("no listener is bound".to_owned());
+    }
+    let snap = rt.store.load();
+    for b in &snap.backends {
+        if !b
+            .servers
+            .iter()
+            .any(|s| s.stats.condition.accepts_new_sessions())
+        {
+            why.push(format!(
+                "backend {} has no server that takes new sessions",
+                b.name
+            ));
+        }
+    }
+    why
+}
+
 pub fn status(rt: &Runtime) -> Value {
     let snap = rt.store.load();
     let reload = rt.reload_status();
@@ -52,16 +82,31 @@ pub fn status(rt: &Runtime) -> Value {
             json!({ "name": &*b.name, "servers": servers })
         })
         .collect();
+    let now = SystemTime::now();
+    let certificates: Vec<Value> = crate::tls::server::expiries()
+        .into_iter()
+        .map(|(file, name, not_after)| {
+            let left = not_after - now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            json!({ "file": file, "name": name, "not_after_unix": not_after, "expires_in_days": left as f64 / 86_400.0 })
+        })
+        .collect();
+    let not_ready = not_ready(rt);
     json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_unix_ms": unix_ms(rt.started),
+        "uptime_seconds": now.duration_since(rt.started).map_or(0, |d| d.as_secs()),
+        "ready": not_ready.is_empty(),
+        "not_ready": not_ready,
         "backends": backends,
         "listeners": rt.local_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "sids": rt.store.sids.len(),
         "connections": { "open": rt.connections().0, "max": rt.connections().1 },
+        "certificates": certificates,
         "reload": {
             "generation": reload.generation,
             "ok": reload.error.is_none(),
             "error": reload.error,
-            "at_unix_ms": reload.at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            "at_unix_ms": unix_ms(reload.at),
             "succeeded": reload.succeeded,
             "failed": reload.failed,
         },

@@ -24,7 +24,7 @@ use crate::config::{BackendConfig, Balance, HashKey};
 
 pub use cookie::CookieSigner;
 pub use pick::{Keys, Lost, Miss, Target};
-pub use sid_table::{SessionPin, SidTable};
+pub use sid_table::{SessionInfo, SessionPin, SidTable};
 
 /// One backend's affinity rules.
 #[derive(Debug)]

@@ -269,6 +269,12 @@ impl SidTable {
             client,
         };
         entry.recount();
+        entry
+            .server
+            .metrics
+            .tally
+            .sessions_started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A handshake answered by a server put in maintenance meanwhile: its requests
         // will be refused, so the session is lost already.
         if !entry.server.condition.serves_pinned() {

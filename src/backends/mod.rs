@@ -31,7 +31,7 @@ use crate::tls::TlsUpstream;
 use crate::upstream::{ConnPool, Peer, ProxyLine};
 
 pub use condition::{Health, ServerCondition};
-pub use stats::{Registry, ServerStats, SessionEnd, SessionGuard};
+pub use stats::{Registry, ServerStats, SessionEnd, SessionGuard, Tally, OWN_ANSWERS};
 
 /// One server of a backend, as one routing snapshot sees it.
 #[derive(Debug)]

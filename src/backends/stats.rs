@@ -5,7 +5,7 @@
 //! counters live in an `Arc<ServerStats>` owned by the [`Registry`], keyed by
 //! (backend, server id), and each snapshot merely points at them.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,8 +67,10 @@ const STATUSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// the request path increments an atomic instead of building labels per request.
 pub struct ServerMetrics {
     requests: [[Counter; 5]; 3],
-    pub upgrades_ok: Counter,
-    pub upgrades_failed: Counter,
+    upgrades_ok: Counter,
+    upgrades_failed: Counter,
+    /// The same events, readable: the dashboard's history samples these.
+    pub tally: Tally,
     pub tunnels: Gauge,
     pub bytes_to_server: Counter,
     pub bytes_to_client: Counter,
@@ -99,6 +101,7 @@ impl ServerMetrics {
             }),
             upgrades_ok: counter(telemetry::UPGRADES, "result", "succeeded"),
             upgrades_failed: counter(telemetry::UPGRADES, "result", "failed"),
+            tally: Tally::default(),
             tunnels: metrics::gauge!(telemetry::TUNNELS, "backend" => b.clone(), "server" => s.clone()),
             bytes_to_server: counter(telemetry::TUNNEL_BYTES, "direction", "to_server"),
             bytes_to_client: counter(telemetry::TUNNEL_BYTES, "direction", "to_client"),
@@ -124,9 +127,59 @@ impl ServerMetrics {
 
     /// Counts a request answered by this server with `status`.
     pub fn request(&self, method: &http::Method, status: http::StatusCode) {
-        self.requests[method_class(method)][status_class(status)].increment(1);
+        let class = status_class(status);
+        self.requests[method_class(method)][class].increment(1);
+        self.tally.request(class);
+    }
+
+    /// Counts a session's attempt to move from polling to a WebSocket on this server.
+    pub fn upgrade(&self, succeeded: bool) {
+        let (counter, tally) = match succeeded {
+            true => (&self.upgrades_ok, &self.tally.upgrades_ok),
+            false => (&self.upgrades_failed, &self.tally.upgrades_failed),
+        };
+        counter.increment(1);
+        tally.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// Running totals of the events the dashboard charts. The Prometheus handles are
+/// write-only, so these few are kept a second time as plain atomics the history sampler
+/// reads every few seconds.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub requests: AtomicU64,
+    /// Answers with a 5xx status.
+    pub server_errors: AtomicU64,
+    pub upgrades_ok: AtomicU64,
+    pub upgrades_failed: AtomicU64,
+    /// Sessions whose handshake this server answered.
+    pub sessions_started: AtomicU64,
+}
+
+impl Tally {
+    /// Counts a request whose status is of class `class` (an index in [`STATUSES`]).
+    pub fn request(&self, class: usize) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if class == 4 {
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Requests tether answered itself (no server chosen: refused, limited, no server up),
+/// for the dashboard's history.
+pub static OWN_ANSWERS: Tally = Tally {
+    requests: AtomicU64::new(0),
+    server_errors: AtomicU64::new(0),
+    upgrades_ok: AtomicU64::new(0),
+    upgrades_failed: AtomicU64::new(0),
+    sessions_started: AtomicU64::new(0),
+};
 
 /// Index of a method in [`METHODS`].
 pub fn method_class(method: &http::Method) -> usize {

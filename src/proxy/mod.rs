@@ -393,7 +393,7 @@ impl Proxy {
             .await;
         let failed = |target: &Target<'_>| {
             if upgrading_session {
-                target.server.stats.metrics.upgrades_failed.increment(1);
+                target.server.stats.metrics.upgrade(false);
             }
         };
         let mut resp = match sent {
@@ -417,7 +417,7 @@ impl Proxy {
             return Err(e.into());
         }
         if upgrading_session {
-            target.server.stats.metrics.upgrades_ok.increment(1);
+            target.server.stats.metrics.upgrade(true);
         }
         let server_side = hyper::upgrade::on(&mut resp);
         let idle = match (backend.timeouts.tunnel_idle, &target.pin) {
@@ -554,8 +554,9 @@ impl Seen<'_> {
             }
             (backend, _) => {
                 let name = backend.map_or_else(|| "-".to_owned(), |b| b.name.to_string());
-                let (m, st) =
-                    stats::class_labels(stats::method_class(method), stats::status_class(status));
+                let class = stats::status_class(status);
+                stats::OWN_ANSWERS.request(class);
+                let (m, st) = stats::class_labels(stats::method_class(method), class);
                 metrics::counter!(telemetry::HTTP_REQUESTS, "backend" => name.clone(), "server" => "-",
                     "method" => m, "status" => st)
                 .increment(1);

@@ -12,6 +12,7 @@
 //! given.
 
 pub mod changes;
+pub mod history;
 pub mod reload;
 mod upkeep;
 pub mod watch;
@@ -145,6 +146,10 @@ pub struct Runtime {
     pending: Mutex<Vec<(usize, TcpListener)>>,
     pending_admin: Mutex<Option<TcpListener>>,
     status: Mutex<ReloadStatus>,
+    /// The dashboard's fifteen minutes of samples, taken by the upkeep task.
+    pub history: history::History,
+    /// When `bind` finished: the dashboard's uptime.
+    pub started: std::time::SystemTime,
     life: Lifecycle,
     reload_tx: mpsc::Sender<Trigger>,
     reload_rx: Mutex<Option<mpsc::Receiver<Trigger>>>,
@@ -217,6 +222,8 @@ impl Tether {
             pending: Mutex::new(sockets),
             pending_admin: Mutex::new(admin_socket),
             status: Mutex::new(ReloadStatus::first()),
+            history: history::History::default(),
+            started: std::time::SystemTime::now(),
             life: Lifecycle {
                 stop_accepting,
                 shutdown: CancellationToken::new(),
@@ -445,6 +452,11 @@ impl Runtime {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         lock(&self.admin).as_ref().map(|a| a.local)
+    }
+
+    /// Whether a graceful shutdown has begun: not ready for new clients any more.
+    pub fn shutting_down(&self) -> bool {
+        self.life.shutdown.is_cancelled()
     }
 
     pub fn reload_status(&self) -> ReloadStatus {

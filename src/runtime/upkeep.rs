@@ -1,5 +1,6 @@
 //! The runtime's clockwork: expired sessions swept out of the sid table and drained
-//! servers dropped every second, and what DNS discovery finds applied as it arrives.
+//! servers dropped every second, the dashboard's history sampled every few seconds, and
+//! what DNS discovery finds applied as it arrives.
 //! Each change of the routing snapshot is followed by the health checks.
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub(super) fn spawn(rt: &Arc<Runtime>) -> JoinHandle<()> {
             return;
         };
         let mut every = tokio::time::interval(TICK);
+        let mut sample = tokio::time::interval(super::history::INTERVAL);
         loop {
             tokio::select! {
                 _ = every.tick() => {
@@ -31,6 +33,7 @@ pub(super) fn spawn(rt: &Arc<Runtime>) -> JoinHandle<()> {
                         rt.routing_changed(&snapshot);
                     }
                 }
+                _ = sample.tick() => rt.history.record(&rt.store.load()),
                 Some(found) = discovered.recv() => {
                     let snapshot = rt.store.set_discovered(&found.backend, found.servers);
                     rt.routing_changed(&snapshot);

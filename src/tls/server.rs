@@ -1,9 +1,9 @@
 //! The listener side of TLS: one acceptor per TLS listener, its certificates chosen per
 //! handshake by SNI.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
@@ -69,9 +69,11 @@ impl SniResolver {
             let (key, names) = load_pair(pair, provider)?;
             if let Some(not_after) = key.cert.first().and_then(|c| not_after(c)) {
                 let name = names.first().cloned().unwrap_or_else(|| "-".to_owned());
+                let path = pair.cert.display().to_string();
                 metrics::gauge!(telemetry::TLS_NOT_AFTER,
-                    "certificate" => pair.cert.display().to_string(), "name" => name)
+                    "certificate" => path.clone(), "name" => name.clone())
                 .set(not_after as f64);
+                tether_kit::lock(&EXPIRIES).insert(path, (name, not_after));
             }
             if names.is_empty() && index != no_sni {
                 tracing::warn!(
@@ -137,6 +139,19 @@ pub(super) fn leaf_names(
         .valid_dns_names()
         .map(str::to_ascii_lowercase)
         .collect())
+}
+
+/// Every listener certificate loaded so far: file → (first DNS name, expiry in Unix
+/// seconds), for `/status`. Kept by file, so a renewed certificate replaces its entry.
+static EXPIRIES: Mutex<BTreeMap<String, (String, i64)>> = Mutex::new(BTreeMap::new());
+
+/// The listener certificates loaded so far, by file: (file, first DNS name, expiry in
+/// Unix seconds).
+pub fn expiries() -> Vec<(String, String, i64)> {
+    tether_kit::lock(&EXPIRIES)
+        .iter()
+        .map(|(path, (name, at))| (path.clone(), name.clone(), *at))
+        .collect()
 }
 
 /// When a certificate expires (Unix seconds), for the expiry gauge.
