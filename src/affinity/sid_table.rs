@@ -245,6 +245,39 @@ impl SidTable {
         ttl: Duration,
         client: IpAddr,
     ) -> Result<(), InsertError> {
+        self.insert_entry(sid, server, ttl, client, 0).map(drop)
+    }
+
+    /// Records a WebSocket-only session, learned from the open packet its server sent
+    /// down the tunnel, pinned for the tunnel's life. Nothing routes by it (such a client
+    /// never sends a request with its sid), but the registry shows it and its end is
+    /// counted like any other session's.
+    pub fn insert_tunnel(
+        self: &Arc<Self>,
+        sid: &str,
+        server: Arc<ServerStats>,
+        ttl: Duration,
+        client: IpAddr,
+    ) -> Result<SessionPin, InsertError> {
+        let key = self.insert_entry(sid, Arc::clone(&server), ttl, client, 1)?;
+        Ok(SessionPin {
+            table: Arc::clone(self),
+            sid: key,
+            server,
+            ttl,
+            kind: PinKind::Tunnel,
+            end: None,
+        })
+    }
+
+    fn insert_entry(
+        &self,
+        sid: &str,
+        server: Arc<ServerStats>,
+        ttl: Duration,
+        client: IpAddr,
+        tunnels: u32,
+    ) -> Result<Arc<str>, InsertError> {
         let now = Instant::now();
         let mut shard = self.shard(sid);
         if shard.len() >= self.per_shard && !shard.contains_key(sid) {
@@ -258,7 +291,7 @@ impl SidTable {
             server,
             ttl,
             polls: 0,
-            tunnels: 0,
+            tunnels,
             expires: now + ttl,
             ended: false,
             counted: None,
@@ -281,10 +314,11 @@ impl SidTable {
             let cause = entry.server.unserved_end();
             entry.end(cause, now);
         }
-        if let Some(mut old) = shard.insert(sid.into(), entry) {
+        let key: Arc<str> = sid.into();
+        if let Some(mut old) = shard.insert(Arc::clone(&key), entry) {
             old.finish(now);
         }
-        Ok(())
+        Ok(key)
     }
 
     /// The session `sid`, if the table knows it.

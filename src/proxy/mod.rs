@@ -17,7 +17,7 @@ pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
@@ -27,9 +27,9 @@ use tether_kit::throttle::Throttle;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::{AccessLog, Record, RequestRecord, TunnelRecord};
-use crate::affinity::{client_ip, Affinity, Keys, SessionPin, Target};
+use crate::affinity::{client_ip, Affinity, Keys, SessionPin, SidTable, Target};
 use crate::backends::health::{note_failure, note_success};
-use crate::backends::{stats, Backend, Server, SessionEnd, SessionGuard};
+use crate::backends::{stats, Backend, Server, ServerStats, SessionEnd, SessionGuard};
 use crate::body::{Guarded, ProxyBody, Rules};
 use crate::config::Limits;
 use crate::engineio::{self, Transport};
@@ -428,14 +428,27 @@ impl Proxy {
                 fallback: engineio::DEFAULT_HEARTBEAT + affinity.idle_margin,
             },
         };
-        // A tunnel without sid is a WebSocket-only session: count it while it lives.
-        // One with a sid is counted through its pinned table entry.
-        let session = match target.pin {
-            Some(pin) => TunnelSession::Pinned(pin),
-            None => TunnelSession::Counted(SessionGuard::session(
-                Arc::clone(&target.server.stats),
-                Transport::WebSocket,
-            )),
+        // A tunnel without sid is a WebSocket-only session: counted while it lives, and
+        // recorded in the sid table once its open packet names it (on a sticky backend),
+        // after which its table entry counts it. One with a sid is counted through its
+        // pinned table entry.
+        let (session, on_open) = match target.pin {
+            Some(pin) => (Arc::new(Mutex::new(TunnelSession::Pinned(pin))), None),
+            None => {
+                let session = Arc::new(Mutex::new(TunnelSession::Counted(SessionGuard::session(
+                    Arc::clone(&target.server.stats),
+                    Transport::WebSocket,
+                ))));
+                let on_open = affinity.sticky.then(|| {
+                    record_opened(
+                        Arc::clone(&self.store.sids),
+                        Arc::clone(&target.server.stats),
+                        (endpoints.0.ip(), affinity.idle_margin),
+                        Arc::clone(&session),
+                    )
+                });
+                (session, on_open)
+            }
         };
         drop(target.pending);
         let server_id = Arc::clone(&target.server.id);
@@ -445,10 +458,6 @@ impl Proxy {
         let log = self.access.load_full();
         let client_addr = endpoints.0;
         let backend_name = Arc::clone(&backend.name);
-        let sid: Option<Arc<str>> = match &session {
-            TunnelSession::Pinned(pin) if log.is_some() => Some(Arc::from(pin.sid())),
-            _ => None,
-        };
         let place = self.connections.force_enter();
         self.tunnels.spawn(async move {
             let _place = place;
@@ -457,7 +466,7 @@ impl Proxy {
                 (c, s) => {
                     tracing::debug!(server = %server_id, client_ok = c.is_ok(), server_ok = s.is_ok(), "upgrade did not complete");
                     // The side that failed to complete it is the one that went away.
-                    if let TunnelSession::Pinned(mut pin) = session {
+                    if let TunnelSession::Pinned(pin) = &mut *tether_kit::lock(&session) {
                         pin.ended_by(if s.is_err() {
                             SessionEnd::ServerClosed
                         } else {
@@ -479,7 +488,7 @@ impl Proxy {
             let opened = std::time::Instant::now();
             // By reference: moved into the relay, the task would keep it twice (as
             // captured, and in the relay) for the tunnel's whole life.
-            let end = tunnel::relay(client, server, (idle, tally), &mut stop).await;
+            let end = tunnel::relay(client, server, (idle, on_open, tally), &mut stop).await;
             m.tunnels.decrement(1.0);
             tracing::debug!(server = %server_id, ?end, "tunnel closed");
             let cause = match end {
@@ -489,23 +498,28 @@ impl Proxy {
                 TunnelEnd::Stopped if hard_stop.is_fired() => SessionEnd::Shutdown,
                 TunnelEnd::Stopped => stats.unserved_end(),
             };
+            let mut session = tether_kit::lock(&session);
             if let (Some(log), Some((up, down))) = (&log, &totals) {
+                let sid = match &*session {
+                    TunnelSession::Pinned(pin) => Some(Arc::from(pin.sid())),
+                    TunnelSession::Counted(_) => None,
+                };
                 log.log(Record::Tunnel(TunnelRecord {
                     at: std::time::SystemTime::now(),
                     client: client_ip::canonical(client_addr.ip()),
                     backend: backend_name,
                     server: Arc::clone(&server_id),
-                    sid: sid.clone(),
+                    sid,
                     cause: cause.as_str(),
                     duration: opened.elapsed(),
                     bytes_to_server: up.load(Ordering::Relaxed),
                     bytes_to_client: down.load(Ordering::Relaxed),
                 }));
             }
-            match session {
-                TunnelSession::Pinned(mut pin) => pin.ended_by(cause),
-                TunnelSession::Counted(counted) => {
-                    drop(counted);
+            match &mut *session {
+                TunnelSession::Pinned(pin) => pin.ended_by(cause),
+                TunnelSession::Counted(_) => {
+                    // Its guard is dropped with the last reference to `session`, now.
                     stats.session_ended(cause, opened.elapsed());
                 }
             }
@@ -568,6 +582,30 @@ impl Seen<'_> {
             b.metrics.handshake(t, handshake);
         }
     }
+}
+
+/// Records a WebSocket-only session when its open packet names it: its table entry
+/// takes over counting it from the tunnel's guard (dropped as the entry is pinned, so
+/// the session is counted once throughout). A full table leaves it counted by the guard.
+fn record_opened(
+    sids: Arc<SidTable>,
+    stats: Arc<ServerStats>,
+    (client, margin): (std::net::IpAddr, Duration),
+    session: Arc<Mutex<TunnelSession>>,
+) -> tunnel::OnOpen {
+    Box::new(move |sid, heartbeat| {
+        if !engineio::valid_sid(sid) {
+            return;
+        }
+        let mut session = tether_kit::lock(&session);
+        match sids.insert_tunnel(sid, stats, heartbeat + margin, client) {
+            Ok(pin) => {
+                tracing::debug!(%sid, "sid of a WebSocket-only session learned");
+                *session = TunnelSession::Pinned(pin);
+            }
+            Err(e) => tracing::debug!(error = %e, %sid, "WebSocket-only session not recorded"),
+        }
+    })
 }
 
 /// Keeps a tunnel's session counted for as long as the tunnel task owns it.

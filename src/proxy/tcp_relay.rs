@@ -17,7 +17,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::tunnel::{limit_from_first_frame, ByteTally, TunnelEnd};
+use super::tunnel::{ByteTally, Learn, TunnelEnd};
 
 /// Size of the per-thread scratch buffer.
 const SCRATCH: usize = 16 * 1024;
@@ -45,8 +45,8 @@ struct Relay {
     last_ms: u64,
     /// How long the tunnel may stay silent.
     limit_ms: u64,
-    /// Learn the limit from the server's first frame (an open packet), with this margin.
-    learn: Option<Duration>,
+    /// What the server's first frame (an open packet) is read for.
+    learn: Option<Learn>,
     /// Bytes read, client → server and server → client.
     tally: [ByteTally; 2],
     /// The client's last chunk began with a WebSocket close frame: it started the closing
@@ -62,7 +62,7 @@ struct Relay {
 pub(super) fn relay_tcp<S: Future<Output = ()>>(
     (client, client_rest): (TcpStream, Bytes),
     (server, server_rest): (TcpStream, Bytes),
-    (limit, learn): (Duration, Option<Duration>),
+    (limit, learn): (Duration, Option<Learn>),
     tally: [ByteTally; 2],
     stop: S,
 ) -> TcpRelay<S> {
@@ -144,8 +144,8 @@ impl Relay {
 
     /// Reads the server's first chunk for the open packet's heartbeat, once.
     fn learn_from(&mut self, chunk: &[u8]) {
-        if let Some(margin) = self.learn.take() {
-            self.apply_learnt(limit_from_first_frame(chunk, margin));
+        if let Some(learn) = self.learn.take() {
+            self.apply_learnt(learn.first_frame(chunk));
         }
     }
 
@@ -208,7 +208,7 @@ impl Relay {
                 return Poll::Ready(true);
             }
             // Only the server's first chunk is read for the open packet.
-            let margin = if up { None } else { self.learn };
+            let mut learn = if up { None } else { self.learn.take() };
             let read = SCRATCH_BUF.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 let n = match read_once(from, &mut buf[..]) {
@@ -217,7 +217,7 @@ impl Relay {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Read::Nothing,
                     Err(_) => return Read::Eof,
                 };
-                let learnt = margin.and_then(|m| limit_from_first_frame(&buf[..n], m));
+                let learnt = learn.take().and_then(|l| l.first_frame(&buf[..n]));
                 let rest = match to.try_write(&buf[..n]) {
                     Ok(w) if w == n => None,
                     Ok(w) => Some(Bytes::copy_from_slice(&buf[w..n])),
@@ -233,6 +233,10 @@ impl Relay {
                     close_frame: is_close_frame(&buf[..n]),
                 }
             });
+            // Nothing read: the first chunk is still to come.
+            if learn.is_some() {
+                self.learn = learn;
+            }
             match read {
                 Read::Nothing => {}
                 Read::Eof => return Poll::Ready(true),
@@ -246,9 +250,6 @@ impl Relay {
                     self.tally[usize::from(!up)].add(n);
                     if up {
                         self.client_closing = close_frame;
-                    }
-                    if !up {
-                        self.learn = None;
                     }
                     self.apply_learnt(learnt);
                     self.last_ms = self.start.elapsed().as_millis() as u64;
@@ -309,6 +310,7 @@ pub(super) fn is_close_frame(chunk: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::tunnel::IdleLimit;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -386,7 +388,11 @@ mod tests {
         let relay = tokio::spawn(relay_tcp(
             (c, Bytes::new()),
             (s, Bytes::new()),
-            (Duration::from_secs(30), Some(Duration::from_millis(100))),
+            IdleLimit::FromOpenPacket {
+                margin: Duration::from_millis(100),
+                fallback: Duration::from_secs(30),
+            }
+            .split(None),
             tallies(),
             std::future::pending(),
         ));

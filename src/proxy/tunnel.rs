@@ -110,6 +110,29 @@ pub enum IdleLimit {
     },
 }
 
+/// Told a WebSocket-only session's sid and heartbeat when its open packet crosses the
+/// tunnel (to record the session).
+pub type OnOpen = Box<dyn FnOnce(&str, Duration) + Send>;
+
+/// What the server's first frame is read for, once: a WebSocket-only session's open
+/// packet, for its heartbeat (the idle limit, unless one is fixed) and its sid.
+pub(super) struct Learn {
+    margin: Option<Duration>,
+    opened: Option<OnOpen>,
+}
+
+impl Learn {
+    /// Reads the server's first chunk; returns the idle limit its open packet sets.
+    pub(super) fn first_frame(self, chunk: &[u8]) -> Option<Duration> {
+        let open = engineio::parse_ws_open_frame(chunk)?;
+        let heartbeat = open.heartbeat();
+        if let Some(opened) = self.opened {
+            opened(open.sid, heartbeat);
+        }
+        self.margin.map(|m| heartbeat + m)
+    }
+}
+
 /// Why a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelEnd {
@@ -175,7 +198,7 @@ impl Drop for ByteTally {
 pub fn relay<'a, S>(
     client: Upgraded,
     server: Upgraded,
-    (idle, tally): (IdleLimit, [ByteTally; 2]),
+    (idle, opened, tally): (IdleLimit, Option<OnOpen>, [ByteTally; 2]),
     stop: S,
 ) -> impl Future<Output = TunnelEnd> + Send + 'a
 where
@@ -189,7 +212,13 @@ where
         Ok(c) => c,
         Err(client) => {
             let (c, s) = (TokioIo::new(client), TokioIo::new(server));
-            let f: Buffered<'a> = Box::pin(relay_buffered(c, Bytes::new(), s, (idle, tally), stop));
+            let f: Buffered<'a> = Box::pin(relay_buffered(
+                c,
+                Bytes::new(),
+                s,
+                (idle, opened, tally),
+                stop,
+            ));
             return Either::Left(f);
         }
     };
@@ -198,12 +227,17 @@ where
         Err(server) => {
             let c = client.io.into_inner();
             let s = TokioIo::new(server);
-            let f: Buffered<'a> =
-                Box::pin(relay_buffered(c, client.read_buf, s, (idle, tally), stop));
+            let f: Buffered<'a> = Box::pin(relay_buffered(
+                c,
+                client.read_buf,
+                s,
+                (idle, opened, tally),
+                stop,
+            ));
             return Either::Left(f);
         }
     };
-    let (limit, learn) = idle.split();
+    let (limit, learn) = idle.split(opened);
     Either::Right(tcp_relay::relay_tcp(
         (client.io.into_inner(), client.read_buf),
         (server.io.into_inner(), server.read_buf),
@@ -214,29 +248,25 @@ where
 }
 
 impl IdleLimit {
-    /// The limit in force at first, and the margin to add to a heartbeat learnt from
-    /// the open packet, if one is to be learnt.
-    fn split(self) -> (Duration, Option<Duration>) {
-        match self {
+    /// The limit in force at first, and what the server's first frame is to be read
+    /// for, if anything.
+    pub(super) fn split(self, opened: Option<OnOpen>) -> (Duration, Option<Learn>) {
+        let (limit, margin) = match self {
             IdleLimit::Fixed(d) => (d, None),
             IdleLimit::FromOpenPacket { margin, fallback } => (fallback, Some(margin)),
-        }
+        };
+        let learn = (margin.is_some() || opened.is_some()).then_some(Learn { margin, opened });
+        (limit, learn)
     }
 }
 
-/// The idle limit a WebSocket-only session's first server frame sets, if it is the open
-/// packet: the session's own heartbeat plus `margin`.
-pub(super) fn limit_from_first_frame(chunk: &[u8], margin: Duration) -> Option<Duration> {
-    engineio::parse_ws_open_frame(chunk).map(|open| open.heartbeat() + margin)
-}
-
-fn limits(idle: IdleLimit) -> (Limit, Option<Duration>) {
-    let (limit_ms, learn_margin) = idle.split();
+fn limits(idle: IdleLimit, opened: Option<OnOpen>) -> (Limit, Option<Learn>) {
+    let (limit_ms, learn) = idle.split(opened);
     let limit = Limit {
         ms: AtomicU64::new(limit_ms.as_millis() as u64),
         changed: Notify::new(),
     };
-    (limit, learn_margin)
+    (limit, learn)
 }
 
 /// The general relay (TLS on a side), with a buffer per direction. `client_rest`: bytes
@@ -245,7 +275,7 @@ async fn relay_buffered<C, S>(
     client: C,
     client_rest: Bytes,
     server: S,
-    (idle, [mut to_server, mut to_client]): (IdleLimit, [ByteTally; 2]),
+    (idle, opened, [mut to_server, mut to_client]): (IdleLimit, Option<OnOpen>, [ByteTally; 2]),
     stop: impl Future<Output = ()>,
 ) -> TunnelEnd
 where
@@ -262,7 +292,7 @@ where
     drop(client_rest);
     let start = Instant::now();
     let last = AtomicU64::new(0);
-    let (limit, learn_margin) = limits(idle);
+    let (limit, learn) = limits(idle, opened);
 
     let end = {
         let client_closing = std::sync::atomic::AtomicBool::new(false);
@@ -277,7 +307,7 @@ where
             (&mut server_rd, &mut client_wr),
             start,
             &last,
-            learn_margin.map(|m| (m, &limit)),
+            learn.map(|l| (l, &limit)),
             (&mut to_client, None),
         );
         let watchdog = watchdog(start, &last, &limit);
@@ -313,7 +343,7 @@ async fn copy<R, W>(
     (rd, wr): (&mut R, &mut W),
     start: Instant,
     last: &AtomicU64,
-    mut learn: Option<(Duration, &Limit)>,
+    mut learn: Option<(Learn, &Limit)>,
     (tally, closing): (&mut ByteTally, Option<&std::sync::atomic::AtomicBool>),
 ) -> bool
 where
@@ -326,8 +356,8 @@ where
             Ok(0) | Err(_) => return true,
             Ok(n) => n,
         };
-        if let Some((margin, limit)) = learn.take() {
-            if let Some(learnt) = limit_from_first_frame(&buf[..n], margin) {
+        if let Some((learn, limit)) = learn.take() {
+            if let Some(learnt) = learn.first_frame(&buf[..n]) {
                 limit.ms.store(learnt.as_millis() as u64, Ordering::Relaxed);
                 limit.changed.notify_one();
             }
@@ -362,5 +392,54 @@ async fn watchdog(start: Instant, last: &AtomicU64, limit: &Limit) {
             _ = tokio::time::sleep_until(deadline) => {}
             _ = limit.changed.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A server's first frame: an open packet as a text frame.
+    fn open_frame(json: &str) -> Vec<u8> {
+        let text = format!("0{json}");
+        let mut f = vec![0x81, text.len() as u8];
+        f.extend_from_slice(text.as_bytes());
+        f
+    }
+
+    #[test]
+    fn the_open_packet_names_the_session_even_when_the_idle_limit_is_fixed() {
+        let seen = Arc::new(Mutex::new(None));
+        let record = Arc::clone(&seen);
+        let opened: OnOpen = Box::new(move |sid, heartbeat| {
+            *record.lock().unwrap() = Some((sid.to_owned(), heartbeat));
+        });
+        let (limit, learn) = IdleLimit::Fixed(Duration::from_secs(7)).split(Some(opened));
+        assert_eq!(limit, Duration::from_secs(7));
+        let frame = open_frame(r#"{"sid":"abc123","pingInterval":1000,"pingTimeout":500}"#);
+        assert_eq!(learn.expect("something to learn").first_frame(&frame), None);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(("abc123".to_owned(), Duration::from_millis(1500)))
+        );
+    }
+
+    #[test]
+    fn a_fixed_limit_without_a_listener_reads_nothing() {
+        assert!(IdleLimit::Fixed(Duration::from_secs(7))
+            .split(None)
+            .1
+            .is_none());
+        let (_, learn) = IdleLimit::FromOpenPacket {
+            margin: Duration::from_secs(1),
+            fallback: Duration::from_secs(60),
+        }
+        .split(None);
+        let frame = open_frame(r#"{"sid":"abc123","pingInterval":1000,"pingTimeout":500}"#);
+        assert_eq!(
+            learn.expect("the heartbeat").first_frame(&frame),
+            Some(Duration::from_millis(2500))
+        );
     }
 }
