@@ -106,3 +106,83 @@ async fn maint_closes_open_tunnels_at_once_and_draining_does_not() {
     println!("tunnel closed {after:?} after maint");
     tether.stop().await;
 }
+
+/// Sends one masked text frame (clients must mask), split in two writes so the relay
+/// sees a header cut across reads as well as whole ones.
+async fn ws_send_text(ws: &mut tokio::net::TcpStream, text: &str, split: bool) {
+    use tokio::io::AsyncWriteExt;
+    let key = [0x11, 0x22, 0x33, 0x44];
+    assert!(text.len() < 126);
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    if split {
+        ws.write_all(&frame[..3]).await.unwrap();
+        ws.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        ws.write_all(&frame[3..]).await.unwrap();
+    } else {
+        ws.write_all(&frame).await.unwrap();
+    }
+}
+
+/// The value of one series in a `/metrics` scrape (0 when absent).
+async fn scraped(admin: std::net::SocketAddr, series: &str) -> f64 {
+    let r = admin_request(admin, "GET", "/metrics").await;
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_are_counted_each_way() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.yaml");
+    std::fs::write(&path, sockets(std::slice::from_ref(&node)).admin().build()).unwrap();
+    // Its own process: the metrics recorder is process-wide.
+    let t = TetherProcess::start(&path, "warn").await;
+    let admin = t.admin().await;
+
+    let mut ws = ws_connect(t.addr, WS_ONLY).await;
+    let open = ws_read_text(&mut ws).await;
+    assert!(open.starts_with("0{\"sid\""), "{open}");
+    ws_send_text(&mut ws, "40", false).await;
+    assert!(ws_read_text(&mut ws).await.starts_with("40"));
+    const ECHOES: usize = 25;
+    for i in 0..ECHOES {
+        ws_send_text(&mut ws, &format!("42{i}[\"echo\",{i}]"), i % 5 == 0).await;
+        assert_eq!(ws_read_text(&mut ws).await, format!("43{i}[{i}]"));
+    }
+    // A close frame, then the server's close ends the tunnel.
+    {
+        use tokio::io::AsyncWriteExt;
+        ws.write_all(&[0x88, 0x80, 0, 0, 0, 0]).await.unwrap();
+    }
+    assert!(wait_closed(&mut ws, Duration::from_secs(10))
+        .await
+        .is_some());
+
+    let labels = |dir: &str| {
+        format!("tether_websocket_frames_total{{backend=\"sockets\",server=\"node-1\",direction=\"{dir}\"}}")
+    };
+    // Counted when the tunnel ends (its last batch): wait for it.
+    let to_server = labels("to_server");
+    let start = tokio::time::Instant::now();
+    while scraped(admin, &to_server).await == 0.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no frames counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 40, the echoes and the close frame; the open packet, the connect answer, the acks
+    // and the server's close (a ping may come too, though not in 25 s by default).
+    assert_eq!(scraped(admin, &to_server).await, (1 + ECHOES + 1) as f64);
+    let down = scraped(admin, &labels("to_client")).await;
+    assert!(
+        ((2 + ECHOES) as f64..=(2 + ECHOES + 2) as f64).contains(&down),
+        "{down} frames to the client"
+    );
+}

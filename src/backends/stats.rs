@@ -74,6 +74,8 @@ pub struct ServerMetrics {
     pub tunnels: Gauge,
     pub bytes_to_server: Counter,
     pub bytes_to_client: Counter,
+    pub frames_to_server: Counter,
+    pub frames_to_client: Counter,
     /// Connections to the server and requests on them.
     pub upstream: crate::upstream::Meters,
     pub probe_duration: Histogram,
@@ -105,6 +107,8 @@ impl ServerMetrics {
             tunnels: metrics::gauge!(telemetry::TUNNELS, "backend" => b.clone(), "server" => s.clone()),
             bytes_to_server: counter(telemetry::TUNNEL_BYTES, "direction", "to_server"),
             bytes_to_client: counter(telemetry::TUNNEL_BYTES, "direction", "to_client"),
+            frames_to_server: counter(telemetry::TUNNEL_FRAMES, "direction", "to_server"),
+            frames_to_client: counter(telemetry::TUNNEL_FRAMES, "direction", "to_client"),
             upstream: crate::upstream::Meters {
                 connect_duration: metrics::histogram!(telemetry::CONNECT_DURATION, "backend" => b.clone()),
                 reused: counter(telemetry::UPSTREAM_REQUESTS, "connection", "reused"),

@@ -481,8 +481,8 @@ impl Proxy {
                 (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)))
             });
             let tally = [
-                ByteTally::new(m.bytes_to_server.clone(), totals.as_ref().map(|t| Arc::clone(&t.0))),
-                ByteTally::new(m.bytes_to_client.clone(), totals.as_ref().map(|t| Arc::clone(&t.1))),
+                ByteTally::new((m.bytes_to_server.clone(), m.frames_to_server.clone()), totals.as_ref().map(|t| Arc::clone(&t.0))),
+                ByteTally::new((m.bytes_to_client.clone(), m.frames_to_client.clone()), totals.as_ref().map(|t| Arc::clone(&t.1))),
             ];
             m.tunnels.increment(1.0);
             let opened = std::time::Instant::now();

@@ -81,9 +81,11 @@ pub(super) fn relay_tcp<S: Future<Output = ()>>(
     // Even empty, a rest is a view of hyper's whole read buffer (8 KiB): keep it only if
     // it holds bytes, or every idle tunnel keeps two of them alive.
     if !client_rest.is_empty() {
+        relay.tally[0].add(&client_rest);
         relay.up = Some(client_rest);
     }
     if !server_rest.is_empty() {
+        relay.tally[1].add(&server_rest);
         relay.learn_from(&server_rest);
         relay.down = Some(server_rest);
     }
@@ -209,6 +211,7 @@ impl Relay {
             }
             // Only the server's first chunk is read for the open packet.
             let mut learn = if up { None } else { self.learn.take() };
+            let tally = &mut self.tally[usize::from(!up)];
             let read = SCRATCH_BUF.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 let n = match read_once(from, &mut buf[..]) {
@@ -218,6 +221,7 @@ impl Relay {
                     Err(_) => return Read::Eof,
                 };
                 let learnt = learn.take().and_then(|l| l.first_frame(&buf[..n]));
+                tally.add(&buf[..n]);
                 let rest = match to.try_write(&buf[..n]) {
                     Ok(w) if w == n => None,
                     Ok(w) => Some(Bytes::copy_from_slice(&buf[w..n])),
@@ -229,7 +233,6 @@ impl Relay {
                 Read::Moved {
                     rest,
                     learnt,
-                    n,
                     close_frame: is_close_frame(&buf[..n]),
                 }
             });
@@ -244,10 +247,8 @@ impl Relay {
                 Read::Moved {
                     rest,
                     learnt,
-                    n,
                     close_frame,
                 } => {
-                    self.tally[usize::from(!up)].add(n);
                     if up {
                         self.client_closing = close_frame;
                     }
@@ -297,7 +298,6 @@ enum Read {
     Moved {
         rest: Option<Bytes>,
         learnt: Option<Duration>,
-        n: usize,
         close_frame: bool,
     },
 }
@@ -323,8 +323,8 @@ mod tests {
 
     fn tallies() -> [ByteTally; 2] {
         [
-            ByteTally::new(metrics::Counter::noop(), None),
-            ByteTally::new(metrics::Counter::noop(), None),
+            ByteTally::new((metrics::Counter::noop(), metrics::Counter::noop()), None),
+            ByteTally::new((metrics::Counter::noop(), metrics::Counter::noop()), None),
         ]
     }
 

@@ -152,6 +152,10 @@ pub struct ByteTally {
     counter: metrics::Counter,
     /// The tunnel's own total, for the access log (added to with the counter).
     total: Option<Arc<AtomicU64>>,
+    /// WebSocket frames, added with the bytes.
+    frames: FrameScan,
+    pending_frames: u64,
+    frame_counter: metrics::Counter,
 }
 
 impl ByteTally {
@@ -159,16 +163,25 @@ impl ByteTally {
     /// atomic add, and a busy tunnel's figure is never more than this behind.
     const BATCH: u64 = 4 * 1024;
 
-    pub fn new(counter: metrics::Counter, total: Option<Arc<AtomicU64>>) -> ByteTally {
+    pub fn new(
+        (counter, frame_counter): (metrics::Counter, metrics::Counter),
+        total: Option<Arc<AtomicU64>>,
+    ) -> ByteTally {
         ByteTally {
             pending: 0,
             counter,
             total,
+            frames: FrameScan::default(),
+            pending_frames: 0,
+            frame_counter,
         }
     }
 
-    pub(super) fn add(&mut self, n: usize) {
-        self.pending += n as u64;
+    /// Counts a chunk relayed: its bytes, and the frames whose header it holds.
+    #[inline]
+    pub(super) fn add(&mut self, chunk: &[u8]) {
+        self.pending += chunk.len() as u64;
+        self.pending_frames += self.frames.scan(chunk);
         if self.pending >= Self::BATCH {
             self.flush();
         }
@@ -180,6 +193,8 @@ impl ByteTally {
         if let Some(t) = &self.total {
             t.fetch_add(n, Ordering::Relaxed);
         }
+        self.frame_counter
+            .increment(std::mem::take(&mut self.pending_frames));
     }
 }
 
@@ -189,6 +204,96 @@ impl Drop for ByteTally {
             self.flush();
         }
     }
+}
+
+/// Counts WebSocket frames in a byte stream cut anywhere. Only headers are read (2 to 14
+/// bytes a frame); payloads are skipped by their length, so a message costs a few
+/// instructions whatever its size. It never judges the stream: a tunnel that is not
+/// WebSocket framing at all just yields a meaningless count.
+#[derive(Debug, Default)]
+struct FrameScan {
+    /// Payload bytes of the current frame still to come.
+    skip: u64,
+    /// The start of a header cut by the end of the last chunk.
+    head: [u8; MAX_HEADER],
+    have: u8,
+}
+
+/// The longest frame header: 2 bytes, a 64-bit length, a masking key.
+const MAX_HEADER: usize = 14;
+
+impl FrameScan {
+    /// The frames whose header ends in `chunk`.
+    #[inline]
+    fn scan(&mut self, chunk: &[u8]) -> u64 {
+        // The usual chunk: one whole frame, nothing of another before it. A few
+        // instructions, where the general walk below costs a function call and a loop.
+        if self.skip == 0 && self.have == 0 {
+            if let Some((len, payload)) = frame_header(chunk) {
+                if len as u64 + payload == chunk.len() as u64 {
+                    return 1;
+                }
+            }
+        }
+        self.walk(chunk)
+    }
+
+    /// [`FrameScan::scan`] for any chunk: frames cut anywhere, several in one chunk.
+    #[inline(never)]
+    fn walk(&mut self, mut chunk: &[u8]) -> u64 {
+        let mut frames = 0;
+        loop {
+            let skipped = self.skip.min(chunk.len() as u64);
+            self.skip -= skipped;
+            chunk = &chunk[skipped as usize..];
+            if chunk.is_empty() {
+                return frames;
+            }
+            if self.have == 0 {
+                if let Some((len, payload)) = frame_header(chunk) {
+                    frames += 1;
+                    self.skip = payload;
+                    chunk = &chunk[len..];
+                    continue;
+                }
+            }
+            // A header cut by a chunk's end: gather it.
+            let have = usize::from(self.have);
+            let take = (MAX_HEADER - have).min(chunk.len());
+            self.head[have..have + take].copy_from_slice(&chunk[..take]);
+            match frame_header(&self.head[..have + take]) {
+                Some((len, payload)) => {
+                    frames += 1;
+                    self.skip = payload;
+                    self.have = 0;
+                    chunk = &chunk[len - have..];
+                }
+                None => {
+                    // Only when the chunk ran out: no header is longer than the buffer.
+                    self.have = (have + take) as u8;
+                    return frames;
+                }
+            }
+        }
+    }
+}
+
+/// The frame header at the start of `b`: its length and its payload's, or `None` when `b`
+/// ends inside it.
+#[inline]
+fn frame_header(b: &[u8]) -> Option<(usize, u64)> {
+    let b1 = *b.get(1)?;
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    let (payload, ext) = match b1 & 0x7f {
+        126 => (
+            u64::from(u16::from_be_bytes(b.get(2..4)?.try_into().ok()?)),
+            2,
+        ),
+        127 => (u64::from_be_bytes(b.get(2..10)?.try_into().ok()?), 8),
+        n => (u64::from(n), 0),
+    };
+    let len = 2 + ext + mask;
+    (b.len() >= len).then_some((len, payload))
 }
 
 /// Relays between the client and the server until one side ends or the tunnel idles.
@@ -287,7 +392,7 @@ where
     if !client_rest.is_empty() && server_wr.write_all(&client_rest).await.is_err() {
         return TunnelEnd::ServerClosed;
     }
-    to_server.add(client_rest.len());
+    to_server.add(&client_rest);
     // A view of hyper's whole read buffer, even empty: not for the tunnel's lifetime.
     drop(client_rest);
     let start = Instant::now();
@@ -372,7 +477,7 @@ where
         if wr.write_all(&buf[..n]).await.is_err() || wr.flush().await.is_err() {
             return false;
         }
-        tally.add(n);
+        tally.add(&buf[..n]);
     }
 }
 
@@ -423,6 +528,63 @@ mod tests {
             *seen.lock().unwrap(),
             Some(("abc123".to_owned(), Duration::from_millis(1500)))
         );
+    }
+
+    /// A frame of `payload` bytes, masked when `masked` (as clients send them).
+    fn frame(payload: usize, masked: bool) -> Vec<u8> {
+        let mut f = vec![0x82];
+        let m = if masked { 0x80 } else { 0 };
+        match payload {
+            0..=125 => f.push(m | payload as u8),
+            126..=65535 => {
+                f.push(m | 126);
+                f.extend_from_slice(&(payload as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(m | 127);
+                f.extend_from_slice(&(payload as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(0x7f, payload));
+        f
+    }
+
+    #[test]
+    fn frames_are_counted_however_the_stream_is_cut() {
+        let sizes = [0, 1, 125, 126, 300, 65535, 65536, 70000, 5];
+        let frames: Vec<Vec<u8>> = (sizes.iter().enumerate())
+            .map(|(i, size)| frame(*size, i % 2 == 0))
+            .collect();
+        // One frame a chunk (the usual case, counted without the walk).
+        let mut scan = FrameScan::default();
+        let counted: u64 = frames.iter().map(|f| scan.scan(f)).sum();
+        assert_eq!(counted, sizes.len() as u64, "a frame a chunk");
+        let stream = frames.concat();
+        for cut in [1, 2, 3, 7, 13, 14, 100, 4096, stream.len()] {
+            let mut scan = FrameScan::default();
+            let counted: u64 = stream.chunks(cut).map(|c| scan.scan(c)).sum();
+            assert_eq!(counted, sizes.len() as u64, "chunks of {cut}");
+            assert_eq!((scan.skip, scan.have), (0, 0), "chunks of {cut}");
+        }
+    }
+
+    #[test]
+    fn a_tally_adds_frames_with_the_bytes() {
+        let mut tally = ByteTally::new((metrics::Counter::noop(), metrics::Counter::noop()), None);
+        tally.add(&frame(10, true));
+        let second = frame(10, false);
+        tally.add(&second[..2]);
+        assert_eq!(
+            tally.pending_frames, 2,
+            "a frame counts once its header is in"
+        );
+        tally.add(&second[2..]);
+        assert_eq!(tally.pending_frames, 2, "its payload is skipped");
+        tally.add(&frame(5000, false));
+        assert_eq!(tally.pending_frames, 0, "flushed with the bytes");
     }
 
     #[test]

@@ -67,7 +67,9 @@ catalogue! {
     TUNNELS = Gauge "tether_websocket_tunnels" ["backend", "server"]
         "WebSocket tunnels open.";
     TUNNEL_BYTES = Counter "tether_websocket_bytes_total" ["backend", "server", "direction"]
-        "Bytes relayed through WebSocket tunnels, to_server or to_client, counted when a tunnel closes.";
+        "Bytes relayed through WebSocket tunnels, to_server or to_client (added every 4 KiB of a tunnel, and when it closes).";
+    TUNNEL_FRAMES = Counter "tether_websocket_frames_total" ["backend", "server", "direction"]
+        "WebSocket frames relayed, to_server or to_client: Socket.IO packets and Engine.IO pings and pongs (added with the bytes).";
 
     // Servers: connections, health.
     CONNECT_DURATION = Histogram "tether_upstream_connect_duration_seconds" ["backend"]
