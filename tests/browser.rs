@@ -181,3 +181,175 @@ async fn dashboard_behind_a_token_lets_a_browser_user_sign_in() {
     assert_eq!(r["pageErrors"], json!([]), "{r}");
     tether.stop().await;
 }
+
+/// `GET /status` with the token, as JSON.
+async fn status_with_token(admin: SocketAddr, token: &str) -> Value {
+    let r = admin_request_with_token(admin, "GET", "/status", token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_str(&r.text()).expect("status is JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_three_live_servers_with_charts_and_drains_one_in_a_real_browser() {
+    let _heavy = HEAVY.lock().await;
+    let token = "dash-board-live-t0ken";
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        nodes.push(NodeServer::spawn_rust(&format!("node-{i}"), &[]).await);
+    }
+    // A TLS listener beside the plain one, for the certificates' expiry.
+    let certs = tempfile::tempdir().unwrap();
+    let paths = tether::tls::dev_ca::generate_dev_cert(&["localhost"])
+        .unwrap()
+        .write(certs.path())
+        .unwrap();
+    let yaml = nodes
+        .iter()
+        .fold(
+            ConfigBuilder::new()
+                .listeners(&["127.0.0.1:0"])
+                .tls_listener(paths.cert.display(), paths.key.display())
+                .admin_yaml(&format!("bind: \"127.0.0.1:0\"\n  token: \"{token}\""))
+                .backend("chat"),
+            |b, n| b.server(&n.id, n.addr),
+        )
+        .build();
+    let tether = TetherHandle::start(&yaml).await;
+    let admin = tether.admin.expect("admin listener");
+    assert_eq!(
+        tether.url(),
+        format!("http://{}", tether.addr),
+        "the plain listener first"
+    );
+
+    // Real Socket.IO sessions of every kind: polling only, WebSocket only, and the default
+    // (polling, then an upgrade), kept open and emitting while the browser looks.
+    let mut clients = 0;
+    let mut swarms = Vec::new();
+    for (n, transports) in [
+        (6, json!(["polling"])),
+        (6, json!(["websocket"])),
+        (3, json!(["polling", "websocket"])),
+    ] {
+        let (soak, ready) = Soak::start(json!({
+            "url": tether.url(), "clients": n, "transports": transports,
+            "durationMs": 120000, "emitEveryMs": 500,
+        }))
+        .await;
+        assert_eq!(ready["connected"], n, "{ready}");
+        clients += n;
+        swarms.push(soak);
+    }
+
+    let artifacts = repo().join("target/test-artifacts");
+    let laptop = artifacts.join("dashboard-laptop.png");
+    let phone = artifacts.join("dashboard-phone.png");
+    let dark = artifacts.join("dashboard-laptop-dark.png");
+    for shot in [&laptop, &phone, &dark] {
+        let _ = std::fs::remove_file(shot);
+    }
+    let r = node_script(
+        "browser.js",
+        json!({ "mode": "dashboard-live", "url": format!("http://{admin}/"), "token": token,
+                "servers": 3, "maintCancel": "node-3", "drain": "node-2",
+                "laptopShot": laptop, "phoneShot": phone, "darkShot": dark }),
+    )
+    .await;
+    println!("live dashboard in chromium: {r}");
+    assert!(r["error"].is_null(), "{r}");
+
+    // Three cards whose counts are those of /status, all sessions accounted for.
+    assert_eq!(r["servers"], json!(["node-1", "node-2", "node-3"]), "{r}");
+    let mut total = 0;
+    for id in ["node-1", "node-2", "node-3"] {
+        let (shown, want) = (&r["shown"][id], &r["statusShown"][id]);
+        assert_eq!(shown["polling"], want["polling"], "{id}: {r}");
+        assert_eq!(shown["websocket"], want["websocket"], "{id}: {r}");
+        let load = shown["load"].as_u64().unwrap_or(0);
+        assert!(load > 0, "{id} has sessions: {r}");
+        total += load;
+    }
+    assert_eq!(total, clients, "every client's session is on a card: {r}");
+    // The overview and every card drew a sessions chart.
+    for chart in [
+        "overview-sessions",
+        "node-1/sessions",
+        "node-2/sessions",
+        "node-3/sessions",
+    ] {
+        assert!(
+            r["charts"][chart].as_u64().unwrap_or(0) >= 2,
+            "{chart}: {r}"
+        );
+    }
+    for (chart, points) in r["chartsAtShot"].as_object().expect("chartsAtShot") {
+        assert!(points.as_u64().unwrap_or(0) >= 2, "{chart} drawn: {r}");
+    }
+    assert!(
+        r["hover"].as_str().unwrap_or("").contains("WebSocket"),
+        "{r}"
+    );
+    assert_eq!(
+        r["lookup"]["shown"].as_str().map(|s| s.split(' ').next()),
+        Some(r["lookup"]["server"].as_str()),
+        "{r}"
+    );
+
+    // Maint asks first (it ends sessions); cancelling changes nothing.
+    assert!(
+        r["maintConfirm"].as_str().unwrap_or("").contains("node-3"),
+        "{r}"
+    );
+    assert_eq!(r["maintCancelledState"], "ready", "{r}");
+    // The drain click, seen by the page and by the API.
+    assert_eq!(r["drainShown"], "draining", "{r}");
+    assert_eq!(r["drainButtonDisabled"], true, "{r}");
+    let status = status_with_token(admin, token).await;
+    let server = |id: &str| {
+        status["backends"][0]["servers"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["id"] == id).cloned())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(server("node-2")["state"], "draining", "{status}");
+    assert_eq!(server("node-2")["state_source"], "admin", "{status}");
+    assert_eq!(server("node-3")["state"], "ready", "{status}");
+    assert_eq!(server("node-1")["state"], "ready", "{status}");
+    assert_eq!(r["serversAfterReload"], r["servers"], "{r}");
+
+    // The phone layout: the same cards and charts, nothing wider than the screen.
+    assert_eq!(r["phone"]["servers"], r["servers"], "{r}");
+    assert_eq!(r["phone"]["overflowing"], json!([]), "{r}");
+    assert!(
+        r["phone"]["scrollWidth"].as_u64() <= r["phone"]["innerWidth"].as_u64(),
+        "no horizontal scroll on a phone: {r}"
+    );
+
+    // No script error; the only console errors are the API's 401s before signing in.
+    assert_eq!(r["pageErrors"], json!([]), "{r}");
+    for e in r["consoleErrors"].as_array().expect("consoleErrors") {
+        assert!(
+            e["signedIn"] == false && e["text"].as_str().unwrap_or("").contains("401"),
+            "console error: {e}"
+        );
+    }
+    // The TLS listener's certificate, with its expiry. (The list is the process's: other
+    // tests' tethers in this binary may add theirs.)
+    let cert = paths.cert.display().to_string();
+    let listed = r["certificates"].as_array().expect("certificates");
+    assert!(
+        listed
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|c| c.contains(&cert) && c.contains("days")),
+        "{cert} with its days left: {r}"
+    );
+    for shot in [&laptop, &phone, &dark] {
+        assert!(shot.exists(), "screenshot written to {}", shot.display());
+        println!("screenshot: {}", shot.display());
+    }
+    for soak in swarms {
+        soak.finish().await;
+    }
+    tether.stop().await;
+}

@@ -100,9 +100,35 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
     reply(status, "application/json", v.to_string())
 }
 
-/// The dashboard page. Served to anyone who reaches the admin listener by one of its
-/// host names (it holds no data); kept out of frames so no other page can overlay its
+/// The dashboard's Content-Security-Policy: its one inline script (by its hash) and its
+/// inline styles, requests to the admin API itself, inline `data:` images, and nothing
+/// else: the page loads nothing from anywhere, and even a script slipped into it could
+/// send the token nowhere but here. Kept out of frames, so no other page can overlay its
 /// token field.
+fn dashboard_csp() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let script = inline_script(DASHBOARD).expect("the dashboard has an inline script");
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script));
+        format!(
+            "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'"
+        )
+    })
+}
+
+/// The text of a page's one `<script>` element (none when it has none or several).
+fn inline_script(page: &str) -> Option<&str> {
+    let (_, rest) = page.split_once("<script>")?;
+    let (script, after) = rest.split_once("</script>")?;
+    (!after.contains("<script")).then_some(script)
+}
+
+/// The dashboard page. Served to anyone who reaches the admin listener by one of its
+/// host names (it holds no data).
 fn dashboard() -> Response<Full<Bytes>> {
     let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD);
     let h = r.headers_mut();
@@ -112,7 +138,7 @@ fn dashboard() -> Response<Full<Bytes>> {
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        http::HeaderValue::from_static("frame-ancestors 'none'"),
+        http::HeaderValue::from_str(dashboard_csp()).expect("a header value"),
     );
     h.insert(
         header::REFERRER_POLICY,
@@ -283,5 +309,37 @@ async fn handle(
         | (_, ["sessions", _]) => not_allowed("GET, HEAD"),
         (_, ["reload"]) => not_allowed("POST"),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dashboard_is_one_page_whose_script_the_policy_allows_by_hash() {
+        let script = inline_script(DASHBOARD).expect("one inline script");
+        assert!(script.contains("refreshStatus"), "the page's own script");
+        let csp = dashboard_csp();
+        assert!(csp.contains("script-src 'sha256-"), "{csp}");
+        assert!(csp.contains("default-src 'none'"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        // Nothing from elsewhere: no external script, style sheet, font or image.
+        for foreign in [
+            "http://",
+            "https://",
+            "<script src",
+            "<link rel=\"stylesheet",
+            "@import",
+            "url(",
+        ] {
+            let outside = DASHBOARD
+                .match_indices(foreign)
+                // The SVG namespace is a name, not an address anything is fetched from.
+                .filter(|(i, _)| !DASHBOARD[*i..].starts_with("http://www.w3.org/2000/svg"))
+                .count();
+            assert_eq!(outside, 0, "{foreign} in the dashboard");
+        }
+        assert_eq!(inline_script("<script>a</script><script>b</script>"), None);
     }
 }

@@ -32,6 +32,10 @@ pub fn server_json(server: &Server) -> Value {
         // the API's state holds until the file changes this server's state.
         "state_source": if c.state_set_by_admin() { "admin" } else { "file" },
         "health": c.health().as_str(),
+        // How long it has had that health and that state (since tether met it when
+        // neither changed): "down for 3m", "draining for 40s".
+        "health_for_seconds": c.health_for().as_secs(),
+        "state_for_seconds": c.state_for().as_secs(),
         "avoided": c.is_avoided(),
         "drained": drained(stats),
         "sessions": {

@@ -113,6 +113,10 @@ pub struct ServerCondition {
     trips: AtomicU32,
     /// When the server last became able to take sessions, for slow start.
     up_since_ms: AtomicU64,
+    /// When the health and the operator state last changed (or tether met the server),
+    /// for the dashboard's "down for 3m".
+    health_changed_ms: AtomicU64,
+    state_changed_ms: AtomicU64,
     /// Tasks (tunnels) woken when the server may have stopped serving its pinned
     /// sessions, so each waits for it instead of polling the state on a timer
     /// (thousands of idle tunnels would otherwise wake every few hundred milliseconds
@@ -134,6 +138,8 @@ impl Default for ServerCondition {
             trips: AtomicU32::new(0),
             // Servers known at start are not ramped: nothing was flooding them.
             up_since_ms: AtomicU64::new(0),
+            health_changed_ms: AtomicU64::new(now_ms()),
+            state_changed_ms: AtomicU64::new(now_ms()),
             pinned_waiters: WakerSet::default(),
         }
     }
@@ -157,6 +163,7 @@ impl ServerCondition {
         if old == h {
             return None;
         }
+        self.health_changed_ms.store(now_ms(), Ordering::Release);
         if h == Health::Up {
             self.failures.store(0, Ordering::Relaxed);
             self.down_until_ms.store(0, Ordering::Release);
@@ -176,6 +183,7 @@ impl ServerCondition {
         if old == s {
             return None;
         }
+        self.state_changed_ms.store(now_ms(), Ordering::Release);
         if s == ServerState::Ready {
             self.up_since_ms.store(now_ms(), Ordering::Release);
         }
@@ -199,6 +207,27 @@ impl ServerCondition {
     pub fn set_state_by_admin(&self, s: ServerState) -> Option<ServerState> {
         self.admin_state.store(true, Ordering::Release);
         self.set_state(s)
+    }
+
+    /// How long the server has had the health [`ServerCondition::health`] reports: since
+    /// the last change, or since tether met it. A passive cooldown (down without active
+    /// checks) counts from when it began, and once over, from its end.
+    pub fn health_for(&self) -> Duration {
+        let now = now_ms();
+        let mut since = self.health_changed_ms.load(Ordering::Acquire);
+        let until = self.down_until_ms.load(Ordering::Acquire);
+        if until != 0 && Health::from_u8(self.health.load(Ordering::Acquire)) == Health::Up {
+            let began = until.saturating_sub(PASSIVE_COOLDOWN.as_millis() as u64);
+            since = since.max(if now < until { began } else { until });
+        }
+        Duration::from_millis(now.saturating_sub(since))
+    }
+
+    /// How long the server has had its operator state: since the last change, or since
+    /// tether met it.
+    pub fn state_for(&self) -> Duration {
+        let since = self.state_changed_ms.load(Ordering::Acquire);
+        Duration::from_millis(now_ms().saturating_sub(since))
     }
 
     /// Whether the state in force was set by the admin API rather than the config file.
@@ -348,6 +377,30 @@ mod tests {
             c.record_failure(true, None),
             None,
             "already down: no second flip"
+        );
+    }
+
+    #[test]
+    fn how_long_a_health_and_a_state_have_held_restarts_at_each_change() {
+        let c = ServerCondition::default();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(c.health_for() >= Duration::from_millis(50));
+        assert!(c.state_for() >= Duration::from_millis(50));
+        c.set_state(ServerState::Draining);
+        assert!(
+            c.state_for() < c.health_for(),
+            "a new state, the same health"
+        );
+        assert_eq!(c.set_state(ServerState::Draining), None);
+        std::thread::sleep(Duration::from_millis(20));
+        // Down on live traffic without active checks: counted from the trip.
+        for _ in 0..PASSIVE_FALL {
+            c.record_failure(true, None);
+        }
+        assert_eq!(c.health(), Health::Down);
+        assert!(
+            c.health_for() < c.state_for(),
+            "down since the trip, after the drain"
         );
     }
 

@@ -45,11 +45,35 @@
 //   screenshot   PNG path of the dashboard once signed in (optional)
 //   Steps: open the page; the login form (#login) must show with a message; sign in with the wrong
 //   token, which must be refused with a message while the form stays usable; sign in with the
-//   right one; the server table (rows tr[data-server]) must show; reload: still signed in (the
+//   right one; the server cards (#backends [data-server]) must show; reload: still signed in (the
 //   tab keeps the token); no cookie is ever set.
-//   Report: pageStatus, loginShown, firstMessage, wrongMessage, retryPossible, servers (ids in the
-//   table), addresses (address cells), loginHiddenAfter, serversAfterReload, cookies (count),
-//   tokenInUrl, screenshot, pageErrors, error.
+//   Report: pageStatus, loginShown, firstMessage, wrongMessage, retryPossible, servers (ids of the
+//   cards), addresses (their [data-field=addr]), loginHiddenAfter, serversAfterReload, cookies
+//   (count), tokenInUrl, screenshot, pageErrors, error.
+//
+// Mode "dashboard-live": the dashboard of a tether with live sessions, at laptop size and at phone
+//   size, signed in through the form each time.
+//   token        the right token (required); the script also reads /status, /sessions with it
+//   servers      how many server cards to wait for (default 3)
+//   maintCancel  a server id: click its Maint button, the confirmation must show; Cancel it
+//   drain        a server id: click its Drain button; its state badge must turn "draining"
+//   laptopShot   PNG path, full page at 1366x768 (optional)
+//   darkShot     PNG path, the same in the dark colour scheme (optional)
+//   phoneShot    PNG path, full page at 390x844 (optional)
+//   waitMs       how long to wait for each condition (default 90000)
+//   Steps (laptop): sign in; wait until every card shows the polling / WebSocket counts /status
+//   gives at that moment and every sessions chart (the overview's and each card's) has drawn a
+//   path of at least 2 points; hover the overview chart; look a live sid up in the "Find a
+//   session" box; maintCancel; drain; wait for every chart (request rates too); screenshot; reload
+//   (still signed in). Then (phone): sign in, wait for the cards and all their charts, measure
+//   horizontal overflow, screenshot.
+//   Report: servers (card ids), shown {id: {polling, websocket, load, state}}, statusShown (the
+//   /status counts they matched), charts {name: points}, chartsAtShot (the same before the
+//   laptop screenshot), hover (the overview chart's readout),
+//   lookup {sid, server, shown}, maintConfirm (its text), maintCancelledState, drainShown (the
+//   badge after the click), drainMessage, drainButtonDisabled, certificates (texts of the list), serversAfterReload, phone {servers, charts, scrollWidth,
+//   innerWidth, overflowing: elements reaching past the viewport's right edge}, consoleErrors
+//   [{page, signedIn, text}], pageErrors, laptopShot, phoneShot, error.
 //
 // Mode "socketio-client": the real socket.io-client bundle from npm in a blank page of the url's
 // origin (GET /__browser_js_blank__, whatever it answers).
@@ -378,7 +402,7 @@ async function dashboard(browser) {
     const page = await context.newPage();
     page.on("pageerror", (err) => report.pageErrors.push(err.message));
     const visible = (sel) => page.isVisible(sel);
-    const serverIds = () => page.$$eval("#backends tr[data-server]", (rows) => rows.map((r) => r.dataset.server));
+    const serverIds = () => page.$$eval("#backends [data-server]", (cards) => cards.map((c) => c.dataset.server));
     const res = await page.goto(opts.url, { waitUntil: "domcontentloaded", timeout: timeoutMs });
     report.pageStatus = res && res.status();
     await page.waitForSelector("#login:not([hidden])", { timeout: timeoutMs });
@@ -394,9 +418,9 @@ async function dashboard(browser) {
 
     await page.fill("#token", opts.token);
     await page.click("#login-submit");
-    await page.waitForSelector("#backends tr[data-server]", { timeout: timeoutMs });
+    await page.waitForSelector("#backends [data-server]", { timeout: timeoutMs });
     report.servers = await serverIds();
-    report.addresses = await page.$$eval("#backends tr[data-server]", (rows) => rows.map((r) => r.cells[1].textContent));
+    report.addresses = await page.$$eval("#backends [data-server] [data-field=addr]", (cells) => cells.map((c) => c.textContent));
     report.loginHiddenAfter = !(await visible("#login"));
     // Still fresh a second later: the page keeps polling /status with the token.
     await page.waitForTimeout(1500);
@@ -409,7 +433,7 @@ async function dashboard(browser) {
       report.screenshot = path.resolve(opts.screenshot);
     }
     await page.reload({ waitUntil: "domcontentloaded", timeout: timeoutMs });
-    await page.waitForSelector("#backends tr[data-server]", { timeout: timeoutMs }).catch(() => {});
+    await page.waitForSelector("#backends [data-server]", { timeout: timeoutMs }).catch(() => {});
     report.serversAfterReload = await serverIds();
     report.cookies = (await context.cookies()).length;
     report.tokenInUrl = page.url().includes(opts.token);
@@ -418,6 +442,189 @@ async function dashboard(browser) {
     log("dashboard:", err.stack || err.message);
   } finally {
     await context.close().catch(() => {});
+  }
+  return report;
+}
+
+// ---------------------------------------------------------------- dashboard-live mode
+
+// GET a JSON document of the admin API with the token, from Node (not the page).
+async function adminJson(pathname) {
+  const res = await fetch(new URL(pathname, opts.url), { headers: { Authorization: `Bearer ${opts.token}` } });
+  if (!res.ok) throw new Error(`${pathname}: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+// A dashboard page in a context of its own, signed in through the form; console errors and page
+// errors are collected with whether the page was signed in yet (the API's 401 before the
+// sign-in is expected, and chromium logs it as a failed resource load).
+async function openDashboard(browser, label, viewport, report) {
+  const context = await browser.newContext({ viewport, deviceScaleFactor: 1, isMobile: label === "phone", hasTouch: label === "phone" });
+  const page = await context.newPage();
+  const tab = { context, page, signedIn: false };
+  page.on("pageerror", (err) => report.pageErrors.push(`${label}: ${err.message}`));
+  page.on("console", (msg) => {
+    if (msg.type() === "error") report.consoleErrors.push({ page: label, signedIn: tab.signedIn, text: msg.text().slice(0, 300) });
+  });
+  await page.goto(opts.url, { waitUntil: "domcontentloaded", timeout: timeoutMs });
+  await page.waitForSelector("#login:not([hidden])", { timeout: timeoutMs });
+  await page.fill("#token", opts.token);
+  tab.signedIn = true;
+  await page.click("#login-submit");
+  await page.waitForSelector("#dash:not([hidden]) #backends [data-server]", { timeout: timeoutMs });
+  return tab;
+}
+
+// What the page shows: per card its counts and state, and the points of every chart drawn.
+function readDashboard(page) {
+  return page.evaluate(() => {
+    const shown = {};
+    for (const card of document.querySelectorAll("#backends [data-server]")) {
+      const f = (name) => {
+        const e = card.querySelector(`[data-field=${name}]`);
+        return e ? e.textContent.trim() : null;
+      };
+      shown[card.dataset.server] = {
+        polling: Number(f("polling")), websocket: Number(f("websocket")), load: Number(f("load")), state: f("state"),
+      };
+    }
+    const charts = {};
+    for (const fig of document.querySelectorAll("[data-chart]")) {
+      const card = fig.closest("[data-server]");
+      const name = card ? `${card.dataset.server}/${fig.dataset.chart}` : fig.dataset.chart;
+      const path = fig.querySelector("path.line");
+      charts[name] = path && /^M[\d.]+,[\d.]+L/.test(path.getAttribute("d") || "") ? Number(fig.dataset.points) : 0;
+    }
+    return { shown, charts };
+  });
+}
+
+// Every sessions chart has a path of 2 points or more.
+function sessionChartsDrawn(charts, servers) {
+  const names = Object.keys(charts).filter((n) => n.endsWith("sessions"));
+  return names.length >= servers + 1 && names.every((n) => charts[n] >= 2);
+}
+
+async function dashboardLive(browser) {
+  const report = { event: "final", mode: "dashboard-live", pageErrors: [], consoleErrors: [] };
+  if (typeof opts.token !== "string" || !opts.token) fail(2, "dashboard-live mode needs a token");
+  const servers = Number(opts.servers) || 3;
+  const waitMs = Number(opts.waitMs) || 90000;
+  const tabs = [];
+  let last = null;
+  try {
+    const laptop = await openDashboard(browser, "laptop", { width: 1366, height: 768 }, report);
+    tabs.push(laptop);
+    const page = laptop.page;
+
+    // Wait (on conditions, not for a fixed time) until the cards agree with /status and the
+    // charts have drawn.
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const status = await adminJson("/status");
+      const want = {};
+      for (const b of status.backends) for (const s of b.servers) want[s.id] = { polling: s.sessions.polling, websocket: s.sessions.websocket };
+      last = { ...(await readDashboard(page)), want };
+      const ids = Object.keys(last.shown);
+      const agree = ids.length === servers && Object.keys(want).length === servers &&
+        ids.every((id) => want[id] && last.shown[id].polling === want[id].polling && last.shown[id].websocket === want[id].websocket);
+      if (agree && sessionChartsDrawn(last.charts, servers)) break;
+      if (Date.now() > deadline) throw new Error(`the dashboard did not match /status with its charts drawn within ${waitMs} ms: ${JSON.stringify(last)}`);
+      await page.waitForTimeout(250);
+    }
+    report.servers = Object.keys(last.shown);
+    report.shown = last.shown;
+    report.statusShown = last.want;
+    report.charts = last.charts;
+
+    // The overview chart reads out the figures under the pointer.
+    const box = await page.locator("[data-chart=overview-sessions] .plot").boundingBox();
+    await page.mouse.move(box.x + box.width * 0.9, box.y + box.height / 2);
+    report.hover = (await page.textContent("[data-chart=overview-sessions] .read")).trim();
+    await page.mouse.move(0, 0);
+
+    // A live session looked up by its sid.
+    const list = await adminJson("/sessions?limit=1");
+    if (list.sessions.length) {
+      const one = list.sessions[0];
+      await page.fill("#find-sid", one.sid);
+      await page.click("#find button[type=submit]");
+      await page.waitForSelector("#find-out:not([hidden]) [data-field=server]", { timeout: waitMs });
+      report.lookup = { sid: one.sid, server: one.server, shown: (await page.textContent("#find-out [data-field=server]")).trim() };
+    }
+
+    const card = (id) => `#backends [data-server="${id}"]`;
+    if (opts.maintCancel) {
+      await page.click(`${card(opts.maintCancel)} button[data-action=maint]`);
+      await page.waitForSelector(`${card(opts.maintCancel)} .confirm:not([hidden])`, { timeout: waitMs });
+      report.maintConfirm = (await page.textContent(`${card(opts.maintCancel)} .confirm p`)).trim();
+      await page.click(`${card(opts.maintCancel)} .confirm button[data-confirm=cancel]`);
+      await page.waitForSelector(`${card(opts.maintCancel)} .confirm`, { state: "hidden", timeout: waitMs });
+      report.maintCancelledState = (await page.textContent(`${card(opts.maintCancel)} [data-field=state]`)).trim();
+    }
+    if (opts.drain) {
+      await page.click(`${card(opts.drain)} button[data-action=drain]`);
+      await page.waitForFunction(
+        (sel) => { const e = document.querySelector(sel); return e && e.textContent.trim() === "draining"; },
+        `${card(opts.drain)} [data-field=state]`, { timeout: waitMs, polling: 100 });
+      report.drainShown = (await page.textContent(`${card(opts.drain)} [data-field=state]`)).trim();
+      report.drainMessage = (await page.textContent(`${card(opts.drain)} .msg`)).trim();
+      report.drainButtonDisabled = await page.isDisabled(`${card(opts.drain)} button[data-action=drain]`);
+    }
+    // For the picture: every chart drawn, the request rates too (they need a third sample).
+    await page.waitForFunction(
+      () => [...document.querySelectorAll("[data-chart]")].every((f) => Number(f.dataset.points) >= 2),
+      null, { timeout: waitMs, polling: 250 });
+    report.chartsAtShot = (await readDashboard(page)).charts;
+    report.certificates = await page.$$eval("#certs li", (items) => items.map((li) => li.textContent));
+    await page.evaluate(() => window.scrollTo(0, 0));
+    if (opts.laptopShot) {
+      fs.mkdirSync(path.dirname(path.resolve(opts.laptopShot)), { recursive: true });
+      await page.screenshot({ path: opts.laptopShot, fullPage: true });
+      report.laptopShot = path.resolve(opts.laptopShot);
+    }
+    if (opts.darkShot) {
+      await page.emulateMedia({ colorScheme: "dark" });
+      await page.screenshot({ path: opts.darkShot, fullPage: true });
+      report.darkShot = path.resolve(opts.darkShot);
+      await page.emulateMedia({ colorScheme: "light" });
+    }
+    await page.reload({ waitUntil: "domcontentloaded", timeout: timeoutMs });
+    await page.waitForSelector("#dash:not([hidden]) #backends [data-server]", { timeout: waitMs }).catch(() => {});
+    report.serversAfterReload = Object.keys((await readDashboard(page)).shown);
+
+    const phone = await openDashboard(browser, "phone", { width: 390, height: 844 }, report);
+    tabs.push(phone);
+    await phone.page.waitForFunction(
+      (n) => {
+        const figs = [...document.querySelectorAll("[data-chart]")];
+        return document.querySelectorAll("#backends [data-server]").length === n && figs.length === 2 * (n + 1) &&
+          figs.every((f) => Number(f.dataset.points) >= 2);
+      },
+      servers, { timeout: waitMs, polling: 250 });
+    const p = await readDashboard(phone.page);
+    report.phone = {
+      servers: Object.keys(p.shown),
+      charts: p.charts,
+      ...(await phone.page.evaluate(() => ({
+        scrollWidth: document.documentElement.scrollWidth,
+        innerWidth: window.innerWidth,
+        overflowing: [...document.querySelectorAll("body *")]
+          .filter((e) => { const r = e.getBoundingClientRect(); return r.width > 0 && r.right > window.innerWidth + 0.5; })
+          .map((e) => `${e.tagName.toLowerCase()}${e.id ? `#${e.id}` : ""}${e.className && typeof e.className === "string" ? `.${e.className.split(" ").join(".")}` : ""}`)
+          .slice(0, 20),
+      }))),
+    };
+    if (opts.phoneShot) {
+      fs.mkdirSync(path.dirname(path.resolve(opts.phoneShot)), { recursive: true });
+      await phone.page.screenshot({ path: opts.phoneShot, fullPage: true });
+      report.phoneShot = path.resolve(opts.phoneShot);
+    }
+  } catch (err) {
+    report.error = err.message.split("\n")[0].slice(0, 4000);
+    log("dashboard-live:", err.stack || err.message);
+  } finally {
+    for (const t of tabs) await t.context.close().catch(() => {});
   }
   return report;
 }
@@ -518,13 +725,14 @@ async function clientMode(browser, which) {
 // ---------------------------------------------------------------- main
 
 (async () => {
-  if (!["chat", "dashboard", "socketio-client", "tether-client"].includes(mode)) fail(2, `unknown mode ${JSON.stringify(mode)}`);
+  if (!["chat", "dashboard", "dashboard-live", "socketio-client", "tether-client"].includes(mode)) fail(2, `unknown mode ${JSON.stringify(mode)}`);
   if (mode === "chat") watchStdin();
   const browser = await launch();
   let report;
   try {
     if (mode === "chat") report = await chat(browser);
     else if (mode === "dashboard") report = await dashboard(browser);
+    else if (mode === "dashboard-live") report = await dashboardLive(browser);
     else report = await clientMode(browser, mode);
   } finally {
     // A hard stop in case closing the browser hangs.

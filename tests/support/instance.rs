@@ -97,6 +97,19 @@ pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> RawRe
     raw_exchange(admin, None, req.as_bytes()).await
 }
 
+/// One admin request with an empty body and `Authorization: Bearer token`.
+pub async fn admin_request_with_token(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> RawResponse {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    raw_exchange(admin, None, req.as_bytes()).await
+}
+
 /// Writes `text` to `path` the way editors save: a new file renamed over the old one.
 pub fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp-write");
