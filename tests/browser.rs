@@ -18,6 +18,16 @@ struct TlsCluster {
     _certs: tempfile::TempDir,
 }
 
+/// A development certificate for `localhost`, in a directory kept while it is held.
+fn dev_cert() -> (tempfile::TempDir, tether::tls::dev_ca::DevCertPaths) {
+    let certs = tempfile::tempdir().unwrap();
+    let paths = tether::tls::dev_ca::generate_dev_cert(&["localhost"])
+        .unwrap()
+        .write(certs.path())
+        .unwrap();
+    (certs, paths)
+}
+
 async fn tls_cluster() -> TlsCluster {
     let redis = TestRedis::start_tcp().await;
     let url = redis.url();
@@ -25,11 +35,7 @@ async fn tls_cluster() -> TlsCluster {
     for i in 1..=3 {
         nodes.push(NodeServer::spawn_rust(&format!("node-{i}"), &["--redis", &url]).await);
     }
-    let certs = tempfile::tempdir().unwrap();
-    let paths = tether::tls::dev_ca::generate_dev_cert(&["localhost"])
-        .unwrap()
-        .write(certs.path())
-        .unwrap();
+    let (certs, paths) = dev_cert();
     let yaml = nodes
         .iter()
         .fold(
@@ -198,11 +204,7 @@ async fn dashboard_shows_three_live_servers_with_charts_and_drains_one_in_a_real
         nodes.push(NodeServer::spawn_rust(&format!("node-{i}"), &[]).await);
     }
     // A TLS listener beside the plain one, for the certificates' expiry.
-    let certs = tempfile::tempdir().unwrap();
-    let paths = tether::tls::dev_ca::generate_dev_cert(&["localhost"])
-        .unwrap()
-        .write(certs.path())
-        .unwrap();
+    let (_certs, paths) = dev_cert();
     let yaml = nodes
         .iter()
         .fold(

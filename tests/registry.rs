@@ -63,6 +63,20 @@ async fn until(
     }
 }
 
+/// tether (its own process) in front of `nodes`, with an admin token; its admin address,
+/// and the directory of its config (kept while the test runs).
+async fn tether_with_token(nodes: &[NodeServer]) -> (TetherProcess, SocketAddr, tempfile::TempDir) {
+    let yaml = sockets(nodes)
+        .admin_yaml(&format!("bind: \"127.0.0.1:0\"\n  token: \"{TOKEN}\""))
+        .build();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let t = TetherProcess::start(&path, "warn").await;
+    let admin = t.admin().await;
+    (t, admin, dir)
+}
+
 fn unix_ms_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -77,14 +91,7 @@ async fn the_registry_says_which_server_holds_each_session_and_since_when() {
         NodeServer::spawn("node-2", None, &[]).await,
         NodeServer::spawn("node-3", None, &[]).await,
     ];
-    let yaml = sockets(&nodes)
-        .admin_yaml(&format!("bind: \"127.0.0.1:0\"\n  token: \"{TOKEN}\""))
-        .build();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tether.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let t = TetherProcess::start(&path, "warn").await;
-    let admin_addr = t.admin().await;
+    let (t, admin_addr, _dir) = tether_with_token(&nodes).await;
     let before = unix_ms_now();
 
     // Twelve polling sessions from four client addresses; each server says who it is.
@@ -179,14 +186,7 @@ async fn the_registry_says_which_server_holds_each_session_and_since_when() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_registry_requests_are_answered_with_json_and_probes_need_no_token() {
     let node = NodeServer::spawn("node-1", None, &[]).await;
-    let yaml = sockets(std::slice::from_ref(&node))
-        .admin_yaml(&format!("bind: \"127.0.0.1:0\"\n  token: \"{TOKEN}\""))
-        .build();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tether.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let t = TetherProcess::start(&path, "warn").await;
-    let a = t.admin().await;
+    let (_t, a, _dir) = tether_with_token(std::slice::from_ref(&node)).await;
 
     let long = "a".repeat(65);
     for (sid, says) in [
