@@ -386,6 +386,9 @@ async fn floods_are_held_to_their_address_and_leave_no_trace() {
     let (soak, ready) = Soak::start(json!({
         "url": format!("http://{addr}"), "clients": 300, "durationMs": 90000,
         "localAddresses": swarm_addresses(),
+        // The floods and the swarm share two cores with tether: an ack may be slow, and
+        // what must not happen is one lost (an echo stalled 10 s is one).
+        "ackTimeoutMs": 10_000,
     }))
     .await;
     assert_eq!(n(&ready["connected"]), 300, "{ready}");
