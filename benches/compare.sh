@@ -2,7 +2,7 @@
 # tether against nginx and HAProxy in front of the same three Socket.IO nodes, plus a
 # "direct" run (the load generator straight at one node) as the floor.
 #
-#   bash benches/compare.sh [--quick]
+#   bash benches/compare.sh [--quick] [--access-log plain|json]
 #
 # Each proxy runs alone, pinned to core 0 with one worker; the three bundled nodes
 # (`tether node`) and the load generator (`tether bench --threads 1`) share core 1.
@@ -24,7 +24,9 @@
 #   balance        1000 WebSocket sessions from ONE address, each asking `whoami`
 #                  -> sessions per node, busiest node over the mean of all 3
 #
-# --quick halves durations and counts (a smoke run). Writes
+# --quick halves durations and counts (a smoke run). --access-log FORMAT gives tether an
+# access log to a file in the work directory (nginx's and HAProxy's stay off, as always),
+# to weigh what it costs. Writes
 # benches/results/<date>-<host>.md, benches/results/<date>-ratios.svg and copies to
 # latest.md / latest.svg. Installs nginx and haproxy (Debian packages) when missing.
 # Loopback only; stops everything it started, by pid, even on failure.
@@ -32,13 +34,16 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started_at=$(date +%s)
 
-quick=0
-for a in "$@"; do
-  case "$a" in
+quick=0 access_log=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --quick) quick=1 ;;
+    --access-log) access_log=${2:-}; shift || true
+      case "$access_log" in plain|json) ;; *) echo "--access-log takes plain or json" >&2; exit 2 ;; esac ;;
     -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $a (only --quick)" >&2; exit 2 ;;
+    *) echo "unknown argument: $1 (--quick, --access-log plain|json)" >&2; exit 2 ;;
   esac
+  shift
 done
 # Durations in seconds and client counts; --quick halves them.
 # The echo and polling scenarios run $reps times, interleaved; the report takes medians.
@@ -132,6 +137,9 @@ start_proxy() { # name
     tether)
       fill tether.yaml.in "$work/tether.yaml"
       printf 'shutdown_grace: 1s\n' >> "$work/tether.yaml"
+      if [ -n "$access_log" ]; then
+        printf 'access_log: { path: "%s/access.log", format: %s }\n' "$work" "$access_log" >> "$work/tether.yaml"
+      fi
       TOKIO_WORKER_THREADS=1 taskset -c 0 "$tether" run --config "$work/tether.yaml" \
         >"$work/tether.log" 2>&1 &
       ;;
@@ -236,6 +244,6 @@ mkdir -p benches/results
 python3 benches/compare/report.py --results "$results" --machine "$work/machine.txt" \
   --out-dir benches/results --date "$date_s" --host "$host" --quick "$quick" \
   --elapsed "$(( $(date +%s) - started_at ))" \
-  --params "echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions"
+  --params "${access_log:+tether with an access log ($access_log, to a file); }echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions"
 cp "$results" "benches/results/$date_s-$host.jsonl"
 echo "total $(( $(date +%s) - started_at )) s" >&2

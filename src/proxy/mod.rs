@@ -127,7 +127,10 @@ impl Proxy {
             (req.uri().clone(), bytes_in)
         });
         let snapshot = self.store.load_full();
-        let mut seen = Seen::default();
+        let mut seen = Seen {
+            log_eio: log.is_some(),
+            ..Seen::default()
+        };
         let (resp, handshake) = match self.forward(&snapshot, req, conn, &mut seen).await {
             Ok(resp) => {
                 let ok =
@@ -152,21 +155,29 @@ impl Proxy {
         let took = arrived.elapsed();
         seen.record(&method, resp.status(), took, handshake);
         if let (Some(log), Some((uri, bytes_in))) = (log, logged) {
-            let eio = uri
-                .query()
-                .and_then(|q| engineio::parse_query(q).ok().flatten());
+            // As `forward` parsed it; parsed here only when it did not get that far (or
+            // found no Engine.IO query, which is quick to find again).
+            let (transport, sid) = match seen.eio.take() {
+                Some(q) => (Some(q.transport), q.sid),
+                None => uri
+                    .query()
+                    .and_then(|q| engineio::parse_query(q).ok().flatten())
+                    .map_or((None, None), |q| {
+                        (Some(q.transport), q.sid.map(str::to_owned))
+                    }),
+            };
             log.log(Record::Request(RequestRecord {
-                at: std::time::SystemTime::now(),
+                at: arrived + took,
                 client: seen
                     .client
                     .unwrap_or_else(|| client_ip::canonical(conn.peer.ip())),
                 method,
-                path: uri.path().to_owned(),
+                uri,
                 status: resp.status().as_u16(),
                 backend: seen.backend.map(|b| Arc::clone(&b.name)),
                 server: seen.server.map(|s| Arc::clone(&s.id)),
-                sid: eio.and_then(|q| q.sid).map(str::to_owned),
-                transport: eio.map(|q| q.transport.as_str()),
+                sid,
+                transport: transport.map(Transport::as_str),
                 duration: took,
                 bytes_in,
                 bytes_out: content_length(resp.headers()),
@@ -207,6 +218,12 @@ impl Proxy {
             .transpose()
             .map_err(ProxyError::EngineIo)?
             .flatten();
+        if seen.log_eio {
+            seen.eio = eio.map(|q| LoggedEio {
+                transport: q.transport,
+                sid: q.sid.map(str::to_owned),
+            });
+        }
         let starts_session = eio.is_some_and(|q| q.sid.is_none());
         if starts_session {
             seen.handshake = eio.map(|q| q.transport);
@@ -505,7 +522,7 @@ impl Proxy {
                     TunnelSession::Counted(_) => None,
                 };
                 log.log(Record::Tunnel(TunnelRecord {
-                    at: std::time::SystemTime::now(),
+                    at: std::time::Instant::now(),
                     client: client_ip::canonical(client_addr.ip()),
                     backend: backend_name,
                     server: Arc::clone(&server_id),
@@ -549,6 +566,16 @@ struct Seen<'s> {
     handshake: Option<Transport>,
     /// The client, after trusted proxies.
     client: Option<std::net::IpAddr>,
+    /// There is an access log: `forward` keeps what it needs of the Engine.IO query in
+    /// `eio`, so it is parsed once.
+    log_eio: bool,
+    eio: Option<LoggedEio>,
+}
+
+/// An Engine.IO query as the access log needs it.
+struct LoggedEio {
+    transport: Transport,
+    sid: Option<String>,
 }
 
 impl Seen<'_> {
