@@ -297,25 +297,7 @@ fn push_ms(out: &mut Vec<u8>, d: Duration) {
 }
 
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                if o >= 100 {
-                    out.push(b'0' + o / 100);
-                }
-                if o >= 10 {
-                    out.push(b'0' + o / 10 % 10);
-                }
-                out.push(b'0' + o % 10);
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+    out.extend_from_slice(tether_kit::IpText::new(ip).as_str().as_bytes());
 }
 
 /// One line; `at` is the record's time, from [`timestamp`].
@@ -561,9 +543,10 @@ mod tests {
             (1_709_164_800_000, 999_999_999),
         ] {
             let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            // humantime's RFC 3339 text: an independent reference.
             assert_eq!(
                 std::str::from_utf8(&timestamp(at)).unwrap(),
-                time_reference(ms)
+                humantime::format_rfc3339_millis(at).to_string()
             );
             let d = Duration::from_nanos(nanos);
             let mut ms_text = Vec::new();
@@ -607,28 +590,6 @@ mod tests {
             let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
             assert_eq!(stamp.of(at), &timestamp(at), "{ms}");
         }
-    }
-
-    /// The timestamp as the log wrote it through `write!` before: the reference.
-    fn time_reference(ms: u64) -> String {
-        let secs = (ms / 1000) as i64;
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60,
-            ms % 1000
-        )
     }
 
     #[test]
