@@ -63,6 +63,16 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Ask a running tether's admin API whether it serves (GET /healthz): exit 0 on 200,
+    /// 1 otherwise. For a container's HEALTHCHECK, where there is no curl.
+    Health {
+        /// The admin API's address.
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        admin: std::net::SocketAddr,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     #[cfg(feature = "bundled")]
     /// Run one Socket.IO node (socketioxide) with the demo chat application. Prints
     /// {"event":"listening","port":N,"id":"..."} once serving; SIGTERM drains then stops.
@@ -208,6 +218,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Run { config } => run(config),
         Command::Cert { out, names, force } => cert(out, names, force),
+        Command::Health { admin, timeout } => health(admin, timeout),
         #[cfg(feature = "bundled")]
         Command::Node {
             port,
@@ -310,6 +321,40 @@ fn check(arg: ConfigArg) -> anyhow::Result<()> {
             .map(|b| b.servers.len())
             .sum::<usize>()
     );
+    Ok(())
+}
+
+/// `GET /healthz` over a plain blocking socket (the probe needs no token): one request,
+/// the status line read back.
+fn health(admin: std::net::SocketAddr, timeout: std::time::Duration) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect_timeout(&admin, timeout)
+        .with_context(|| format!("connecting to the admin API at {admin}"))?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    write!(
+        conn,
+        "GET /healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    // The status line is all we need.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
+        let n = conn
+            .read(&mut buf)
+            .with_context(|| format!("reading the answer of {admin}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let status = head.lines().next().unwrap_or("");
+    anyhow::ensure!(
+        status.split(' ').nth(1) == Some("200"),
+        "GET http://{admin}/healthz answered {status:?}"
+    );
+    println!("ok");
     Ok(())
 }
 

@@ -159,6 +159,10 @@ pub struct RawAdmin {
     /// Absent: no authentication (allowed on a loopback bind only).
     #[serde(default)]
     pub token: Option<String>,
+    /// The name of an environment variable holding the token, for a token kept out of
+    /// the file (a Kubernetes Secret, a compose `.env`). Not with `token`.
+    #[serde(default)]
+    pub token_env: Option<String>,
     /// Host names the admin API answers to, besides IP addresses and `localhost`.
     #[serde(default)]
     pub hosts: Vec<String>,

@@ -255,8 +255,25 @@ fn tls(raw: RawTls, path: &KeyPath) -> R<TlsConfig> {
 /// The shortest admin token accepted, in bytes (the cookie secret's minimum too).
 const MIN_ADMIN_TOKEN: usize = 16;
 
-fn admin(raw: RawAdmin, path: &KeyPath, listeners: &[ListenerConfig]) -> R<AdminConfig> {
+fn admin(mut raw: RawAdmin, path: &KeyPath, listeners: &[ListenerConfig]) -> R<AdminConfig> {
     let bind = bind_addr(&raw.bind, &path.key("bind"))?;
+    if let Some(var) = raw.token_env.take() {
+        if raw.token.is_some() {
+            return bad(
+                &path.key("token_env"),
+                "token and token_env both name the token: keep one",
+            );
+        }
+        match std::env::var(&var) {
+            Ok(t) => raw.token = Some(t.trim_end().to_owned()),
+            Err(_) => {
+                return bad(
+                    &path.key("token_env"),
+                    format!("the environment variable {var} is not set (or not UTF-8); it must hold the admin token"),
+                )
+            }
+        }
+    }
     if let Some(j) = listeners.iter().position(|l| binds_clash(l.bind, bind)) {
         return bad(
             &path.key("bind"),
@@ -1257,6 +1274,13 @@ mod tests {
         );
         assert!(parse("{ bind: \"127.0.0.1:9900\" }").is_ok());
         assert!(parse("{ bind: \"[::1]:9900\" }").is_ok());
+        // From the environment (a Kubernetes Secret); the variable is this test's own.
+        std::env::set_var("TETHER_VALIDATE_TEST_TOKEN", "0123456789abcdef\n");
+        assert!(parse("{ bind: \"0.0.0.0:9900\", token_env: TETHER_VALIDATE_TEST_TOKEN }").is_ok());
+        let err = parse("{ bind: \"0.0.0.0:9900\", token_env: TETHER_VALIDATE_TEST_UNSET }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.token_env") && err.contains("not set"), "{err}");
         let hosts = parse("{ bind: \"127.0.0.1:9900\", hosts: [Admin.Example.COM.] }").unwrap();
         assert_eq!(hosts.admin.unwrap().hosts, ["admin.example.com"]);
         let err = parse("{ bind: \"127.0.0.1:9900\", hosts: [\"http://x\"] }")
