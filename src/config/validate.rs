@@ -1280,7 +1280,10 @@ mod tests {
         let err = parse("{ bind: \"0.0.0.0:9900\", token_env: TETHER_VALIDATE_TEST_UNSET }")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("admin.token_env") && err.contains("not set"), "{err}");
+        assert!(
+            err.contains("admin.token_env") && err.contains("not set"),
+            "{err}"
+        );
         let hosts = parse("{ bind: \"127.0.0.1:9900\", hosts: [Admin.Example.COM.] }").unwrap();
         assert_eq!(hosts.admin.unwrap().hosts, ["admin.example.com"]);
         let err = parse("{ bind: \"127.0.0.1:9900\", hosts: [\"http://x\"] }")
