@@ -484,7 +484,10 @@ fn the_kubernetes_manifests_agree_with_each_other_and_with_the_config() {
     );
     assert!(selects(&admin_svc["spec"]["selector"], labels));
     assert_eq!(admin_svc["spec"]["ports"][0]["port"].as_u64(), Some(admin));
-    assert!(drain_js.contains(&format!(":{admin}")));
+    assert_eq!(
+        env(node, "TETHER_ADMIN_PORT")["value"].as_str().unwrap(),
+        admin.to_string()
+    );
     secret_ref(node);
     assert_eq!(
         env(node, "POD_IP")["valueFrom"]["fieldRef"]["fieldPath"],
@@ -760,4 +763,83 @@ async fn tether_health_passes_while_tether_serves_and_fails_when_it_does_not() {
     let bad = health(gone.to_string()).await.unwrap();
     assert!(!bad.status.success(), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("admin API"));
+}
+
+// ---------------------------------------------------------------------------------------
+// The nodes' preStop drain
+
+/// examples/kubernetes/nodes.yaml's drain.js, run by `node` as the preStop hook runs it,
+/// against a running tether whose server has the id DNS discovery gives (`ip:port`):
+/// the server ends in `maint`, with the token sent.
+#[tokio::test]
+async fn the_prestop_drain_script_drains_then_moves_the_node_on_tether() {
+    let m = manifests();
+    let script = get(&m, "ConfigMap", "chat-nodes-drain")["data"]["drain.js"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let js = dir.path().join("drain.js");
+    std::fs::write(&js, script).unwrap();
+    let token = "0123456789abcdef0123456789abcdef";
+    let file = dir.path().join("tether.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\n  token: {token}\nbackends:\n  chat:\n    discover: {{ dns: \"127.0.0.1:9\", interval: 1s }}\n"
+        ),
+    )
+    .unwrap();
+    let tether = TetherProcess::start(&file, "info").await;
+    let admin = tether.admin().await;
+    // Discovery (of an address literal here, of the headless Service in a cluster) names
+    // the server `ip:port`.
+    let status = || async {
+        let r = admin_request_with_token(admin, "GET", "/status", token).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_str::<serde_json::Value>(&r.text()).unwrap()
+    };
+    let state = |status: &serde_json::Value| {
+        status["backends"][0]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "127.0.0.1:9")
+            .map(|s| s["state"].as_str().unwrap().to_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state(&status().await).is_none() {
+        assert!(Instant::now() < deadline, "discovery found no 127.0.0.1:9");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .arg(&js)
+            .env("POD_IP", "127.0.0.1")
+            .env("NODE_PORT", "9")
+            .env("TETHER_BACKEND", "chat")
+            .env("TETHER_ADMIN", "127.0.0.1")
+            .env("TETHER_ADMIN_PORT", admin.port().to_string())
+            .env("TETHER_ADMIN_TOKEN", token)
+            .env("DRAIN_WAIT_SECONDS", "20")
+            .output(),
+    )
+    .await
+    .expect("drain.js ends")
+    .expect("node runs (tests/setup.sh checks it is installed)");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("drain 127.0.0.1:9 on 127.0.0.1:"), "{said}");
+    assert!(said.contains(": 200"), "{said}");
+    assert_eq!(state(&status().await).as_deref(), Some("maint"), "{said}");
+    // The log says the admin API did it.
+    tether
+        .log
+        .wait_for(0, &["maint"], Duration::from_secs(30))
+        .await;
 }
