@@ -291,7 +291,9 @@ fn selects(selector: &Value, labels: &Value) -> bool {
     !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// The tether config of the ConfigMap, parsed; the Secret a `secretKeyRef` names has the key.
+/// examples/kubernetes: the ConfigMap is conf/kubernetes.yaml under the key the args read;
+/// ports, probes, Secret keys, selectors, the discovery name, the drain hook, Redis and the
+/// autoscaler all name what exists.
 #[test]
 fn the_kubernetes_manifests_agree_with_each_other_and_with_the_config() {
     let m = manifests();
