@@ -13,6 +13,9 @@ const LAYERS: &[&[&str]] = &[
     // one body type.
     &["telemetry", "wakers", "body"],
     &["config"],
+    // `tether import`: other balancers' configs read into a tether config, checked by
+    // `config`; nothing of the proxy.
+    &["import"],
     // Protocol facts, everything TLS, per-client admission, the access log.
     &["engineio", "tls", "admission", "access_log"],
     // Placement of new sessions.
