@@ -13,7 +13,9 @@ use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
-const COMMANDS: &[&str] = &["run", "check", "cert", "node", "pool", "demo", "bench"];
+const COMMANDS: &[&str] = &[
+    "run", "check", "import", "cert", "node", "pool", "demo", "bench",
+];
 
 fn readme() -> String {
     std::fs::read_to_string(repo().join("README.md")).expect("README.md")

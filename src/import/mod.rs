@@ -514,6 +514,39 @@ mod tests {
         assert_eq!(plan.listeners[0].bind, "127.0.0.1:0");
     }
 
+    proptest::proptest! {
+        /// No input makes a reader panic: arbitrary text, and text made of each
+        /// format's own punctuation and keywords (more likely to reach deep paths).
+        #[test]
+        fn no_input_panics_any_reader(text in "\\PC{0,200}") {
+            for f in [Format::Nginx, Format::Haproxy, Format::Ingress] {
+                let _ = import(&text, Some(f), &Options::default(), Path::new("p"));
+            }
+            let _ = import(&text, None, &Options::default(), Path::new("p"));
+        }
+
+        #[test]
+        fn no_directive_soup_panics_any_reader(
+            words in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "upstream", "u", "{", "}", ";", "server", "a:1", "listen", "80", "location",
+                    "/", "proxy_pass", "http://u", "ip_hash", "\n", "backend", "b", "frontend",
+                    "bind", ":80", "default_backend", "cookie", "option", "httpchk", "timeout",
+                    "\"", "'", "#", "kind: Ingress\n", "spec:", "rules:", "- host: x\n",
+                    "check", "weight", "ssl", "crt", "=", "*:8443", "http-request", "listen",
+                ]),
+                0..60,
+            )
+        ) {
+            let text = words.join(" ");
+            for f in [Format::Nginx, Format::Haproxy, Format::Ingress] {
+                // What is printed is always a config tether accepts.
+                let r = import(&text, Some(f), &Options::default(), Path::new("p"));
+                proptest::prop_assert!(!matches!(r, Err(ImportError::Invalid(_))), "{:?}: {:?}", text, r);
+            }
+        }
+    }
+
     #[test]
     fn random_secrets_are_long_and_differ() {
         let a = random_secret().unwrap();
