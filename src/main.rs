@@ -201,8 +201,11 @@ fn load_config(command: &str, arg: ConfigArg) -> anyhow::Result<(PathBuf, tether
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ImportFormat {
+    /// `upstream` blocks, `server { listen; location { proxy_pass } }`.
     Nginx,
+    /// `frontend`, `backend` and `listen` sections.
     Haproxy,
+    /// A Kubernetes `Ingress` with ingress-nginx annotations.
     Ingress,
 }
 
