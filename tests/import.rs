@@ -116,6 +116,9 @@ struct Case {
     path: &'static str,
     /// Whether the swarm goes to the TLS listener.
     tls: bool,
+    /// Whether the import has an affinity cookie: clients then keep cookies, and every
+    /// one must come back with tether's.
+    cookie: bool,
 }
 
 const CASES: &[Case] = &[
@@ -127,6 +130,7 @@ const CASES: &[Case] = &[
         dropped: &["2:5: ip_hash"],
         path: "/socket.io/",
         tls: false,
+        cookie: false,
     },
     Case {
         file: "nginx-ip-hash-long-timeouts.conf",
@@ -141,6 +145,7 @@ const CASES: &[Case] = &[
         ],
         path: "/socket.io/",
         tls: false,
+        cookie: false,
     },
     Case {
         file: "haproxy-balance-source.cfg",
@@ -154,6 +159,7 @@ const CASES: &[Case] = &[
         ],
         path: "/socket.io/",
         tls: false,
+        cookie: false,
     },
     Case {
         file: "haproxy-consistent-httpchk.cfg",
@@ -171,6 +177,7 @@ const CASES: &[Case] = &[
         ],
         path: "/socket.io/",
         tls: true,
+        cookie: false,
     },
     Case {
         file: "haproxy-cookie-insert.cfg",
@@ -187,6 +194,7 @@ const CASES: &[Case] = &[
         ],
         path: "/socket.io/",
         tls: false,
+        cookie: true,
     },
     Case {
         file: "k8s-ingress-cookie-affinity.yaml",
@@ -199,6 +207,7 @@ const CASES: &[Case] = &[
         ],
         path: "/socket.io/",
         tls: false,
+        cookie: true,
     },
 ];
 
@@ -292,9 +301,15 @@ async fn every_imported_fixture_carries_a_real_socket_io_swarm() {
             // The test's own development CA: the client is told not to verify.
             options["ioOptions"] = json!({ "rejectUnauthorized": false });
         }
+        if case.cookie {
+            options["withCredentials"] = json!(true);
+        }
         let report = swarm(options).await;
         println!("{}: {report}", case.file);
         assert_swarm_passed(&report, CLIENTS);
+        if case.cookie {
+            assert_eq!(report["cookieSeen"], CLIENTS, "{}: {report}", case.file);
+        }
         tether.stop().await;
     }
 }
