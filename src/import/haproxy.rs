@@ -313,6 +313,15 @@ fn frontend(
                         ),
                     ));
                 };
+                if plan.listeners.iter().any(|l| l.bind == bind) {
+                    return Err(ImportError::unusable(
+                        spec.at,
+                        format!(
+                            "bind {}: this address is bound by an earlier `bind` already",
+                            spec.text
+                        ),
+                    ));
+                }
                 let mut listener = Listener {
                     bind: bind.clone(),
                     comment: format!("line {}: bind {}", d.at.line, spec.text),
@@ -624,6 +633,16 @@ mod tests {
         assert_eq!(h.path.as_deref(), Some("/h"));
         assert_eq!(h.interval.as_deref(), Some("3s"));
         assert_eq!(h.fall, Some(4));
+    }
+
+    #[test]
+    fn an_address_bound_twice_is_refused_at_the_second_bind() {
+        let e = read("frontend a\n bind :80\n default_backend b\nfrontend c\n bind *:80\nbackend b\n server s h:1\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("5:7: bind *:80: this address is bound"),
+            "{e}"
+        );
     }
 
     #[test]
