@@ -330,12 +330,25 @@ impl Reader {
                     }
                     listens.push((bind, ssl, s.at()));
                 }
-                "server_name" => hosts.extend(
-                    s.args
-                        .iter()
-                        .map(|a| a.text.clone())
-                        .filter(|h| h != "_" && !h.is_empty() && !h.starts_with('~')),
-                ),
+                "server_name" => {
+                    for a in &s.args {
+                        let h = a.text.as_str();
+                        match h {
+                            "_" | "" => {}
+                            // `.example.com`: the name and its subdomains.
+                            _ if h.starts_with('.') => {
+                                hosts.push(h[1..].to_owned());
+                                hosts.push(format!("*{h}"));
+                            }
+                            _ if h.starts_with('~') || h.ends_with(".*") => self.plan.drop(
+                                a.at,
+                                format!("server_name {h}"),
+                                "tether matches hosts exactly or as *.suffix, not by regular expression or trailing wildcard",
+                            ),
+                            _ => hosts.push(h.to_owned()),
+                        }
+                    }
+                }
                 "ssl_certificate" => cert = s.arg(0).map(str::to_owned),
                 "ssl_certificate_key" => key = s.arg(0).map(str::to_owned),
                 "location" => {
@@ -390,7 +403,7 @@ impl Reader {
             } else {
                 for h in &hosts {
                     self.plan.routes.push(Route {
-                        host: Some(h.trim_start_matches('.').to_owned()),
+                        host: Some(h.clone()),
                         path_prefix: path.clone(),
                         backend: backend.clone(),
                         comment: comment.clone(),
@@ -581,6 +594,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("1:25:"));
+    }
+
+    #[test]
+    fn a_dotted_server_name_routes_the_name_and_its_subdomains() {
+        let plan = read("upstream u { server a:1; }\nserver { server_name .example.com ~^re$; location / { proxy_pass http://u; } }\n").unwrap();
+        let hosts: Vec<_> = plan
+            .routes
+            .iter()
+            .map(|r| r.host.clone().unwrap())
+            .collect();
+        assert_eq!(hosts, ["example.com", "*.example.com"]);
+        assert_eq!(plan.dropped[0].directive, "server_name ~^re$");
     }
 
     #[test]
