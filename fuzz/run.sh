@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 secs="${1:-60}"
-targets=(engineio_query open_packet cookie proxy_header path request_target config)
+targets=(engineio_query open_packet cookie proxy_header path request_target config import)
 
 if cargo +nightly fuzz --version >/dev/null 2>&1; then
   for t in "${targets[@]}"; do

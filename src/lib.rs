@@ -8,6 +8,8 @@
 //!   that crosses the proxy.
 //! - [`config`] turns a YAML file into a validated runtime config, or an error that names
 //!   file, line, column and key.
+//! - [`import`] `tether import`: an nginx, HAProxy or ingress-nginx config read and written
+//!   as an equivalent tether config, each directive translated or reported as dropped.
 //! - [`engineio`] the protocol facts the proxy relies on: how a request is recognised as
 //!   Engine.IO, where its sid is, what the open packet says. [`tls`] certificates chosen
 //!   by SNI, upstream TLS, PEM loading, a development CA (`tether cert`, tests).
@@ -49,6 +51,7 @@ pub mod config;
 #[cfg(feature = "bundled")]
 pub mod demo;
 pub mod engineio;
+pub mod import;
 pub mod listener;
 pub mod proxy;
 pub mod runtime;

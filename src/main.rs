@@ -49,6 +49,23 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Read an nginx, HAProxy or Kubernetes ingress-nginx config and print an equivalent,
+    /// commented tether config on stdout; what cannot be carried over is listed on stderr,
+    /// each with the reason.
+    Import {
+        /// The config to import.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Its format [default: guessed from the content].
+        #[arg(long, value_enum)]
+        from: Option<ImportFormat>,
+        /// Replace an address, host or file of the imported config (a server, a
+        /// listen/bind address, a discovered Service name:port, a route's host name, a
+        /// certificate) with another, e.g.
+        /// `--rewrite server1:3000=10.0.0.5:3000`; repeat for more.
+        #[arg(long, value_name = "FROM=TO")]
+        rewrite: Vec<String>,
+    },
     /// Write a development CA (ca.pem) and a certificate signed by it (cert.pem,
     /// key.pem), for trying TLS locally.
     Cert {
@@ -192,6 +209,16 @@ fn load_config(command: &str, arg: ConfigArg) -> anyhow::Result<(PathBuf, tether
     }
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImportFormat {
+    /// `upstream` blocks, `server { listen; location { proxy_pass } }`.
+    Nginx,
+    /// `frontend`, `backend` and `listen` sections.
+    Haproxy,
+    /// A Kubernetes `Ingress` with ingress-nginx annotations.
+    Ingress,
+}
+
 #[cfg(feature = "bundled")]
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum NodeAdapter {
@@ -219,6 +246,11 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::Cert { out, names, force } => cert(out, names, force),
         Command::Health { admin, timeout } => health(admin, timeout),
+        Command::Import {
+            file,
+            from,
+            rewrite,
+        } => import(file, from, rewrite),
         #[cfg(feature = "bundled")]
         Command::Node {
             port,
@@ -355,6 +387,40 @@ fn health(admin: std::net::SocketAddr, timeout: std::time::Duration) -> anyhow::
         "GET http://{admin}/healthz answered {status:?}"
     );
     println!("ok");
+    Ok(())
+}
+
+fn import(file: PathBuf, from: Option<ImportFormat>, rewrite: Vec<String>) -> anyhow::Result<()> {
+    use tether::import;
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let options = import::Options {
+        rewrites: rewrite
+            .iter()
+            .map(|r| import::Options::parse_rewrite(r))
+            .collect::<Result<_, _>>()?,
+        cookie_secret: None,
+    };
+    let format = from.map(|f| match f {
+        ImportFormat::Nginx => import::Format::Nginx,
+        ImportFormat::Haproxy => import::Format::Haproxy,
+        ImportFormat::Ingress => import::Format::Ingress,
+    });
+    let out = import::import(&text, format, &options, &file).map_err(|e| match e.at() {
+        // Positions are the input file's: name it, as `check` does.
+        Some(_) => anyhow::anyhow!("{}:{e}", file.display()),
+        None => anyhow::anyhow!("{}: {e}", file.display()),
+    })?;
+    for d in &out.dropped {
+        eprintln!("tether: {}:{d}", file.display());
+    }
+    eprintln!(
+        "tether: imported {} ({}): {} directive(s) dropped; check the result with `tether check`",
+        file.display(),
+        out.format.name(),
+        out.dropped.len()
+    );
+    print!("{}", out.yaml);
     Ok(())
 }
 

@@ -13,8 +13,10 @@ const LAYERS: &[&[&str]] = &[
     // one body type.
     &["telemetry", "wakers", "body"],
     &["config"],
-    // Protocol facts, everything TLS, per-client admission, the access log.
-    &["engineio", "tls", "admission", "access_log"],
+    // Protocol facts, everything TLS, per-client admission, the access log; and `tether
+    // import` (other balancers' configs read into a tether config checked by `config`,
+    // nothing of the proxy).
+    &["engineio", "tls", "admission", "access_log", "import"],
     // Placement of new sessions.
     &["balance"],
     // Connections to servers: dial, keep-alive pool, upgrades.

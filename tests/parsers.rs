@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use tether::affinity::cookie::{cookie_value, CookieSigner};
 use tether::config::{CookieConfig, ProxyProtocol, SameSite};
 use tether::engineio::{parse_open_packet, parse_query, parse_ws_open_frame};
+use tether::import::{import, Format, ImportError, Options};
 use tether::listener::proxy_protocol::{parse_v1, parse_v2};
 use tether::proxy::target::{self, normalize_path};
 
@@ -135,6 +136,22 @@ proptest! {
         text_from(&["listeners:", "\n", "  - bind: ", "\"127.0.0.1:0\"", "backends:", "  b:", "    servers:", "      - { id: a, addr: \"127.0.0.1:1\" }", "{", "}", "[", "]", ": ", "- ", "&a ", "*a", "!!", "  ", "limits:", "routes:", "1s", "-1"]),
     ]) {
         let _ = tether::config::parse(&text, Path::new("<fuzz>"));
+    }
+
+    /// `tether import`'s readers (fuzz target `import`): any text, or text of each
+    /// format's own words, is imported or refused, never a panic, and never YAML that
+    /// tether's own check refuses.
+    #[test]
+    fn import_readers(text in prop_oneof![
+        any::<String>(),
+        text_from(&["upstream u ", "{", "}", ";", "\n", " server ", "a:1", "listen 80", "location / ", "proxy_pass http://u", "ip_hash", "server_name .x.y",
+            "backend b\n", "frontend f\n", " bind :80 ssl crt c.pem", " bind *:80", " default_backend b", " cookie C insert", " option httpchk GET /h", " timeout server 40s", " check", " weight 2", "\"", "'", "#",
+            "kind: Ingress\n", "spec:\n", "  rules:\n", "  - host: x\n", "    http: { paths: [ { path: /, backend: { service: { name: s, port: { number: 80 } } } } ] }\n"]),
+    ]) {
+        for f in [None, Some(Format::Nginx), Some(Format::Haproxy), Some(Format::Ingress)] {
+            let r = import(&text, f, &Options::default(), Path::new("<fuzz>"));
+            prop_assert!(!matches!(r, Err(ImportError::Invalid(_))), "{:?}", r);
+        }
     }
 
     /// The values the config reads by hand (durations, binds, server addresses), where

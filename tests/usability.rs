@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 const COMMANDS: &[&str] = &[
-    "run", "check", "cert", "health", "node", "pool", "demo", "bench",
+    "run", "check", "import", "cert", "health", "node", "pool", "demo", "bench",
 ];
 
 fn readme() -> String {

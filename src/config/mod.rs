@@ -25,6 +25,8 @@ mod validate;
 use std::io::Read;
 use std::path::Path;
 
+/// The config's duration syntax (`500ms`, `2s`, `1h30m`, `7d`), for readers of other formats.
+pub use duration::parse as parse_duration;
 pub use error::{looked_for, ConfigError, ConfigWarning, Location};
 pub use model::*;
 
