@@ -230,6 +230,32 @@ fn every_shipped_config_passes_tether_check() {
 // Wiring
 
 /// The port of an `ip:port`, `host:port` or `"127.0.0.1:9900:9900"`-style string's last part.
+/// The items of a YAML sequence (the test fails if `v` is not one).
+fn items(v: &Value) -> &[Value] {
+    v.as_sequence().expect("a YAML sequence")
+}
+
+/// A YAML sequence of strings, such as a container's `args` or `command`.
+fn strings(v: &Value) -> Vec<&str> {
+    items(v)
+        .iter()
+        .map(|a| a.as_str().expect("a string"))
+        .collect()
+}
+
+/// A Service's first port, as text (to compare with a `host:port`).
+fn first_port(service: &Value) -> String {
+    let port = service["spec"]["ports"][0]["port"].as_u64();
+    port.expect("a Service port").to_string()
+}
+
+/// The word after `flag` in a command line.
+fn after<'a>(words: &[&'a str], flag: &str) -> &'a str {
+    let at = words.iter().position(|w| *w == flag);
+    at.and_then(|i| words.get(i + 1))
+        .unwrap_or_else(|| panic!("no {flag} VALUE in {words:?}"))
+}
+
 fn port_of(s: &str) -> u16 {
     s.rsplit(':').next().unwrap().parse().unwrap()
 }
@@ -265,9 +291,7 @@ fn get<'a>(m: &'a BTreeMap<(String, String), Value>, kind: &str, name: &str) -> 
 
 /// `env` entry `name` of a container.
 fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
-    container["env"]
-        .as_sequence()
-        .unwrap()
+    items(&container["env"])
         .iter()
         .find(|e| e["name"] == name)
         .unwrap_or_else(|| panic!("no env {name} in container {:?}", container["name"]))
@@ -275,9 +299,7 @@ fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
 
 /// The container port named `name`.
 fn container_port(container: &Value, name: &str) -> u64 {
-    container["ports"]
-        .as_sequence()
-        .unwrap()
+    items(&container["ports"])
         .iter()
         .find(|p| p["name"] == name)
         .unwrap_or_else(|| panic!("no port {name}"))["containerPort"]
@@ -304,16 +326,9 @@ fn the_kubernetes_manifests_agree_with_each_other_and_with_the_config() {
     let deploy = get(&m, "Deployment", "tether");
     let pod = &deploy["spec"]["template"];
     let tether = &pod["spec"]["containers"][0];
-    let args: Vec<&str> = tether["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    let config_path = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
-    let mount = tether["volumeMounts"]
-        .as_sequence()
-        .unwrap()
+    let args = strings(&tether["args"]);
+    let config_path = after(&args, "--config");
+    let mount = items(&tether["volumeMounts"])
         .iter()
         .find(|v| config_path.starts_with(&format!("{}/", v["mountPath"].as_str().unwrap())))
         .expect("the config's directory is a volume");
@@ -322,9 +337,7 @@ fn the_kubernetes_manifests_agree_with_each_other_and_with_the_config() {
         "a subPath mount is never updated by the kubelet"
     );
     let key = &config_path[mount["mountPath"].as_str().unwrap().len() + 1..];
-    let volume = pod["spec"]["volumes"]
-        .as_sequence()
-        .unwrap()
+    let volume = items(&pod["spec"]["volumes"])
         .iter()
         .find(|v| v["name"] == mount["name"])
         .expect("the mounted volume");
@@ -407,7 +420,7 @@ fn the_kubernetes_manifests_agree_with_each_other_and_with_the_config() {
             .filter(|p| selects(&svc["spec"]["selector"], &p["metadata"]["labels"]))
             .collect();
         assert_eq!(targets.len(), 1, "Service {name} selects one workload");
-        for port in svc["spec"]["ports"].as_sequence().unwrap() {
+        for port in items(&svc["spec"]["ports"]) {
             let target = port["targetPort"].as_str().unwrap();
             container_port(&targets[0]["spec"]["containers"][0], target);
         }
@@ -423,13 +436,7 @@ fn the_kubernetes_manifests_agree_with_each_other_and_with_the_config() {
     let (host, port) = dns.split_once(':').unwrap();
     let nodes_svc = get(&m, "Service", host);
     assert_eq!(nodes_svc["spec"]["clusterIP"], "None");
-    assert_eq!(
-        nodes_svc["spec"]["ports"][0]["port"]
-            .as_u64()
-            .unwrap()
-            .to_string(),
-        port
-    );
+    assert_eq!(first_port(nodes_svc), port);
     let sts = get(&m, "StatefulSet", host);
     assert_eq!(sts["spec"]["serviceName"], host);
     let node_pod = &sts["spec"]["template"];
@@ -442,23 +449,14 @@ fn the_kubernetes_manifests_agree_with_each_other_and_with_the_config() {
 
     // The preStop drain: its script is mounted where the hook runs it, and what it is told
     // (backend, port of the server id, the admin Service, the token) is what exists.
-    let hook: Vec<&str> = node["lifecycle"]["preStop"]["exec"]["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let hook = strings(&node["lifecycle"]["preStop"]["exec"]["command"]);
     let script = hook.last().unwrap();
     let (dir, file) = script.rsplit_once('/').unwrap();
-    let drain_mount = node["volumeMounts"]
-        .as_sequence()
-        .unwrap()
+    let drain_mount = items(&node["volumeMounts"])
         .iter()
         .find(|v| v["mountPath"] == dir)
         .expect("the drain script's directory is mounted");
-    let drain_volume = node_pod["spec"]["volumes"]
-        .as_sequence()
-        .unwrap()
+    let drain_volume = items(&node_pod["spec"]["volumes"])
         .iter()
         .find(|v| v["name"] == drain_mount["name"])
         .unwrap();
@@ -514,13 +512,7 @@ fn the_kubernetes_manifests_agree_with_each_other_and_with_the_config() {
         .split_once(':')
         .unwrap();
     let redis = get(&m, "Service", redis_host);
-    assert_eq!(
-        redis["spec"]["ports"][0]["port"]
-            .as_u64()
-            .unwrap()
-            .to_string(),
-        redis_port
-    );
+    assert_eq!(first_port(redis), redis_port);
 
     // The autoscaler scales the StatefulSet on the metric the adapter's rule serves, for
     // a backend of the config.
@@ -557,22 +549,15 @@ fn the_compose_file_agrees_with_its_config_and_the_image() {
     let tether = &services["tether"];
 
     // The config mounted is the one the command runs.
-    let command: Vec<&str> = tether["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    let path = command[command.iter().position(|a| *a == "--config").unwrap() + 1];
-    assert!(tether["volumes"].as_sequence().unwrap().iter().any(|v| v
+    let command = strings(&tether["command"]);
+    let path = after(&command, "--config");
+    assert!(items(&tether["volumes"]).iter().any(|v| v
         .as_str()
         .unwrap()
         .starts_with(&format!("./tether.yaml:{path}"))));
 
     // Published ports are the ones bound; the admin API only on the host's loopback.
-    let ports: Vec<&str> = tether["ports"]
-        .as_sequence()
-        .unwrap()
+    let ports: Vec<&str> = items(&tether["ports"])
         .iter()
         .map(|p| p.as_str().unwrap())
         .collect();
@@ -631,9 +616,7 @@ fn the_dockerfile_exposes_and_checks_what_its_config_binds() {
         line("CMD").contains(&format!("\"{dst}\"")),
         "CMD runs {dst}"
     );
-    let listeners: Vec<&str> = conf["listeners"]
-        .as_sequence()
-        .unwrap()
+    let listeners: Vec<&str> = items(&conf["listeners"])
         .iter()
         .map(|l| l["bind"].as_str().unwrap())
         .collect();
@@ -694,41 +677,39 @@ fn dockerfiles() -> Vec<PathBuf> {
     found
 }
 
-#[test]
-fn hadolint_finds_nothing_in_the_dockerfiles() {
-    let files = dockerfiles();
-    assert!(files.len() >= 2, "{files:?}");
-    let out = Command::new(pytool("hadolint"))
-        .args(["--no-color", "--failure-threshold", "info"])
-        .args(&files)
+/// Runs one of the Python tools on `files`: whether it succeeded, and all it said.
+fn run_pytool(name: &str, args: &[&str], files: &[PathBuf]) -> (bool, String) {
+    let out = Command::new(pytool(name))
+        .args(args)
+        .args(files)
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "hadolint: {said}"
+    (out.status.success(), said)
+}
+
+#[test]
+fn hadolint_finds_nothing_in_the_dockerfiles() {
+    let files = dockerfiles();
+    assert!(files.len() >= 2, "{files:?}");
+    let (ok, said) = run_pytool(
+        "hadolint",
+        &["--no-color", "--failure-threshold", "info"],
+        &files,
     );
+    assert!(ok && said.trim().is_empty(), "hadolint: {said}");
 }
 
 #[test]
 fn kubernetes_validate_accepts_every_manifest() {
     let files = yaml_files(&repo().join("examples/kubernetes"));
     assert!(files.len() >= 5, "{files:?}");
-    let out = Command::new(pytool("kubernetes-validate"))
-        .arg("--strict")
-        .args(&files)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kubernetes-validate: {said}");
+    let (ok, said) = run_pytool("kubernetes-validate", &["--strict"], &files);
+    assert!(ok, "kubernetes-validate: {said}");
     let passed = said
         .lines()
         .filter(|l| l.contains(" passed for resource "))
