@@ -41,7 +41,7 @@ impl Affinity {
         let accepted = parts.status == StatusCode::OK;
         let stats = &target.server.stats;
         if let Some(sid) = eio.and_then(|q| q.sid) {
-            if target.pin.is_none() && accepted {
+            if target.pin.is_none() && accepted && self.learns {
                 let ttl = engineio::DEFAULT_HEARTBEAT + self.idle_margin;
                 if sids.insert(sid, Arc::clone(stats), ttl, client).is_ok() {
                     tracing::debug!(%sid, backend = %stats.backend, server = %stats.id, "sid re-learned from the cookie");
@@ -59,7 +59,7 @@ impl Affinity {
             }
         }
         let handshake = eio.is_some_and(|q| q.sid.is_none() && q.transport == Transport::Polling);
-        if handshake && accepted {
+        if handshake && accepted && self.learns {
             self.learn_sid(sids, target, client, body).await
         } else {
             Ok(ProxyBody::Stream(body))

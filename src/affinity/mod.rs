@@ -36,6 +36,8 @@ pub struct Affinity {
     pub cookie: Option<CookieSigner>,
     /// How long past its heartbeat a silent session is kept.
     pub idle_margin: Duration,
+    /// Whether sids are recorded in the table (`sessions.capacity` above 0).
+    pub learns: bool,
 }
 
 impl Affinity {
@@ -49,6 +51,7 @@ impl Affinity {
                 .as_ref()
                 .map(|c| CookieSigner::new(c, &cfg.name, liveness)),
             idle_margin: cfg.sessions.idle_margin,
+            learns: cfg.sessions.capacity > 0,
         }
     }
 }

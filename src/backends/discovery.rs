@@ -137,6 +137,7 @@ pub fn servers_of(addrs: &[SocketAddr]) -> Vec<ServerConfig> {
                 weight: 1,
                 state: ServerState::Ready,
                 max_connections: None,
+                sid_prefix: None,
             })
         })
         .collect()

@@ -48,6 +48,8 @@ pub struct Server {
     pub tls: Option<Arc<TlsUpstream>>,
     /// The PROXY header the backend sends its servers.
     pub send_proxy: Option<SendProxy>,
+    /// Every sid it generates starts with this (`sid_prefix`).
+    pub sid_prefix: Option<Arc<str>>,
 }
 
 impl Server {
@@ -104,6 +106,9 @@ pub struct Backend {
     /// ones, kept only for the sessions still pinned to them.
     pub servers: Vec<Server>,
     by_id: AHashMap<Arc<str>, usize>,
+    /// `(sid_prefix, index in servers)`, configured servers first: empty unless some
+    /// server has one, so a backend without prefixes pays one length check.
+    prefixes: Vec<(Arc<str>, usize)>,
     placer: Placer,
     pub timeouts: Timeouts,
     pub health: Option<HealthConfig>,
@@ -182,6 +187,7 @@ impl Backend {
                 pool: ConnPool::default(),
                 tls: tls.clone(),
                 send_proxy: cfg.proxy_protocol,
+                sid_prefix: s.sid_prefix.as_deref().map(Arc::from),
             }
         };
         let mut list: Vec<Server> = servers.iter().map(to_server).collect();
@@ -195,7 +201,13 @@ impl Backend {
         };
         let placer = Placer::new(&ids, policy, cfg.slow_start);
         list.extend(retired.iter().map(to_server));
+        let prefixes = list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((Arc::clone(s.sid_prefix.as_ref()?), i)))
+            .collect();
         Backend {
+            prefixes,
             by_id: list
                 .iter()
                 .enumerate()
@@ -211,6 +223,15 @@ impl Backend {
             send_proxy: cfg.proxy_protocol,
             metrics: BackendMetrics::new(&cfg.name),
         }
+    }
+
+    /// The server whose `sid_prefix` starts `sid`. A sid with a prefix no server here
+    /// has is not matched (it is then as unknown as any sid never learned).
+    pub fn by_sid_prefix(&self, sid: &str) -> Option<&Server> {
+        self.prefixes
+            .iter()
+            .find(|(p, _)| sid.starts_with(&**p))
+            .map(|(_, i)| &self.servers[*i])
     }
 
     /// How new sessions are placed here.
@@ -368,6 +389,23 @@ mod tests {
         let config = crate::config::parse(yaml, std::path::Path::new("<t>")).unwrap();
         let b = &config.backends[0];
         Backend::build(b, &b.servers, &[], &Registry::default(), None)
+    }
+
+    #[test]
+    fn sid_prefixes_find_their_server_retired_ones_included() {
+        let y = "listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  b:\n    servers:\n      - { id: a, addr: \"127.0.0.1:1\", sid_prefix: \"n1-\" }\n      - { id: c, addr: \"127.0.0.1:2\" }\n";
+        let config = crate::config::parse(y, std::path::Path::new("<t>")).unwrap();
+        let cfg = &config.backends[0];
+        let mut retired = cfg.servers[0].clone();
+        retired.id = "old".into();
+        retired.sid_prefix = Some("n0-".into());
+        let b = Backend::build(cfg, &cfg.servers, &[retired], &Registry::default(), None);
+        let id = |sid: &str| b.by_sid_prefix(sid).map(|s| s.id.to_string());
+        assert_eq!(id("n1-abc").as_deref(), Some("a"));
+        assert_eq!(id("n0-abc").as_deref(), Some("old"));
+        assert_eq!(id("n2-abc"), None);
+        assert_eq!(id("n1"), None);
+        assert_eq!(id(""), None);
     }
 
     #[test]

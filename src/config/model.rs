@@ -330,6 +330,11 @@ pub struct ServerConfig {
     pub state: ServerState,
     /// Most live sessions on this server; a full server takes no new ones.
     pub max_connections: Option<u64>,
+    /// Every sid this server generates starts with it (Node: `io.engine.generateId`), so
+    /// a sid carrying it routes here with no table entry: sessions survive a tether
+    /// restart and are served by any tether instance. Non-empty, sid characters only,
+    /// and no prefix of another server's prefix in the same backend.
+    pub sid_prefix: Option<String>,
 }
 
 /// Whether the backend keeps sessions on their server at all.
@@ -396,7 +401,8 @@ impl SameSite {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionConfig {
-    /// Most sids remembered at once. Default 1,000,000.
+    /// Most sids remembered at once. Default 1,000,000. 0: none; sessions stay by their
+    /// servers' `sid_prefix` or the cookie.
     pub capacity: usize,
     /// Added to the session's `pingInterval + pingTimeout` to decide when a silent
     /// session (or tunnel) is dead. Default 5 s.

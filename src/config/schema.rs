@@ -409,6 +409,9 @@ pub struct RawServer {
     pub state: RawServerState,
     #[serde(default)]
     pub max_connections: Option<u64>,
+    /// Every sid this server generates starts with it (`io.engine.generateId`).
+    #[serde(default)]
+    pub sid_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -811,9 +811,47 @@ fn servers(raw: Vec<RawServer>, discovered: bool, path: &KeyPath) -> R<Vec<Serve
                 RawServerState::Maint => ServerState::Maint,
             },
             max_connections: max_connections(s.max_connections, &p.key("max_connections"))?,
+            sid_prefix: sid_prefix(s.sid_prefix, &out, &p.key("sid_prefix"))?,
         });
     }
     Ok(out)
+}
+
+/// A server's `sid_prefix`: non-empty, only characters a sid may carry, and neither a
+/// prefix of another server's prefix nor extended by one (a sid would name both).
+fn sid_prefix(raw: Option<String>, earlier: &[ServerConfig], path: &KeyPath) -> R<Option<String>> {
+    let Some(prefix) = raw else {
+        return Ok(None);
+    };
+    if prefix.is_empty() {
+        return bad(path, "empty sid_prefix: give the text every sid of this server starts with, e.g. \"n1-\", or leave it out");
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~')))
+    {
+        return bad(
+            path,
+            format!("invalid sid_prefix {prefix:?}: {c:?} cannot appear in a sid; use letters, digits, '-', '_', '.' or '~'"),
+        );
+    }
+    for (j, o) in earlier.iter().enumerate() {
+        let Some(other) = o.sid_prefix.as_deref() else {
+            continue;
+        };
+        if other.starts_with(&prefix) || prefix.starts_with(other) {
+            let why = if other == prefix {
+                "is also".to_owned()
+            } else {
+                format!("overlaps {other:?} of")
+            };
+            return bad(
+                path,
+                format!("sid_prefix {prefix:?} {why} servers[{j}] (`{}`): a sid must name one server, so no prefix may start another", o.id),
+            );
+        }
+    }
+    Ok(Some(prefix))
 }
 
 fn authority(s: &str, path: &KeyPath) -> R<Authority> {
@@ -896,11 +934,12 @@ fn sessions(raw: RawSessions, path: &KeyPath) -> R<SessionConfig> {
     let d = SessionConfig::default();
     let capacity = match raw.capacity {
         None => d.capacity,
-        Some(n @ 1..=MAX_SESSIONS) => n as usize,
+        // 0: no table; sessions stay by cookie or by their servers' `sid_prefix`.
+        Some(n @ 0..=MAX_SESSIONS) => n as usize,
         Some(n) => {
             return bad(
                 &path.key("capacity"),
-                format!("{n} is out of range 1..={MAX_SESSIONS}"),
+                format!("{n} is out of range 0..={MAX_SESSIONS}"),
             )
         }
     };
@@ -1041,6 +1080,78 @@ mod tests {
 
     fn p() -> KeyPath {
         KeyPath::root().key("x")
+    }
+
+    fn servers_yaml(extra: &str, servers: &[&str]) -> String {
+        let mut y =
+            format!("listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  b:\n{extra}    servers:\n");
+        for (i, s) in servers.iter().enumerate() {
+            y.push_str(&format!(
+                "      - {{ id: s{i}, addr: \"127.0.0.1:{}\"{s} }}\n",
+                i + 1
+            ));
+        }
+        y
+    }
+
+    fn load(yaml: &str) -> Result<Config, String> {
+        crate::config::parse(yaml, std::path::Path::new("<t>")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sid_prefixes_are_sid_text_and_name_one_server() {
+        let ok = load(&servers_yaml(
+            "",
+            &[", sid_prefix: \"n1-\"", ", sid_prefix: n2.", ""],
+        ))
+        .unwrap();
+        let prefixes: Vec<_> = ok.backends[0]
+            .servers
+            .iter()
+            .map(|s| s.sid_prefix.clone())
+            .collect();
+        assert_eq!(prefixes, [Some("n1-".into()), Some("n2.".into()), None]);
+        for (servers, says) in [
+            (&[", sid_prefix: \"\""][..], "empty sid_prefix"),
+            (&[", sid_prefix: \"n/1\""], "'/' cannot appear in a sid"),
+            (&[", sid_prefix: \"n 1\""], "' ' cannot appear in a sid"),
+            (
+                &[", sid_prefix: a", ", sid_prefix: a"],
+                "\"a\" is also servers[0] (`s0`)",
+            ),
+            (
+                &[", sid_prefix: ab", ", sid_prefix: a"],
+                "\"a\" overlaps \"ab\" of servers[0]",
+            ),
+            (
+                &[", sid_prefix: a", ", sid_prefix: ab"],
+                "\"ab\" overlaps \"a\" of servers[0]",
+            ),
+        ] {
+            let err = load(&servers_yaml("", servers)).unwrap_err();
+            assert!(
+                err.contains("sid_prefix") && err.contains(says),
+                "{servers:?}: {err}"
+            );
+        }
+        // Two backends may share a prefix: a sid is looked up in its route's backend only.
+        let two = format!(
+            "{}  c:\n    servers:\n      - {{ id: x, addr: \"127.0.0.1:9\", sid_prefix: a }}\nroutes:\n  - {{ path_prefix: /, backend: b }}\n",
+            servers_yaml("", &[", sid_prefix: a"])
+        );
+        load(&two).unwrap();
+    }
+
+    #[test]
+    fn sessions_capacity_zero_means_no_table() {
+        let c = load(&servers_yaml("    sessions:\n      capacity: 0\n", &[""])).unwrap();
+        assert_eq!(c.backends[0].sessions.capacity, 0);
+        let err = load(&servers_yaml(
+            "    sessions:\n      capacity: 100000001\n",
+            &[""],
+        ))
+        .unwrap_err();
+        assert!(err.contains("out of range 0..=100000000"), "{err}");
     }
 
     #[test]

@@ -240,6 +240,8 @@ impl Store {
                         weight: s.weight,
                         state: ServerState::Draining,
                         max_connections: None,
+                        // Its sessions' sids still carry it.
+                        sid_prefix: s.sid_prefix.as_deref().map(str::to_owned),
                     },
                 ));
             }

@@ -4,7 +4,7 @@
 //   node server.js --id node-1 [--redis-socket /path/redis.sock | --redis-url redis://...]
 //                  [--path /socket.io/] [--redis-key socket.io] [--cookie NAME]
 //                  [--ping-interval MS] [--ping-timeout MS] [--ignore-stdin] [--port P (default 0)]
-//                  [--health-status CODE (default 200) | --unhealthy]
+//                  [--health-status CODE (default 200) | --unhealthy] [--sid-prefix P]
 //
 // Listens on 127.0.0.1 port 0 and prints exactly one line on stdout once ready:
 //   {"event":"listening","port":<n>,"id":"<id>"}
@@ -36,7 +36,8 @@ function usage(msg) {
   process.stderr.write(
     "usage: node server.js --id ID [--redis-socket PATH | --redis-url URL] [--path /socket.io/]\n" +
       "                      [--redis-key KEY] [--cookie NAME] [--ping-interval MS] [--ping-timeout MS]\n" +
-      "                      [--ignore-stdin] [--port P] [--health-status CODE | --unhealthy]\n"
+      "                      [--ignore-stdin] [--port P] [--health-status CODE | --unhealthy]\n" +
+      "                      [--sid-prefix P]\n"
   );
   process.exit(2);
 }
@@ -47,7 +48,7 @@ function parseArgs(argv) {
   const valued = {
     "--id": "id", "--redis-socket": "redisSocket", "--redis-url": "redisUrl", "--path": "path",
     "--redis-key": "redisKey", "--cookie": "cookie", "--ping-interval": "pingInterval", "--ping-timeout": "pingTimeout",
-    "--port": "port", "--health-status": "healthStatus",
+    "--port": "port", "--health-status": "healthStatus", "--sid-prefix": "sidPrefix",
   };
   for (let i = 0; i < argv.length; i++) {
     let arg = argv[i];
@@ -173,6 +174,12 @@ if (opts.cookie) serverOpts.cookie = { name: opts.cookie, path: "/", httpOnly: t
 if (opts.pingInterval) serverOpts.pingInterval = opts.pingInterval;
 if (opts.pingTimeout) serverOpts.pingTimeout = opts.pingTimeout;
 const io = new Server(httpServer, serverOpts);
+// --sid-prefix P: every sid starts with P, so tether's `sid_prefix: P` routes it here with no
+// table (README, "Stateless stickiness"). engine.io's own generator (base64id, 15 random bytes
+// in URL-safe base64) is not exported, so the same id is made with node:crypto.
+if (opts.sidPrefix) {
+  io.engine.generateId = () => opts.sidPrefix + require("crypto").randomBytes(15).toString("base64url");
+}
 
 // What the node saw on the latest request of each Engine.IO session, per transport (the
 // WebSocket handshake, or the latest polling request), so `whoami` can tell a test which source
