@@ -405,12 +405,21 @@ async fn serve_conn<IO>(
         // Boxed: only TLS connections that chose h2 need HTTP/2's state.
         Box::pin(serve_h2(io, conn, proxy, life.clone(), handler, &limits)).await
     } else {
-        let service = service_fn(move |req| {
-            let proxy = Arc::clone(&proxy);
-            let handler = handler.clone();
-            let req = Box::new(req);
-            async move { Ok::<_, Infallible>(handler.answer(&proxy, req, conn).await) }
-        });
+        let requests = Arc::new(Requests::default());
+        let service = {
+            let requests = Arc::clone(&requests);
+            service_fn(move |req| {
+                let proxy = Arc::clone(&proxy);
+                let handler = handler.clone();
+                let req = Box::new(req);
+                let busy = requests.begin();
+                async move {
+                    let resp = handler.answer(&proxy, req, conn).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(resp)
+                }
+            })
+        };
         let mut http = std::pin::pin!(http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
@@ -421,17 +430,88 @@ async fn serve_conn<IO>(
         tokio::select! {
             r = http.as_mut() => r,
             _ = life.shutdown.cancelled() => {
-                // Finish the request in flight, then close; idle keep-alives close now.
-                http.as_mut().graceful_shutdown();
-                tokio::select! {
-                    r = http.as_mut() => r,
-                    _ = life.hard_stop.cancelled() => Ok(()),
+                // An idle keep-alive connection is not closed at once: its client may be
+                // sending its next request this very moment, and would see the
+                // connection reset ("socket hang up") instead of an answer. It is closed
+                // after its next response (`Connection: close`), or once idle for
+                // SHUTDOWN_IDLE_LINGER; a connection with a request in flight closes
+                // after that request, as before.
+                let next = async {
+                    if requests.in_flight() == 0 {
+                        let _ = tokio::time::timeout(SHUTDOWN_IDLE_LINGER, requests.next()).await;
+                    }
+                };
+                let ended = tokio::select! {
+                    r = http.as_mut() => Some(r),
+                    () = next => None,
+                    _ = life.hard_stop.cancelled() => Some(Ok(())),
+                };
+                match ended {
+                    Some(r) => r,
+                    None => {
+                        http.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            r = http.as_mut() => r,
+                            _ = life.hard_stop.cancelled() => Ok(()),
+                        }
+                    }
                 }
             }
         }
     };
     if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// At shutdown, how long an idle HTTP/1.1 keep-alive connection is kept for its client's
+/// next request (answered with `Connection: close`) before it is closed under the
+/// client: longer than the 5 s Node's and most clients' agents keep an idle connection,
+/// so they close it themselves first and never race the close with a request.
+pub const SHUTDOWN_IDLE_LINGER: Duration = Duration::from_secs(6);
+
+/// The requests of one HTTP/1.1 connection: how many are in flight, and a wake-up when
+/// the next one begins.
+#[derive(Default)]
+struct Requests {
+    in_flight: AtomicUsize,
+    started: AtomicU64,
+    began: tokio::sync::Notify,
+}
+
+/// A request of [`Requests`] in flight while it lives.
+struct InFlight(Arc<Requests>);
+
+impl Requests {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::AcqRel);
+        self.began.notify_waiters();
+        InFlight(Arc::clone(self))
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Resolves when a request begins after this is called.
+    async fn next(&self) {
+        let seen = self.started.load(Ordering::Acquire);
+        loop {
+            let began = self.began.notified();
+            tokio::pin!(began);
+            began.as_mut().enable();
+            if self.started.load(Ordering::Acquire) != seen {
+                return;
+            }
+            began.await;
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
