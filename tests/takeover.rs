@@ -171,14 +171,21 @@ async fn takeover_under_a_swarm_loses_no_request_no_session_and_no_websocket() {
     assert_eq!(r.status, 200, "{}", r.text());
 
     let url = format!("http://{}", a.addr);
-    let soak = |transports: serde_json::Value| {
+    // Clients come from 16 loopback addresses, as from many hosts: one address alone
+    // would be held to one client's request rate (`limits.per_client`).
+    let from = |first: u32| -> Vec<String> {
+        (first..first + 8).map(|i| format!("127.0.0.{i}")).collect()
+    };
+    let soak = |transports: serde_json::Value, first: u32| {
         serde_json::json!({
             "url": url, "clients": 150, "durationMs": 90000, "emitEveryMs": 200,
-            "ackTimeoutMs": 5000, "connectConcurrency": 30, "transports": transports,
+            "ackTimeoutMs": 10000, "connectConcurrency": 30, "transports": transports,
+            "localAddresses": from(first),
         })
     };
-    let (mut polling, ready_p) = Soak::start(soak(serde_json::json!(["polling"]))).await;
-    let (mut ws, ready_w) = Soak::start(soak(serde_json::json!(["polling", "websocket"]))).await;
+    let (mut polling, ready_p) = Soak::start(soak(serde_json::json!(["polling"]), 10)).await;
+    let (mut ws, ready_w) =
+        Soak::start(soak(serde_json::json!(["polling", "websocket"]), 20)).await;
     assert_eq!(ready_p["connected"], 150, "{ready_p}");
     assert_eq!(ready_w["connected"], 150, "{ready_w}");
     // Acks flow through A for a moment; every WebSocket client has upgraded.
@@ -292,6 +299,7 @@ async fn takeover_under_a_swarm_loses_no_request_no_session_and_no_websocket() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let fresh = swarm(serde_json::json!({
         "url": url, "clients": 30, "broadcast": false, "holdMs": 0, "timeoutMs": 20000,
+        "localAddresses": from(30),
     }))
     .await;
     assert_eq!(fresh["connected"], 30, "{fresh}");

@@ -113,6 +113,10 @@ pub struct Lifecycle {
     pub hard_stop: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// Cancelled (before `shutdown`) when a new process took the listening sockets over
+    /// (`--takeover`): a client's next request has somewhere to go, so idle keep-alive
+    /// connections are kept for it rather than closed under the client.
+    pub handed_over: CancellationToken,
 }
 
 /// Accepts until `stop_accepting` fires, holding a place in each of `gates` (the
@@ -430,14 +434,14 @@ async fn serve_conn<IO>(
         tokio::select! {
             r = http.as_mut() => r,
             _ = life.shutdown.cancelled() => {
-                // An idle keep-alive connection is not closed at once: its client may be
-                // sending its next request this very moment, and would see the
-                // connection reset ("socket hang up") instead of an answer. It is closed
-                // after its next response (`Connection: close`), or once idle for
-                // SHUTDOWN_IDLE_LINGER; a connection with a request in flight closes
-                // after that request, as before.
+                // Finish the request in flight, then close; idle keep-alives close now,
+                // unless a successor took the sockets over: then an idle one is not
+                // closed at once, as its client may be sending its next request this
+                // very moment and would see the connection reset ("socket hang up")
+                // instead of an answer. It is closed after its next response
+                // (`Connection: close`), or once idle for SHUTDOWN_IDLE_LINGER.
                 let next = async {
-                    if requests.in_flight() == 0 {
+                    if life.handed_over.is_cancelled() && requests.in_flight() == 0 {
                         let _ = tokio::time::timeout(SHUTDOWN_IDLE_LINGER, requests.next()).await;
                     }
                 };
@@ -464,8 +468,8 @@ async fn serve_conn<IO>(
     }
 }
 
-/// At shutdown, how long an idle HTTP/1.1 keep-alive connection is kept for its client's
-/// next request (answered with `Connection: close`) before it is closed under the
+/// At shutdown after a takeover, how long an idle HTTP/1.1 keep-alive connection is kept
+/// for its client's next request (answered with `Connection: close`) before it is closed under the
 /// client: longer than the 5 s Node's and most clients' agents keep an idle connection,
 /// so they close it themselves first and never race the close with a request.
 pub const SHUTDOWN_IDLE_LINGER: Duration = Duration::from_secs(6);

@@ -88,7 +88,7 @@ pub enum TakeoverError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("bad message: {0}")]
-    Wire(#[from] WireError),
+    Wire(WireError),
     #[error("unexpected message {got} (expected {expected})")]
     Unexpected {
         got: &'static str,
@@ -108,6 +108,12 @@ impl From<std::io::Error> for TakeoverError {
             | std::io::ErrorKind::ConnectionReset => TakeoverError::Closed,
             _ => TakeoverError::Io(e),
         }
+    }
+}
+
+impl From<WireError> for TakeoverError {
+    fn from(e: WireError) -> Self {
+        TakeoverError::Wire(e)
     }
 }
 
@@ -860,6 +866,7 @@ async fn hand_over(rt: &Arc<Runtime>, stream: &UnixStream) -> Result<Handed, Tak
         sessions = sent.len(),
         "takeover: the new process serves; this one stops accepting and drains"
     );
+    rt.life.handed_over.cancel();
     rt.life.shutdown.cancel();
     // Sessions whose handshake was in flight go on learning here: the new process
     // gets them within moments, until no HTTP connection is left to learn from.
