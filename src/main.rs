@@ -459,6 +459,13 @@ fn cert(out: PathBuf, mut names: Vec<String>, force: bool) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A bound tether's takeover side (`--takeover`): Unix only, so elsewhere a value that
+/// cannot exist.
+#[cfg(unix)]
+type Takeover = tether::runtime::takeover::Takeover;
+#[cfg(not(unix))]
+type Takeover = std::convert::Infallible;
+
 fn run(arg: ConfigArg, takeover: Option<PathBuf>) -> anyhow::Result<()> {
     #[cfg(not(unix))]
     anyhow::ensure!(
@@ -471,7 +478,7 @@ fn run(arg: ConfigArg, takeover: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let (tether, takeover) = match takeover {
+        let (tether, takeover): (_, Option<Takeover>) = match takeover {
             #[cfg(unix)]
             Some(path) => {
                 let (t, over) = tether::server::bind_taking_over(config, &path).await?;
@@ -489,7 +496,9 @@ fn run(arg: ConfigArg, takeover: Option<PathBuf>) -> anyhow::Result<()> {
         match takeover {
             #[cfg(unix)]
             Some(over) => tether.run_taking_over(over).await,
-            _ => tether.run().await,
+            #[cfg(not(unix))]
+            Some(never) => match never {},
+            None => tether.run().await,
         }
         Ok::<(), anyhow::Error>(())
     })?;
