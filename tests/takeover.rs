@@ -122,6 +122,48 @@ fn access_statuses(path: &Path) -> (std::collections::BTreeMap<u64, u64>, usize)
     (by, unreadable)
 }
 
+/// Reads one response (Content-Length or chunked) from a kept-alive connection.
+async fn read_one(stream: &mut tokio::net::TcpStream) -> RawResponse {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let done = |buf: &[u8]| -> bool {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let body = &buf[end + 4..];
+        if let Some(len) = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            return body.len() >= len;
+        }
+        body.ends_with(b"0\r\n\r\n")
+    };
+    while !done(&buf) {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before a whole response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    parse_response(&buf).expect("a response")
+}
+
+async fn handshake_on(stream: &mut tokio::net::TcpStream, addr: SocketAddr) -> RawResponse {
+    use tokio::io::AsyncWriteExt;
+    let req = format!("GET {} HTTP/1.1\r\nHost: {addr}\r\n\r\n", eio_path(None));
+    stream.write_all(req.as_bytes()).await.expect("write");
+    read_one(stream).await
+}
+
 async fn wait_until<F: FnMut() -> bool>(within: Duration, what: &str, mut f: F) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -202,6 +244,15 @@ async fn takeover_under_a_swarm_loses_no_request_no_session_and_no_websocket() {
     assert!(before_p["acksOk"].as_u64().unwrap() > 0, "{before_p}");
     let unknown_a = counter(a.admin, "tether_engineio_sid_unknown_total").await;
     let handshakes_before = access_statuses(&access);
+    // Keep-alive connections A accepted (one request answered on each), idle at the
+    // hand-over: their clients' next request is a handshake that A answers.
+    let mut kept = Vec::new();
+    for i in 0..20u8 {
+        let mut s = connect_from(a.addr, Some([127, 0, 0, 40 + i].into())).await;
+        let r = handshake_on(&mut s, a.addr).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        kept.push(s);
+    }
 
     // The upgrade: B with the same config and the same flag.
     let a_mark = a.log.mark();
@@ -218,6 +269,33 @@ async fn takeover_under_a_swarm_loses_no_request_no_session_and_no_websocket() {
         )
         .await;
     let go = t0.elapsed();
+    // A handshake on a connection A kept: answered by A, which closes the connection
+    // after it; the client's next request, on a new connection, reaches B, which must
+    // know the session already.
+    let raced: Vec<_> = kept
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let hs = handshake_on(&mut s, a.addr).await;
+                assert_eq!(hs.status, 200, "{}", hs.text());
+                let close = hs
+                    .header("connection")
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                assert_eq!(close, "close", "A answers with Connection: close");
+                let sid = hs.sid();
+                let next = get(a.addr, None, &eio_path(Some(&sid)), &[]).await;
+                (next.status, next.text())
+            })
+        })
+        .collect();
+    for r in raced {
+        let (status, text) = r.await.unwrap();
+        assert_eq!(
+            status, 200,
+            "a session A started during the hand-over is known to B: {text}"
+        );
+    }
     let took = b
         .log
         .wait_for(

@@ -343,7 +343,7 @@ impl Tether {
                 shutdown: CancellationToken::new(),
                 hard_stop: CancellationToken::new(),
                 connections: TaskTracker::new(),
-                handed_over: CancellationToken::new(),
+                handover: Arc::default(),
             },
             reload_tx,
             reload_rx: Mutex::new(Some(reload_rx)),

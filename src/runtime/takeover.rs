@@ -65,8 +65,9 @@ pub const GO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the new process waits for each message of the hand-over before giving up.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// After `go`, how often the old process looks for sessions learned since it last sent.
-const FOLLOW_EVERY: Duration = Duration::from_millis(10);
+/// After `go`, how often the old process looks for sessions learned since it last sent
+/// (an answer that may have started one asks at once).
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
 
 /// Why a takeover did not happen, or not all of it.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +152,9 @@ pub enum Message {
     Ready,
     /// New → old: serving; stop accepting and drain.
     Go,
+    /// New → old, after `go`: the sessions of the last `sessions` are in its table (an
+    /// answer of the old process that started a session waits for this).
+    Imported,
     /// Old → new: drained, nothing more will come.
     Done,
 }
@@ -164,6 +168,7 @@ impl Message {
             Message::States { .. } => "states",
             Message::Ready => "ready",
             Message::Go => "go",
+            Message::Imported => "imported",
             Message::Done => "done",
         }
     }
@@ -750,6 +755,10 @@ async fn follow_old(rt: Arc<Runtime>, stream: UnixStream, pid: u32) {
         match recv(&stream).await {
             Ok((Message::Sessions { sessions }, _)) => {
                 imported += import_sessions(&rt, &sessions).0;
+                if let Err(e) = send(&stream, &Message::Imported, None).await {
+                    tracing::info!(from = pid, error = %e, sessions = imported, "takeover: the old process is gone");
+                    return;
+                }
             }
             Ok((Message::States { servers }, _)) => {
                 import_states(&rt, &servers);
@@ -862,28 +871,41 @@ async fn hand_over(rt: &Arc<Runtime>, stream: &UnixStream) -> Result<Handed, Tak
         Err(e) => return Ok(Handed::Abandoned(e)),
     }
     let started = tokio::time::Instant::now();
+    let handover = Arc::clone(&rt.life.handover);
+    handover.begin();
+    rt.life.shutdown.cancel();
     tracing::info!(
         sessions = sent.len(),
         "takeover: the new process serves; this one stops accepting and drains"
     );
-    rt.life.handed_over.cancel();
-    rt.life.shutdown.cancel();
     // Sessions whose handshake was in flight go on learning here: the new process
     // gets them within moments, until no HTTP connection is left to learn from.
     let limit = rt.store.config().shutdown_grace + Duration::from_secs(1);
-    let mut since = tokio::time::Instant::now();
-    loop {
+    // An answer that may have started a session waits for it to be sent (see
+    // `listener::Handover`), and asks for it: the loop runs at once then.
+    let mut since = started;
+    let sent_all = loop {
         let drained = rt.life.connections.is_empty() || started.elapsed() > limit;
         let scan_from = since.checked_sub(Duration::from_secs(1)).unwrap_or(since);
         since = tokio::time::Instant::now();
         let new = rt.store.sids.export_live(Some(scan_from));
-        if send_sessions(stream, &new, &mut sent).await.is_err() {
-            return Ok(Handed::Gone);
+        if let Err(e) = send_imported(stream, &new, &mut sent).await {
+            tracing::warn!(error = %e, "takeover: the new process takes no more sessions");
+            break false;
         }
+        handover.flushed_through(since);
         if drained {
-            break;
+            break true;
         }
-        tokio::time::sleep(FOLLOW_EVERY).await;
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            () = handover.wanted() => {}
+        }
+    };
+    // Nobody waits for a successor that is gone or was told everything.
+    handover.flushed_through(tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+    if !sent_all {
+        return Ok(Handed::Gone);
     }
     let _ = send(stream, &Message::Done, None).await;
     tracing::info!(
@@ -894,22 +916,46 @@ async fn hand_over(rt: &Arc<Runtime>, stream: &UnixStream) -> Result<Handed, Tak
     Ok(Handed::Gone)
 }
 
-/// Sends the sessions of `sessions` not sent yet, in frames of a bounded size.
+/// Sends the sessions of `sessions` not sent yet, in frames of a bounded size; returns
+/// how many frames.
 async fn send_sessions(
     stream: &UnixStream,
     sessions: &[HandedSession],
     sent: &mut HashSet<Arc<str>>,
-) -> Result<(), TakeoverError> {
+) -> Result<usize, TakeoverError> {
     let fresh: Vec<WireSession> = sessions
         .iter()
         .filter(|s| sent.insert(Arc::clone(&s.sid)))
         .map(WireSession::from)
         .collect();
+    let mut frames = 0;
     for chunk in fresh.chunks(SESSIONS_PER_FRAME) {
         let msg = Message::Sessions {
             sessions: chunk.to_vec(),
         };
         send(stream, &msg, None).await?;
+        frames += 1;
+    }
+    Ok(frames)
+}
+
+/// After `go`: sends the new sessions of `sessions` and waits until the new process
+/// has them in its table.
+async fn send_imported(
+    stream: &UnixStream,
+    sessions: &[HandedSession],
+    sent: &mut HashSet<Arc<str>>,
+) -> Result<(), TakeoverError> {
+    for _ in 0..send_sessions(stream, sessions, sent).await? {
+        match recv_within(stream, FRAME_TIMEOUT).await?.0 {
+            Message::Imported => {}
+            other => {
+                return Err(TakeoverError::Unexpected {
+                    got: other.name(),
+                    expected: "imported",
+                })
+            }
+        }
     }
     Ok(())
 }
@@ -970,6 +1016,7 @@ mod tests {
             },
             Message::Ready,
             Message::Go,
+            Message::Imported,
             Message::Done,
         ];
         for m in msgs {
