@@ -222,7 +222,7 @@ async fn takeover_under_a_swarm_loses_no_request_no_session_and_no_websocket() {
         serde_json::json!({
             "url": url, "clients": 150, "durationMs": 90000, "emitEveryMs": 200,
             "ackTimeoutMs": 10000, "connectConcurrency": 30, "transports": transports,
-            "localAddresses": from(first), "keepAlive": true,
+            "localAddresses": from(first),
         })
     };
     let (mut polling, ready_p) = Soak::start(soak(serde_json::json!(["polling"]), 10)).await;

@@ -35,8 +35,6 @@
 //                       swarm.js (httpAgent "auto"), each address also gets one plain
 //                       http.Agent({localAddress}) because engine.io-client's Node polling
 //                       transport ignores `localAddress` (only `agent` reaches xmlhttprequest-ssl)
-//   keepAlive           false  the per-address agents (localAddresses) keep connections alive,
-//                       as browsers do, so one connection carries many requests
 //   ioOptions           raw extra io() options, merged last
 //
 // Every client learns its node from a `whoami` ack after each `connect` event (server.js answers
@@ -64,7 +62,7 @@ try {
 }
 
 const KNOWN = new Set(["url", "clients", "transports", "connectConcurrency", "reconnection", "emitEveryMs",
-  "ackTimeoutMs", "whoamiTimeoutMs", "durationMs", "connectTimeoutMs", "localAddresses", "keepAlive", "ioOptions"]);
+  "ackTimeoutMs", "whoamiTimeoutMs", "durationMs", "connectTimeoutMs", "localAddresses", "ioOptions"]);
 for (const k of Object.keys(opts)) if (!KNOWN.has(k)) usageError(`unknown option ${JSON.stringify(k)}`);
 
 function intOpt(name, dflt, min, max = Number.MAX_SAFE_INTEGER) {
@@ -106,7 +104,6 @@ const WHOAMI_TIMEOUT_MS = intOpt("whoamiTimeoutMs", 10000, 1);
 const DURATION_MS = intOpt("durationMs", undefined, 1, MAX_DURATION_MS);
 const CONNECT_TIMEOUT_MS = intOpt("connectTimeoutMs", 30000, 1);
 const RECONNECTION = boolOpt("reconnection", true);
-const KEEP_ALIVE = boolOpt("keepAlive", false);
 const TRANSPORTS = opts.transports;
 if (TRANSPORTS !== undefined &&
     (!Array.isArray(TRANSPORTS) || !TRANSPORTS.length || !TRANSPORTS.every((t) => ["polling", "websocket", "webtransport"].includes(t)))) {
@@ -175,7 +172,7 @@ function is400(err) {
 const agents = new Map(); // localAddress -> http.Agent
 function agentFor(localAddress) {
   if (!localAddress) return undefined;
-  if (!agents.has(localAddress)) agents.set(localAddress, new http.Agent({ keepAlive: KEEP_ALIVE, localAddress }));
+  if (!agents.has(localAddress)) agents.set(localAddress, new http.Agent({ keepAlive: false, localAddress }));
   return agents.get(localAddress);
 }
 
