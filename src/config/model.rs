@@ -34,7 +34,25 @@ pub struct Config {
     pub warnings: Vec<super::ConfigWarning>,
     /// One line per request and per closed WebSocket tunnel; `None`: off.
     pub access_log: Option<AccessLogConfig>,
+    /// The shared sid registry; `None`: sids stay in this instance.
+    pub registry: Option<RegistryConfig>,
 }
+
+/// Where instances of a fleet share learned sids and admin states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// A Redis URL, checked to parse.
+    pub redis: String,
+    /// Namespace of every key and channel (see `fleet::keys`).
+    pub prefix: String,
+    pub lookup_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+/// Defaults of [`RegistryConfig`].
+pub const DEFAULT_REGISTRY_PREFIX: &str = "tether";
+pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(50);
+pub const DEFAULT_REGISTRY_WRITE_TIMEOUT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLogConfig {
@@ -314,6 +332,16 @@ impl ServerState {
             ServerState::Ready => "ready",
             ServerState::Draining => "draining",
             ServerState::Maint => "maint",
+        }
+    }
+
+    /// The state [`as_str`](Self::as_str) names.
+    pub fn parse(s: &str) -> Option<ServerState> {
+        match s {
+            "ready" => Some(ServerState::Ready),
+            "draining" => Some(ServerState::Draining),
+            "maint" => Some(ServerState::Maint),
+            _ => None,
         }
     }
 }

@@ -84,6 +84,8 @@ pub enum StartError {
         addr: SocketAddr,
         cause: Box<TlsError>,
     },
+    #[error("registry: {0}")]
+    Registry(#[from] redis::RedisError),
     #[error("access_log: cannot open {path}: {cause}")]
     AccessLog {
         path: std::path::PathBuf,
@@ -207,6 +209,7 @@ impl Tether {
         let connections = Gate::new(connection_cap(&config.limits));
         let proxy = Arc::new(Proxy::new(Arc::clone(&store), Arc::clone(&connections)));
         proxy.set_access_log(start_access_log(config.access_log.as_ref())?);
+        store.fleet.configure(config.registry.as_ref())?;
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let (discovered_tx, discovered_rx) = mpsc::unbounded_channel();
         let runtime = Runtime {
