@@ -17,7 +17,14 @@ const LAYERS: &[&[&str]] = &[
     // to Redis; and `tether
     // import` (other balancers' configs read into a tether config checked by `config`,
     // nothing of the proxy).
-    &["engineio", "tls", "admission", "access_log", "import", "fleet"],
+    &[
+        "engineio",
+        "tls",
+        "admission",
+        "access_log",
+        "import",
+        "fleet",
+    ],
     // Placement of new sessions.
     &["balance"],
     // Connections to servers: dial, keep-alive pool, upgrades.

@@ -130,6 +130,7 @@ fn registry(rt: &Runtime) -> Value {
         "redis": link.redis,
         "prefix": link.prefix,
         "up": link.up,
+        "subscribed": link.subscribed,
         // Up (or down) for this long.
         "for_seconds": link.for_.as_secs(),
         "last_error": link.last_error,

@@ -98,7 +98,10 @@ impl Affinity {
                         // client's next request, which may reach another instance, cannot
                         // be sent before the client has this answer.
                         if let (Some(ack), Some(fleet)) = (ack, sids.fleet()) {
-                            if tokio::time::timeout(fleet.write_timeout(), ack).await.is_err() {
+                            if tokio::time::timeout(fleet.write_timeout(), ack)
+                                .await
+                                .is_err()
+                            {
                                 tracing::debug!(sid = %open.sid, "registry write not confirmed in time; answering anyway");
                             }
                         }

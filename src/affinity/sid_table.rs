@@ -129,7 +129,9 @@ impl Entry {
         match (due, pinned) {
             (false, _) => None,
             (true, true) => Some(self.ttl),
-            (true, false) => Some(self.expires.saturating_duration_since(now)).filter(|d| !d.is_zero()),
+            (true, false) => {
+                Some(self.expires.saturating_duration_since(now)).filter(|d| !d.is_zero())
+            }
         }
     }
 

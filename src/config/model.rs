@@ -51,7 +51,7 @@ pub struct RegistryConfig {
 
 /// Defaults of [`RegistryConfig`].
 pub const DEFAULT_REGISTRY_PREFIX: &str = "tether";
-pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(50);
+pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 pub const DEFAULT_REGISTRY_WRITE_TIMEOUT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -70,7 +70,7 @@ pub struct RawRegistry {
     #[serde(default)]
     pub prefix: Option<String>,
     /// How long a request of a sid this instance does not know waits for Redis; default
-    /// 50ms.
+    /// 250ms.
     #[serde(default)]
     pub lookup_timeout: Option<DurationSpec>,
     /// How long a handshake's answer waits for its sid to be written; default 250ms.

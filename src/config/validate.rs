@@ -1219,19 +1219,35 @@ mod tests {
         let r = c.registry.unwrap();
         assert_eq!(r.prefix, "tether");
         assert_eq!(r.lookup_timeout, DEFAULT_LOOKUP_TIMEOUT);
-        let c = with("  redis: redis+unix:///run/redis.sock\n  prefix: eu-1\n  lookup_timeout: 20ms\n")
-            .unwrap();
-        assert_eq!(c.registry.unwrap().lookup_timeout, Duration::from_millis(20));
+        let c =
+            with("  redis: redis+unix:///run/redis.sock\n  prefix: eu-1\n  lookup_timeout: 20ms\n")
+                .unwrap();
+        assert_eq!(
+            c.registry.unwrap().lookup_timeout,
+            Duration::from_millis(20)
+        );
         for (bad, says) in [
             ("  redis: 127.0.0.1:6379\n", "is not a Redis URL"),
             ("  redis: http://127.0.0.1:6379\n", "is not a Redis URL"),
-            ("  redis: \"redis://127.0.0.1:port\"\n", "is not a Redis URL ("),
+            (
+                "  redis: \"redis://127.0.0.1:port\"\n",
+                "is not a Redis URL (",
+            ),
             ("  redis: \"redis://[::1\"\n", "is not a Redis URL ("),
             ("  redis: rediss://r:6380\n", "not supported yet"),
             ("  redis: \"\"\n", "is not a Redis URL"),
-            ("  redis: redis://r\n  prefix: \"a{b}\"\n", "registry.prefix"),
-            ("  redis: redis://r\n  lookup_timeout: 0s\n", "registry.lookup_timeout"),
-            ("  redis: redis://r\n  write_timeout: 1m\n", "registry.write_timeout"),
+            (
+                "  redis: redis://r\n  prefix: \"a{b}\"\n",
+                "registry.prefix",
+            ),
+            (
+                "  redis: redis://r\n  lookup_timeout: 0s\n",
+                "registry.lookup_timeout",
+            ),
+            (
+                "  redis: redis://r\n  write_timeout: 1m\n",
+                "registry.write_timeout",
+            ),
             ("  prefix: x\n", "registry.redis: required key is missing"),
         ] {
             let err = with(bad).unwrap_err();

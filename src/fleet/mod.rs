@@ -107,7 +107,7 @@ pub struct Counts {
 /// The fleet link of one process: none until a config names a registry.
 pub struct Fleet {
     link: ArcSwapOption<Link>,
-    pub counts: Counts,
+    pub counts: Arc<Counts>,
     /// Tells this instance's own announcements from others'.
     instance: Arc<str>,
     events: mpsc::UnboundedSender<FleetEvent>,
@@ -131,7 +131,7 @@ impl Default for Fleet {
             .map_or(0, |d| d.subsec_nanos());
         Fleet {
             link: ArcSwapOption::empty(),
-            counts: Counts::default(),
+            counts: Arc::default(),
             instance: format!("{}-{:08x}", std::process::id(), nanos).into(),
             events,
             events_rx: Mutex::new(Some(rx)),
@@ -146,6 +146,8 @@ pub struct LinkStatus {
     pub redis: String,
     pub prefix: String,
     pub up: bool,
+    /// Announcements of other instances reach this one.
+    pub subscribed: bool,
     /// How long it has been up (or down).
     pub for_: Duration,
     pub last_error: Option<String>,
@@ -164,18 +166,27 @@ struct Link {
 #[derive(Default)]
 struct Health {
     up: AtomicBool,
+    /// The last attempt failed: handshakes do not wait for writes and lookups are not
+    /// tried until one succeeds (before the first attempt, Redis is assumed reachable,
+    /// so the first handshakes after a start wait for their writes like the others).
+    down: AtomicBool,
+    /// Subscribed to the admin channel (announcements reach this instance).
+    subscribed: AtomicBool,
     since: Mutex<Option<std::time::Instant>>,
     last_error: Mutex<Option<String>>,
 }
 
 impl Health {
     fn set(&self, up: bool, error: Option<String>) {
+        self.down.store(!up, Ordering::Relaxed);
         if self.up.swap(up, Ordering::Relaxed) != up || tether_kit::lock(&self.since).is_none() {
             *tether_kit::lock(&self.since) = Some(std::time::Instant::now());
             metrics::gauge!(telemetry::REGISTRY_UP).set(if up { 1.0 } else { 0.0 });
             match (&error, up) {
                 (_, true) => tracing::info!("registry: Redis reachable"),
-                (Some(e), false) => tracing::warn!(error = %e, "registry: Redis unreachable; routing goes on with what this instance knows"),
+                (Some(e), false) => {
+                    tracing::warn!(error = %e, "registry: Redis unreachable; routing goes on with what this instance knows")
+                }
                 (None, false) => {}
             }
         }
@@ -186,6 +197,10 @@ impl Health {
 
     fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    fn usable(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
     }
 }
 
@@ -210,7 +225,10 @@ impl Fleet {
 
     fn connect(&self, cfg: &RegistryConfig) -> Result<Link, redis::RedisError> {
         let info = cfg.redis.as_str().into_connection_info()?;
-        let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings))?;
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
         let config = ConnectionManagerConfig::new()
@@ -230,6 +248,7 @@ impl Fleet {
             conn: conn.clone(),
             prefix: cfg.prefix.clone(),
             health: Arc::clone(&health),
+            counts: Arc::clone(&self.counts),
             instance: Arc::clone(&self.instance),
             events: self.events.clone(),
         };
@@ -259,6 +278,7 @@ impl Fleet {
             redis: redacted(&link.cfg.redis),
             prefix: link.cfg.prefix.clone(),
             up: link.health.is_up(),
+            subscribed: link.health.subscribed.load(Ordering::Relaxed),
             for_: since.map_or(Duration::ZERO, |s| s.elapsed()),
             last_error,
             queued: OUTBOX - link.outbox.capacity(),
@@ -283,7 +303,7 @@ impl Fleet {
     ) -> Option<Ack> {
         let link = self.link.load();
         let link = link.as_ref()?;
-        let (tx, rx) = match ack && link.health.is_up() {
+        let (tx, rx) = match ack && link.health.usable() {
             true => {
                 let (tx, rx) = oneshot::channel();
                 (Some(tx), Some(rx))
@@ -356,7 +376,7 @@ impl Fleet {
             metrics::counter!(telemetry::REGISTRY_LOOKUPS, "result" => "skipped").increment(1);
             Recall::Unavailable
         };
-        if !link.health.is_up() {
+        if !link.health.usable() {
             return skip(&self.counts);
         }
         let Ok(_permit) = link.lookups.try_acquire() else {
@@ -408,6 +428,7 @@ struct Shared {
     conn: ConnectionManager,
     prefix: String,
     health: Arc<Health>,
+    counts: Arc<Counts>,
     instance: Arc<str>,
     events: mpsc::UnboundedSender<FleetEvent>,
 }
@@ -456,7 +477,9 @@ async fn write_loop(mut s: Shared, mut rx: mpsc::Receiver<Write>, stop: Cancella
                 Write::State(c) => {
                     let field = keys::state_field(&c.backend, &c.server);
                     match c.state {
-                        ServerState::Ready => pipe.cmd("HDEL").arg(keys::states(&s.prefix)).arg(field),
+                        ServerState::Ready => {
+                            pipe.cmd("HDEL").arg(keys::states(&s.prefix)).arg(field)
+                        }
                         other => pipe
                             .cmd("HSET")
                             .arg(keys::states(&s.prefix))
@@ -478,7 +501,8 @@ async fn write_loop(mut s: Shared, mut rx: mpsc::Receiver<Write>, stop: Cancella
             }
         }
         let n = batch.len() as u64;
-        let sent = tokio::time::timeout(WRITE_BATCH_TIMEOUT, pipe.query_async::<()>(&mut s.conn)).await;
+        let sent =
+            tokio::time::timeout(WRITE_BATCH_TIMEOUT, pipe.query_async::<()>(&mut s.conn)).await;
         let result = match sent {
             Ok(Ok(())) => {
                 s.health.set(true, None);
@@ -499,6 +523,11 @@ async fn write_loop(mut s: Shared, mut rx: mpsc::Receiver<Write>, stop: Cancella
             }
         };
         batch.clear();
+        let c = match result {
+            "ok" => &s.counts.writes_ok,
+            _ => &s.counts.writes_failed,
+        };
+        c.fetch_add(n, Ordering::Relaxed);
         metrics::counter!(telemetry::REGISTRY_WRITES, "result" => result).increment(n);
     }
 }
@@ -542,11 +571,15 @@ async fn push_loop(
                         }
                     }
                     PushKind::Subscribe => {
+                        s.health.subscribed.store(true, Ordering::Relaxed);
                         if let Some(all) = stored_states(&mut s).await {
                             let _ = s.events.send(FleetEvent::Sync(all));
                         }
                     }
-                    PushKind::Disconnection => s.health.set(false, Some("connection lost".to_owned())),
+                    PushKind::Disconnection => {
+                        s.health.subscribed.store(false, Ordering::Relaxed);
+                        s.health.set(false, Some("connection lost".to_owned()));
+                    }
                     _ => {}
                 }
             }

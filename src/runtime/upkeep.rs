@@ -67,7 +67,12 @@ fn apply_fleet(rt: &Runtime, event: FleetEvent) {
     match event {
         FleetEvent::State(c) => {
             rt.store.fleet.count_received();
-            set(&c.backend, &c.server, c.state, "another instance of the fleet");
+            set(
+                &c.backend,
+                &c.server,
+                c.state,
+                "another instance of the fleet",
+            );
         }
         FleetEvent::Sync(all) => {
             // What Redis holds is the fleet's truth: a server the admin API set here and
@@ -80,9 +85,12 @@ fn apply_fleet(rt: &Runtime, event: FleetEvent) {
                         .map(|c| c.state);
                     match stored {
                         Some(state) => set(&b.name, &s.id, state, "the fleet's stored states"),
-                        None if s.stats.condition.state_set_by_admin() => {
-                            set(&b.name, &s.id, ServerState::Ready, "the fleet's stored states")
-                        }
+                        None if s.stats.condition.state_set_by_admin() => set(
+                            &b.name,
+                            &s.id,
+                            ServerState::Ready,
+                            "the fleet's stored states",
+                        ),
                         None => {}
                     }
                 }
