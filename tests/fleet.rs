@@ -383,3 +383,56 @@ async fn a_registry_value_naming_a_server_this_config_lacks_is_never_routed() {
     assert_eq!(r.status, 400);
     assert_eq!(registry(&a).await["lookups"]["missing"], 1);
 }
+
+/// Lookups one instance's link makes against one Redis, 64 in flight: a measurement, not
+/// a check (ignored in the suite). Run it with
+/// `cargo test --release --test fleet -- --ignored --nocapture lookups_per_second`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it on purpose"]
+async fn lookups_per_second() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tether::fleet::{Fleet, Recall};
+    let redis = TestRedis::start().await;
+    let cfg = tether::config::RegistryConfig {
+        redis: redis.unix_url(),
+        prefix: "measure".into(),
+        lookup_timeout: Duration::from_secs(1),
+        write_timeout: Duration::from_secs(1),
+    };
+    let fleet = Arc::new(Fleet::default());
+    fleet.configure(Some(&cfg)).unwrap();
+    let (backend, server): (Arc<str>, Arc<str>) = ("b".into(), "n1".into());
+    let sids: Vec<Arc<str>> = (0..10_000).map(|i| format!("sid{i:017}").into()).collect();
+    let mut last = None;
+    for sid in &sids {
+        last = fleet
+            .publish(&backend, sid, &server, Duration::from_secs(60), true)
+            .or(last);
+    }
+    last.expect("an ack").await.expect("written");
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(3);
+    let tasks: Vec<_> = (0..64)
+        .map(|t| {
+            let (fleet, done, sids) = (Arc::clone(&fleet), Arc::clone(&done), sids.clone());
+            tokio::spawn(async move {
+                let mut i = t;
+                while Instant::now() < until {
+                    let found = fleet.recall("b", &sids[i % sids.len()]).await;
+                    assert_eq!(found, Recall::Found("n1".into()));
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 64;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "{n} lookups in 3 s: {} per second, 64 in flight, one connection",
+        n / 3
+    );
+}

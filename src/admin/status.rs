@@ -27,6 +27,7 @@ pub fn server_json(server: &Server) -> Value {
         "id": &*stats.id,
         "addr": server.addr.as_str(),
         "weight": server.weight,
+        "sid_prefix": server.sid_prefix.as_deref(),
         "state": if c.is_removed() { "removed" } else { c.state().as_str() },
         // Where the state comes from: after an admin drain the file may say `ready`, and
         // the API's state holds until the file changes this server's state.

@@ -219,7 +219,7 @@ impl Runtime {
         self.store
             .fleet
             .configure(config.registry.as_ref())
-            .map_err(super::StartError::from)?;
+            .map_err(|e| super::StartError::Registry(e.to_string()))?;
         let snapshot = self.store.commit(&config, prepared);
         self.routing_changed(&snapshot);
         self.discovery.sync(&config);
