@@ -657,6 +657,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_registry_key_is_refreshed_while_its_session_is_heard_from_and_only_then() {
+        let t = table(100);
+        let s = stats("node-1");
+        let ttl = Duration::from_secs(40);
+        t.insert("abc", s.clone(), ttl, LOCAL).unwrap();
+        let due = |t: &SidTable| t.shard("abc").get("abc").unwrap().refresh_due(Instant::now());
+        // Never written (no registry when it was learned): due at once, for what is left.
+        assert_eq!(due(&t), Some(ttl));
+        t.shard("abc").get_mut("abc").unwrap().published = Some(Instant::now());
+        // Heard from (a request came and went) but written less than half a window ago.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        drop(t.pin_poll("abc").unwrap());
+        assert_eq!(due(&t), None);
+        // Past half the window: due, for as long as the session has left here.
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(due(&t), Some(Duration::from_secs(25)));
+        // Written again; then silent: never due again, the key runs out with the session.
+        t.shard("abc").get_mut("abc").unwrap().published = Some(Instant::now());
+        tokio::time::advance(Duration::from_secs(24)).await;
+        assert_eq!(due(&t), None);
+        // A pinned session (a WebSocket) is due each half window, for a whole window.
+        let pin = t.pin_tunnel("abc").unwrap();
+        assert_eq!(due(&t), Some(ttl));
+        drop(pin);
+        // Its client closed its WebSocket: over for sure, no refresh, its key goes.
+        let e = t.shard("abc");
+        assert!(e.get("abc").unwrap().ended_for_sure());
+        assert_eq!(e.get("abc").unwrap().refresh_due(Instant::now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn silent_session_expires_after_its_ttl() {
         let t = table(100);
         let s = stats("node-1");
