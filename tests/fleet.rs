@@ -384,6 +384,80 @@ async fn a_registry_value_naming_a_server_this_config_lacks_is_never_routed() {
     assert_eq!(registry(&a).await["lookups"]["missing"], 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_agree_through_a_redis_cluster_too() {
+    let cluster = TestCluster::start(3).await;
+    let nodes = nodes(None).await;
+    let mut b = ConfigBuilder::new().admin().backend("sockets");
+    for n in &nodes {
+        b = b.server(&n.id, n.addr);
+    }
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let yaml = b
+        .top(&format!(
+            "registry:\n  cluster: [{}]\n  prefix: fleet-e\n  lookup_timeout: 2s\n  write_timeout: 2s\n",
+            urls.join(", ")
+        ))
+        .build();
+    let a = TetherHandle::start(&yaml).await;
+    let b = TetherHandle::start(&yaml).await;
+    for t in [&a, &b] {
+        until_registry(
+            t,
+            Duration::from_secs(15),
+            "subscribed to the cluster",
+            |r| r["up"] == true && r["subscribed"] == true,
+        )
+        .await;
+    }
+    for i in 0..24u8 {
+        let hs = get(a.addr, ip(60 + i), &eio_path(None), &[]).await;
+        assert_eq!(hs.status, 200, "{}", hs.text());
+        let sid = hs.sid();
+        let r = post_pong(&b, &sid).await;
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "ok".to_owned()),
+            "B found {sid}"
+        );
+    }
+    // The sids' keys are spread over the cluster's primaries (hash-tagged by sid).
+    let holding = cluster
+        .ports
+        .iter()
+        .filter(|p| {
+            cluster
+                .cli(**p, &["DBSIZE"])
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+                > 0
+        })
+        .count();
+    assert!(holding >= 2, "keys on {holding} of 3 primaries");
+    assert_eq!(registry(&b).await["lookups"]["found"], 24);
+    // Admin states travel through the cluster's pub/sub as well.
+    let r = admin_request(
+        a.admin.unwrap(),
+        "POST",
+        "/backends/sockets/servers/node-1/drain",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let started = Instant::now();
+    while b.server_status("sockets", "node-1").await["state"] != "draining" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "B never saw the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "cluster: drain on A in force on B after {:?}",
+        started.elapsed()
+    );
+}
+
 /// Lookups one instance's link makes against one Redis, 64 in flight: a measurement, not
 /// a check (ignored in the suite). Run it with
 /// `cargo test --release --test fleet -- --ignored --nocapture lookups_per_second`.
@@ -395,7 +469,7 @@ async fn lookups_per_second() {
     use tether::fleet::{Fleet, Recall};
     let redis = TestRedis::start().await;
     let cfg = tether::config::RegistryConfig {
-        redis: redis.unix_url(),
+        redis: tether::config::RedisAt::Node(redis.unix_url()),
         prefix: "measure".into(),
         lookup_timeout: Duration::from_secs(1),
         write_timeout: Duration::from_secs(1),

@@ -662,7 +662,12 @@ mod tests {
         let s = stats("node-1");
         let ttl = Duration::from_secs(40);
         t.insert("abc", s.clone(), ttl, LOCAL).unwrap();
-        let due = |t: &SidTable| t.shard("abc").get("abc").unwrap().refresh_due(Instant::now());
+        let due = |t: &SidTable| {
+            t.shard("abc")
+                .get("abc")
+                .unwrap()
+                .refresh_due(Instant::now())
+        };
         // Never written (no registry when it was learned): due at once, for what is left.
         assert_eq!(due(&t), Some(ttl));
         t.shard("abc").get_mut("abc").unwrap().published = Some(Instant::now());

@@ -41,12 +41,20 @@ pub struct Config {
 /// Where instances of a fleet share learned sids and admin states.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
-    /// A Redis URL, checked to parse.
-    pub redis: String,
+    pub redis: RedisAt,
     /// Namespace of every key and channel (see `fleet::keys`).
     pub prefix: String,
     pub lookup_timeout: Duration,
     pub write_timeout: Duration,
+}
+
+/// Where the registry's Redis is; every URL checked to parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisAt {
+    /// One server (a primary: writes go to it).
+    Node(String),
+    /// Some nodes of a Redis Cluster; the rest are found from them.
+    Cluster(Vec<String>),
 }
 
 /// Defaults of [`RegistryConfig`].

@@ -65,7 +65,11 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawRegistry {
     /// `redis://[user:password@]host[:port][/db]` or `redis+unix:///path/redis.sock`.
-    pub redis: String,
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// Instead of `redis`: some nodes of a Redis Cluster (`redis://host:port` each).
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
     /// Key and channel namespace; default `tether`.
     #[serde(default)]
     pub prefix: Option<String>,

@@ -112,10 +112,38 @@ fn access_log(raw: RawAccessLog, path: &KeyPath) -> R<AccessLogConfig> {
 }
 
 fn registry(raw: RawRegistry, path: &KeyPath) -> R<RegistryConfig> {
-    let url = raw.redis.trim();
-    if let Err(why) = redis_url(url) {
-        return bad(&path.key("redis"), why);
-    }
+    let redis = match (raw.redis, raw.cluster) {
+        (Some(url), None) => {
+            let url = url.trim();
+            if let Err(why) = redis_url(url) {
+                return bad(&path.key("redis"), why);
+            }
+            RedisAt::Node(url.to_owned())
+        }
+        (None, Some(nodes)) => {
+            if nodes.is_empty() {
+                return bad(&path.key("cluster"), "name at least one node of the cluster, e.g. [redis://10.0.0.1:7000, redis://10.0.0.2:7000]");
+            }
+            let mut urls = Vec::with_capacity(nodes.len());
+            for (i, url) in nodes.iter().enumerate() {
+                let url = url.trim();
+                if let Err(why) = redis_url(url) {
+                    return bad(&path.key("cluster").index(i), why);
+                }
+                if url.starts_with("redis+unix:") || url.starts_with("unix:") {
+                    return bad(&path.key("cluster").index(i), "a cluster node is reached over TCP: redis://host:port");
+                }
+                urls.push(url.to_owned());
+            }
+            RedisAt::Cluster(urls)
+        }
+        (Some(_), Some(_)) => {
+            return bad(&path.key("cluster"), "redis and cluster both say where Redis is: keep one (redis: one server, cluster: nodes of a Redis Cluster)")
+        }
+        (None, None) => {
+            return bad(&path.key("redis"), "required key is missing: the registry's Redis URL, e.g. redis: redis://127.0.0.1:6379 (or cluster: [...] for a Redis Cluster)")
+        }
+    };
     let prefix = raw
         .prefix
         .unwrap_or_else(|| DEFAULT_REGISTRY_PREFIX.to_owned());
@@ -144,7 +172,7 @@ fn registry(raw: RawRegistry, path: &KeyPath) -> R<RegistryConfig> {
         Ok(d)
     };
     Ok(RegistryConfig {
-        redis: url.to_owned(),
+        redis,
         prefix,
         lookup_timeout: within(raw.lookup_timeout, "lookup_timeout", DEFAULT_LOOKUP_TIMEOUT)?,
         write_timeout: within(
@@ -1249,6 +1277,16 @@ mod tests {
                 "registry.write_timeout",
             ),
             ("  prefix: x\n", "registry.redis: required key is missing"),
+            ("  redis: redis://a\n  cluster: [redis://b]\n", "keep one"),
+            (
+                "  cluster: []\n",
+                "registry.cluster: name at least one node",
+            ),
+            (
+                "  cluster: [redis://a:7000, \"b:7000\"]\n",
+                "registry.cluster[1]: ",
+            ),
+            ("  cluster: [\"redis+unix:///r.sock\"]\n", "over TCP"),
         ] {
             let err = with(bad).unwrap_err();
             assert!(err.contains(says), "{bad:?}: {err}");

@@ -15,6 +15,7 @@
 //!   be down), writes that cannot be made are dropped and counted, and a ping every
 //!   second notices the way back.
 
+mod conn;
 pub mod keys;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,13 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{Cmd, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::{RegistryConfig, ServerState};
+use crate::config::{RedisAt, RegistryConfig, ServerState};
 use crate::telemetry;
+use conn::Conn;
 
 /// Writes waiting for the writer at most; more are dropped and counted (a Redis that
 /// cannot keep up must not grow tether's memory).
@@ -37,8 +38,8 @@ const OUTBOX: usize = 65_536;
 const MAX_BATCH: usize = 512;
 /// Lookups in flight at most: a flood of made-up sids costs Redis no more than this.
 const MAX_LOOKUPS: usize = 256;
-/// How long a pipeline of writes may take before it counts as failed.
-const WRITE_BATCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a batch of writes may take before it counts as failed.
+const WRITE_BATCH_TIMEOUT: Duration = conn::RESPONSE_TIMEOUT;
 /// How often the link is checked (and the admin channel subscribed while it is not).
 const PING_EVERY: Duration = Duration::from_secs(1);
 
@@ -156,7 +157,7 @@ pub struct LinkStatus {
 
 struct Link {
     cfg: RegistryConfig,
-    conn: ConnectionManager,
+    conn: Conn,
     outbox: mpsc::Sender<Write>,
     lookups: Semaphore,
     health: Arc<Health>,
@@ -217,31 +218,17 @@ impl Fleet {
             Some(cfg) => Some(Arc::new(self.connect(cfg)?)),
         };
         if let Some(l) = &link {
-            tracing::info!(redis = %redacted(&l.cfg.redis), prefix = %l.cfg.prefix, "registry configured");
+            tracing::info!(redis = %where_(&l.cfg.redis), prefix = %l.cfg.prefix, "registry configured");
         }
         self.link.store(link);
         Ok(())
     }
 
     fn connect(&self, cfg: &RegistryConfig) -> Result<Link, redis::RedisError> {
-        let info = cfg.redis.as_str().into_connection_info()?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(WRITE_BATCH_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500))
-            .set_push_sender(push_tx)
-            .set_automatic_resubscription();
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        let (outbox, rx) = mpsc::channel(OUTBOX);
         let stop = CancellationToken::new();
+        let conn = Conn::open(&cfg.redis, push_tx, &stop)?;
+        let (outbox, rx) = mpsc::channel(OUTBOX);
         let health = Arc::new(Health::default());
         metrics::gauge!(telemetry::REGISTRY_UP).set(0.0);
         let shared = Shared {
@@ -275,7 +262,7 @@ impl Fleet {
         let since = *tether_kit::lock(&link.health.since);
         let last_error = tether_kit::lock(&link.health.last_error).clone();
         Some(LinkStatus {
-            redis: redacted(&link.cfg.redis),
+            redis: where_(&link.cfg.redis),
             prefix: link.cfg.prefix.clone(),
             up: link.health.is_up(),
             subscribed: link.health.subscribed.load(Ordering::Relaxed),
@@ -383,11 +370,10 @@ impl Fleet {
             return skip(&self.counts);
         };
         let key = keys::session(&link.cfg.prefix, backend, sid);
-        let mut conn = link.conn.clone();
         let get = redis::cmd("GET").arg(&key).to_owned();
         let answer = tokio::time::timeout(
             link.cfg.lookup_timeout,
-            get.query_async::<Option<String>>(&mut conn),
+            link.conn.query::<Option<String>>(&get),
         )
         .await;
         let (result, recall) = match answer {
@@ -425,7 +411,7 @@ impl Fleet {
 /// What the link's tasks share.
 #[derive(Clone)]
 struct Shared {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     health: Arc<Health>,
     counts: Arc<Counts>,
@@ -433,8 +419,8 @@ struct Shared {
     events: mpsc::UnboundedSender<FleetEvent>,
 }
 
-/// Takes writes in batches and sends each batch as one pipeline.
-async fn write_loop(mut s: Shared, mut rx: mpsc::Receiver<Write>, stop: CancellationToken) {
+/// Takes writes in batches and sends each batch at once (one pipeline to one server).
+async fn write_loop(s: Shared, mut rx: mpsc::Receiver<Write>, stop: CancellationToken) {
     let mut batch: Vec<Write> = Vec::with_capacity(MAX_BATCH);
     loop {
         let first = tokio::select! {
@@ -451,7 +437,7 @@ async fn write_loop(mut s: Shared, mut rx: mpsc::Receiver<Write>, stop: Cancella
                 Err(_) => break,
             }
         }
-        let mut pipe = redis::pipe();
+        let mut cmds: Vec<Cmd> = Vec::with_capacity(batch.len() + 1);
         for w in &batch {
             match w {
                 Write::Set {
@@ -462,47 +448,45 @@ async fn write_loop(mut s: Shared, mut rx: mpsc::Receiver<Write>, stop: Cancella
                     ..
                 } => {
                     let ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
-                    pipe.cmd("SET")
-                        .arg(keys::session(&s.prefix, backend, sid))
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(keys::session(&s.prefix, backend, sid))
                         .arg(&**server)
                         .arg("PX")
-                        .arg(ms)
-                        .ignore();
+                        .arg(ms);
+                    cmds.push(cmd);
                 }
                 Write::Del { backend, sid } => {
-                    pipe.cmd("DEL")
-                        .arg(keys::session(&s.prefix, backend, sid))
-                        .ignore();
+                    let mut cmd = redis::cmd("DEL");
+                    cmd.arg(keys::session(&s.prefix, backend, sid));
+                    cmds.push(cmd);
                 }
                 Write::State(c) => {
                     let field = keys::state_field(&c.backend, &c.server);
-                    match c.state {
-                        ServerState::Ready => {
-                            pipe.cmd("HDEL").arg(keys::states(&s.prefix)).arg(field)
-                        }
-                        other => pipe
-                            .cmd("HSET")
-                            .arg(keys::states(&s.prefix))
-                            .arg(field)
-                            .arg(other.as_str()),
+                    let mut cmd = match c.state {
+                        ServerState::Ready => redis::cmd("HDEL"),
+                        _ => redis::cmd("HSET"),
+                    };
+                    cmd.arg(keys::states(&s.prefix)).arg(field);
+                    if c.state != ServerState::Ready {
+                        cmd.arg(c.state.as_str());
                     }
-                    .ignore();
+                    cmds.push(cmd);
                     let message = serde_json::json!({
                         "from": &*s.instance,
                         "backend": c.backend,
                         "server": c.server,
                         "state": c.state.as_str(),
                     });
-                    pipe.cmd("PUBLISH")
+                    let mut publish = redis::cmd("PUBLISH");
+                    publish
                         .arg(keys::channel(&s.prefix))
-                        .arg(message.to_string())
-                        .ignore();
+                        .arg(message.to_string());
+                    cmds.push(publish);
                 }
             }
         }
         let n = batch.len() as u64;
-        let sent =
-            tokio::time::timeout(WRITE_BATCH_TIMEOUT, pipe.query_async::<()>(&mut s.conn)).await;
+        let sent = tokio::time::timeout(WRITE_BATCH_TIMEOUT, s.conn.batch(cmds)).await;
         let result = match sent {
             Ok(Ok(())) => {
                 s.health.set(true, None);
@@ -536,27 +520,28 @@ async fn write_loop(mut s: Shared, mut rx: mpsc::Receiver<Write>, stop: Cancella
 /// turns pushes into events: announcements of others, and a full read of the stored
 /// states each time the subscription is (re)made.
 async fn push_loop(
-    mut s: Shared,
+    s: Shared,
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     stop: CancellationToken,
 ) {
     let channel = keys::channel(&s.prefix);
-    let mut subscribed = false;
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
-                let ping = tokio::time::timeout(PING_EVERY, redis::cmd("PING").query_async::<()>(&mut s.conn)).await;
+                let ping = tokio::time::timeout(PING_EVERY, s.conn.query::<()>(&redis::cmd("PING"))).await;
                 match ping {
                     Ok(Ok(())) => s.health.set(true, None),
                     Ok(Err(e)) => s.health.set(false, Some(e.to_string())),
                     Err(_) => s.health.set(false, Some("ping timed out".to_owned())),
                 }
-                if s.health.is_up() && !subscribed {
+                // Made again after a lost connection (a single server's manager
+                // resubscribes by itself too; subscribing twice is harmless).
+                if s.health.is_up() && !s.health.subscribed.load(Ordering::Relaxed) {
                     match tokio::time::timeout(PING_EVERY, s.conn.subscribe(&channel)).await {
-                        Ok(Ok(())) => subscribed = true,
+                        Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::debug!(error = %e, "registry: subscribe failed"),
                         Err(_) => tracing::debug!("registry: subscribe timed out"),
                     }
@@ -572,7 +557,7 @@ async fn push_loop(
                     }
                     PushKind::Subscribe => {
                         s.health.subscribed.store(true, Ordering::Relaxed);
-                        if let Some(all) = stored_states(&mut s).await {
+                        if let Some(all) = stored_states(&s).await {
                             let _ = s.events.send(FleetEvent::Sync(all));
                         }
                     }
@@ -605,12 +590,11 @@ fn announcement(data: &[Value], me: &str) -> Option<StateChange> {
     })
 }
 
-async fn stored_states(s: &mut Shared) -> Option<Vec<StateChange>> {
+async fn stored_states(s: &Shared) -> Option<Vec<StateChange>> {
     let all = tokio::time::timeout(
         PING_EVERY,
-        redis::cmd("HGETALL")
-            .arg(keys::states(&s.prefix))
-            .query_async::<Vec<(String, String)>>(&mut s.conn),
+        s.conn
+            .query::<Vec<(String, String)>>(redis::cmd("HGETALL").arg(keys::states(&s.prefix))),
     )
     .await
     .ok()?
@@ -627,6 +611,17 @@ async fn stored_states(s: &mut Shared) -> Option<Vec<StateChange>> {
             })
             .collect(),
     )
+}
+
+/// Where the registry is, passwords replaced, for logs and `/status`.
+fn where_(at: &RedisAt) -> String {
+    match at {
+        RedisAt::Node(url) => redacted(url),
+        RedisAt::Cluster(nodes) => {
+            let nodes: Vec<String> = nodes.iter().map(|u| redacted(u)).collect();
+            format!("cluster {}", nodes.join(", "))
+        }
+    }
 }
 
 /// A Redis URL with its password replaced, for logs and `/status`.
