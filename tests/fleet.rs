@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -40,20 +39,24 @@ fn config(nodes: &[NodeServer], registry: Option<(&TestRedis, &str)>) -> String 
     b.build()
 }
 
-fn ip(last: u8) -> Option<IpAddr> {
-    Some(IpAddr::from([127, 0, 0, last]))
+/// Opens `n` sessions through `a` (from `127.0.0.first` on) and sends one request of each
+/// through `b`, which must find its node: B learns them from the registry.
+async fn open_on_a_use_on_b(a: &TetherHandle, b: &TetherHandle, n: u8, first: u8) -> Vec<String> {
+    let mut sids = Vec::new();
+    for i in 0..n {
+        let hs = get(a.addr, loopback(first + i), &eio_path(None), &[]).await;
+        assert_eq!(hs.status, 200, "{}", hs.text());
+        let sid = hs.sid();
+        let r = post_pong(b.addr, &sid).await;
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "ok".to_owned()),
+            "B found {sid}"
+        );
+        sids.push(sid);
+    }
+    sids
 }
-
-/// POSTs a pong packet (`3`) for `sid`: 200 `ok` only from the node that owns it.
-async fn post_pong(tether: &TetherHandle, sid: &str) -> RawResponse {
-    let path = eio_path(Some(sid));
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: 1\r\n\r\n3"
-    );
-    raw_exchange(tether.addr, None, req.as_bytes()).await
-}
-
-const UNKNOWN: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
 
 /// The registry part of `/status`.
 async fn registry(t: &TetherHandle) -> serde_json::Value {
@@ -178,19 +181,7 @@ async fn redis_killed_mid_run_degrades_as_documented_and_recovers_by_itself() {
     .await;
 
     // Sessions opened on A and used once on B: B recalled them and keeps them.
-    let mut sessions = Vec::new();
-    for i in 0..6u8 {
-        let hs = get(a.addr, ip(20 + i), &eio_path(None), &[]).await;
-        assert_eq!(hs.status, 200, "{}", hs.text());
-        let sid = hs.sid();
-        let r = post_pong(&b, &sid).await;
-        assert_eq!(
-            (r.status, r.text()),
-            (200, "ok".to_owned()),
-            "B found {sid}"
-        );
-        sessions.push(sid);
-    }
+    let sessions = open_on_a_use_on_b(&a, &b, 6, 20).await;
 
     redis.kill().await;
     until_registry(&a, Duration::from_secs(10), "A sees Redis down", |r| {
@@ -204,7 +195,7 @@ async fn redis_killed_mid_run_degrades_as_documented_and_recovers_by_itself() {
     // Known sessions go on, on either instance.
     for sid in &sessions {
         for t in [&a, &b] {
-            let r = post_pong(t, sid).await;
+            let r = post_pong(t.addr, sid).await;
             assert_eq!(
                 (r.status, r.text()),
                 (200, "ok".to_owned()),
@@ -214,7 +205,7 @@ async fn redis_killed_mid_run_degrades_as_documented_and_recovers_by_itself() {
     }
     // A new session works on the instance that saw its handshake; the other cannot know
     // it and answers at once (no lookup is tried while Redis is down).
-    let hs = get(a.addr, ip(40), &eio_path(None), &[]).await;
+    let hs = get(a.addr, loopback(40), &eio_path(None), &[]).await;
     assert_eq!(
         hs.status,
         200,
@@ -222,11 +213,11 @@ async fn redis_killed_mid_run_degrades_as_documented_and_recovers_by_itself() {
         hs.text()
     );
     let sid = hs.sid();
-    assert_eq!(post_pong(&a, &sid).await.status, 200);
+    assert_eq!(post_pong(a.addr, &sid).await.status, 200);
     let started = Instant::now();
-    let r = post_pong(&b, &sid).await;
+    let r = post_pong(b.addr, &sid).await;
     let took = started.elapsed();
-    assert_eq!((r.status, r.text()), (400, UNKNOWN.to_owned()));
+    assert_eq!((r.status, r.text()), (400, SID_UNKNOWN.to_owned()));
     println!("unknown sid on B with Redis down answered in {took:?}");
     let rb = registry(&b).await;
     assert!(rb["lookups"]["skipped"].as_u64() > Some(0), "{rb}");
@@ -256,9 +247,9 @@ async fn redis_killed_mid_run_degrades_as_documented_and_recovers_by_itself() {
     );
     let writes_before = registry(&a).await["writes"]["ok"].as_u64().unwrap();
     let found_before = registry(&b).await["lookups"]["found"].as_u64().unwrap();
-    let hs = get(a.addr, ip(41), &eio_path(None), &[]).await;
+    let hs = get(a.addr, loopback(41), &eio_path(None), &[]).await;
     let sid = hs.sid();
-    let r = post_pong(&b, &sid).await;
+    let r = post_pong(b.addr, &sid).await;
     assert_eq!(
         (r.status, r.text()),
         (200, "ok".to_owned()),
@@ -373,13 +364,13 @@ async fn a_registry_value_naming_a_server_this_config_lacks_is_never_routed() {
         "60000",
     ]);
     for sid in ["ghostSid0123456789A", "junkSid0123456789AB"] {
-        let r = post_pong(&a, sid).await;
-        assert_eq!((r.status, r.text()), (400, UNKNOWN.to_owned()), "{sid}");
+        let r = post_pong(a.addr, sid).await;
+        assert_eq!((r.status, r.text()), (400, SID_UNKNOWN.to_owned()), "{sid}");
     }
     let r = registry(&a).await;
     assert_eq!(r["lookups"]["foreign"], 2, "{r}");
     // A sid nobody wrote: missing, and unknown too.
-    let r = post_pong(&a, "neverSeen0123456789A").await;
+    let r = post_pong(a.addr, "neverSeen0123456789A").await;
     assert_eq!(r.status, 400);
     assert_eq!(registry(&a).await["lookups"]["missing"], 1);
 }
@@ -410,17 +401,7 @@ async fn instances_agree_through_a_redis_cluster_too() {
         )
         .await;
     }
-    for i in 0..24u8 {
-        let hs = get(a.addr, ip(60 + i), &eio_path(None), &[]).await;
-        assert_eq!(hs.status, 200, "{}", hs.text());
-        let sid = hs.sid();
-        let r = post_pong(&b, &sid).await;
-        assert_eq!(
-            (r.status, r.text()),
-            (200, "ok".to_owned()),
-            "B found {sid}"
-        );
-    }
+    open_on_a_use_on_b(&a, &b, 24, 60).await;
     // The sids' keys are spread over the cluster's primaries (hash-tagged by sid).
     let holding = cluster
         .ports
