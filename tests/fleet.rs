@@ -58,6 +58,28 @@ async fn open_on_a_use_on_b(a: &TetherHandle, b: &TetherHandle, n: u8, first: u8
     sids
 }
 
+/// `POST /backends/sockets/servers/{server}/{action}` through `t`'s admin API; the
+/// answer says whether the fleet was told.
+async fn set_state(t: &TetherHandle, server: &str, action: &str) -> serde_json::Value {
+    let path = format!("/backends/sockets/servers/{server}/{action}");
+    let r = admin_request(t.admin.unwrap(), "POST", &path).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_str(&r.text()).unwrap()
+}
+
+/// Waits until `t`'s `/status` shows `server` in `state` (10 s at most); returns how long
+/// after `since` it did.
+async fn until_state(t: &TetherHandle, server: &str, state: &str, since: Instant) -> Duration {
+    while t.server_status("sockets", server).await["state"] != state {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "{server} never {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    since.elapsed()
+}
+
 /// The registry part of `/status`.
 async fn registry(t: &TetherHandle) -> serde_json::Value {
     t.status().await["registry"].clone()
@@ -287,26 +309,9 @@ async fn a_drain_set_through_one_instance_is_in_force_on_the_others_within_a_sec
         ("ready", "ready"),
     ] {
         let started = Instant::now();
-        let r = admin_request(
-            a.admin.unwrap(),
-            "POST",
-            &format!("/backends/sockets/servers/node-2/{action}"),
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let answer: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+        let answer = set_state(&a, "node-2", action).await;
         assert_eq!(answer["fleet"], "announced", "{answer}");
-        loop {
-            if b.server_status("sockets", "node-2").await["state"] == state {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "B never saw {state}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        took.push(started.elapsed());
+        took.push(until_state(&b, "node-2", state, started).await);
     }
     println!("state set on A in force on B after {took:?}");
     // A second is the promise; a loaded CI machine gets some slack in the assertion, the
@@ -316,22 +321,9 @@ async fn a_drain_set_through_one_instance_is_in_force_on_the_others_within_a_sec
     }
 
     // A new instance learns what the fleet set before it started.
-    let r = admin_request(
-        a.admin.unwrap(),
-        "POST",
-        "/backends/sockets/servers/node-3/drain",
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    set_state(&a, "node-3", "drain").await;
     let c = TetherHandle::start(&yaml).await;
-    let started = Instant::now();
-    while c.server_status("sockets", "node-3").await["state"] != "draining" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "C never learned the drain"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_state(&c, "node-3", "draining", Instant::now()).await;
     assert_eq!(
         c.server_status("sockets", "node-3").await["state_source"],
         "admin"
@@ -418,25 +410,10 @@ async fn instances_agree_through_a_redis_cluster_too() {
     assert!(holding >= 2, "keys on {holding} of 3 primaries");
     assert_eq!(registry(&b).await["lookups"]["found"], 24);
     // Admin states travel through the cluster's pub/sub as well.
-    let r = admin_request(
-        a.admin.unwrap(),
-        "POST",
-        "/backends/sockets/servers/node-1/drain",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
     let started = Instant::now();
-    while b.server_status("sockets", "node-1").await["state"] != "draining" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "B never saw the drain"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    println!(
-        "cluster: drain on A in force on B after {:?}",
-        started.elapsed()
-    );
+    set_state(&a, "node-1", "drain").await;
+    let took = until_state(&b, "node-1", "draining", started).await;
+    println!("cluster: drain on A in force on B after {took:?}");
 }
 
 /// Lookups one instance's link makes against one Redis, 64 in flight: a measurement, not
