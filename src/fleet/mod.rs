@@ -127,13 +127,12 @@ impl std::fmt::Debug for Fleet {
 impl Default for Fleet {
     fn default() -> Self {
         let (events, rx) = mpsc::unbounded_channel();
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        // Random per process (and per store: tests run several in one process).
+        let nonce = ahash::RandomState::new().hash_one(SystemTime::now()) as u32;
         Fleet {
             link: ArcSwapOption::empty(),
             counts: Arc::default(),
-            instance: format!("{}-{:08x}", std::process::id(), nanos).into(),
+            instance: format!("{}-{nonce:08x}", std::process::id()).into(),
             events,
             events_rx: Mutex::new(Some(rx)),
         }
