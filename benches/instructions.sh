@@ -3,7 +3,7 @@
 # same binary and workload whatever else the machine is doing, so two builds can be
 # compared without the run-to-run noise of CPU time.
 #
-#   bash benches/instructions.sh [--access-log plain|json] [--keep DIR] [TETHER_BINARY]
+#   bash benches/instructions.sh [--access-log plain|json] [--registry URL] [--keep DIR] [TETHER_BINARY]
 #
 # TETHER_BINARY (default: a `profiling` build of this tree: release with symbols) runs under
 # callgrind with one worker thread in front of one bundled node; `tether bench` (from this
@@ -18,19 +18,24 @@
 #                        prints how many lines each scenario wrote; the writer task runs on
 #                        the same worker, so its formatting is counted (its write(2)s are
 #                        kernel time, which callgrind does not count)
+#   --registry URL       adds `registry: { redis: URL }` (a running Redis, e.g.
+#                        redis+unix:///tmp/redis.sock): what sharing learned sids costs
+#                        one instance (each set-up's write, refreshes, the link's ping)
 #   --keep DIR           keeps each scenario's config, output and callgrind profile
 #                        (DIR/<scenario>/cg.out.1, for callgrind_annotate) instead of
 #                        deleting them
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-access_log="" keep=""
+access_log="" keep="" registry=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --access-log) access_log=${2:-}; shift 2 || true
       case "$access_log" in plain|json) ;; *) echo "--access-log takes plain or json" >&2; exit 2 ;; esac ;;
+    --registry) registry=${2:-}; shift 2 || true
+      [ -n "$registry" ] || { echo "--registry takes a Redis URL" >&2; exit 2; } ;;
     --keep) keep=${2:-}; shift 2 || true
       [ -n "$keep" ] || { echo "--keep takes a directory" >&2; exit 2; } ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     -*) echo "unknown option: $1" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -65,6 +70,9 @@ measure() {
   local port; port=$(free_port)
   # Per-client limits lifted: the load generator is one address.
   printf 'listeners:\n  - bind: "127.0.0.1:%s"\nlimits:\n  per_client:\n    connections: 1000000\n    handshakes: { per_second: 1000000000, burst: 1000000000 }\n    requests: { per_second: 1000000000, burst: 1000000000 }\nbackends:\n  b:\n    servers:\n      - { id: n1, addr: "127.0.0.1:%s" }\n' "$port" "$node_port" >"$dir/t.yaml"
+  if [ -n "$registry" ]; then
+    printf 'registry: { redis: "%s", prefix: "bench-%s" }\n' "$registry" "$$" >>"$dir/t.yaml"
+  fi
   if [ -n "$access_log" ]; then
     printf 'access_log: { path: "%s", format: %s }\n' "$dir/access.log" "$access_log" >>"$dir/t.yaml"
   fi

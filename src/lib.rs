@@ -15,7 +15,8 @@
 //!   by SNI, upstream TLS, PEM loading, a development CA (`tether cert`, tests).
 //!   [`admission`] what one client address may take: connections, session and request
 //!   rates, allow and deny lists. [`access_log`] one line per request and per closed
-//!   tunnel, written off the request path.
+//!   tunnel, written off the request path. [`fleet`] what instances share through Redis:
+//!   learned sids (the registry) and operator states.
 //! - [`balance`] places new sessions: least sessions, consistent hash with bounded load,
 //!   round robin, slow start; fixed-seed hashing so every instance routes alike.
 //! - [`upstream`] talks to one server: dial (TCP, TLS), its keep-alive pool, upgrades.
@@ -52,6 +53,7 @@ pub mod config;
 #[cfg(feature = "bundled")]
 pub mod demo;
 pub mod engineio;
+pub mod fleet;
 pub mod import;
 pub mod listener;
 pub mod proxy;

@@ -13,10 +13,18 @@ const LAYERS: &[&[&str]] = &[
     // one body type.
     &["telemetry", "wakers", "body"],
     &["config"],
-    // Protocol facts, everything TLS, per-client admission, the access log; and `tether
+    // Protocol facts, everything TLS, per-client admission, the access log, the fleet link
+    // to Redis; and `tether
     // import` (other balancers' configs read into a tether config checked by `config`,
     // nothing of the proxy).
-    &["engineio", "tls", "admission", "access_log", "import"],
+    &[
+        "engineio",
+        "tls",
+        "admission",
+        "access_log",
+        "import",
+        "fleet",
+    ],
     // Placement of new sessions.
     &["balance"],
     // Connections to servers: dial, keep-alive pool, upgrades.

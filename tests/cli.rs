@@ -80,6 +80,13 @@ fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
             ":5:30: backends.chat.servers[0].addr: {held} is tether's own listeners[0] (bind {held}): requests would loop back into tether",
             None,
         ),
+        // A Redis URL the registry could never use (issue 16).
+        (
+            "registry.yaml",
+            format!("registry:\n  redis: \"redis://127.0.0.1:port\"\n{GOOD_HEAD}    servers: [{{ id: a, addr: \"127.0.0.1:1\" }}]\n"),
+            ":2:10: registry.redis: \"redis://127.0.0.1:port\" is not a Redis URL",
+            Some("e.g. redis://127.0.0.1:6379"),
+        ),
         // Broken YAML.
         (
             "syntax.yaml",

@@ -5,16 +5,10 @@
 
 mod support;
 
-use std::net::IpAddr;
-
 use serde_json::json;
 use support::*;
 
 const PREFIXES: [&str; 3] = ["n1-", "n2-", "n3-"];
-
-fn ip(last: u8) -> Option<IpAddr> {
-    Some(IpAddr::from([127, 0, 0, last]))
-}
 
 /// Three nodes, each generating sids that start with its prefix.
 async fn prefixed_nodes(redis: Option<&TestRedis>) -> Vec<NodeServer> {
@@ -40,17 +34,6 @@ fn config(nodes: &[NodeServer], prefixed: bool) -> String {
     }
     b.build()
 }
-
-/// POSTs a pong packet (`3`) for `sid`: 200 `ok` only from the node that owns it.
-async fn post_pong(tether: &TetherHandle, sid: &str) -> RawResponse {
-    let path = eio_path(Some(sid));
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: 1\r\n\r\n3"
-    );
-    raw_exchange(tether.addr, None, req.as_bytes()).await
-}
-
-const UNKNOWN: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_then_upgrade_swarm_sticks_by_sid_prefix_with_no_sid_table() {
@@ -100,7 +83,7 @@ async fn a_fresh_instance_serves_sessions_it_never_saw_by_sid_prefix() {
     let a = TetherHandle::start(&config(&nodes, true)).await;
     let mut sessions = Vec::new();
     for i in 0..12u8 {
-        let hs = get(a.addr, ip(10 + i), &eio_path(None), &[]).await;
+        let hs = get(a.addr, loopback(10 + i), &eio_path(None), &[]).await;
         assert_eq!(hs.status, 200, "{}", hs.text());
         let node = hs.header("x-node-id").expect("x-node-id").to_owned();
         let sid = hs.sid();
@@ -117,7 +100,7 @@ async fn a_fresh_instance_serves_sessions_it_never_saw_by_sid_prefix() {
     let b = TetherHandle::start(&config(&nodes, true)).await;
     for (sid, node) in &sessions {
         for tether in [&b, &a] {
-            let r = post_pong(tether, sid).await;
+            let r = post_pong(tether.addr, sid).await;
             assert_eq!((r.status, r.text().as_str()), (200, "ok"), "sid {sid}");
             assert_eq!(r.header("x-node-id"), Some(node.as_str()), "sid {sid}");
         }
@@ -128,8 +111,12 @@ async fn a_fresh_instance_serves_sessions_it_never_saw_by_sid_prefix() {
         "n-AAAAAAAAAAAAAAAAAAAA",
         "AAAAAAAAAAAAAAAAAAAAAAAA",
     ] {
-        let r = post_pong(&b, sid).await;
-        assert_eq!((r.status, r.text().as_str()), (400, UNKNOWN), "sid {sid}");
+        let r = post_pong(b.addr, sid).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (400, SID_UNKNOWN),
+            "sid {sid}"
+        );
         assert_eq!(
             r.header("x-node-id"),
             None,
@@ -141,8 +128,12 @@ async fn a_fresh_instance_serves_sessions_it_never_saw_by_sid_prefix() {
     // the sessions are unknown to a fresh instance.
     let c = TetherHandle::start(&config(&nodes, false)).await;
     for (sid, _) in &sessions {
-        let r = post_pong(&c, sid).await;
-        assert_eq!((r.status, r.text().as_str()), (400, UNKNOWN), "sid {sid}");
+        let r = post_pong(c.addr, sid).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (400, SID_UNKNOWN),
+            "sid {sid}"
+        );
     }
     c.stop().await;
     b.stop().await;

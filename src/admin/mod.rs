@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerState;
+use crate::fleet::StateChange;
 use crate::listener::MIN_HEADER_BUF;
 use crate::runtime::watch::Trigger;
 use crate::runtime::{AdminApi, Runtime};
@@ -210,7 +211,24 @@ fn server_action(
         // next upkeep tick, so this answer already shows it.
         rt.store.sids.sweep();
     }
-    json(StatusCode::OK, &status::server_json(found))
+    let mut answer = status::server_json(found);
+    // With a registry, every instance of the fleet is told (even when this one had the
+    // state already: another may not); the answer says whether that was possible.
+    let fleet = &rt.store.fleet;
+    if fleet.is_on() {
+        let shared = fleet.announce(StateChange {
+            backend: backend.to_owned(),
+            server: server.to_owned(),
+            state,
+        });
+        let up = fleet.status().is_some_and(|l| l.up);
+        answer["fleet"] = serde_json::json!(match (shared, up) {
+            (true, true) => "announced",
+            (true, false) => "queued: the registry is unreachable",
+            (false, _) => "not announced: the registry's queue is full",
+        });
+    }
+    json(StatusCode::OK, &answer)
 }
 
 /// One line a second at most for refused tokens, one for missing ones: a script guessing

@@ -27,6 +27,7 @@ pub fn server_json(server: &Server) -> Value {
         "id": &*stats.id,
         "addr": server.addr.as_str(),
         "weight": server.weight,
+        "sid_prefix": server.sid_prefix.as_deref(),
         "state": if c.is_removed() { "removed" } else { c.state().as_str() },
         // Where the state comes from: after an admin drain the file may say `ready`, and
         // the API's state holds until the file changes this server's state.
@@ -97,6 +98,7 @@ pub fn status(rt: &Runtime) -> Value {
     let not_ready = not_ready(rt);
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "registry": registry(rt),
         "started_unix_ms": unix_ms(rt.started),
         "uptime_seconds": now.duration_since(rt.started).map_or(0, |d| d.as_secs()),
         "ready": not_ready.is_empty(),
@@ -114,6 +116,35 @@ pub fn status(rt: &Runtime) -> Value {
             "succeeded": reload.succeeded,
             "failed": reload.failed,
         },
+    })
+}
+
+/// The fleet link: `null` without a registry.
+fn registry(rt: &Runtime) -> Value {
+    let fleet = &rt.store.fleet;
+    let Some(link) = fleet.status() else {
+        return Value::Null;
+    };
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let c = &fleet.counts;
+    json!({
+        "redis": link.redis,
+        "prefix": link.prefix,
+        "up": link.up,
+        "subscribed": link.subscribed,
+        // Up (or down) for this long.
+        "for_seconds": link.for_.as_secs(),
+        "last_error": link.last_error,
+        "queued": link.queued,
+        "writes": { "ok": n(&c.writes_ok), "failed": n(&c.writes_failed), "dropped": n(&c.writes_dropped) },
+        "lookups": {
+            "found": n(&c.lookups_found),
+            "missing": n(&c.lookups_missing),
+            "foreign": n(&c.lookups_foreign),
+            "failed": n(&c.lookups_failed),
+            "skipped": n(&c.lookups_skipped),
+        },
+        "states": { "sent": n(&c.states_sent), "received": n(&c.states_received) },
     })
 }
 

@@ -91,9 +91,20 @@ impl Affinity {
         match engineio::parse_open_packet(&prefix) {
             Some(open) => {
                 let ttl = open.heartbeat() + self.idle_margin;
-                match sids.insert(open.sid, Arc::clone(&server.stats), ttl, client) {
-                    Ok(_) => {
-                        tracing::debug!(sid = %open.sid, backend = %server.stats.backend, server = %server.id, "sid learned")
+                match sids.insert_handshake(open.sid, Arc::clone(&server.stats), ttl, client) {
+                    Ok(ack) => {
+                        tracing::debug!(sid = %open.sid, backend = %server.stats.backend, server = %server.id, "sid learned");
+                        // With a registry, the answer waits for the write (bounded): the
+                        // client's next request, which may reach another instance, cannot
+                        // be sent before the client has this answer.
+                        if let (Some(ack), Some(fleet)) = (ack, sids.fleet()) {
+                            if tokio::time::timeout(fleet.write_timeout(), ack)
+                                .await
+                                .is_err()
+                            {
+                                tracing::debug!(sid = %open.sid, "registry write not confirmed in time; answering anyway");
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "session not recorded; it relies on cookie or hash")

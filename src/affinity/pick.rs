@@ -15,6 +15,7 @@ use super::{hash_key, Affinity, SessionPin, SidTable};
 use crate::backends::{Backend, NoRoom, Server, SessionGuard};
 use crate::config::ServerState;
 use crate::engineio::EioQuery;
+use crate::fleet::Recall;
 use crate::telemetry;
 
 /// Where a request goes, and what it holds while it runs.
@@ -179,6 +180,44 @@ impl Affinity {
         let target = self.place_new(backend, key, session, &[])?;
         placed(backend, target.server, backend.policy().as_str(), session);
         Ok(target)
+    }
+
+    /// Before [`pick`](Self::pick), for a request naming a sid this instance does not
+    /// know: asks the fleet's registry (when there is one) and records the server it
+    /// names, so `pick` finds the session as if it had been learned here. A sid carrying
+    /// a server's `sid_prefix` needs no question. A server this config lacks is never
+    /// routed to: the sid stays unknown (and the cookie, if any, decides).
+    pub async fn recall(&self, backend: &Backend, sids: &SidTable, keys: Keys<'_>) {
+        let Some(sid) = keys.eio.and_then(|q| q.sid) else {
+            return;
+        };
+        let Some(fleet) = sids.fleet().filter(|f| f.is_on()) else {
+            return;
+        };
+        if !self.sticky
+            || !self.learns
+            || sid.is_empty()
+            || sids.knows(sid)
+            || backend.by_sid_prefix(sid).is_some()
+        {
+            return;
+        }
+        let Recall::Found(id) = fleet.recall(&backend.name, sid).await else {
+            return;
+        };
+        match backend.server(&id) {
+            Some(server) => {
+                let ttl = crate::engineio::DEFAULT_HEARTBEAT + self.idle_margin;
+                let stats = Arc::clone(&server.stats);
+                if sids.insert_recalled(sid, stats, ttl, keys.client).is_ok() {
+                    tracing::debug!(%sid, backend = %backend.name, server = %id, "sid recalled from the registry");
+                }
+            }
+            None => {
+                fleet.count_foreign();
+                tracing::debug!(%sid, backend = %backend.name, server = %id, "the registry names a server this config lacks; the sid stays unknown here");
+            }
+        }
     }
 
     /// Places a new session (or a stateless request), avoiding `tried` servers. An

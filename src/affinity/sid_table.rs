@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::backends::{ServerStats, SessionEnd};
 use crate::engineio::Transport;
+use crate::fleet::{Ack, Fleet};
 use crate::telemetry;
 
 const SHARDS: usize = 64;
@@ -58,6 +59,9 @@ struct Entry {
     born: Instant,
     started: SystemTime,
     client: IpAddr,
+    /// When the registry was last told of it (`None`: never): refreshed at half its
+    /// liveness window while the session is heard from.
+    published: Option<Instant>,
 }
 
 impl Entry {
@@ -98,6 +102,37 @@ impl Entry {
         });
         self.server
             .session_ended(cause, at.saturating_duration_since(self.born));
+    }
+
+    /// Whether its end is certain (its client closed its WebSocket, its server said it
+    /// does not know it): its registry key goes now rather than when its time runs out.
+    fn ended_for_sure(&self) -> bool {
+        matches!(
+            self.end,
+            Some((SessionEnd::ClientClosed | SessionEnd::ServerClosed, _))
+        )
+    }
+
+    /// How long the registry should keep it now, if it is due a refresh: a session still
+    /// heard from (pinned, or heard since it was last written) whose key is half way
+    /// through its time. `None` otherwise.
+    fn refresh_due(&self, now: Instant) -> Option<Duration> {
+        if self.ended {
+            return None;
+        }
+        let pinned = self.polls > 0 || self.tunnels > 0;
+        let heard = self.expires.checked_sub(self.ttl).unwrap_or(self.born);
+        let due = match self.published {
+            None => true,
+            Some(at) => (pinned || heard > at) && now.saturating_duration_since(at) >= self.ttl / 2,
+        };
+        match (due, pinned) {
+            (false, _) => None,
+            (true, true) => Some(self.ttl),
+            (true, false) => {
+                Some(self.expires.saturating_duration_since(now)).filter(|d| !d.is_zero())
+            }
+        }
     }
 
     fn transport(&self) -> Transport {
@@ -144,6 +179,19 @@ pub struct SidTable {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     per_shard: usize,
+    /// Where learned sids are shared with other instances (when a registry is set).
+    fleet: Option<Arc<Fleet>>,
+}
+
+/// How a new entry is shared with the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Share {
+    /// Written in the background.
+    Quiet,
+    /// Written, and the caller may wait until Redis has it.
+    Acked,
+    /// Not written: the registry is where it came from.
+    Recalled,
 }
 
 /// What a lookup hands back: the session's server, pinned while the pin lives.
@@ -225,6 +273,15 @@ impl SidTable {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
+            fleet: None,
+        }
+    }
+
+    /// A table that shares what it learns through `fleet` (when a registry is set).
+    pub fn with_fleet(capacity: usize, fleet: Arc<Fleet>) -> Self {
+        SidTable {
+            fleet: Some(fleet),
+            ..SidTable::new(capacity)
         }
     }
 
@@ -245,7 +302,48 @@ impl SidTable {
         ttl: Duration,
         client: IpAddr,
     ) -> Result<(), InsertError> {
-        self.insert_entry(sid, server, ttl, client, 0).map(drop)
+        self.insert_entry(sid, server, ttl, client, 0, Share::Quiet)
+            .map(drop)
+    }
+
+    /// Records a session learned from its handshake's answer; the registry write can be
+    /// waited for (with the returned [`Ack`]) before the client gets the sid.
+    pub fn insert_handshake(
+        &self,
+        sid: &str,
+        server: Arc<ServerStats>,
+        ttl: Duration,
+        client: IpAddr,
+    ) -> Result<Option<Ack>, InsertError> {
+        self.insert_entry(sid, server, ttl, client, 0, Share::Acked)
+            .map(|(_, ack)| ack)
+    }
+
+    /// Records a session another instance learned, as the registry names it; not written
+    /// back, and not counted as a session started here.
+    pub fn insert_recalled(
+        &self,
+        sid: &str,
+        server: Arc<ServerStats>,
+        ttl: Duration,
+        client: IpAddr,
+    ) -> Result<(), InsertError> {
+        self.insert_entry(sid, server, ttl, client, 0, Share::Recalled)
+            .map(drop)
+    }
+
+    /// The fleet this table shares with, if any.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// Whether `sid` is in the table and alive (what [`pin_poll`](Self::pin_poll) would
+    /// find).
+    pub fn knows(&self, sid: &str) -> bool {
+        let now = Instant::now();
+        self.shard(sid)
+            .get(sid)
+            .is_some_and(|e| e.polls > 0 || e.tunnels > 0 || e.expires > now)
     }
 
     /// Records a WebSocket-only session, learned from the open packet its server sent
@@ -259,7 +357,7 @@ impl SidTable {
         ttl: Duration,
         client: IpAddr,
     ) -> Result<SessionPin, InsertError> {
-        let key = self.insert_entry(sid, Arc::clone(&server), ttl, client, 1)?;
+        let (key, _) = self.insert_entry(sid, Arc::clone(&server), ttl, client, 1, Share::Quiet)?;
         Ok(SessionPin {
             table: Arc::clone(self),
             sid: key,
@@ -277,11 +375,12 @@ impl SidTable {
         ttl: Duration,
         client: IpAddr,
         tunnels: u32,
-    ) -> Result<Arc<str>, InsertError> {
+        share: Share,
+    ) -> Result<(Arc<str>, Option<Ack>), InsertError> {
         let now = Instant::now();
         let mut shard = self.shard(sid);
         if shard.len() >= self.per_shard && !shard.contains_key(sid) {
-            sweep_shard(&mut shard, now);
+            sweep_shard(&mut shard, now, None);
             if shard.len() >= self.per_shard {
                 metrics::counter!(telemetry::SID_TABLE_FULL).increment(1);
                 return Err(InsertError::Full(self.per_shard * SHARDS));
@@ -300,14 +399,17 @@ impl SidTable {
             born: now,
             started: SystemTime::now(),
             client,
+            published: (share == Share::Recalled).then_some(now),
         };
         entry.recount();
-        entry
-            .server
-            .metrics
-            .tally
-            .sessions_started
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if share != Share::Recalled {
+            entry
+                .server
+                .metrics
+                .tally
+                .sessions_started
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         // A handshake answered by a server put in maintenance meanwhile: its requests
         // will be refused, so the session is lost already.
         if !entry.server.condition.serves_pinned() {
@@ -315,10 +417,16 @@ impl SidTable {
             entry.end(cause, now);
         }
         let key: Arc<str> = sid.into();
+        let mut ack = None;
+        if let Some(fleet) = self.fleet.as_ref().filter(|_| share != Share::Recalled) {
+            let stats = &entry.server;
+            ack = fleet.publish(&stats.backend, &key, &stats.id, ttl, share == Share::Acked);
+            entry.published = Some(now);
+        }
         if let Some(mut old) = shard.insert(Arc::clone(&key), entry) {
             old.finish(now);
         }
-        Ok(key)
+        Ok((key, ack))
     }
 
     /// The session `sid`, if the table knows it.
@@ -430,10 +538,14 @@ impl SidTable {
 
     /// Forgets a session whose server answered that it does not know it.
     pub fn remove(&self, sid: &str) {
-        if let Some(mut entry) = self.shard(sid).remove(sid) {
+        let removed = self.shard(sid).remove_entry(sid);
+        if let Some((key, mut entry)) = removed {
             let now = Instant::now();
             entry.end(SessionEnd::ServerClosed, now);
             entry.finish(now);
+            if let Some(fleet) = &self.fleet {
+                fleet.forget(&entry.server.backend, &key);
+            }
         }
     }
 
@@ -463,7 +575,7 @@ impl SidTable {
         let now = Instant::now();
         self.shards
             .iter()
-            .map(|s| sweep_shard(&mut tether_kit::lock(s), now))
+            .map(|s| sweep_shard(&mut tether_kit::lock(s), now, self.fleet.as_deref()))
             .sum()
     }
 
@@ -486,9 +598,12 @@ impl SidTable {
     }
 }
 
-fn sweep_shard(shard: &mut Shard, now: Instant) -> usize {
+/// Sweeps one shard; with a `fleet` on, also refreshes the registry keys of sessions
+/// still heard from and deletes those of sessions that certainly ended.
+fn sweep_shard(shard: &mut Shard, now: Instant, fleet: Option<&Fleet>) -> usize {
     let before = shard.len();
-    shard.retain(|_, e| {
+    let fleet = fleet.filter(|f| f.is_on());
+    shard.retain(|key, e| {
         if !e.ended && !e.server.condition.serves_pinned() {
             let cause = e.server.unserved_end();
             e.end(cause, now);
@@ -496,6 +611,14 @@ fn sweep_shard(shard: &mut Shard, now: Instant) -> usize {
         let alive = e.polls > 0 || e.tunnels > 0 || e.expires > now;
         if !alive {
             e.finish(now);
+        }
+        if let Some(fleet) = fleet {
+            if !alive && e.ended_for_sure() {
+                fleet.forget(&e.server.backend, key);
+            } else if let Some(keep) = e.refresh_due(now).filter(|_| alive) {
+                fleet.publish(&e.server.backend, key, &e.server.id, keep, false);
+                e.published = Some(now);
+            }
         }
         alive
     });
@@ -573,7 +696,7 @@ impl SidTable {
             return Ok(false);
         }
         if shard.len() >= self.per_shard {
-            sweep_shard(&mut shard, now);
+            sweep_shard(&mut shard, now, None);
             if shard.len() >= self.per_shard {
                 metrics::counter!(telemetry::SID_TABLE_FULL).increment(1);
                 return Err(InsertError::Full(self.per_shard * SHARDS));
@@ -594,6 +717,8 @@ impl SidTable {
                 .checked_sub(s.age)
                 .unwrap_or_else(SystemTime::now),
             client: s.client,
+            // Shared with the fleet (if any) at the next sweep, as a learned one.
+            published: None,
         };
         entry.recount();
         if !entry.server.condition.serves_pinned() {
@@ -630,6 +755,42 @@ mod tests {
         assert_eq!(pin.server().id.as_ref(), "node-1");
         assert_eq!(s.sessions(Transport::Polling), 1);
         assert!(t.pin_poll("nope").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_registry_key_is_refreshed_while_its_session_is_heard_from_and_only_then() {
+        let t = table(100);
+        let s = stats("node-1");
+        let ttl = Duration::from_secs(40);
+        t.insert("abc", s.clone(), ttl, LOCAL).unwrap();
+        let due = |t: &SidTable| {
+            t.shard("abc")
+                .get("abc")
+                .unwrap()
+                .refresh_due(Instant::now())
+        };
+        // Never written (no registry when it was learned): due at once, for what is left.
+        assert_eq!(due(&t), Some(ttl));
+        t.shard("abc").get_mut("abc").unwrap().published = Some(Instant::now());
+        // Heard from (a request came and went) but written less than half a window ago.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        drop(t.pin_poll("abc").unwrap());
+        assert_eq!(due(&t), None);
+        // Past half the window: due, for as long as the session has left here.
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(due(&t), Some(Duration::from_secs(25)));
+        // Written again; then silent: never due again, the key runs out with the session.
+        t.shard("abc").get_mut("abc").unwrap().published = Some(Instant::now());
+        tokio::time::advance(Duration::from_secs(24)).await;
+        assert_eq!(due(&t), None);
+        // A pinned session (a WebSocket) is due each half window, for a whole window.
+        let pin = t.pin_tunnel("abc").unwrap();
+        assert_eq!(due(&t), Some(ttl));
+        drop(pin);
+        // Its client closed its WebSocket: over for sure, no refresh, its key goes.
+        let e = t.shard("abc");
+        assert!(e.get("abc").unwrap().ended_for_sure());
+        assert_eq!(e.get("abc").unwrap().refresh_due(Instant::now()), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -337,7 +337,7 @@ backends:
             // Merge keys, in a struct and where backend names go.
             (servers("      - <<: { id: a, addr: \"127.0.0.1:1\" }\n"), "c.yaml:6:9: backends.chat.servers[0].<<: merge keys (`<<: *anchor`) are not supported: write the keys out; a whole value can still be reused, with an anchor where it is first written (`health: &checks { ... }`) and an alias where it is wanted again (`health: *checks`)"),
             ("listeners:\n  - bind: 127.0.0.1:0\nbackends:\n  <<: { chat: { servers: [{ id: a, addr: \"127.0.0.1:1\" }] } }\n".to_owned(), "c.yaml:4:3: backends.<<: merge keys (`<<: *anchor`) are not supported: write the keys out; a whole value can still be reused, with an anchor where it is first written (`health: &checks { ... }`) and an alias where it is wanted again (`health: *checks`)"),
-            ("x-servers: &s [{ id: a, addr: \"127.0.0.1:1\" }]\n".to_owned(), "c.yaml:1:1: x-servers: unknown key `x-servers` (extension keys are not supported: put an anchor where its value is first written); allowed keys here: listeners, admin, trusted_proxies, limits, routes, backends, shutdown_grace, access_log"),
+            ("x-servers: &s [{ id: a, addr: \"127.0.0.1:1\" }]\n".to_owned(), "c.yaml:1:1: x-servers: unknown key `x-servers` (extension keys are not supported: put an anchor where its value is first written); allowed keys here: listeners, admin, trusted_proxies, limits, routes, backends, shutdown_grace, access_log, registry"),
         ];
         for (text, expected) in cases {
             let said = refused(&text);

@@ -34,7 +34,33 @@ pub struct Config {
     pub warnings: Vec<super::ConfigWarning>,
     /// One line per request and per closed WebSocket tunnel; `None`: off.
     pub access_log: Option<AccessLogConfig>,
+    /// The shared sid registry; `None`: sids stay in this instance.
+    pub registry: Option<RegistryConfig>,
 }
+
+/// Where instances of a fleet share learned sids and admin states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    pub redis: RedisAt,
+    /// Namespace of every key and channel (see `fleet::keys`).
+    pub prefix: String,
+    pub lookup_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+/// Where the registry's Redis is; every URL checked to parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisAt {
+    /// One server (a primary: writes go to it).
+    Node(String),
+    /// Some nodes of a Redis Cluster; the rest are found from them.
+    Cluster(Vec<String>),
+}
+
+/// Defaults of [`RegistryConfig`].
+pub const DEFAULT_REGISTRY_PREFIX: &str = "tether";
+pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
+pub const DEFAULT_REGISTRY_WRITE_TIMEOUT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLogConfig {
@@ -314,6 +340,16 @@ impl ServerState {
             ServerState::Ready => "ready",
             ServerState::Draining => "draining",
             ServerState::Maint => "maint",
+        }
+    }
+
+    /// The state [`as_str`](Self::as_str) names.
+    pub fn parse(s: &str) -> Option<ServerState> {
+        match s {
+            "ready" => Some(ServerState::Ready),
+            "draining" => Some(ServerState::Draining),
+            "maint" => Some(ServerState::Maint),
+            _ => None,
         }
     }
 }

@@ -55,6 +55,31 @@ pub struct RawConfig {
     /// Absent: no access log.
     #[serde(default)]
     pub access_log: Option<RawAccessLog>,
+    /// Absent: learned sids stay in this instance.
+    #[serde(default)]
+    pub registry: Option<RawRegistry>,
+}
+
+/// The shared sid registry (and fleet-wide admin) in Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    /// `redis://[user:password@]host[:port][/db]` or `redis+unix:///path/redis.sock`.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// Instead of `redis`: some nodes of a Redis Cluster (`redis://host:port` each).
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
+    /// Key and channel namespace; default `tether`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// How long a request of a sid this instance does not know waits for Redis; default
+    /// 250ms.
+    #[serde(default)]
+    pub lookup_timeout: Option<DurationSpec>,
+    /// How long a handshake's answer waits for its sid to be written; default 250ms.
+    #[serde(default)]
+    pub write_timeout: Option<DurationSpec>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -66,7 +66,12 @@ pub(crate) fn validate(raw: RawConfig) -> R<Config> {
         None => None,
         Some(a) => Some(access_log(a, &root.key("access_log"))?),
     };
+    let registry = match raw.registry {
+        None => None,
+        Some(r) => Some(registry(r, &root.key("registry"))?),
+    };
     Ok(Config {
+        registry,
         access_log,
         warnings: Vec::new(),
         shutdown_grace,
@@ -104,6 +109,99 @@ fn access_log(raw: RawAccessLog, path: &KeyPath) -> R<AccessLogConfig> {
         },
         queue,
     })
+}
+
+fn registry(raw: RawRegistry, path: &KeyPath) -> R<RegistryConfig> {
+    let redis = match (raw.redis, raw.cluster) {
+        (Some(url), None) => {
+            let url = url.trim();
+            if let Err(why) = redis_url(url) {
+                return bad(&path.key("redis"), why);
+            }
+            RedisAt::Node(url.to_owned())
+        }
+        (None, Some(nodes)) => {
+            if nodes.is_empty() {
+                return bad(&path.key("cluster"), "name at least one node of the cluster, e.g. [redis://10.0.0.1:7000, redis://10.0.0.2:7000]");
+            }
+            let mut urls = Vec::with_capacity(nodes.len());
+            for (i, url) in nodes.iter().enumerate() {
+                let url = url.trim();
+                if let Err(why) = redis_url(url) {
+                    return bad(&path.key("cluster").index(i), why);
+                }
+                if url.starts_with("redis+unix:") || url.starts_with("unix:") {
+                    return bad(&path.key("cluster").index(i), "a cluster node is reached over TCP: redis://host:port");
+                }
+                urls.push(url.to_owned());
+            }
+            RedisAt::Cluster(urls)
+        }
+        (Some(_), Some(_)) => {
+            return bad(&path.key("cluster"), "redis and cluster both say where Redis is: keep one (redis: one server, cluster: nodes of a Redis Cluster)")
+        }
+        (None, None) => {
+            return bad(&path.key("redis"), "required key is missing: the registry's Redis URL, e.g. redis: redis://127.0.0.1:6379 (or cluster: [...] for a Redis Cluster)")
+        }
+    };
+    let prefix = raw
+        .prefix
+        .unwrap_or_else(|| DEFAULT_REGISTRY_PREFIX.to_owned());
+    // Printable, no spaces and no braces: the prefix starts every key, and a brace would
+    // change the key's Redis Cluster hash tag.
+    let printable = prefix
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+    if prefix.is_empty() || prefix.len() > 64 || !printable {
+        return bad(
+            &path.key("prefix"),
+            format!("{prefix:?}: the prefix must be 1 to 64 printable ASCII characters, without spaces or braces (e.g. tether, or tether-eu)"),
+        );
+    }
+    let within = |spec: Option<DurationSpec>, key: &str, default: Duration| -> R<Duration> {
+        let d = match spec {
+            None => return Ok(default),
+            Some(spec) => duration(&spec, &path.key(key))?,
+        };
+        if d.is_zero() || d > Duration::from_secs(5) {
+            return bad(
+                &path.key(key),
+                format!("{} is out of range: more than 0 and at most 5s (a request waits this long when Redis is slow)", humantime::format_duration(d)),
+            );
+        }
+        Ok(d)
+    };
+    Ok(RegistryConfig {
+        redis,
+        prefix,
+        lookup_timeout: within(raw.lookup_timeout, "lookup_timeout", DEFAULT_LOOKUP_TIMEOUT)?,
+        write_timeout: within(
+            raw.write_timeout,
+            "write_timeout",
+            DEFAULT_REGISTRY_WRITE_TIMEOUT,
+        )?,
+    })
+}
+
+/// Checks a Redis URL the way the client will read it, so a typo is a config error and
+/// not a registry that never connects.
+fn redis_url(url: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
+    let example = "e.g. redis://127.0.0.1:6379, redis://:password@redis.internal:6379/0 or redis+unix:///run/redis.sock";
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some("redis" | "redis+unix" | "unix") => {}
+        Some("rediss") => {
+            return Err(format!(
+                "rediss:// (TLS to Redis) is not supported yet; {example}"
+            ))
+        }
+        _ => return Err(format!("{url:?} is not a Redis URL; {example}")),
+    }
+    match url.into_connection_info() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{url:?} is not a Redis URL ({e}); {example}")),
+    }
 }
 
 fn listeners(raw: Vec<RawListener>, path: &KeyPath) -> R<Vec<ListenerConfig>> {
@@ -1140,6 +1238,59 @@ mod tests {
             servers_yaml("", &[", sid_prefix: a"])
         );
         load(&two).unwrap();
+    }
+
+    #[test]
+    fn a_registry_needs_a_redis_url_tether_can_use() {
+        let with = |r: &str| load(&format!("{}registry:\n{r}", servers_yaml("", &[""])));
+        let c = with("  redis: redis://127.0.0.1:6379/2\n").unwrap();
+        let r = c.registry.unwrap();
+        assert_eq!(r.prefix, "tether");
+        assert_eq!(r.lookup_timeout, DEFAULT_LOOKUP_TIMEOUT);
+        let c =
+            with("  redis: redis+unix:///run/redis.sock\n  prefix: eu-1\n  lookup_timeout: 20ms\n")
+                .unwrap();
+        assert_eq!(
+            c.registry.unwrap().lookup_timeout,
+            Duration::from_millis(20)
+        );
+        for (bad, says) in [
+            ("  redis: 127.0.0.1:6379\n", "is not a Redis URL"),
+            ("  redis: http://127.0.0.1:6379\n", "is not a Redis URL"),
+            (
+                "  redis: \"redis://127.0.0.1:port\"\n",
+                "is not a Redis URL (",
+            ),
+            ("  redis: \"redis://[::1\"\n", "is not a Redis URL ("),
+            ("  redis: rediss://r:6380\n", "not supported yet"),
+            ("  redis: \"\"\n", "is not a Redis URL"),
+            (
+                "  redis: redis://r\n  prefix: \"a{b}\"\n",
+                "registry.prefix",
+            ),
+            (
+                "  redis: redis://r\n  lookup_timeout: 0s\n",
+                "registry.lookup_timeout",
+            ),
+            (
+                "  redis: redis://r\n  write_timeout: 1m\n",
+                "registry.write_timeout",
+            ),
+            ("  prefix: x\n", "registry.redis: required key is missing"),
+            ("  redis: redis://a\n  cluster: [redis://b]\n", "keep one"),
+            (
+                "  cluster: []\n",
+                "registry.cluster: name at least one node",
+            ),
+            (
+                "  cluster: [redis://a:7000, \"b:7000\"]\n",
+                "registry.cluster[1]: ",
+            ),
+            ("  cluster: [\"redis+unix:///r.sock\"]\n", "over TCP"),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
     }
 
     #[test]

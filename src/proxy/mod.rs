@@ -244,6 +244,9 @@ impl Proxy {
             eio,
             upgrade: upgrading,
         };
+        if self.store.fleet.is_on() {
+            affinity.recall(backend, &self.store.sids, keys).await;
+        }
         let mut target = affinity.pick(backend, &self.store.sids, keys)?;
         seen.server = Some(target.server);
 

@@ -86,6 +86,10 @@ pub enum StartError {
         addr: SocketAddr,
         cause: Box<TlsError>,
     },
+    /// The registry's link could not be set up (the URL passed `check`, so this is
+    /// rare: a setting the client refuses).
+    #[error("registry: {0}")]
+    Registry(String),
     #[error("access_log: cannot open {path}: {cause}")]
     AccessLog {
         path: std::path::PathBuf,
@@ -321,6 +325,10 @@ impl Tether {
         let connections = Gate::new(connection_cap(&config.limits));
         let proxy = Arc::new(Proxy::new(Arc::clone(&store), Arc::clone(&connections)));
         proxy.set_access_log(start_access_log(config.access_log.as_ref())?);
+        store
+            .fleet
+            .configure(config.registry.as_ref())
+            .map_err(|e| StartError::Registry(e.to_string()))?;
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let (discovered_tx, discovered_rx) = mpsc::unbounded_channel();
         let runtime = Runtime {

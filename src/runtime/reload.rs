@@ -216,6 +216,10 @@ impl Runtime {
             self.proxy
                 .set_access_log(super::start_access_log(config.access_log.as_ref())?);
         }
+        self.store
+            .fleet
+            .configure(config.registry.as_ref())
+            .map_err(|e| super::StartError::Registry(e.to_string()))?;
         let snapshot = self.store.commit(&config, prepared);
         self.routing_changed(&snapshot);
         self.discovery.sync(&config);

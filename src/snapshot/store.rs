@@ -18,6 +18,7 @@ use crate::admission::Admission;
 use crate::affinity::SidTable;
 use crate::backends::{Backend, Health, Registry, ServerStats};
 use crate::config::{BackendConfig, Config, ServerConfig, ServerState};
+use crate::fleet::Fleet;
 use crate::tls::{TlsError, TlsUpstream};
 
 /// Why a config could not be put in force.
@@ -103,6 +104,8 @@ pub struct Store {
     current: ArcSwap<Snapshot>,
     registry: Registry,
     pub sids: Arc<SidTable>,
+    /// The link to the other instances of the fleet (idle without `registry:`).
+    pub fleet: Arc<Fleet>,
     /// What each client address holds and has spent (its limits are the snapshot's).
     pub clients: Arc<Admission>,
     sources: Mutex<Sources>,
@@ -128,10 +131,12 @@ impl Store {
         }
         let snapshot = sources.snapshot(&registry);
         let capacity = config.backends.iter().map(|b| b.sessions.capacity).sum();
+        let fleet = Arc::new(Fleet::default());
         Ok(Store {
             current: ArcSwap::from_pointee(snapshot),
             registry,
-            sids: Arc::new(SidTable::new(capacity)),
+            sids: Arc::new(SidTable::with_fleet(capacity, Arc::clone(&fleet))),
+            fleet,
             clients: Arc::default(),
             sources: Mutex::new(sources),
         })

@@ -63,6 +63,16 @@ catalogue! {
     SID_TABLE_FULL = Counter "tether_sid_table_refused_total" []
         "New sids not recorded because the table was full (their sessions then rely on the cookie or WebSocket).";
 
+    // The fleet (a shared registry in Redis).
+    REGISTRY_UP = Gauge "tether_registry_up" []
+        "1 while the registry's Redis answers, else 0 (absent without a registry).";
+    REGISTRY_WRITES = Counter "tether_registry_writes_total" ["result"]
+        "Registry writes (learned sids, refreshes, deletes, states): ok, failed (Redis down or slow), dropped (the queue was full).";
+    REGISTRY_LOOKUPS = Counter "tether_registry_lookups_total" ["result"]
+        "Sids this instance did not know, asked of Redis: found, missing, foreign (names a server this config lacks: treated as unknown), failed (error or timeout), skipped (Redis down, or too many in flight).";
+    FLEET_STATES = Counter "tether_fleet_states_total" ["direction"]
+        "Server states set through an admin API and shared with the fleet: sent by this instance, received from others.";
+
     // WebSocket tunnels.
     TUNNELS = Gauge "tether_websocket_tunnels" ["backend", "server"]
         "WebSocket tunnels open.";

@@ -33,6 +33,10 @@
 //                       "shared-keepalive": one keep-alive agent (per local address) shared by all
 //                       clients, so one TCP connection carries requests of many sessions.
 //                       "per-client-keepalive": one keep-alive agent per client.
+//   alternatePorts      e.g. [8001, 8002]: every request a client's transport makes (each
+//                       polling GET and POST, the WebSocket) goes to the next port in turn on
+//                       the url's host, starting at a different one for each transport: two
+//                       balancer instances that must agree on every session
 //   extraHeaders, query, auth   passed to io() as is
 //   ioOptions           raw extra io() options, merged last
 "use strict";
@@ -57,7 +61,7 @@ try {
 
 const KNOWN = new Set(["url", "urls", "clients", "transports", "upgrade", "withCredentials", "path", "connectConcurrency",
   "timeoutMs", "broadcast", "broadcastWaitMs", "holdMs", "upgradeWaitMs", "ackTimeoutMs", "binary", "localAddresses",
-  "httpAgent", "extraHeaders", "query", "auth", "ioOptions"]);
+  "httpAgent", "extraHeaders", "query", "auth", "ioOptions", "alternatePorts"]);
 for (const k of Object.keys(opts)) if (!KNOWN.has(k)) usageError(`unknown option ${JSON.stringify(k)}`);
 
 function intOpt(name, dflt, min) {
@@ -123,6 +127,25 @@ for (const k of ["extraHeaders", "query", "auth", "ioOptions"]) {
   }
 }
 
+const ALTERNATE_PORTS = opts.alternatePorts;
+if (ALTERNATE_PORTS !== undefined) {
+  if (!Array.isArray(ALTERNATE_PORTS) || ALTERNATE_PORTS.length < 2 ||
+      !ALTERNATE_PORTS.every((p) => Number.isInteger(p) && p > 0 && p < 65536)) {
+    usageError("alternatePorts must be an array of at least two ports");
+  }
+  // engine.io-client builds every request's URL with Transport#createUri, which asks
+  // _port() once per request: turning it makes each transport's requests alternate.
+  const { Transport } = require("engine.io-client");
+  let nextStart = 0;
+  Transport.prototype._port = function () {
+    if (this.__turn === undefined) this.__turn = nextStart++;
+    else this.__turn++;
+    const port = ALTERNATE_PORTS[this.__turn % ALTERNATE_PORTS.length];
+    report.requestsByPort[port] = (report.requestsByPort[port] || 0) + 1;
+    return ":" + port;
+  };
+}
+
 // Whether a client is expected to start on polling and then move to websocket.
 const effectiveTransports = TRANSPORTS || ["polling", "websocket"];
 const EXPECT_UPGRADE = UPGRADE && effectiveTransports[0] === "polling" && effectiveTransports.includes("websocket");
@@ -158,6 +181,7 @@ const report = {
   serverSeenHandshakeAddresses: {},
   timedOut: false,
   localAddressMode: null,
+  requestsByPort: {},
 };
 
 function sample(list, msg) {

@@ -20,7 +20,7 @@ pub use instance::*;
 pub use nodes::*;
 pub use quiet::StderrTail;
 pub use scripts::*;
-pub use tether_testkit::{ConfigBuilder, TestRedis};
+pub use tether_testkit::{ConfigBuilder, TestCluster, TestRedis};
 pub use wire::*;
 
 pub fn repo() -> PathBuf {

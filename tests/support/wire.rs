@@ -117,6 +117,24 @@ pub fn eio_path(sid: Option<&str>) -> String {
     }
 }
 
+/// Engine.IO's answer to a request of a session its server (or tether) does not know.
+pub const SID_UNKNOWN: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
+
+/// `127.0.0.last`, a client address of its own for a raw request.
+pub fn loopback(last: u8) -> Option<std::net::IpAddr> {
+    Some(std::net::IpAddr::from([127, 0, 0, last]))
+}
+
+/// POSTs a pong packet (`3`) for `sid` through `addr`: 200 `ok` only from the server
+/// that holds the session.
+pub async fn post_pong(addr: SocketAddr, sid: &str) -> RawResponse {
+    let path = eio_path(Some(sid));
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: 1\r\n\r\n3"
+    );
+    raw_exchange(addr, None, req.as_bytes()).await
+}
+
 /// Opens a WebSocket through `addr` at `path` by hand and returns the stream after
 /// the 101 response head.
 pub async fn ws_connect(addr: SocketAddr, path: &str) -> TcpStream {

@@ -9,4 +9,4 @@ pub mod config;
 pub mod redis;
 
 pub use config::ConfigBuilder;
-pub use redis::TestRedis;
+pub use redis::{TestCluster, TestRedis};

@@ -121,3 +121,105 @@ impl TestRedis {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// A throwaway Redis Cluster: `n` primaries (no replicas) on free loopback ports, slots
+/// spread by `redis-cli --cluster create`; every server killed on drop.
+pub struct TestCluster {
+    children: Vec<Child>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    pub async fn start(n: usize) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ports = Vec::with_capacity(n);
+        // Bound and released together, so no two of them get the same port.
+        let holders: Vec<std::net::TcpListener> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+            .collect();
+        for h in &holders {
+            ports.push(h.local_addr().expect("local addr").port());
+        }
+        drop(holders);
+        let mut children = Vec::with_capacity(n);
+        for port in &ports {
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server must be installed: run `bash tests/setup.sh`");
+            children.push(child);
+        }
+        let c = TestCluster {
+            children,
+            ports,
+            _dir: dir,
+        };
+        let deadline = tokio::time::Instant::now() + START_LIMIT;
+        for port in &c.ports {
+            while c.cli(*port, &["PING"]).trim() != "PONG" {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cluster node {port} did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for port in &c.ports {
+            while !c
+                .cli(*port, &["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cluster never became ok on {port}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        c
+    }
+
+    /// `redis://127.0.0.1:PORT` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// Runs `redis-cli` against one node (`-c`: following redirections).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-c", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (installed with redis-server)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub async fn stop(mut self) {
+        for c in &mut self.children {
+            let _ = c.kill().await;
+        }
+    }
+}
