@@ -32,7 +32,8 @@
 //!   WebSocket tunnel.
 //! - [`listener`] accepts connections (plain or TLS) and serves HTTP/1.1 or HTTP/2.
 //! - [`runtime`] one running tether: binding, reloads, upkeep (sweeps, discovery, health
-//!   checks following each new snapshot), graceful shutdown.
+//!   checks following each new snapshot), graceful shutdown, and the binary upgrade
+//!   that hands listening sockets and learned sessions to a new process (`--takeover`).
 //! - [`admin`] the operator's API: `/status`, `/metrics`, reload, drain, the dashboard.
 //! - [`server`] the composition root: a runtime with the admin API ([`server::bind`]).
 //! - [`demo`] (feature `bundled`) `tether demo`: the bundled nodes of the `tether-node`

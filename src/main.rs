@@ -43,6 +43,11 @@ enum Command {
     Run {
         #[command(flatten)]
         config: ConfigArg,
+        /// Upgrade without downtime: take over the listening sockets and sessions of the
+        /// tether listening on this Unix socket (if any), tell it to drain, and listen
+        /// there for the next one (Unix only).
+        #[arg(long, value_name = "PATH")]
+        takeover: Option<PathBuf>,
     },
     /// Validate a config file: exit 0 if it is good, else print file:line:column and why.
     Check {
@@ -243,7 +248,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { config } => check(config),
-        Command::Run { config } => run(config),
+        Command::Run { config, takeover } => run(config, takeover),
         Command::Cert { out, names, force } => cert(out, names, force),
         Command::Health { admin, timeout } => health(admin, timeout),
         Command::Import {
@@ -454,14 +459,33 @@ fn cert(out: PathBuf, mut names: Vec<String>, force: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-fn run(arg: ConfigArg) -> anyhow::Result<()> {
+/// A bound tether's takeover side (`--takeover`): Unix only, so elsewhere a value that
+/// cannot exist.
+#[cfg(unix)]
+type Takeover = tether::runtime::takeover::Takeover;
+#[cfg(not(unix))]
+type Takeover = std::convert::Infallible;
+
+fn run(arg: ConfigArg, takeover: Option<PathBuf>) -> anyhow::Result<()> {
+    #[cfg(not(unix))]
+    anyhow::ensure!(
+        takeover.is_none(),
+        "--takeover passes sockets over a Unix socket: Unix only"
+    );
     let (_, config) = load_config("run", arg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let tether = tether::server::bind(config).await?;
+        let (tether, takeover): (_, Option<Takeover>) = match takeover {
+            #[cfg(unix)]
+            Some(path) => {
+                let (t, over) = tether::server::bind_taking_over(config, &path).await?;
+                (t, Some(over))
+            }
+            _ => (tether::server::bind(config).await?, None),
+        };
         for url in tether.listener_urls() {
             println!("tether listening on {url}");
         }
@@ -469,7 +493,13 @@ fn run(arg: ConfigArg) -> anyhow::Result<()> {
             println!("tether admin on http://{addr}");
         }
         tokio::spawn(tether_kit::signal::on_signal(tether.shutdown_token()));
-        tether.run().await;
+        match takeover {
+            #[cfg(unix)]
+            Some(over) => tether.run_taking_over(over).await,
+            #[cfg(not(unix))]
+            Some(never) => match never {},
+            None => tether.run().await,
+        }
         Ok::<(), anyhow::Error>(())
     })?;
     // Tasks still parked (a health probe mid-connect) must not hold the exit.

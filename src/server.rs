@@ -13,3 +13,14 @@ pub use crate::runtime::{load_config, AdminApi, Runtime, StartError, Tether};
 pub async fn bind(config: Config) -> Result<Tether, StartError> {
     Tether::bind(config, Arc::new(admin::Api)).await
 }
+
+/// [`bind`] for `tether run --takeover path`: takes over the listening sockets and
+/// sessions of the tether listening on `path`, if any; run it with
+/// [`Tether::run_taking_over`].
+#[cfg(unix)]
+pub async fn bind_taking_over(
+    config: Config,
+    path: &std::path::Path,
+) -> Result<(Tether, crate::runtime::takeover::Takeover), StartError> {
+    crate::runtime::takeover::bind(config, Arc::new(admin::Api), path).await
+}

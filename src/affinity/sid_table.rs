@@ -629,6 +629,107 @@ fn sweep_shard(shard: &mut Shard, now: Instant, fleet: Option<&Fleet>) -> usize 
     dropped
 }
 
+/// One live session as `tether run --takeover` hands it to the next process: enough
+/// for that process to route the session's next request to the same server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedSession {
+    pub backend: Arc<str>,
+    pub sid: Arc<str>,
+    pub server: Arc<str>,
+    /// The session's heartbeat window (what each request re-arms).
+    pub ttl: Duration,
+    /// How long it may still stay silent from now (a session with a request in flight
+    /// gets its whole `ttl`: the window starts again when that request ends).
+    pub remaining: Duration,
+    pub client: IpAddr,
+    /// How long ago its handshake was answered.
+    pub age: Duration,
+}
+
+/// The hand-over of a binary upgrade (`tether run --takeover`): kept apart from the
+/// table's request-path code above.
+impl SidTable {
+    /// The live sessions whose handshake was answered at or after `since` (all when
+    /// `None`) that a polling request may still name. A session on a WebSocket stays
+    /// where its tunnel is (it never polls again), so it is left out, unless a poll
+    /// of it is in flight too (an upgrade probe that may fail back to polling).
+    pub fn export_live(&self, since: Option<Instant>) -> Vec<HandedSession> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = tether_kit::lock(shard);
+            for (sid, e) in shard.iter() {
+                let pinned = e.polls > 0 || e.tunnels > 0;
+                let wanted = !e.ended
+                    && (e.tunnels == 0 || e.polls > 0)
+                    && (pinned || e.expires > now)
+                    && since.is_none_or(|t| e.born >= t);
+                if !wanted {
+                    continue;
+                }
+                out.push(HandedSession {
+                    backend: Arc::clone(&e.server.backend),
+                    sid: Arc::clone(sid),
+                    server: Arc::clone(&e.server.id),
+                    ttl: e.ttl,
+                    remaining: if pinned {
+                        e.ttl
+                    } else {
+                        e.expires.saturating_duration_since(now)
+                    },
+                    client: e.client,
+                    age: now.saturating_duration_since(e.born),
+                });
+            }
+        }
+        out
+    }
+
+    /// Records a session handed over by the process this one took over from, on
+    /// `server` (the caller found it in its own config). A sid this table already knows
+    /// is left as it is (what this process learned itself is newer); returns whether it
+    /// was added. Not counted as a started session: it started in the old process.
+    pub fn import(&self, s: &HandedSession, server: Arc<ServerStats>) -> Result<bool, InsertError> {
+        let now = Instant::now();
+        let mut shard = self.shard(&s.sid);
+        if shard.contains_key(&*s.sid) {
+            return Ok(false);
+        }
+        if shard.len() >= self.per_shard {
+            sweep_shard(&mut shard, now, None);
+            if shard.len() >= self.per_shard {
+                metrics::counter!(telemetry::SID_TABLE_FULL).increment(1);
+                return Err(InsertError::Full(self.per_shard * SHARDS));
+            }
+        }
+        let mut entry = Entry {
+            server,
+            ttl: s.ttl,
+            polls: 0,
+            tunnels: 0,
+            expires: now + s.remaining.min(s.ttl),
+            ended: false,
+            counted: None,
+            end: None,
+            end_counted: false,
+            born: now.checked_sub(s.age).unwrap_or(now),
+            started: SystemTime::now()
+                .checked_sub(s.age)
+                .unwrap_or_else(SystemTime::now),
+            client: s.client,
+            // Shared with the fleet (if any) at the next sweep, as a learned one.
+            published: None,
+        };
+        entry.recount();
+        if !entry.server.condition.serves_pinned() {
+            let cause = entry.server.unserved_end();
+            entry.end(cause, now);
+        }
+        shard.insert(Arc::clone(&s.sid), entry);
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -855,5 +956,52 @@ mod tests {
         t.remove("x");
         assert_eq!(b.load(), 0);
         assert!(t.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn handed_sessions_route_to_their_server_in_the_next_table() {
+        let old = table(100);
+        let s = stats("node-1");
+        old.insert("idle", s.clone(), Duration::from_secs(10), LOCAL)
+            .unwrap();
+        old.insert("ws", s.clone(), Duration::from_secs(10), LOCAL)
+            .unwrap();
+        let _tunnel = old.pin_tunnel("ws").unwrap();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let t0 = Instant::now();
+        old.insert("late", s.clone(), Duration::from_secs(10), LOCAL)
+            .unwrap();
+        let all = old.export_live(None);
+        let mut sids: Vec<_> = all.iter().map(|h| h.sid.to_string()).collect();
+        sids.sort();
+        assert_eq!(
+            sids,
+            ["idle", "late"],
+            "a WebSocket session stays with its tunnel"
+        );
+        let idle = all.iter().find(|h| &*h.sid == "idle").unwrap();
+        assert_eq!(idle.remaining, Duration::from_secs(6));
+        assert_eq!(
+            old.export_live(Some(t0)).len(),
+            1,
+            "only what was born since"
+        );
+
+        let new = table(100);
+        let s2 = stats("node-1");
+        for h in &all {
+            assert!(new.import(h, s2.clone()).unwrap());
+        }
+        assert!(
+            !new.import(idle, s2.clone()).unwrap(),
+            "a known sid is kept"
+        );
+        assert_eq!(s2.sessions(Transport::Polling), 2);
+        assert_eq!(new.pin_poll("idle").unwrap().server().id.as_ref(), "node-1");
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert!(new.pin_poll("late").is_some());
+        assert_eq!(new.sweep(), 0, "the idle one was re-armed by its poll");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(new.sweep(), 2);
     }
 }

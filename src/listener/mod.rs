@@ -113,6 +113,95 @@ pub struct Lifecycle {
     pub hard_stop: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// The hand-over of the listening sockets to a new process (`--takeover`).
+    pub handover: Arc<Handover>,
+}
+
+/// A hand-over of this process's listening sockets to a successor (`--takeover`), as
+/// the connections see it. Once it has begun, the successor serves every new
+/// connection: an idle keep-alive connection is kept for its client's next request
+/// rather than closed under it, and the answer to a request that may have started a
+/// session waits until the successor knows that session, since the client's next
+/// request may reach the successor before the session would otherwise.
+#[derive(Debug)]
+pub struct Handover {
+    begun: CancellationToken,
+    /// Every session learned before this instant has been sent to the successor.
+    flushed: tokio::sync::watch::Sender<tokio::time::Instant>,
+    /// Asks whoever sends sessions to the successor to send now.
+    wanted: tokio::sync::Notify,
+}
+
+impl Default for Handover {
+    fn default() -> Self {
+        Handover {
+            begun: CancellationToken::new(),
+            flushed: tokio::sync::watch::Sender::new(tokio::time::Instant::now()),
+            wanted: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+/// How long an answer waits at most for its session to reach the successor.
+const HANDOVER_SYNC_LIMIT: Duration = Duration::from_millis(200);
+
+impl Handover {
+    /// A successor serves from now on.
+    pub fn begin(&self) {
+        self.begun.cancel();
+    }
+
+    pub fn has_begun(&self) -> bool {
+        self.begun.is_cancelled()
+    }
+
+    /// Says that every session learned before `at` has been sent.
+    pub fn flushed_through(&self, at: tokio::time::Instant) {
+        self.flushed.send_if_modified(|t| {
+            let later = at > *t;
+            if later {
+                *t = at;
+            }
+            later
+        });
+    }
+
+    /// Resolves when an answer waits for sessions to be sent.
+    pub async fn wanted(&self) {
+        self.wanted.notified().await;
+    }
+
+    /// Waits (a moment at most) until every session learned so far has been sent.
+    async fn sync(&self) {
+        let now = tokio::time::Instant::now();
+        let mut rx = self.flushed.subscribe();
+        self.wanted.notify_one();
+        let _ = tokio::time::timeout(HANDOVER_SYNC_LIMIT, rx.wait_for(|t| *t >= now)).await;
+    }
+}
+
+/// Whether a request may start a session: it names no sid.
+fn may_start_session<B>(req: &Request<B>) -> bool {
+    !req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")))
+}
+
+/// The handler's answer; after a hand-over has begun, one that may have started a session
+/// waits until the successor knows that session.
+async fn answer_handing_over(
+    handler: &Handler,
+    proxy: &Proxy,
+    req: ClientRequest,
+    conn: ConnInfo,
+    handover: &Handover,
+) -> Response<ProxyBody> {
+    let starts = may_start_session(&req);
+    let resp = handler.answer(proxy, req, conn).await;
+    if starts && handover.has_begun() {
+        handover.sync().await;
+    }
+    resp
 }
 
 /// Accepts until `stop_accepting` fires, holding a place in each of `gates` (the
@@ -405,12 +494,23 @@ async fn serve_conn<IO>(
         // Boxed: only TLS connections that chose h2 need HTTP/2's state.
         Box::pin(serve_h2(io, conn, proxy, life.clone(), handler, &limits)).await
     } else {
-        let service = service_fn(move |req| {
-            let proxy = Arc::clone(&proxy);
-            let handler = handler.clone();
-            let req = Box::new(req);
-            async move { Ok::<_, Infallible>(handler.answer(&proxy, req, conn).await) }
-        });
+        let requests = Arc::new(Requests::default());
+        let service = {
+            let requests = Arc::clone(&requests);
+            let handover = Arc::clone(&life.handover);
+            service_fn(move |req| {
+                let proxy = Arc::clone(&proxy);
+                let handler = handler.clone();
+                let handover = Arc::clone(&handover);
+                let req = Box::new(req);
+                let busy = requests.begin();
+                async move {
+                    let resp = answer_handing_over(&handler, &proxy, req, conn, &handover).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(resp)
+                }
+            })
+        };
         let mut http = std::pin::pin!(http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
@@ -421,17 +521,88 @@ async fn serve_conn<IO>(
         tokio::select! {
             r = http.as_mut() => r,
             _ = life.shutdown.cancelled() => {
-                // Finish the request in flight, then close; idle keep-alives close now.
-                http.as_mut().graceful_shutdown();
-                tokio::select! {
-                    r = http.as_mut() => r,
-                    _ = life.hard_stop.cancelled() => Ok(()),
+                // Finish the request in flight, then close; idle keep-alives close now,
+                // unless a successor took the sockets over: then an idle one is not
+                // closed at once, as its client may be sending its next request this
+                // very moment and would see the connection reset ("socket hang up")
+                // instead of an answer. It is closed after its next response
+                // (`Connection: close`), or once idle for SHUTDOWN_IDLE_LINGER.
+                let next = async {
+                    if life.handover.has_begun() && requests.in_flight() == 0 {
+                        let _ = tokio::time::timeout(SHUTDOWN_IDLE_LINGER, requests.next()).await;
+                    }
+                };
+                let ended = tokio::select! {
+                    r = http.as_mut() => Some(r),
+                    () = next => None,
+                    _ = life.hard_stop.cancelled() => Some(Ok(())),
+                };
+                match ended {
+                    Some(r) => r,
+                    None => {
+                        http.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            r = http.as_mut() => r,
+                            _ = life.hard_stop.cancelled() => Ok(()),
+                        }
+                    }
                 }
             }
         }
     };
     if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// At shutdown after a takeover, how long an idle HTTP/1.1 keep-alive connection is kept
+/// for its client's next request (answered with `Connection: close`) before it is closed under the
+/// client: longer than the 5 s Node's and most clients' agents keep an idle connection,
+/// so they close it themselves first and never race the close with a request.
+pub const SHUTDOWN_IDLE_LINGER: Duration = Duration::from_secs(6);
+
+/// The requests of one HTTP/1.1 connection: how many are in flight, and a wake-up when
+/// the next one begins.
+#[derive(Default)]
+struct Requests {
+    in_flight: AtomicUsize,
+    started: AtomicU64,
+    began: tokio::sync::Notify,
+}
+
+/// A request of [`Requests`] in flight while it lives.
+struct InFlight(Arc<Requests>);
+
+impl Requests {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::AcqRel);
+        self.began.notify_waiters();
+        InFlight(Arc::clone(self))
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Resolves when a request begins after this is called.
+    async fn next(&self) {
+        let seen = self.started.load(Ordering::Acquire);
+        loop {
+            let began = self.began.notified();
+            tokio::pin!(began);
+            began.as_mut().enable();
+            if self.started.load(Ordering::Acquire) != seen {
+                return;
+            }
+            began.await;
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -459,13 +630,15 @@ where
     let activity = Arc::new(Activity::default());
     let service = {
         let activity = Arc::clone(&activity);
+        let handover = Arc::clone(&life.handover);
         service_fn(move |req| {
             let proxy = Arc::clone(&proxy);
             let handler = handler.clone();
+            let handover = Arc::clone(&handover);
             let req = Box::new(req);
             let busy = Activity::begin(&activity);
             async move {
-                let resp = handler.answer(&proxy, req, conn).await;
+                let resp = answer_handing_over(&handler, &proxy, req, conn, &handover).await;
                 drop(busy);
                 Ok::<_, Infallible>(resp)
             }

@@ -14,6 +14,8 @@
 pub mod changes;
 pub mod history;
 pub mod reload;
+#[cfg(unix)]
+pub mod takeover;
 mod upkeep;
 pub mod watch;
 
@@ -93,6 +95,24 @@ pub enum StartError {
         path: std::path::PathBuf,
         cause: std::io::Error,
     },
+    /// `--takeover PATH`: its socket cannot be set up.
+    #[cfg(unix)]
+    #[error("--takeover {path}: {cause}")]
+    Takeover {
+        path: PathBuf,
+        cause: Box<takeover::TakeoverError>,
+    },
+    /// `--takeover PATH`: the hand-over broke, and binding normally failed too (the old
+    /// process, if alive, serves on).
+    #[cfg(unix)]
+    #[error(
+        "--takeover {path}: the hand-over failed ({why}), and binding normally failed too: {bind}"
+    )]
+    TakeoverThenBind {
+        path: PathBuf,
+        why: Box<takeover::TakeoverError>,
+        bind: Box<StartError>,
+    },
 }
 
 /// Starts the access log `config` asks for.
@@ -125,12 +145,82 @@ struct Bound {
     stop_accepting: CancellationToken,
     /// The listener's own connection cap (unbounded when the config sets none).
     gate: Arc<Gate>,
+    /// A duplicate of the listening socket, for a takeover to hand to the next process
+    /// (the accept loop owns the other). Dropped when shutdown begins, so a stopped
+    /// tether's port refuses connections instead of queueing them.
+    handover: Option<std::net::TcpListener>,
 }
 
 struct AdminBound {
     config: AdminConfig,
     local: SocketAddr,
     stop: CancellationToken,
+    /// As [`Bound::handover`].
+    handover: Option<std::net::TcpListener>,
+}
+
+/// What kind of listening socket a takeover hands over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketKind {
+    /// A proxy listener (`listeners[]`).
+    Proxy,
+    /// The admin listener (`admin.bind`).
+    Admin,
+}
+
+/// A listening socket received from the process this one took over from, tagged with
+/// the address that process's config gave it (so a config binding port 0 finds its
+/// socket again, as HAProxy matches them).
+#[derive(Debug)]
+pub struct InheritedSocket {
+    pub kind: SocketKind,
+    pub configured: SocketAddr,
+    pub socket: std::net::TcpListener,
+}
+
+/// The sockets a takeover received and `bind` has not used yet. Each listener of the
+/// new config takes the one configured with its address (else one bound at exactly
+/// that address); the rest are closed when this is dropped.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    pub sockets: Vec<InheritedSocket>,
+}
+
+impl Inherited {
+    fn take(&mut self, kind: SocketKind, addr: SocketAddr) -> Option<tokio::net::TcpListener> {
+        let i = self
+            .sockets
+            .iter()
+            .position(|s| s.kind == kind && s.configured == addr)
+            .or_else(|| {
+                self.sockets
+                    .iter()
+                    .position(|s| s.kind == kind && s.socket.local_addr().ok() == Some(addr))
+            })?;
+        let s = self.sockets.swap_remove(i);
+        match s
+            .socket
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(s.socket))
+        {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "a socket handed over cannot be used; binding anew");
+                None
+            }
+        }
+    }
+}
+
+/// A duplicate of a listening socket, kept for a takeover.
+fn handover_dup(socket: &TcpListener) -> Option<std::net::TcpListener> {
+    match socket2::SockRef::from(socket).try_clone() {
+        Ok(s) => Some(s.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot keep a copy of a listening socket; a takeover will bind it anew");
+            None
+        }
+    }
 }
 
 /// Everything a running tether shares between its listeners, its upkeep tasks and its
@@ -180,6 +270,17 @@ impl Tether {
     /// listener, which `admin` will serve. With `config.source` set, `run` also reloads
     /// from that file.
     pub async fn bind(config: Config, admin_api: Arc<dyn AdminApi>) -> Result<Tether, StartError> {
+        Self::bind_inheriting(config, admin_api, Inherited::default()).await
+    }
+
+    /// As [`Tether::bind`], taking each listening socket from `inherited` when one was
+    /// handed over for its address (its TLS and other settings still come from
+    /// `config`); the sockets left over are closed.
+    pub async fn bind_inheriting(
+        config: Config,
+        admin_api: Arc<dyn AdminApi>,
+        mut inherited: Inherited,
+    ) -> Result<Tether, StartError> {
         // First: what is built below (certificates, servers) takes metric handles.
         crate::telemetry::install_recorder();
         log_warnings(&config);
@@ -187,26 +288,39 @@ impl Tether {
         let mut bound = Vec::with_capacity(config.listeners.len());
         let mut sockets = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let (socket, b) =
-                bind_listener(l, (config.source.as_deref(), i), &stop_accepting).await?;
+            let (socket, b) = bind_listener(
+                l,
+                (config.source.as_deref(), i),
+                &stop_accepting,
+                Some(&mut inherited),
+            )
+            .await?;
             sockets.push((i, socket));
             bound.push(b);
         }
         let (admin, admin_socket) = match &config.admin {
             Some(a) => {
-                let socket = bind_admin(a.bind, config.source.as_deref()).await?;
+                let socket = match inherited.take(SocketKind::Admin, a.bind) {
+                    Some(socket) => socket,
+                    None => bind_admin(a.bind, config.source.as_deref()).await?,
+                };
                 let local = socket.local_addr().unwrap_or(a.bind);
                 (
                     Some(AdminBound {
                         config: a.clone(),
                         local,
                         stop: CancellationToken::new(),
+                        handover: handover_dup(&socket),
                     }),
                     Some(socket),
                 )
             }
             None => (None, None),
         };
+        for s in &inherited.sockets {
+            tracing::info!(addr = %s.configured, "a socket handed over is not in this config; closed");
+        }
+        drop(inherited);
         let store = Arc::new(Store::new(&config)?);
         let connections = Gate::new(connection_cap(&config.limits));
         let proxy = Arc::new(Proxy::new(Arc::clone(&store), Arc::clone(&connections)));
@@ -237,6 +351,7 @@ impl Tether {
                 shutdown: CancellationToken::new(),
                 hard_stop: CancellationToken::new(),
                 connections: TaskTracker::new(),
+                handover: Arc::default(),
             },
             reload_tx,
             reload_rx: Mutex::new(Some(reload_rx)),
@@ -288,7 +403,14 @@ impl Tether {
     /// Serves until the shutdown token is cancelled, then drains: no new connections,
     /// requests in flight finish, tunnels get the grace, then everything closes.
     pub async fn run(self) {
-        let rt = self.runtime;
+        let running = self.start();
+        self.runtime.life.shutdown.cancelled().await;
+        self.drain(running).await;
+    }
+
+    /// Starts serving: every listener accepts, the upkeep and reload tasks run.
+    fn start(&self) -> Running {
+        let rt = &self.runtime;
         let sockets: Vec<_> = std::mem::take(&mut *lock(&rt.pending));
         {
             let listeners = lock(&rt.listeners);
@@ -304,18 +426,27 @@ impl Tether {
             }
         }
         rt.discovery.sync(&rt.store.config());
-        let upkeep = upkeep::spawn(&rt);
-        let reloads = tokio::spawn(Arc::clone(&rt).reload_loop());
+        Running {
+            upkeep: upkeep::spawn(rt),
+            reloads: tokio::spawn(Arc::clone(rt).reload_loop()),
+        }
+    }
 
-        rt.life.shutdown.cancelled().await;
+    /// The graceful shutdown, once the shutdown token is cancelled.
+    async fn drain(self, Running { upkeep, reloads }: Running) {
+        let rt = self.runtime;
         let grace = rt.store.config().shutdown_grace;
         tracing::info!(
             "shutting down: no new connections; requests in flight and tunnels have {} to finish",
             humantime::format_duration(grace)
         );
         rt.life.stop_accepting.cancel();
-        if let Some(a) = lock(&rt.admin).as_ref() {
+        if let Some(a) = lock(&rt.admin).as_mut() {
             a.stop.cancel();
+            a.handover = None;
+        }
+        for b in lock(&rt.listeners).iter_mut() {
+            b.handover = None;
         }
         reloads.abort();
         rt.life.connections.close();
@@ -368,6 +499,12 @@ impl Tether {
     }
 }
 
+/// The tasks of a running tether that its shutdown stops.
+struct Running {
+    upkeep: tokio::task::JoinHandle<()>,
+    reloads: tokio::task::JoinHandle<()>,
+}
+
 /// The config's values that cannot work as meant, where an operator looks: they change
 /// nothing, so nothing else would show them.
 fn log_warnings(config: &Config) {
@@ -376,21 +513,27 @@ fn log_warnings(config: &Config) {
     }
 }
 
-/// Binds listener `l`, the `index`th of the file `source` (named in a failure).
+/// Binds listener `l`, the `index`th of the file `source` (named in a failure), or takes
+/// the socket handed over for its address.
 async fn bind_listener(
     l: &ListenerConfig,
     (source, index): (Option<&Path>, usize),
     stop_accepting: &CancellationToken,
+    inherited: Option<&mut Inherited>,
 ) -> Result<(TcpListener, Bound), StartError> {
     let mode = listener_mode(l)?;
-    let socket = TcpListener::bind(l.bind)
-        .await
-        .map_err(|cause| StartError::Bind {
-            addr: l.bind,
-            at: config::bind_key(source, Some(index)),
-            cause,
-        })?;
+    let socket = match inherited.and_then(|i| i.take(SocketKind::Proxy, l.bind)) {
+        Some(socket) => socket,
+        None => TcpListener::bind(l.bind)
+            .await
+            .map_err(|cause| StartError::Bind {
+                addr: l.bind,
+                at: config::bind_key(source, Some(index)),
+                cause,
+            })?,
+    };
     let local = socket.local_addr().unwrap_or(l.bind);
+    let handover = handover_dup(&socket);
     Ok((
         socket,
         Bound {
@@ -399,6 +542,7 @@ async fn bind_listener(
             mode: Arc::new(ArcSwap::from_pointee(mode)),
             stop_accepting: stop_accepting.child_token(),
             gate: Gate::new(listener_cap(l)),
+            handover,
         },
     ))
 }

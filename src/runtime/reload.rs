@@ -260,8 +260,13 @@ impl Runtime {
         for (i, l) in wanted.iter().enumerate() {
             match current.get(&l.bind) {
                 None => new_binds.push(
-                    bind_listener(l, (self.source.as_deref(), i), &self.life.stop_accepting)
-                        .await?,
+                    bind_listener(
+                        l,
+                        (self.source.as_deref(), i),
+                        &self.life.stop_accepting,
+                        None,
+                    )
+                    .await?,
                 ),
                 // Rebuilt even when unchanged: certificate files may have been replaced.
                 Some(slot) => swaps.push((Arc::clone(slot), listener_mode(l)?, l.clone())),
@@ -349,6 +354,7 @@ impl Runtime {
                 config: w.clone(),
                 local,
                 stop: CancellationToken::new(),
+                handover: super::handover_dup(&socket),
             };
             self.spawn_admin(socket, &a);
             *admin = Some(a);

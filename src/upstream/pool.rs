@@ -22,8 +22,11 @@ use tether_kit::lock;
 use super::{dial, handshake, Dialed, Peer, UpstreamError, UpstreamRequest};
 use crate::body::ProxyBody;
 
-/// How long an idle connection is kept.
-pub const IDLE: Duration = Duration::from_secs(60);
+/// How long an idle connection is kept: less than the 5 s Node's HTTP server
+/// (`keepAliveTimeout`) keeps one, so tether never sends a request on a connection the
+/// server is closing at that moment (a POST lost that way cannot be retried: the client
+/// got a 502 "connection closed before message completed").
+pub const IDLE: Duration = Duration::from_secs(4);
 /// Connections kept per server (busy ones finishing their body included).
 pub const MAX_KEPT: usize = 256;
 /// TCP (and TLS) connect limit of pooled connections; upgrades use the backend's
