@@ -65,6 +65,36 @@ struct Entry {
 }
 
 impl Entry {
+    /// A session of `server` just learned (born `age` ago), counted as a live session of
+    /// its server; ended at once when its server no longer serves it (a handshake
+    /// answered by a server put in maintenance meanwhile: its requests will be refused).
+    fn new(server: Arc<ServerStats>, ttl: Duration, client: IpAddr, age: Duration) -> Entry {
+        let now = Instant::now();
+        let mut entry = Entry {
+            server,
+            ttl,
+            polls: 0,
+            tunnels: 0,
+            expires: now + ttl,
+            ended: false,
+            counted: None,
+            end: None,
+            end_counted: false,
+            born: now.checked_sub(age).unwrap_or(now),
+            started: SystemTime::now()
+                .checked_sub(age)
+                .unwrap_or_else(SystemTime::now),
+            client,
+            published: None,
+        };
+        entry.recount();
+        if !entry.server.condition.serves_pinned() {
+            let cause = entry.server.unserved_end();
+            entry.end(cause, now);
+        }
+        entry
+    }
+
     /// The session is over for `cause` (a later request its server takes revives it).
     fn end(&mut self, cause: SessionEnd, now: Instant) {
         if !self.ended {
@@ -386,35 +416,18 @@ impl SidTable {
                 return Err(InsertError::Full(self.per_shard * SHARDS));
             }
         }
-        let mut entry = Entry {
-            server,
-            ttl,
-            polls: 0,
-            tunnels,
-            expires: now + ttl,
-            ended: false,
-            counted: None,
-            end: None,
-            end_counted: false,
-            born: now,
-            started: SystemTime::now(),
-            client,
-            published: (share == Share::Recalled).then_some(now),
-        };
+        let mut entry = Entry::new(server, ttl, client, Duration::ZERO);
+        entry.tunnels = tunnels;
         entry.recount();
-        if share != Share::Recalled {
+        if share == Share::Recalled {
+            entry.published = Some(now);
+        } else {
             entry
                 .server
                 .metrics
                 .tally
                 .sessions_started
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        // A handshake answered by a server put in maintenance meanwhile: its requests
-        // will be refused, so the session is lost already.
-        if !entry.server.condition.serves_pinned() {
-            let cause = entry.server.unserved_end();
-            entry.end(cause, now);
         }
         let key: Arc<str> = sid.into();
         let mut ack = None;
@@ -702,29 +715,10 @@ impl SidTable {
                 return Err(InsertError::Full(self.per_shard * SHARDS));
             }
         }
-        let mut entry = Entry {
-            server,
-            ttl: s.ttl,
-            polls: 0,
-            tunnels: 0,
-            expires: now + s.remaining.min(s.ttl),
-            ended: false,
-            counted: None,
-            end: None,
-            end_counted: false,
-            born: now.checked_sub(s.age).unwrap_or(now),
-            started: SystemTime::now()
-                .checked_sub(s.age)
-                .unwrap_or_else(SystemTime::now),
-            client: s.client,
-            // Shared with the fleet (if any) at the next sweep, as a learned one.
-            published: None,
-        };
-        entry.recount();
-        if !entry.server.condition.serves_pinned() {
-            let cause = entry.server.unserved_end();
-            entry.end(cause, now);
-        }
+        let mut entry = Entry::new(server, s.ttl, s.client, s.age);
+        // What was left of its window (shared with the fleet, if any, at the next sweep,
+        // as a learned one).
+        entry.expires = now + s.remaining.min(s.ttl);
         shard.insert(Arc::clone(&s.sid), entry);
         Ok(true)
     }
