@@ -89,20 +89,6 @@ async fn counter(admin: SocketAddr, name: &str) -> f64 {
         .sum()
 }
 
-async fn server_state(admin: SocketAddr, backend: &str, id: &str) -> serde_json::Value {
-    let r = admin_request(admin, "GET", "/status").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let status: serde_json::Value = serde_json::from_str(&r.text()).expect("status is JSON");
-    status["backends"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|b| b["name"] == backend)
-        .flat_map(|b| b["servers"].as_array().cloned().unwrap_or_default())
-        .find(|s| s["id"] == id)
-        .unwrap_or(serde_json::Value::Null)
-}
-
 /// Statuses of the access log's request lines (both processes append to the same file),
 /// and how many lines could not be read as JSON.
 fn access_statuses(path: &Path) -> (std::collections::BTreeMap<u64, u64>, usize) {
@@ -316,7 +302,7 @@ async fn takeover_under_a_swarm_loses_no_request_no_session_and_no_websocket() {
         .wait_for(0, &["takeover socket listening"], Duration::from_secs(5))
         .await;
     assert_eq!(
-        server_state(b.admin, "sockets", "node-3").await["state"],
+        server_status_at(b.admin, "sockets", "node-3").await["state"],
         "draining",
         "the state set through A's admin API holds in B"
     );

@@ -59,15 +59,7 @@ impl TetherHandle {
 
     /// The `/status` entry of one server.
     pub async fn server_status(&self, backend: &str, id: &str) -> serde_json::Value {
-        let status = self.status().await;
-        status["backends"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|b| b["name"] == backend)
-            .flat_map(|b| b["servers"].as_array().cloned().unwrap_or_default())
-            .find(|s| s["id"] == id)
-            .unwrap_or(serde_json::Value::Null)
+        server_status_at(self.admin.expect("admin listener"), backend, id).await
     }
 
     pub fn url(&self) -> String {
@@ -87,6 +79,22 @@ impl Drop for TetherHandle {
     fn drop(&mut self) {
         self.token.cancel();
     }
+}
+
+/// The `/status` entry of one server, from the admin API at `admin` (`Null` when it has
+/// no such server).
+pub async fn server_status_at(admin: SocketAddr, backend: &str, id: &str) -> serde_json::Value {
+    let r = admin_request(admin, "GET", "/status").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status: serde_json::Value = serde_json::from_str(&r.text()).expect("status is JSON");
+    status["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["name"] == backend)
+        .flat_map(|b| b["servers"].as_array().cloned().unwrap_or_default())
+        .find(|s| s["id"] == id)
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// One admin request with an empty body.
