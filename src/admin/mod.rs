@@ -162,25 +162,43 @@ fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-/// `POST /backends/{b}/servers/{s}/{drain|ready|maint}`: sets the operator state and
-/// answers with the server as `/status` shows it, now in its new state.
+/// `POST /backends/{b}/servers/{s}/{drain|ready|maint|migrate}`: sets the operator
+/// state (a migration sets draining, then moves the sessions at `?rate=` per second, the
+/// backend's `migrate_rate` by default) and answers with the server as `/status` shows
+/// it, now in its new state.
 fn server_action(
-    rt: &Runtime,
+    rt: &Arc<Runtime>,
     method: &Method,
-    backend: &str,
-    server: &str,
-    action: &str,
+    (backend, server, action): (&str, &str, &str),
+    query: Option<&str>,
 ) -> Response<Full<Bytes>> {
     let state = match action {
-        "drain" => ServerState::Draining,
+        "drain" | "migrate" => ServerState::Draining,
         "ready" => ServerState::Ready,
         "maint" => ServerState::Maint,
         _ => {
             return json(
                 StatusCode::NOT_FOUND,
-                &serde_json::json!({ "error": "action must be drain, ready or maint" }),
+                &serde_json::json!({ "error": "action must be drain, ready, maint or migrate" }),
             )
         }
+    };
+    let rate = match (action, query) {
+        ("migrate", Some(q)) => {
+            match form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "rate") {
+                None => None,
+                Some((_, v)) => match v.parse::<f64>() {
+                    Ok(r) if r.is_finite() && r > 0.0 && r <= 100_000.0 => Some(r),
+                    _ => {
+                        return json(
+                            StatusCode::BAD_REQUEST,
+                            &serde_json::json!({ "error": format!("rate={v}: sessions per second, more than 0 and at most 100000") }),
+                        )
+                    }
+                },
+            }
+        }
+        _ => None,
     };
     if method != Method::POST {
         return not_allowed("POST");
@@ -205,7 +223,17 @@ fn server_action(
             &serde_json::json!({ "error": format!("backend {backend} has no server {server}; its servers are: {known}") }),
         );
     };
-    if let Some(old) = found.stats.condition.set_state_by_admin(state) {
+    if action == "migrate" {
+        let rate = rate.unwrap_or_else(|| {
+            rt.store
+                .config()
+                .backends
+                .iter()
+                .find(|b| b.name == backend)
+                .map_or(crate::config::DEFAULT_MIGRATE_RATE, |b| b.migrate_rate)
+        });
+        crate::runtime::migrate::start(rt, Arc::clone(&found.stats), rate);
+    } else if let Some(old) = found.stats.condition.set_state_by_admin(state) {
         tracing::info!(%backend, %server, from = %old.as_str(), to = %state.as_str(), "server state set by the admin API");
         // Maintenance ends the server's sessions: counted out now rather than at the
         // next upkeep tick, so this answer already shows it.
@@ -320,7 +348,7 @@ async fn handle(
             ),
         },
         (method, ["backends", backend, "servers", server, action]) => {
-            server_action(rt, method, backend, server, action)
+            server_action(rt, method, (backend, server, action), req.uri().query())
         }
         (_, [""]) => not_allowed("GET, HEAD"),
         (_, ["status" | "metrics" | "healthz" | "readyz" | "history" | "sessions"])

@@ -39,6 +39,13 @@ pub fn server_json(server: &Server) -> Value {
         "state_for_seconds": c.state_for().as_secs(),
         "avoided": c.is_avoided(),
         "drained": drained(stats),
+        "migration": stats.migration.progress().map(|p| json!({
+            "rate": p.rate,
+            "asked": p.asked,
+            "left": stats.load(),
+            "for_seconds": p.finished.unwrap_or_else(std::time::Instant::now).duration_since(p.started).as_secs_f64(),
+            "done": p.finished.is_some(),
+        })),
         "sessions": {
             "polling": stats.sessions(Transport::Polling),
             "websocket": stats.sessions(Transport::WebSocket),

@@ -549,6 +549,16 @@ impl SidTable {
         entry.expires = now + linger;
     }
 
+    /// Ends a session moved elsewhere by a migration: over here at once, its entry kept a
+    /// moment (as for a closed WebSocket) and then counted out as `migrated`.
+    pub fn end_migrated(&self, sid: &str) {
+        let now = Instant::now();
+        if let Some(e) = self.shard(sid).get_mut(sid) {
+            e.end(SessionEnd::Migrated, now);
+            e.expires = e.expires.min(now + e.ttl.min(TUNNEL_END_LINGER));
+        }
+    }
+
     /// Forgets a session whose server answered that it does not know it.
     pub fn remove(&self, sid: &str) {
         let removed = self.shard(sid).remove_entry(sid);

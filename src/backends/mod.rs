@@ -13,6 +13,7 @@
 pub mod condition;
 pub mod discovery;
 pub mod health;
+pub mod migration;
 pub mod stats;
 
 use std::sync::Arc;

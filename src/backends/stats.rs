@@ -32,16 +32,19 @@ pub enum SessionEnd {
     Maint,
     /// tether shut down before it ended.
     Shutdown,
+    /// Moved to another server by a migration (its node keeps it for recovery).
+    Migrated,
 }
 
 impl SessionEnd {
-    const ALL: [SessionEnd; 6] = [
+    const ALL: [SessionEnd; 7] = [
         SessionEnd::ClientClosed,
         SessionEnd::ServerClosed,
         SessionEnd::IdleTimeout,
         SessionEnd::ServerDown,
         SessionEnd::Maint,
         SessionEnd::Shutdown,
+        SessionEnd::Migrated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl SessionEnd {
             SessionEnd::ServerDown => "server_down",
             SessionEnd::Maint => "maint",
             SessionEnd::Shutdown => "shutdown",
+            SessionEnd::Migrated => "migrated",
         }
     }
 }
@@ -79,7 +83,7 @@ pub struct ServerMetrics {
     /// Connections to the server and requests on them.
     pub upstream: crate::upstream::Meters,
     pub probe_duration: Histogram,
-    ended: [Counter; 6],
+    ended: [Counter; 7],
     session_duration: Histogram,
     connect_errors: [Counter; 5],
 }
@@ -221,6 +225,8 @@ pub struct ServerStats {
     pending: AtomicI64,
     /// Health and operator state.
     pub condition: ServerCondition,
+    /// Its sessions being moved elsewhere (`migrate`).
+    pub migration: super::migration::Migration,
     pub metrics: ServerMetrics,
 }
 
@@ -234,6 +240,7 @@ impl ServerStats {
             websocket: AtomicI64::new(0),
             pending: AtomicI64::new(0),
             condition: ServerCondition::default(),
+            migration: Default::default(),
         }
     }
 

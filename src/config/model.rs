@@ -82,6 +82,10 @@ pub enum AccessFormat {
     Json,
 }
 
+/// Default of [`BackendConfig::migrate_rate`]: a node's 1,000 sessions moved in 20 s,
+/// their reconnections a load the other nodes take in their stride.
+pub const DEFAULT_MIGRATE_RATE: f64 = 50.0;
+
 /// Default of [`Config::shutdown_grace`].
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -280,6 +284,8 @@ pub struct BackendConfig {
     /// A server coming (back) up gets a share of new sessions ramping from ~0 to its
     /// full share over this time, so a reconnect storm does not all land on it.
     pub slow_start: Option<Duration>,
+    /// Sessions per second a migration (`POST …/migrate`) moves off a server.
+    pub migrate_rate: f64,
     /// Servers found in DNS, beside the static ones.
     pub discover: Option<DiscoverConfig>,
     /// TLS to the servers; `None`: plain HTTP.

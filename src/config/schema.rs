@@ -301,6 +301,9 @@ pub struct RawBackend {
     pub max_connections: Option<u64>,
     #[serde(default)]
     pub slow_start: Option<DurationSpec>,
+    /// Sessions a migration moves per second; default 50.
+    #[serde(default)]
+    pub migrate_rate: Option<f64>,
     #[serde(default)]
     pub discover: Option<RawDiscover>,
     /// Absent: plain HTTP to the servers.

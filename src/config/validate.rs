@@ -811,6 +811,16 @@ fn backend(name: String, raw: RawBackend, path: &KeyPath) -> R<BackendConfig> {
             &path.key("slow_start"),
         )?),
     };
+    let migrate_rate = match raw.migrate_rate {
+        None => DEFAULT_MIGRATE_RATE,
+        Some(r) if r.is_finite() && r > 0.0 && r <= 100_000.0 => r,
+        Some(r) => {
+            return bad(
+                &path.key("migrate_rate"),
+                format!("{r} is out of range: sessions per second, more than 0 and at most 100000 (50 is usual)"),
+            )
+        }
+    };
     let tls = match raw.tls {
         None => None,
         Some(t) => {
@@ -851,6 +861,7 @@ fn backend(name: String, raw: RawBackend, path: &KeyPath) -> R<BackendConfig> {
         health,
         max_connections,
         slow_start,
+        migrate_rate,
         discover,
         name,
         servers,
@@ -1290,6 +1301,27 @@ mod tests {
         ] {
             let err = with(bad).unwrap_err();
             assert!(err.contains(says), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_migrate_rate_is_a_positive_number_of_sessions_per_second() {
+        let c = load(&servers_yaml("    migrate_rate: 12.5\n", &[""])).unwrap();
+        assert_eq!(c.backends[0].migrate_rate, 12.5);
+        let c = load(&servers_yaml("", &[""])).unwrap();
+        assert_eq!(c.backends[0].migrate_rate, DEFAULT_MIGRATE_RATE);
+        for (bad, says) in [
+            ("0", "out of range"),
+            ("-5", "out of range"),
+            ("200000", "out of range"),
+            (".nan", "out of range"),
+            ("fast", "backends.b.migrate_rate: expected"),
+            ("50/s", "backends.b.migrate_rate: expected"),
+        ] {
+            let err =
+                load(&servers_yaml(&format!("    migrate_rate: {bad}\n"), &[""])).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+            assert!(err.contains("<t>:5:"), "{bad}: located: {err}");
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod headers;
+mod migrate;
 mod retry;
 pub mod target;
 mod tcp_relay;
@@ -278,22 +279,63 @@ impl Proxy {
             return Box::pin(self.tunnel(backend, affinity, req, target, key, (rules, endpoints)))
                 .await;
         }
+        let delivery = Delivery {
+            engine_io: eio.is_some(),
+            upgrade: false,
+            rules,
+            endpoints,
+        };
+        // A long-poll of a session that a migration is (or may soon be) moving: see
+        // `migrate`. Only while a migration of its server runs.
+        let moving = match (&target.pin, eio) {
+            (Some(pin), Some(q))
+                if q.transport == Transport::Polling
+                    && req.method() == http::Method::GET
+                    && target.server.stats.migration.is_active() =>
+            {
+                Some((Arc::<str>::from(pin.sid()), q.version))
+            }
+            _ => None,
+        };
+        if let Some((sid, version)) = moving {
+            let close = migrate::close_request(&req);
+            let stats = Arc::clone(&target.server.stats);
+            if !stats.migration.is_asked(&sid) {
+                let asked = migrate::Asked::new(Arc::clone(&stats), Arc::clone(&sid));
+                let sending = self.send(backend, affinity, &mut target, req, delivery);
+                let sent = tokio::select! {
+                    sent = sending => Some(sent),
+                    _ = asked => None,
+                };
+                if let Some(sent) = sent {
+                    return self
+                        .answered(backend, affinity, target, (eio, client), sent?, seen)
+                        .await;
+                }
+            }
+            return self
+                .move_poll(backend, &target, close, (&sid, version), endpoints)
+                .await;
+        }
         // A new session's bodiless request can be sent again elsewhere if its server
         // cannot be reached: no session exists yet, so nothing can be duplicated.
         let resp = self
-            .send(
-                backend,
-                affinity,
-                &mut target,
-                req,
-                Delivery {
-                    engine_io: eio.is_some(),
-                    upgrade: false,
-                    rules,
-                    endpoints,
-                },
-            )
+            .send(backend, affinity, &mut target, req, delivery)
             .await?;
+        self.answered(backend, affinity, target, (eio, client), resp, seen)
+            .await
+    }
+
+    /// Learns from a server's answer to a request and turns it into the client's.
+    async fn answered<'s>(
+        &self,
+        backend: &'s Backend,
+        affinity: &Affinity,
+        target: Target<'s>,
+        (eio, client): (Option<engineio::EioQuery<'_>>, std::net::IpAddr),
+        resp: Response<Incoming>,
+        seen: &mut Seen<'s>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         seen.server = Some(target.server);
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
@@ -317,6 +359,33 @@ impl Proxy {
         };
         drop(target);
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// Moves a polling session: the node is told the client closed it, the client that
+    /// its transport closed (see `migrate`), and the session ends here as migrated.
+    async fn move_poll(
+        &self,
+        backend: &Backend,
+        target: &Target<'_>,
+        mut close: UpstreamRequest,
+        (sid, version): (&str, u8),
+        (client, local): (SocketAddr, SocketAddr),
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let server = target.server;
+        headers::origin_form(&mut close, &server.addr).map_err(ProxyError::BadRequest)?;
+        let peer = server.peer().for_client(client, local);
+        match upstream::send(&server.pool, peer, close, backend.timeouts.response).await {
+            Ok(resp) => {
+                tracing::debug!(%sid, server = %server.id, status = %resp.status(), "polling session migrated");
+            }
+            Err(e) => {
+                // The client reconnects anyway; the node keeps the session until its
+                // ping timeout, and recovery then depends on the client's timing.
+                tracing::debug!(%sid, server = %server.id, error = %e, "close packet to the node failed");
+            }
+        }
+        self.store.sids.end_migrated(sid);
+        Ok(migrate::close_answer(version))
     }
 
     /// Sends `req` to the target's server (pooled, or on a fresh connection for an
@@ -473,7 +542,11 @@ impl Proxy {
         drop(target.pending);
         let server_id = Arc::clone(&target.server.id);
         let stats = Arc::clone(&target.server.stats);
-        let mut stop = TunnelStop::new(Arc::clone(&self.hard_stop), Arc::clone(&stats));
+        let mut stop = TunnelStop::new(
+            Arc::clone(&self.hard_stop),
+            Arc::clone(&stats),
+            Arc::clone(&session),
+        );
         let hard_stop = Arc::clone(&self.hard_stop);
         let log = self.access.load_full();
         let client_addr = endpoints.0;
@@ -516,6 +589,7 @@ impl Proxy {
                 TunnelEnd::ServerClosed => SessionEnd::ServerClosed,
                 TunnelEnd::Idle => SessionEnd::IdleTimeout,
                 TunnelEnd::Stopped if hard_stop.is_fired() => SessionEnd::Shutdown,
+                TunnelEnd::Stopped if stop.migrated() => SessionEnd::Migrated,
                 TunnelEnd::Stopped => stats.unserved_end(),
             };
             let mut session = tether_kit::lock(&session);
@@ -640,6 +714,7 @@ fn record_opened(
 
 /// Keeps a tunnel's session counted for as long as the tunnel task owns it.
 #[allow(dead_code)] // held for its Drop
+#[derive(Debug)]
 enum TunnelSession {
     Pinned(SessionPin),
     Counted(SessionGuard),

@@ -131,8 +131,9 @@ impl<S: Future<Output = ()>> Future for TcpRelay<S> {
         } else {
             ready!(relay.poll_watchdog(cx, this.watchdog))
         };
-        // A FIN to both sides now; dropping the sockets closes them.
-        for s in [&relay.client, &relay.server] {
+        // A FIN to both sides now, the server first (see `relay_buffered`); dropping the
+        // sockets closes them.
+        for s in [&relay.server, &relay.client] {
             let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
         }
         Poll::Ready(end)

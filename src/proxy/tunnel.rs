@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -48,8 +48,8 @@ impl HardStop {
 }
 
 /// Completes when a tunnel must end before either side closes it: the process's grace
-/// is over, or its server was put in maintenance or found down (its client then
-/// reconnects elsewhere at once).
+/// is over, its server was put in maintenance or found down (its client then
+/// reconnects elsewhere at once), or a migration asked its session to move.
 ///
 /// The tunnel polls it with every message it relays, so a poll is two loads and two
 /// waker comparisons; it takes a lock only on its first poll and when dropped.
@@ -59,16 +59,38 @@ pub struct TunnelStop {
     stats: Arc<ServerStats>,
     on_hard: Waiting,
     on_server: Waiting,
+    /// The tunnel's session, whose sid a migration may name (read only while one runs).
+    session: Arc<Mutex<super::TunnelSession>>,
+    migrated: bool,
 }
 
 impl TunnelStop {
-    pub fn new(hard: Arc<HardStop>, stats: Arc<ServerStats>) -> TunnelStop {
+    pub(super) fn new(
+        hard: Arc<HardStop>,
+        stats: Arc<ServerStats>,
+        session: Arc<Mutex<super::TunnelSession>>,
+    ) -> TunnelStop {
         TunnelStop {
             hard,
             stats,
             on_hard: Waiting::default(),
             on_server: Waiting::default(),
+            session,
+            migrated: false,
         }
+    }
+
+    /// Whether it completed because a migration asked its session to move.
+    pub fn migrated(&self) -> bool {
+        self.migrated
+    }
+
+    fn asked_to_move(&self) -> bool {
+        self.stats.migration.is_active()
+            && match &*tether_kit::lock(&self.session) {
+                super::TunnelSession::Pinned(pin) => self.stats.migration.is_asked(pin.sid()),
+                super::TunnelSession::Counted(_) => false,
+            }
     }
 }
 
@@ -82,6 +104,9 @@ impl Future for TunnelStop {
         this.on_server
             .register(this.stats.condition.pinned_waiters(), cx.waker());
         if this.hard.fired.load(Ordering::Acquire) || !this.stats.condition.serves_pinned() {
+            Poll::Ready(())
+        } else if this.asked_to_move() {
+            this.migrated = true;
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -428,10 +453,12 @@ where
         }
     };
     // Best effort: a FIN to both sides now, whatever state they are in; dropping the
-    // halves afterwards closes the sockets.
+    // halves afterwards closes the sockets. The server first: a node that sees its
+    // transport close before the client can reconnect elsewhere has stored the session
+    // for recovery by then.
     let grace = Duration::from_secs(1);
-    let _ = tokio::time::timeout(grace, client_wr.shutdown()).await;
     let _ = tokio::time::timeout(grace, server_wr.shutdown()).await;
+    let _ = tokio::time::timeout(grace, client_wr.shutdown()).await;
     end
 }
 

@@ -13,6 +13,7 @@
 
 pub mod changes;
 pub mod history;
+pub mod migrate;
 pub mod reload;
 #[cfg(unix)]
 pub mod takeover;

@@ -49,7 +49,7 @@ catalogue! {
     SERVER_SESSIONS = Gauge "tether_server_sessions" ["backend", "server"]
         "Live sessions per server, every transport: the signal to scale servers on (HorizontalPodAutoscaler through prometheus-adapter).";
     SESSIONS_ENDED = Counter "tether_sessions_ended_total" ["backend", "server", "cause"]
-        "Sessions ended, by cause: client_closed, server_closed, idle_timeout (nothing heard for its heartbeat), server_down, maint, shutdown.";
+        "Sessions ended, by cause: client_closed, server_closed, idle_timeout (nothing heard for its heartbeat), server_down, maint, shutdown, migrated (moved by a migration).";
     SESSION_DURATION = Histogram "tether_session_duration_seconds" ["backend"]
         "How long sessions lived, from the handshake (or the WebSocket upgrade of a WebSocket-only session) to their end.";
     SID_UNKNOWN = Counter "tether_engineio_sid_unknown_total" ["backend", "cause"]

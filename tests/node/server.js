@@ -5,6 +5,12 @@
 //                  [--path /socket.io/] [--redis-key socket.io] [--cookie NAME]
 //                  [--ping-interval MS] [--ping-timeout MS] [--ignore-stdin] [--port P (default 0)]
 //                  [--health-status CODE (default 200) | --unhealthy] [--sid-prefix P]
+//                  [--recovery] [--tick-ms MS]
+//
+// --recovery: connection state recovery (`connectionStateRecovery`) with
+// @socket.io/redis-streams-adapter (needs --redis-socket or --redis-url), so a client that
+// reconnects to ANOTHER node gets back its id, rooms and missed packets. --tick-ms MS: this
+// node broadcasts `tick` with a sequence number (1, 2, ...) to every client every MS.
 //
 // Listens on 127.0.0.1 port 0 and prints exactly one line on stdout once ready:
 //   {"event":"listening","port":<n>,"id":"<id>"}
@@ -49,6 +55,7 @@ function parseArgs(argv) {
     "--id": "id", "--redis-socket": "redisSocket", "--redis-url": "redisUrl", "--path": "path",
     "--redis-key": "redisKey", "--cookie": "cookie", "--ping-interval": "pingInterval", "--ping-timeout": "pingTimeout",
     "--port": "port", "--health-status": "healthStatus", "--sid-prefix": "sidPrefix",
+    "--tick-ms": "tickMs",
   };
   for (let i = 0; i < argv.length; i++) {
     let arg = argv[i];
@@ -59,6 +66,7 @@ function parseArgs(argv) {
       arg = arg.slice(0, eq);
     }
     if (arg === "--ignore-stdin") { opts.ignoreStdin = true; continue; }
+    if (arg === "--recovery") { opts.recovery = true; continue; }
     if (arg === "--unhealthy") { opts.healthStatus = 503; continue; }
     if (arg === "--help" || arg === "-h") usage();
     const key = valued[arg];
@@ -173,6 +181,7 @@ const serverOpts = { path: ioPath, serveClient: false };
 if (opts.cookie) serverOpts.cookie = { name: opts.cookie, path: "/", httpOnly: true, sameSite: "lax" };
 if (opts.pingInterval) serverOpts.pingInterval = opts.pingInterval;
 if (opts.pingTimeout) serverOpts.pingTimeout = opts.pingTimeout;
+if (opts.recovery) serverOpts.connectionStateRecovery = {};
 const io = new Server(httpServer, serverOpts);
 // --sid-prefix P: every sid starts with P, so tether's `sid_prefix: P` routes it here with no
 // table (README, "Stateless stickiness"). engine.io's own generator (base64id, 15 random bytes
@@ -217,6 +226,8 @@ io.on("connection", (socket) => {
       node: ID,
       transport: socket.conn.transport.name,
       sid: socket.conn.id,
+      id: socket.id,
+      recovered: socket.recovered,
       handshakeAddress: socket.handshake.address,
       address: seen.address || socket.conn.remoteAddress,
       cookie: seen.cookie || null,
@@ -273,7 +284,15 @@ async function setupRedis() {
   ]).finally(() => clearTimeout(timer));
   const adapterOpts = {};
   if (opts.redisKey) adapterOpts.key = opts.redisKey;
-  io.adapter(createAdapter(pub, sub, adapterOpts));
+  if (opts.recovery) {
+    io.adapter(require("@socket.io/redis-streams-adapter").createAdapter(pub));
+  } else {
+    io.adapter(createAdapter(pub, sub, adapterOpts));
+  }
+  if (opts.tickMs) {
+    let seq = 0;
+    setInterval(() => io.emit("tick", ++seq), Number(opts.tickMs)).unref();
+  }
 }
 
 let shuttingDown = false;
