@@ -48,6 +48,19 @@ fn peak_per_second(times: &mut [u64]) -> usize {
 }
 
 /// When each node opened each session (ms since the epoch), from the node.
+/// `tether_session_admission_total{result="deferred"}` now.
+async fn deferred(tether: &TetherHandle) -> u64 {
+    let metrics = admin_request(tether.admin.unwrap(), "GET", "/metrics").await;
+    metrics
+        .text()
+        .lines()
+        .find(|l| {
+            l.starts_with("tether_session_admission_total") && l.contains("result=\"deferred\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
 async fn handshakes_at(node: &NodeServer) -> Vec<u64> {
     let req = format!(
         "GET /handshakes HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
@@ -71,6 +84,7 @@ struct Outcome {
     /// Most new sessions the survivors opened together in any 1 s after the kill.
     peak: usize,
     connect_all: Duration,
+    /// Handshakes answered 503 after the kill.
     deferred: u64,
 }
 
@@ -125,6 +139,7 @@ async fn storm(admission: Option<(f64, u32)>) -> Outcome {
     let orphans = n(&ready_p["perNode"][&victim.id]) + n(&ready_w["perNode"][&victim.id]);
     assert!(orphans > 0, "{ready_p} {ready_w}");
 
+    let deferred_before = deferred(&tether).await;
     let killed_ms = unix_ms();
     victim.signal("KILL");
     let killed = Instant::now();
@@ -160,16 +175,7 @@ async fn storm(admission: Option<(f64, u32)>) -> Outcome {
         assert_eq!(n(&f["notReconnected"]), 0, "{f}");
         assert_eq!(n(&f["reconnectFailed"]), 0, "a client gave up: {f}");
     }
-    let metrics = admin_request(tether.admin.unwrap(), "GET", "/metrics").await;
-    let deferred = metrics
-        .text()
-        .lines()
-        .find(|l| {
-            l.starts_with("tether_session_admission_total")
-                && l.contains("result=\"deferred\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0) as u64;
+    let deferred = deferred(&tether).await - deferred_before;
     tether.stop().await;
     Outcome {
         orphans,
@@ -193,8 +199,8 @@ async fn a_reconnect_storm_reaches_the_survivors_at_the_admission_rate() {
     let cap = f64::from(BURST) + RATE * (1.0 + JITTER);
     println!(
         "with handshakes {{ per_second: {RATE}, burst: {BURST} }}: {} orphans back after {:?}; \
-         peak {} new sessions/s at the survivors (allowed {cap}); {} handshakes deferred \
-         (2,000 connected in {:?})",
+         peak {} new sessions/s at the survivors (allowed {cap}); {} handshakes deferred after \
+         the kill (2,000 connected in {:?})",
         capped.orphans, capped.back_after, capped.peak, capped.deferred, capped.connect_all
     );
     assert_eq!(free.deferred, 0, "no cap, nothing deferred");

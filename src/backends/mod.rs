@@ -21,8 +21,8 @@ use std::time::Duration;
 use ahash::AHashMap;
 use http::uri::Authority;
 
-use crate::balance::{Candidate, Placer, Policy};
 use crate::admission::SessionRate;
+use crate::balance::{Candidate, Placer, Policy};
 use crate::config::{
     BackendConfig, Balance, HealthConfig, Placement, Rate, SendProxy, ServerConfig, ServerState,
     Timeouts,
@@ -228,7 +228,9 @@ impl Backend {
             timeouts: cfg.timeouts.clone(),
             health: cfg.health.clone(),
             max_connections: cfg.max_connections,
-            session_rate: cfg.handshakes.map(|r| (r, registry.session_rate(&cfg.name))),
+            session_rate: cfg
+                .handshakes
+                .map(|r| (r, registry.session_rate(&cfg.name))),
             tls,
             send_proxy: cfg.proxy_protocol,
             metrics: BackendMetrics::new(&cfg.name),

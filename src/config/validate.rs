@@ -1316,14 +1316,35 @@ mod tests {
                 burst: 400
             })
         );
-        assert_eq!(load(&servers_yaml("", &[""])).unwrap().backends[0].handshakes, None);
+        assert_eq!(
+            load(&servers_yaml("", &[""])).unwrap().backends[0].handshakes,
+            None
+        );
         for (bad, says) in [
-            ("{ per_second: 0, burst: 10 }", "backends.b.handshakes.per_second: 0 is not a rate above 0"),
-            ("{ per_second: -5, burst: 10 }", "backends.b.handshakes.per_second: -5 is not a rate above 0"),
-            ("{ per_second: .nan, burst: 10 }", "backends.b.handshakes.per_second: NaN is not a rate above 0"),
-            ("{ per_second: 10, burst: 0 }", "backends.b.handshakes.burst: 0 is out of range"),
-            ("{ per_second: fast, burst: 10 }", "backends.b.handshakes.per_second"),
-            ("{ per_second: 10, burst: -1 }", "backends.b.handshakes.burst"),
+            (
+                "{ per_second: 0, burst: 10 }",
+                "backends.b.handshakes.per_second: 0 is not a rate above 0",
+            ),
+            (
+                "{ per_second: -5, burst: 10 }",
+                "backends.b.handshakes.per_second: -5 is not a rate above 0",
+            ),
+            (
+                "{ per_second: .nan, burst: 10 }",
+                "backends.b.handshakes.per_second: NaN is not a rate above 0",
+            ),
+            (
+                "{ per_second: 10, burst: 0 }",
+                "backends.b.handshakes.burst: 0 is out of range",
+            ),
+            (
+                "{ per_second: fast, burst: 10 }",
+                "backends.b.handshakes.per_second",
+            ),
+            (
+                "{ per_second: 10, burst: -1 }",
+                "backends.b.handshakes.burst",
+            ),
             ("200", "backends.b.handshakes"),
         ] {
             let err = load(&servers_yaml(&format!("    handshakes: {bad}\n"), &[""])).unwrap_err();
