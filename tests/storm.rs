@@ -234,3 +234,63 @@ async fn a_reconnect_storm_reaches_the_survivors_at_the_admission_rate() {
         free.peak
     );
 }
+
+/// What one new session over the cap sees, and that sessions already pinned never wait:
+/// a polling handshake and a WebSocket-only one are answered 503 at once with a
+/// `Retry-After` of whole seconds, while a pinned session's messages and its upgrade
+/// pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_cap_a_handshake_is_told_to_retry_and_pinned_sessions_pass() {
+    let node = NodeServer::spawn("node-1", None, &[]).await;
+    let tether = TetherHandle::start(
+        &sockets(std::slice::from_ref(&node))
+            .admin()
+            .with("handshakes: { per_second: 0.5, burst: 2 }")
+            .build(),
+    )
+    .await;
+    let first = get(tether.addr, None, &eio_path(None), &[]).await;
+    let second = get(tether.addr, None, &eio_path(None), &[]).await;
+    assert_eq!((first.status, second.status), (200, 200), "the burst");
+    let pinned = first.sid();
+
+    let asked = Instant::now();
+    let over = get(tether.addr, None, &eio_path(None), &[]).await;
+    let answered_in = asked.elapsed();
+    assert_eq!(over.status, 503, "{}", over.text());
+    assert!(answered_in < Duration::from_secs(1), "{answered_in:?}");
+    let retry: u64 = over
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("whole seconds");
+    // The next token in ~2 s, plus 0–2 s of jitter.
+    assert!((2..=4).contains(&retry), "Retry-After {retry}");
+    let ws_only = get(
+        tether.addr,
+        None,
+        "/socket.io/?EIO=4&transport=websocket",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+    )
+    .await;
+    assert_eq!(ws_only.status, 503, "a WebSocket-only session is a new one");
+    assert!(ws_only.header("retry-after").is_some());
+
+    // The pinned session: its messages and its upgrade, whatever the bucket holds.
+    for _ in 0..20 {
+        let pong = post_pong(tether.addr, &pinned).await;
+        assert_eq!((pong.status, pong.text()), (200, "ok".to_owned()));
+    }
+    let _tunnel = ws_connect(
+        tether.addr,
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={pinned}"),
+    )
+    .await;
+    assert!(deferred(&tether).await >= 2);
+    tether.stop().await;
+}
