@@ -10,8 +10,13 @@
 //! The table is sharded like the sid table and bounded: past [`MAX_CLIENTS`] tracked
 //! addresses, new ones share one entry, so a flood from many addresses is limited as
 //! one client instead of growing the table.
+//!
+//! Beside the per-client state, [`SessionRate`] is a backend's budget of new sessions
+//! across all its clients (a reconnect storm after a node died), one atomic per
+//! handshake.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -242,6 +247,65 @@ impl Admission {
     }
 }
 
+/// A backend's budget of new sessions across all its clients: a token bucket of `burst`
+/// tokens refilled at `per_second`, kept as GCRA's one "theoretical arrival time" in an
+/// atomic, so a handshake costs one compare-and-swap and nothing else waits on it.
+///
+/// It outlives routing snapshots (a reload or a discovery answer does not hand out a
+/// fresh burst in the middle of a storm); the rate in force is passed to each call, so a
+/// reload that changes it applies to the next handshake.
+#[derive(Debug)]
+pub struct SessionRate {
+    /// When the bucket will be full again, in nanoseconds since `epoch` (the bucket is
+    /// full whenever this is not after now).
+    tat_ns: AtomicU64,
+    epoch: tokio::time::Instant,
+}
+
+impl Default for SessionRate {
+    fn default() -> Self {
+        SessionRate {
+            tat_ns: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl SessionRate {
+    /// Takes a token for a new session if there is one; else how long until there is.
+    pub fn admit(&self, rate: &Rate) -> Result<(), Duration> {
+        let now = self.epoch.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        let interval = (1e9 / rate.per_second.max(f64::MIN_POSITIVE)).clamp(1.0, 1e18) as u64;
+        // A full bucket lets `burst` handshakes through at one instant: the arrival time
+        // may run this far ahead of now.
+        let tolerance = interval.saturating_mul(u64::from(rate.burst.max(1)) - 1);
+        let mut tat = self.tat_ns.load(Ordering::Relaxed);
+        loop {
+            let start = tat.max(now);
+            if start - now > tolerance {
+                return Err(Duration::from_nanos(start - now - tolerance));
+            }
+            match self.tat_ns.compare_exchange_weak(
+                tat,
+                start.saturating_add(interval),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(seen) => tat = seen,
+            }
+        }
+    }
+
+    /// Tokens in the bucket now (fractional), for status and tests.
+    pub fn tokens(&self, rate: &Rate) -> f64 {
+        let now = self.epoch.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        let tat = self.tat_ns.load(Ordering::Relaxed).max(now);
+        let interval = 1e9 / rate.per_second.max(f64::MIN_POSITIVE);
+        (f64::from(rate.burst) - (tat - now) as f64 / interval).max(0.0)
+    }
+}
+
 fn allowed(ip: IpAddr, limits: &ClientLimits) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -341,6 +405,69 @@ mod tests {
             Refused::Denied
         );
         assert!(a.connect("192.168.1.1".parse().unwrap(), &l).is_ok());
+    }
+
+    fn rate(per_second: f64, burst: u32) -> Rate {
+        Rate { per_second, burst }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_budget_passes_its_burst_then_its_rate() {
+        let bucket = SessionRate::default();
+        let r = rate(100.0, 50);
+        let passed = (0..500).filter(|_| bucket.admit(&r).is_ok()).count();
+        assert_eq!(passed, 50, "the burst at one instant, nothing more");
+        let wait = bucket.admit(&r).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(10), "one token every 10 ms");
+        // 10 ms later: exactly one more.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(bucket.admit(&r).is_ok());
+        assert!(bucket.admit(&r).is_err());
+        // A steady storm: over 10 s, the rate and nothing else.
+        let mut admitted = 0;
+        for _ in 0..1000 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            admitted += (0..20).filter(|_| bucket.admit(&r).is_ok()).count();
+        }
+        assert_eq!(admitted, 1000, "100/s for 10 s");
+        // Idle for long: the bucket fills up to its burst, never beyond.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!((bucket.tokens(&r) - 50.0).abs() < 1e-9);
+        let passed = (0..500).filter(|_| bucket.admit(&r).is_ok()).count();
+        assert_eq!(passed, 50);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_budget_refills_fractionally_and_follows_a_new_rate() {
+        let bucket = SessionRate::default();
+        let slow = rate(0.5, 1);
+        assert!(bucket.admit(&slow).is_ok());
+        assert_eq!(bucket.admit(&slow).unwrap_err(), Duration::from_secs(2));
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(bucket.admit(&slow).unwrap_err(), Duration::from_millis(500));
+        assert!((bucket.tokens(&slow) - 0.75).abs() < 1e-9);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(bucket.admit(&slow).is_ok());
+        // A reload to a faster rate: the debt is kept, the new pace applies from now.
+        let fast = rate(1000.0, 10);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let passed = (0..100).filter(|_| bucket.admit(&fast).is_ok()).count();
+        assert_eq!(passed, 10);
+    }
+
+    #[test]
+    fn a_backend_budget_is_never_overspent_by_racing_threads() {
+        let bucket = Arc::new(SessionRate::default());
+        // A rate so slow that no token comes back while the threads race.
+        let r = rate(0.001, 64);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let bucket = Arc::clone(&bucket);
+                std::thread::spawn(move || (0..1000).filter(|_| bucket.admit(&r).is_ok()).count())
+            })
+            .collect();
+        let passed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(passed, 64);
     }
 
     #[test]

@@ -87,6 +87,25 @@ fn check_and_run_name_file_line_column_and_key_of_a_bad_value() {
             ":2:10: registry.redis: \"redis://127.0.0.1:port\" is not a Redis URL",
             Some("e.g. redis://127.0.0.1:6379"),
         ),
+        // A backend's cap on new sessions at 0, negative or garbled (issue 17).
+        (
+            "storm-zero.yaml",
+            format!("{GOOD_HEAD}    handshakes: {{ per_second: 0, burst: 100 }}\n    servers: [{{ id: a, addr: \"127.0.0.1:1\" }}]\n"),
+            ":5:31: backends.chat.handshakes.per_second: 0 is not a rate above 0",
+            None,
+        ),
+        (
+            "storm-negative.yaml",
+            format!("{GOOD_HEAD}    handshakes: {{ per_second: 100, burst: -5 }}\n    servers: [{{ id: a, addr: \"127.0.0.1:1\" }}]\n"),
+            ":5:",
+            Some("backends.chat.handshakes.burst"),
+        ),
+        (
+            "storm-garbled.yaml",
+            format!("{GOOD_HEAD}    handshakes: {{ per_second: 100/s, burst: 100 }}\n    servers: [{{ id: a, addr: \"127.0.0.1:1\" }}]\n"),
+            ":5:",
+            Some("backends.chat.handshakes.per_second"),
+        ),
         // Broken YAML.
         (
             "syntax.yaml",

@@ -91,7 +91,11 @@ pub fn status(rt: &Runtime) -> Value {
         .iter()
         .map(|b| {
             let servers: Vec<Value> = b.servers.iter().map(server_json).collect();
-            json!({ "name": &*b.name, "servers": servers })
+            // The backend's cap on new sessions per second, and what it has left now.
+            let handshakes = b.session_budget().map(|(rate, tokens)| {
+                json!({ "per_second": rate.per_second, "burst": rate.burst, "tokens": tokens.floor() })
+            });
+            json!({ "name": &*b.name, "servers": servers, "handshakes": handshakes })
         })
         .collect();
     let now = SystemTime::now();

@@ -22,9 +22,11 @@ use std::time::Duration;
 use ahash::AHashMap;
 use http::uri::Authority;
 
+use crate::admission::SessionRate;
 use crate::balance::{Candidate, Placer, Policy};
 use crate::config::{
-    BackendConfig, Balance, HealthConfig, Placement, SendProxy, ServerConfig, ServerState, Timeouts,
+    BackendConfig, Balance, HealthConfig, Placement, Rate, SendProxy, ServerConfig, ServerState,
+    Timeouts,
 };
 use crate::engineio::Transport;
 use crate::telemetry;
@@ -114,6 +116,8 @@ pub struct Backend {
     pub timeouts: Timeouts,
     pub health: Option<HealthConfig>,
     max_connections: Option<u64>,
+    /// The cap on new sessions per second (`handshakes:`) and its bucket, when set.
+    session_rate: Option<(Rate, Arc<SessionRate>)>,
     /// TLS to the servers, when the backend asks for it.
     pub tls: Option<Arc<TlsUpstream>>,
     /// The PROXY header each connection to a server opens with.
@@ -126,6 +130,8 @@ pub struct BackendMetrics {
     pub request_duration: metrics::Histogram,
     /// By transport (polling, websocket), then result (ok, refused, limited, failed).
     handshakes: [[metrics::Counter; 4]; 2],
+    /// New sessions through the backend's `handshakes` cap: admitted, deferred.
+    admission: [metrics::Counter; 2],
 }
 
 impl std::fmt::Debug for BackendMetrics {
@@ -151,6 +157,9 @@ impl BackendMetrics {
                     metrics::counter!(telemetry::HANDSHAKES, "backend" => b.clone(),
                         "transport" => t.as_str(), "result" => r)
                 })
+            }),
+            admission: ["admitted", "deferred"].map(|r| {
+                metrics::counter!(telemetry::SESSION_ADMISSION, "backend" => b.clone(), "result" => r)
             }),
         }
     }
@@ -220,6 +229,9 @@ impl Backend {
             timeouts: cfg.timeouts.clone(),
             health: cfg.health.clone(),
             max_connections: cfg.max_connections,
+            session_rate: cfg
+                .handshakes
+                .map(|r| (r, registry.session_rate(&cfg.name))),
             tls,
             send_proxy: cfg.proxy_protocol,
             metrics: BackendMetrics::new(&cfg.name),
@@ -233,6 +245,26 @@ impl Backend {
             .iter()
             .find(|(p, _)| sid.starts_with(&**p))
             .map(|(_, i)| &self.servers[*i])
+    }
+
+    /// Lets a new session (a handshake: a polling request or a WebSocket upgrade without
+    /// sid) through the backend's `handshakes` cap, or says how long until one may come.
+    /// One compare-and-swap and one counter; requests of existing sessions never come
+    /// here.
+    pub fn admit_session(&self) -> Result<(), Duration> {
+        let verdict = match &self.session_rate {
+            Some((rate, bucket)) => bucket.admit(rate),
+            None => Ok(()),
+        };
+        self.metrics.admission[usize::from(verdict.is_err())].increment(1);
+        verdict
+    }
+
+    /// The cap on new sessions per second and the tokens its bucket holds now.
+    pub fn session_budget(&self) -> Option<(Rate, f64)> {
+        self.session_rate
+            .as_ref()
+            .map(|(rate, bucket)| (*rate, bucket.tokens(rate)))
     }
 
     /// How new sessions are placed here.

@@ -13,6 +13,7 @@ use ahash::AHashMap;
 use metrics::{Counter, Gauge, Histogram};
 
 use super::ServerCondition;
+use crate::admission::SessionRate;
 use crate::engineio::Transport;
 use crate::telemetry;
 
@@ -339,6 +340,9 @@ type ServerKey = (Arc<str>, Arc<str>);
 #[derive(Debug, Default)]
 pub struct Registry {
     stats: Mutex<AHashMap<ServerKey, Arc<ServerStats>>>,
+    /// Each backend's budget of new sessions (`handshakes:`), kept across snapshots so
+    /// a reload in a storm does not hand out a fresh burst.
+    session_rates: Mutex<AHashMap<Arc<str>, Arc<SessionRate>>>,
 }
 
 impl Registry {
@@ -357,6 +361,12 @@ impl Registry {
         let stats = Arc::new(ServerStats::new(Arc::clone(&key.0), Arc::clone(&key.1)));
         map.insert(key, Arc::clone(&stats));
         (stats, true)
+    }
+
+    /// The backend's budget of new sessions, the same one for every snapshot.
+    pub fn session_rate(&self, backend: &str) -> Arc<SessionRate> {
+        let mut map = tether_kit::lock(&self.session_rates);
+        Arc::clone(map.entry(Arc::from(backend)).or_default())
     }
 
     /// Forgets servers for which `keep` is false and that nothing references any more

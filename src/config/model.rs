@@ -281,6 +281,10 @@ pub struct BackendConfig {
     pub health: Option<HealthConfig>,
     /// Most live sessions (handshakes in flight included) over the whole backend.
     pub max_connections: Option<u64>,
+    /// New sessions (Engine.IO handshakes, WebSocket-only sessions) per second across all
+    /// clients, as a token bucket: a reconnect storm reaches the servers at this pace, the
+    /// excess answered 503 with `Retry-After`. `None` (the default): no such cap.
+    pub handshakes: Option<Rate>,
     /// A server coming (back) up gets a share of new sessions ramping from ~0 to its
     /// full share over this time, so a reconnect storm does not all land on it.
     pub slow_start: Option<Duration>,

@@ -299,6 +299,10 @@ pub struct RawBackend {
     pub health: Option<RawHealth>,
     #[serde(default)]
     pub max_connections: Option<u64>,
+    /// New sessions per second across all clients of the backend (a reconnect storm);
+    /// absent: no cap beyond the per-client ones.
+    #[serde(default)]
+    pub handshakes: Option<RawRate>,
     #[serde(default)]
     pub slow_start: Option<DurationSpec>,
     /// Sessions a migration moves per second; default 50.

@@ -617,23 +617,7 @@ fn client_limits(raw: RawClientLimits, path: &KeyPath) -> R<ClientLimits> {
         }
     };
     let rate = |raw: Option<RawRate>, default: Rate, key: &str| -> R<Rate> {
-        let Some(r) = raw else { return Ok(default) };
-        if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1e9) {
-            return bad(
-                &path.key(key).key("per_second"),
-                format!("{} is not a rate above 0 (tokens per second)", r.per_second),
-            );
-        }
-        if !(1..=1_000_000_000).contains(&r.burst) {
-            return bad(
-                &path.key(key).key("burst"),
-                format!("{} is out of range 1..=1000000000", r.burst),
-            );
-        }
-        Ok(Rate {
-            per_second: r.per_second,
-            burst: r.burst as u32,
-        })
+        raw.map_or(Ok(default), |r| rate(r, &path.key(key)))
     };
     let nets = |list: &[String], key: &str| -> R<Vec<IpNet>> {
         list.iter()
@@ -647,6 +631,26 @@ fn client_limits(raw: RawClientLimits, path: &KeyPath) -> R<ClientLimits> {
         requests: rate(raw.requests, d.requests, "requests")?,
         allow: nets(&raw.allow, "allow")?,
         deny: nets(&raw.deny, "deny")?,
+    })
+}
+
+/// A token bucket's `{ per_second, burst }`: a finite rate above 0, a burst of at least 1.
+fn rate(r: RawRate, path: &KeyPath) -> R<Rate> {
+    if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1e9) {
+        return bad(
+            &path.key("per_second"),
+            format!("{} is not a rate above 0 (tokens per second)", r.per_second),
+        );
+    }
+    if !(1..=1_000_000_000).contains(&r.burst) {
+        return bad(
+            &path.key("burst"),
+            format!("{} is out of range 1..=1000000000", r.burst),
+        );
+    }
+    Ok(Rate {
+        per_second: r.per_second,
+        burst: r.burst as u32,
     })
 }
 
@@ -803,6 +807,10 @@ fn backend(name: String, raw: RawBackend, path: &KeyPath) -> R<BackendConfig> {
         Some(h) => Some(health(h, &path.key("health"))?),
     };
     let max_connections = max_connections(raw.max_connections, &path.key("max_connections"))?;
+    let handshakes = match raw.handshakes {
+        None => None,
+        Some(r) => Some(rate(r, &path.key("handshakes"))?),
+    };
     let slow_start = match raw.slow_start {
         None => None,
         Some(spec) => Some(positive(
@@ -860,6 +868,7 @@ fn backend(name: String, raw: RawBackend, path: &KeyPath) -> R<BackendConfig> {
         proxy_protocol,
         health,
         max_connections,
+        handshakes,
         slow_start,
         migrate_rate,
         discover,
@@ -1322,6 +1331,56 @@ mod tests {
                 load(&servers_yaml(&format!("    migrate_rate: {bad}\n"), &[""])).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
             assert!(err.contains("<t>:5:"), "{bad}: located: {err}");
+        }
+    }
+
+    #[test]
+    fn a_backend_handshakes_cap_is_a_rate_above_zero() {
+        let c = load(&servers_yaml(
+            "    handshakes: { per_second: 200, burst: 400 }\n",
+            &[""],
+        ))
+        .unwrap();
+        assert_eq!(
+            c.backends[0].handshakes,
+            Some(Rate {
+                per_second: 200.0,
+                burst: 400
+            })
+        );
+        assert_eq!(
+            load(&servers_yaml("", &[""])).unwrap().backends[0].handshakes,
+            None
+        );
+        for (bad, says) in [
+            (
+                "{ per_second: 0, burst: 10 }",
+                "backends.b.handshakes.per_second: 0 is not a rate above 0",
+            ),
+            (
+                "{ per_second: -5, burst: 10 }",
+                "backends.b.handshakes.per_second: -5 is not a rate above 0",
+            ),
+            (
+                "{ per_second: .nan, burst: 10 }",
+                "backends.b.handshakes.per_second: NaN is not a rate above 0",
+            ),
+            (
+                "{ per_second: 10, burst: 0 }",
+                "backends.b.handshakes.burst: 0 is out of range",
+            ),
+            (
+                "{ per_second: fast, burst: 10 }",
+                "backends.b.handshakes.per_second",
+            ),
+            (
+                "{ per_second: 10, burst: -1 }",
+                "backends.b.handshakes.burst",
+            ),
+            ("200", "backends.b.handshakes"),
+        ] {
+            let err = load(&servers_yaml(&format!("    handshakes: {bad}\n"), &[""])).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
         }
     }
 

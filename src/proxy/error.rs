@@ -31,6 +31,14 @@ pub enum ProxyError {
     SessionUnknown(Lost),
     #[error("backend {backend}: no server can take a new session: {why}")]
     NoServer { backend: Arc<str>, why: NoRoom },
+    /// A new session over the backend's `handshakes` cap (a reconnect storm): 503 with a
+    /// jittered `Retry-After`, which Socket.IO clients answer by retrying after their
+    /// own back-off.
+    #[error("backend {backend}: new sessions over the handshakes cap; deferred")]
+    Deferred {
+        backend: Arc<str>,
+        retry_after: std::time::Duration,
+    },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("bad request: {0}")]
@@ -88,7 +96,9 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::RequestBody { cause }) if too_large(cause) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ProxyError::NoServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoServer { .. } | ProxyError::Deferred { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
             ProxyError::Upstream(
                 UpstreamError::Connect { .. }
@@ -103,7 +113,7 @@ impl ProxyError {
     }
 
     /// How many [`ProxyError::cause`]s there are.
-    pub const CAUSES: usize = 17;
+    pub const CAUSES: usize = 18;
 
     /// Which kind of failure it is, as an index below [`ProxyError::CAUSES`]: logs are
     /// throttled per cause.
@@ -120,6 +130,7 @@ impl ProxyError {
             ProxyError::Forbidden => 14,
             ProxyError::Limited { .. } => 15,
             ProxyError::Loop(_) => 16,
+            ProxyError::Deferred { .. } => 17,
             ProxyError::Upstream(u) => match u {
                 UpstreamError::Connect { .. } => 4,
                 UpstreamError::ConnectTimeout { .. } => 5,
@@ -139,6 +150,7 @@ impl ProxyError {
             ProxyError::NoRoute
                 | ProxyError::Forbidden
                 | ProxyError::Limited { .. }
+                | ProxyError::Deferred { .. }
                 | ProxyError::SessionUnknown(_)
                 | ProxyError::BadRequest(_)
                 | ProxyError::EngineIo(_)
@@ -158,6 +170,7 @@ impl ProxyError {
             ProxyError::Limited { retry_after, .. } if status == StatusCode::TOO_MANY_REQUESTS => {
                 Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
             }
+            ProxyError::Deferred { retry_after, .. } => Some(deferred_retry_after(*retry_after)),
             _ => None,
         };
         // RFC 6455 §4.4: a refused version is answered with the one spoken.
@@ -172,6 +185,10 @@ impl ProxyError {
             ProxyError::NoServer { .. } => (
                 "text/plain; charset=utf-8",
                 "no server can take a new session\n".to_owned(),
+            ),
+            ProxyError::Deferred { .. } => (
+                "text/plain; charset=utf-8",
+                "too many new sessions at once; try again shortly\n".to_owned(),
             ),
             ProxyError::Loop(_) => (
                 "text/plain; charset=utf-8",
@@ -209,10 +226,51 @@ impl ProxyError {
     }
 }
 
+/// The `Retry-After` of a deferred new session, in whole seconds: the wait for the next
+/// token (at least 1 s) plus 0 to 2 s at random, so clients deferred in the same instant
+/// do not all come back in the same second. Socket.IO clients go by their own back-off
+/// (also randomised); this is for those that read the header.
+fn deferred_retry_after(wait: std::time::Duration) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let base = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).clamp(1, 3600);
+    // A fresh std RandomState differs on each call: a random number with no RNG to own.
+    let jitter = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % 3;
+    base + jitter
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn a_deferred_session_is_told_to_come_back_in_one_to_three_seconds() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let resp = ProxyError::Deferred {
+                backend: "b".into(),
+                retry_after: std::time::Duration::from_millis(5),
+            }
+            .into_response();
+            assert_eq!(resp.status(), 503);
+            let secs: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            seen.insert(secs);
+        }
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            [1, 2, 3],
+            "spread, never 0"
+        );
+        let later = deferred_retry_after(std::time::Duration::from_millis(4500));
+        assert!((5..=7).contains(&later), "{later}");
+    }
 
     #[tokio::test]
     async fn lost_session_gets_engine_io_own_error() {

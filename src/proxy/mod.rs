@@ -147,7 +147,7 @@ impl Proxy {
                     tracing::warn!(peer = %conn.peer, error = %e, suppressed, "request failed");
                 }
                 let handshake = match e {
-                    ProxyError::Limited { .. } => "limited",
+                    ProxyError::Limited { .. } | ProxyError::Deferred { .. } => "limited",
                     _ => "failed",
                 };
                 (e.into_response(), handshake)
@@ -236,6 +236,16 @@ impl Proxy {
         {
             metrics::counter!(telemetry::CLIENTS_LIMITED, "what" => why.as_str()).increment(1);
             return Err(ProxyError::Limited { why, retry_after });
+        }
+        // The backend's own cap on new sessions, after the client's: one address cannot
+        // spend the budget of all. Requests with a sid never come here.
+        if starts_session {
+            backend
+                .admit_session()
+                .map_err(|retry_after| ProxyError::Deferred {
+                    backend: Arc::clone(&backend.name),
+                    retry_after,
+                })?;
         }
 
         let keys = Keys {

@@ -158,6 +158,7 @@ fn settings_changed(old: &BackendConfig, new: &BackendConfig) -> Option<String> 
         timeouts,
         health,
         max_connections,
+        handshakes,
         slow_start,
         discover,
         tls,

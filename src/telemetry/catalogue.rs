@@ -42,6 +42,8 @@ catalogue! {
     // Engine.IO sessions.
     HANDSHAKES = Counter "tether_engineio_handshakes_total" ["backend", "transport", "result"]
         "New Engine.IO sessions asked for: ok (a server opened one), refused (a server answered without one), limited (a per-client or backend limit), failed (no server could be reached).";
+    SESSION_ADMISSION = Counter "tether_session_admission_total" ["backend", "result"]
+        "New sessions through the backend's handshakes cap (reconnect-storm admission): admitted (every one when the backend has no cap), or deferred (answered 503 with Retry-After; the client retries by itself).";
     UPGRADES = Counter "tether_engineio_upgrades_total" ["backend", "server", "result"]
         "Polling sessions upgrading to WebSocket: succeeded (101 and a tunnel) or failed.";
     SESSIONS = Gauge "tether_sessions" ["backend", "server", "transport"]

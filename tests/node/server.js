@@ -21,7 +21,10 @@
 //
 // Plain HTTP routes (outside the Socket.IO path): `GET|HEAD /health` answers the current health
 // status (200 "ok" by default; --health-status CODE / --unhealthy (= 503) set the initial one) and
-// `GET|HEAD /whoami-http` answers the node id; both carry `x-node-id`.
+// `GET|HEAD /whoami-http` answers the node id; both carry `x-node-id`. `GET /handshakes` answers
+// {"id":..,"at":[ms,...]}: the wall-clock time (Date.now()) of every Engine.IO session this node
+// opened (polling handshakes and WebSocket-only ones), so a test can measure the rate of new
+// sessions at the node itself.
 // The health status can be switched at run time:
 //   - stdin line commands (unless --ignore-stdin), one per line:
 //       `health ok`   (also `healthy`)   -> 200 "ok"
@@ -163,6 +166,10 @@ const httpServer = http.createServer((req, res) => {
       }
       return void answerHealth(req, res);
     }
+    if (url === "/handshakes" && req.method === "GET") {
+      res.writeHead(200, { "content-type": "application/json", "x-node-id": ID });
+      return void res.end(JSON.stringify({ id: ID, at: handshakeTimes }));
+    }
     if (url === "/whoami-http") {
       res.writeHead(200, { "content-type": "text/plain", "x-node-id": ID });
       return void res.end(req.method === "HEAD" ? undefined : ID);
@@ -208,7 +215,10 @@ io.engine.on("headers", (headers, req) => {
     lastSeen.set(sid, entry);
   }
 });
+// When each Engine.IO session was opened (GET /handshakes); bounded, for long runs.
+const handshakeTimes = [];
 io.engine.on("connection", (rawSocket) => {
+  if (handshakeTimes.length < 1000000) handshakeTimes.push(Date.now());
   rawSocket.once("close", () => lastSeen.delete(rawSocket.id));
 });
 io.engine.on("connection_error", (err) => {

@@ -181,6 +181,7 @@ const counters = {
   connectErrors: 0,
   connectErrors400: 0,
   reconnectAttempts: 0,
+  reconnectFailed: 0,
   disconnects: 0,
   disconnectsByStartNode: {},
   disconnectsByNode: {},
@@ -286,6 +287,10 @@ function startClient(c) {
 
   mgr.on("reconnect_attempt", () => {
     if (!finished) counters.reconnectAttempts++;
+  });
+  // The client gave up (reconnectionAttempts exhausted): it will never come back by itself.
+  mgr.on("reconnect_failed", () => {
+    if (!finished) counters.reconnectFailed++;
   });
   mgr.on("open", () => {
     const engine = mgr.engine;
@@ -511,6 +516,7 @@ function buildReport(event) {
     reconnects: counters.reconnects,
     reconnectsToNode: counters.reconnectsToNode,
     reconnectAttempts: counters.reconnectAttempts,
+    reconnectFailed: counters.reconnectFailed,
     reconnectMs: {
       count: rs.length,
       max: rs.length ? rs[rs.length - 1] : null,
