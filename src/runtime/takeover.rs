@@ -254,16 +254,6 @@ pub struct WireState {
     pub state: String,
 }
 
-fn parse_state(s: &str) -> Option<ServerState> {
-    [
-        ServerState::Ready,
-        ServerState::Draining,
-        ServerState::Maint,
-    ]
-    .into_iter()
-    .find(|st| st.as_str() == s)
-}
-
 /// A message as one frame: its length, then its JSON.
 pub fn encode(msg: &Message) -> Vec<u8> {
     // Serializing these plain types cannot fail.
@@ -606,7 +596,7 @@ fn import_states(rt: &Runtime, states: &[WireState]) -> usize {
     let mut applied = 0;
     for w in states {
         let server = snap.backend(&w.backend).and_then(|b| b.server(&w.server));
-        if let (Some(server), Some(state)) = (server, parse_state(&w.state)) {
+        if let (Some(server), Some(state)) = (server, ServerState::parse(&w.state)) {
             server.stats.condition.set_state_by_admin(state);
             tracing::info!(backend = %w.backend, server = %w.server, state = %w.state, "takeover: server state set by the admin API carried over");
             applied += 1;
@@ -1082,9 +1072,9 @@ mod tests {
         };
         let h = HandedSession::from(&w);
         assert_eq!(WireSession::from(&h), w);
-        assert_eq!(parse_state("maint"), Some(ServerState::Maint));
-        assert_eq!(parse_state("draining"), Some(ServerState::Draining));
-        assert_eq!(parse_state("sideways"), None);
+        assert_eq!(ServerState::parse("maint"), Some(ServerState::Maint));
+        assert_eq!(ServerState::parse("draining"), Some(ServerState::Draining));
+        assert_eq!(ServerState::parse("sideways"), None);
     }
 
     proptest::proptest! {
