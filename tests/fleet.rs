@@ -639,3 +639,54 @@ async fn a_migration_called_on_one_instance_empties_the_node_through_every_insta
         soak.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_set_through_one_instance_calls_off_a_migration_on_every_instance() {
+    let redis = TestRedis::start().await;
+    let nodes = nodes(None).await;
+    let yaml = config(&nodes, Some((&redis, "fleet-g")));
+    let a = TetherHandle::start(&yaml).await;
+    let b = TetherHandle::start(&yaml).await;
+    for t in [&a, &b] {
+        until_registry(t, Duration::from_secs(10), "subscribed", |r| {
+            r["subscribed"] == true
+        })
+        .await;
+    }
+    // Sessions that stay (polling handshakes, never polled again) through B, two of them
+    // on node-1 (least sessions spreads six over three nodes).
+    for i in 0..6 {
+        let hs = get(b.addr, loopback(80 + i), &eio_path(None), &[]).await;
+        assert_eq!(hs.status, 200, "{}", hs.text());
+    }
+    assert_eq!(
+        b.server_status("sockets", "node-1").await["sessions"]["load"],
+        2
+    );
+    // So slow that only the first session is asked before the call-off.
+    set_state(&a, "node-1", "migrate?rate=0.2").await;
+    let started = Instant::now();
+    while b.server_status("sockets", "node-1").await["migration"].is_null() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "B never migrated"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    set_state(&a, "node-1", "ready").await;
+    until_state(&b, "node-1", "ready", Instant::now()).await;
+    // Called off at B's next pacing tick (5 s apart at this rate).
+    let mut s;
+    loop {
+        s = b.server_status("sockets", "node-1").await;
+        if s["migration"]["done"] == true {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("B's migration called off by ready on A: {s}");
+    assert_eq!(s["migration"]["asked"], 1, "{s}");
+    // The second session was never asked to move, and no more are.
+    assert!(s["sessions"]["load"].as_u64() >= Some(1), "{s}");
+}
