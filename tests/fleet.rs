@@ -468,3 +468,225 @@ async fn lookups_per_second() {
         n / 3
     );
 }
+
+/// Three recovery-enabled nodes on `redis` (as in tests/migrate.rs); node-3 broadcasts a
+/// numbered tick every 50 ms, so every client has an offset to recover from.
+async fn recovery_nodes(redis: &TestRedis) -> Vec<NodeServer> {
+    let mut v = Vec::new();
+    for i in 1..=3 {
+        let mut extra = vec!["--recovery"];
+        if i == 3 {
+            extra.extend(["--tick-ms", "50"]);
+        }
+        v.push(NodeServer::spawn(&format!("node-{i}"), Some(redis), &extra).await);
+    }
+    v
+}
+
+/// recover.js clients through one instance: WebSocket (polling, then upgraded) and
+/// polling-only ones, `n` of each.
+async fn recovering_clients(t: &TetherHandle, n: u64) -> Vec<(String, Soak, u64)> {
+    let mut v = Vec::new();
+    for (kind, transports) in [("websocket", None), ("polling", Some(json!(["polling"])))] {
+        let mut options = json!({ "url": t.url(), "clients": n });
+        if let Some(tr) = transports {
+            options["transports"] = tr;
+        }
+        let (soak, ready) = Soak::start_script("recover.js", options).await;
+        let on_node_1 = ready["nodes"]["node-1"].as_u64().unwrap_or(0);
+        println!("{} {kind}: placed {ready}", t.addr);
+        v.push((format!("{} {kind}", t.addr), soak, on_node_1));
+    }
+    v
+}
+
+/// Waits (up to `limit`) until `check` holds for every client of every soak's report.
+async fn until_clients(
+    soaks: &mut [(String, Soak, u64)],
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    'again: loop {
+        for (name, soak, _) in soaks.iter_mut() {
+            let report = soak.report().await;
+            let clients = report["clients"].as_array().cloned().unwrap_or_default();
+            if let Some(c) = clients.iter().find(|c| !check(c)) {
+                assert!(Instant::now() < deadline, "{what}: {name}: {c}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue 'again;
+            }
+        }
+        return;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_called_on_one_instance_empties_the_node_through_every_instance() {
+    let _heavy = HEAVY.lock().await;
+    let redis = TestRedis::start().await;
+    let nodes = recovery_nodes(&redis).await;
+    let yaml = config(&nodes, Some((&redis, "fleet-f")));
+    let a = TetherHandle::start(&yaml).await;
+    let b = TetherHandle::start(&yaml).await;
+    for t in [&a, &b] {
+        until_registry(t, Duration::from_secs(10), "subscribed", |r| {
+            r["subscribed"] == true
+        })
+        .await;
+    }
+    // Each client is pinned to one instance (no cookie, one URL), so the sessions of
+    // node-1 are split between the two instances, each holding only its own.
+    let mut soaks = recovering_clients(&a, 15).await;
+    soaks.extend(recovering_clients(&b, 15).await);
+    let moving_on = |i: std::ops::Range<usize>, soaks: &[(String, Soak, u64)]| -> u64 {
+        soaks[i].iter().map(|s| s.2).sum()
+    };
+    let (moving_a, moving_b) = (moving_on(0..2, &soaks), moving_on(2..4, &soaks));
+    assert!(
+        moving_a > 0 && moving_b > 0,
+        "node-1 has sessions through both instances: {moving_a}, {moving_b}"
+    );
+    for (t, moving) in [(&a, moving_a), (&b, moving_b)] {
+        let s = t.server_status("sockets", "node-1").await;
+        assert_eq!(s["sessions"]["load"], moving, "{s}");
+    }
+    // Every client has had a tick (an offset to recover from).
+    until_clients(&mut soaks, Duration::from_secs(20), "a first tick", |c| {
+        c["ticks"].as_u64() > Some(0)
+    })
+    .await;
+
+    let rate = 20.0;
+    let started = Instant::now();
+    let r = admin_request(
+        a.admin.unwrap(),
+        "POST",
+        &format!("/backends/sockets/servers/node-1/migrate?rate={rate}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(answer["fleet"], "announced", "{answer}");
+
+    // Each instance moves its own sessions at the full rate, at the same time.
+    let limit =
+        Duration::from_secs_f64(moving_a.max(moving_b) as f64 / rate) + Duration::from_secs(3);
+    let mut took: [Option<Duration>; 2] = [None, None];
+    let mut last = [serde_json::Value::Null, serde_json::Value::Null];
+    while took.iter().any(Option::is_none) {
+        for (i, t) in [&a, &b].into_iter().enumerate() {
+            if took[i].is_some() {
+                continue;
+            }
+            let s = t.server_status("sockets", "node-1").await;
+            if s["migration"]["done"] == true {
+                took[i] = Some(started.elapsed());
+            }
+            last[i] = s;
+        }
+        assert!(
+            started.elapsed() < limit + Duration::from_secs(20),
+            "node-1 not emptied through both instances: A {} B {}",
+            last[0],
+            last[1]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let [took_a, took_b] = took.map(Option::unwrap_or_default);
+    println!(
+        "node-1 emptied at {rate}/s per instance: {moving_a} sessions through A in {took_a:?}, \
+         {moving_b} through B in {took_b:?} (promise: {limit:?})\nA {}\nB {}",
+        last[0], last[1]
+    );
+    for (name, s) in [("A", &last[0]), ("B", &last[1])] {
+        assert_eq!(s["state"], "draining", "{name}: {s}");
+        assert_eq!(s["drained"], true, "{name}: {s}");
+        assert_eq!(s["sessions"]["load"], 0, "{name}: {s}");
+        assert_eq!(s["migration"]["rate"], rate, "{name}: {s}");
+    }
+    assert!(
+        took_a.max(took_b) <= limit,
+        "{took_a:?}, {took_b:?} > {limit:?}"
+    );
+
+    // The moved clients are back (their reconnection waits 250–750 ms), elsewhere.
+    until_clients(&mut soaks, Duration::from_secs(20), "reconnected", |c| {
+        c["connected"] == true && (c["firstNode"] != "node-1" || c["reconnects"].as_u64() > Some(0))
+    })
+    .await;
+    let (mut moved, mut missed) = (0, 0);
+    for (name, soak, _) in soaks.iter_mut() {
+        let report = soak.report().await;
+        for c in report["clients"].as_array().unwrap() {
+            assert_eq!(c["connected"], true, "{name}: {c}");
+            assert_ne!(c["node"], "node-1", "{name}: {c}");
+            assert_eq!(c["id"], c["firstId"], "{name}: the socket id is kept: {c}");
+            if c["firstNode"] == "node-1" {
+                assert_eq!(c["reconnects"], 1, "{name}: {c}");
+                assert_eq!(c["recovered"], true, "{name}: {c}");
+                moved += 1;
+                missed += c["missed"].as_u64().unwrap_or(0);
+            } else {
+                assert_eq!(c["reconnects"], 0, "{name}: others never notice: {c}");
+            }
+        }
+    }
+    assert_eq!(moved, moving_a + moving_b);
+    println!("{moved} moved clients recovered, one reconnection each, {missed} ticks missed in all; others: 0 reconnections");
+    for (_, soak, _) in soaks {
+        soak.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_set_through_one_instance_calls_off_a_migration_on_every_instance() {
+    let redis = TestRedis::start().await;
+    let nodes = nodes(None).await;
+    let yaml = config(&nodes, Some((&redis, "fleet-g")));
+    let a = TetherHandle::start(&yaml).await;
+    let b = TetherHandle::start(&yaml).await;
+    for t in [&a, &b] {
+        until_registry(t, Duration::from_secs(10), "subscribed", |r| {
+            r["subscribed"] == true
+        })
+        .await;
+    }
+    // Sessions that stay (polling handshakes, never polled again) through B, two of them
+    // on node-1 (least sessions spreads six over three nodes).
+    for i in 0..6 {
+        let hs = get(b.addr, loopback(80 + i), &eio_path(None), &[]).await;
+        assert_eq!(hs.status, 200, "{}", hs.text());
+    }
+    assert_eq!(
+        b.server_status("sockets", "node-1").await["sessions"]["load"],
+        2
+    );
+    // So slow that only the first session is asked before the call-off.
+    set_state(&a, "node-1", "migrate?rate=0.2").await;
+    let started = Instant::now();
+    while b.server_status("sockets", "node-1").await["migration"].is_null() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "B never migrated"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    set_state(&a, "node-1", "ready").await;
+    until_state(&b, "node-1", "ready", Instant::now()).await;
+    // Called off at B's next pacing tick (5 s apart at this rate).
+    let mut s;
+    loop {
+        s = b.server_status("sockets", "node-1").await;
+        if s["migration"]["done"] == true {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("B's migration called off by ready on A: {s}");
+    assert_eq!(s["migration"]["asked"], 1, "{s}");
+    // The second session was never asked to move, and no more are.
+    assert!(s["sessions"]["load"].as_u64() >= Some(1), "{s}");
+}

@@ -188,7 +188,7 @@ fn server_action(
             match form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "rate") {
                 None => None,
                 Some((_, v)) => match v.parse::<f64>() {
-                    Ok(r) if r.is_finite() && r > 0.0 && r <= 100_000.0 => Some(r),
+                    Ok(r) if crate::config::migrate_rate_in_range(r) => Some(r),
                     _ => {
                         return json(
                             StatusCode::BAD_REQUEST,
@@ -223,15 +223,17 @@ fn server_action(
             &serde_json::json!({ "error": format!("backend {backend} has no server {server}; its servers are: {known}") }),
         );
     };
-    if action == "migrate" {
-        let rate = rate.unwrap_or_else(|| {
+    let migrate_rate = (action == "migrate").then(|| {
+        rate.unwrap_or_else(|| {
             rt.store
                 .config()
                 .backends
                 .iter()
                 .find(|b| b.name == backend)
                 .map_or(crate::config::DEFAULT_MIGRATE_RATE, |b| b.migrate_rate)
-        });
+        })
+    });
+    if let Some(rate) = migrate_rate {
         crate::runtime::migrate::start(rt, Arc::clone(&found.stats), rate);
     } else if let Some(old) = found.stats.condition.set_state_by_admin(state) {
         tracing::info!(%backend, %server, from = %old.as_str(), to = %state.as_str(), "server state set by the admin API");
@@ -241,13 +243,15 @@ fn server_action(
     }
     let mut answer = status::server_json(found);
     // With a registry, every instance of the fleet is told (even when this one had the
-    // state already: another may not); the answer says whether that was possible.
+    // state already: another may not); the answer says whether that was possible. A
+    // migration is announced with its rate, and each instance moves its own sessions.
     let fleet = &rt.store.fleet;
     if fleet.is_on() {
         let shared = fleet.announce(StateChange {
             backend: backend.to_owned(),
             server: server.to_owned(),
             state,
+            migrate_rate,
         });
         let up = fleet.status().is_some_and(|l| l.up);
         answer["fleet"] = serde_json::json!(match (shared, up) {

@@ -8,7 +8,7 @@
 //! tunnels and polling requests of those sessions act on it (`proxy`), and the pacing
 //! task lives in the runtime.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -30,13 +30,18 @@ pub struct Progress {
 pub struct Migration {
     /// A migration is under way: the only thing the request path reads when none is.
     active: AtomicBool,
+    /// Counts starts: a pacing task runs only while the start that made it is the
+    /// latest, so starting again (a new rate, or the same migration announced by another
+    /// instance of the fleet) replaces the pacing instead of adding to it.
+    generation: AtomicU64,
     asked: Mutex<AHashSet<Arc<str>>>,
     progress: Mutex<Option<Progress>>,
 }
 
 impl Migration {
-    /// Starts (or restarts, at a new rate) a migration.
-    pub fn start(&self, rate: f64) {
+    /// Starts (or restarts, at a new rate) a migration; returns the start's generation,
+    /// which [`Migration::paces`] checks.
+    pub fn start(&self, rate: f64) -> u64 {
         let mut p = tether_kit::lock(&self.progress);
         let asked = match &*p {
             Some(old) if old.finished.is_none() => old.asked,
@@ -52,6 +57,13 @@ impl Migration {
             finished: None,
         });
         self.active.store(true, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether the pacing of start `generation` should go on: a migration is under way
+    /// and no later start replaced it.
+    pub fn paces(&self, generation: u64) -> bool {
+        self.is_active() && self.generation.load(Ordering::Acquire) == generation
     }
 
     /// Whether a migration is under way.
@@ -111,5 +123,18 @@ mod tests {
         m.start(10.0);
         assert_eq!(m.progress().unwrap().asked, 0);
         assert!(!m.is_asked("a"));
+    }
+
+    #[test]
+    fn a_restart_replaces_the_pacing_of_the_earlier_start() {
+        let m = Migration::default();
+        let first = m.start(50.0);
+        assert!(m.paces(first));
+        let second = m.start(20.0);
+        assert!(!m.paces(first), "the first pacing stops");
+        assert!(m.paces(second));
+        assert_eq!(m.progress().unwrap().rate, 20.0);
+        m.finish();
+        assert!(!m.paces(second), "over");
     }
 }

@@ -86,6 +86,17 @@ pub enum AccessFormat {
 /// their reconnections a load the other nodes take in their stride.
 pub const DEFAULT_MIGRATE_RATE: f64 = 50.0;
 
+/// Most sessions a migration may ask to move per second: far above what a node takes,
+/// low enough that the pacing interval (`1 / rate`) stays a usable duration.
+pub const MAX_MIGRATE_RATE: f64 = 100_000.0;
+
+/// Whether `rate` can pace a migration: more than 0, at most [`MAX_MIGRATE_RATE`] (a NaN
+/// or an infinity cannot). One check for the config file, the admin API and the fleet's
+/// announcements, so a rate one accepts is never refused by another.
+pub fn migrate_rate_in_range(rate: f64) -> bool {
+    rate.is_finite() && rate > 0.0 && rate <= MAX_MIGRATE_RATE
+}
+
 /// Default of [`Config::shutdown_grace`].
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 

@@ -821,7 +821,7 @@ fn backend(name: String, raw: RawBackend, path: &KeyPath) -> R<BackendConfig> {
     };
     let migrate_rate = match raw.migrate_rate {
         None => DEFAULT_MIGRATE_RATE,
-        Some(r) if r.is_finite() && r > 0.0 && r <= 100_000.0 => r,
+        Some(r) if migrate_rate_in_range(r) => r,
         Some(r) => {
             return bad(
                 &path.key("migrate_rate"),

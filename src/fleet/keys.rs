@@ -11,7 +11,10 @@
 //!   admin API: field `["<backend>","<server>"]` (a JSON array, as names may hold any
 //!   character), value `draining` or `maint`. `ready` removes the field.
 //! - `{prefix}:admin` — the pub/sub channel those changes are announced on, one JSON
-//!   object per message: `{"from":"<instance>","backend":"…","server":"…","state":"…"}`.
+//!   object per message: `{"from":"<instance>","backend":"…","server":"…","state":"…"}`,
+//!   with `"migrate_rate":R` added (state `draining`) when the change is a migration that
+//!   every instance runs on its own sessions at R per second. Readers ignore fields
+//!   they do not know, so older instances take a migration as a drain.
 
 /// The key of one session.
 pub fn session(prefix: &str, backend: &str, sid: &str) -> String {

@@ -27,7 +27,7 @@ use redis::{Cmd, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::{RedisAt, RegistryConfig, ServerState};
+use crate::config::{migrate_rate_in_range, RedisAt, RegistryConfig, ServerState};
 use crate::telemetry;
 use conn::Conn;
 
@@ -44,15 +44,26 @@ const WRITE_BATCH_TIMEOUT: Duration = conn::RESPONSE_TIMEOUT;
 const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// A server's operator state, set through some instance's admin API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StateChange {
     pub backend: String,
     pub server: String,
     pub state: ServerState,
+    /// Set by `migrate` (state `draining`): every instance moves its own sessions of the
+    /// server at this many per second, each at the full rate, as if `migrate?rate=` had
+    /// been called on it. Each instance holds only the sessions it placed or learned, so
+    /// they are what it can ask to move; and the instance count is not known reliably
+    /// (an instance cut off from Redis, or one that starts late, never says), so a
+    /// share of the rate would be a guess. The node therefore sees up to N × rate
+    /// reconnections a second with N instances migrating: the README says so.
+    ///
+    /// Announced only, never stored: an instance that reads the stored states later
+    /// (it started or reconnected) drains the server but does not migrate.
+    pub migrate_rate: Option<f64>,
 }
 
 /// What the fleet tells this instance to apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FleetEvent {
     /// Another instance set a server's state.
     State(StateChange),
@@ -470,12 +481,15 @@ async fn write_loop(s: Shared, mut rx: mpsc::Receiver<Write>, stop: Cancellation
                         cmd.arg(c.state.as_str());
                     }
                     cmds.push(cmd);
-                    let message = serde_json::json!({
+                    let mut message = serde_json::json!({
                         "from": &*s.instance,
                         "backend": c.backend,
                         "server": c.server,
                         "state": c.state.as_str(),
                     });
+                    if let Some(rate) = c.migrate_rate {
+                        message["migrate_rate"] = serde_json::json!(rate);
+                    }
                     let mut publish = redis::cmd("PUBLISH");
                     publish
                         .arg(keys::channel(&s.prefix))
@@ -572,6 +586,11 @@ async fn push_loop(
 }
 
 /// An announcement of another instance, from a `message` push (`[channel, payload]`).
+///
+/// Tolerant of other versions: a payload without `migrate_rate` (an older instance, or a
+/// plain drain) is a state change; a `migrate_rate` that cannot pace a migration (not a
+/// number, out of range) or that comes with a state other than `draining` is ignored,
+/// and the state is still applied, as the state is what every version agrees on.
 fn announcement(data: &[Value], me: &str) -> Option<StateChange> {
     let payload = match data.get(1)? {
         Value::BulkString(b) => b.as_slice(),
@@ -582,10 +601,16 @@ fn announcement(data: &[Value], me: &str) -> Option<StateChange> {
     if v.get("from")?.as_str()? == me {
         return None;
     }
+    let state = ServerState::parse(v.get("state")?.as_str()?)?;
+    let migrate_rate = v
+        .get("migrate_rate")
+        .and_then(serde_json::Value::as_f64)
+        .filter(|r| state == ServerState::Draining && migrate_rate_in_range(*r));
     Some(StateChange {
         backend: v.get("backend")?.as_str()?.to_owned(),
         server: v.get("server")?.as_str()?.to_owned(),
-        state: ServerState::parse(v.get("state")?.as_str()?)?,
+        state,
+        migrate_rate,
     })
 }
 
@@ -606,6 +631,7 @@ async fn stored_states(s: &Shared) -> Option<Vec<StateChange>> {
                     backend,
                     server,
                     state: ServerState::parse(&state)?,
+                    migrate_rate: None,
                 })
             })
             .collect(),
@@ -656,10 +682,56 @@ mod tests {
             Some(StateChange {
                 backend: "chat".into(),
                 server: "n1".into(),
-                state: ServerState::Draining
+                state: ServerState::Draining,
+                migrate_rate: None,
             })
         );
         assert_eq!(announcement(&message(p), "7-a"), None);
+    }
+
+    /// The announcement of `state`, with `rate` as the raw JSON of `migrate_rate`.
+    fn with_rate(state: &str, rate: &str) -> Option<StateChange> {
+        let p = format!(
+            r#"{{"from":"7-a","backend":"chat","server":"n1","state":"{state}","migrate_rate":{rate}}}"#
+        );
+        announcement(&message(&p), "9-b")
+    }
+
+    #[test]
+    fn a_migration_is_read_with_its_rate() {
+        for (raw, rate) in [
+            ("50", 50.0),
+            ("12.5", 12.5),
+            ("1e5", 100_000.0),
+            ("0.5", 0.5),
+        ] {
+            let c = with_rate("draining", raw).expect(raw);
+            assert_eq!(c.state, ServerState::Draining, "{raw}");
+            assert_eq!(c.migrate_rate, Some(rate), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_garbled_rate_is_no_migration_but_the_state_still_applies() {
+        // JSON has no NaN or infinity: a sender would write them as a string or `null`.
+        for raw in [
+            "0", "-5", "-0.0", "100001", "\"NaN\"", "\"50\"", "null", "true", "[50]", "{}",
+        ] {
+            let c = with_rate("draining", raw).expect(raw);
+            assert_eq!(c.state, ServerState::Draining, "{raw}");
+            assert_eq!(c.migrate_rate, None, "{raw}");
+        }
+        // A number past f64 is refused by the JSON reader, the payload with it: as any
+        // payload that is not JSON.
+        assert_eq!(with_rate("draining", "1e309"), None);
+    }
+
+    #[test]
+    fn a_rate_beside_another_state_than_draining_is_ignored() {
+        for state in [ServerState::Ready, ServerState::Maint] {
+            let c = with_rate(state.as_str(), "50").unwrap();
+            assert_eq!((c.state, c.migrate_rate), (state, None));
+        }
     }
 
     #[test]

@@ -15,8 +15,11 @@ use crate::config::ServerState;
 use super::Runtime;
 
 /// Starts moving the sessions of `stats`'s server at `rate` per second.
+///
+/// Starting again (a new rate, or the fleet announcing a migration this instance runs
+/// already) replaces the pacing under way rather than adding a second one.
 pub fn start(rt: &Arc<Runtime>, stats: Arc<ServerStats>, rate: f64) {
-    stats.migration.start(rate);
+    let generation = stats.migration.start(rate);
     if let Some(old) = stats.condition.set_state_by_admin(ServerState::Draining) {
         tracing::info!(backend = %stats.backend, server = %stats.id, from = %old.as_str(), to = "draining", "server state set by a migration");
     }
@@ -31,7 +34,7 @@ pub fn start(rt: &Arc<Runtime>, stats: Arc<ServerStats>, rate: f64) {
             tick.tick().await;
             let called_off =
                 stats.condition.state() != ServerState::Draining || stats.condition.is_removed();
-            if !stats.migration.is_active() || called_off {
+            if !stats.migration.paces(generation) || called_off {
                 // Another state was set (or a newer migration took over): stop here.
                 if called_off {
                     stats.migration.finish();

@@ -50,8 +50,10 @@ pub(super) fn spawn(rt: &Arc<Runtime>) -> JoinHandle<()> {
     })
 }
 
-/// Applies server states set through another instance's admin API, as that API would.
-fn apply_fleet(rt: &Runtime, event: FleetEvent) {
+/// Applies server states set through another instance's admin API, as that API would;
+/// a migration announced by another instance is started here too, on this instance's
+/// own sessions of the server (the other instance can move only the sessions it holds).
+fn apply_fleet(rt: &Arc<Runtime>, event: FleetEvent) {
     let snap = rt.store.load();
     let mut changed = false;
     let mut set = |backend: &str, server: &str, state: ServerState, why: &'static str| {
@@ -67,12 +69,24 @@ fn apply_fleet(rt: &Runtime, event: FleetEvent) {
     match event {
         FleetEvent::State(c) => {
             rt.store.fleet.count_received();
-            set(
-                &c.backend,
-                &c.server,
-                c.state,
-                "another instance of the fleet",
-            );
+            match c.migrate_rate {
+                Some(rate) => {
+                    let Some(found) = snap.backend(&c.backend).and_then(|b| b.server(&c.server))
+                    else {
+                        tracing::debug!(backend = %c.backend, server = %c.server, "fleet migration of a server this config lacks; ignored");
+                        return;
+                    };
+                    tracing::info!(backend = %c.backend, server = %c.server, rate, "migration announced by another instance of the fleet");
+                    // Sets draining itself; nothing to sweep, as draining ends no session.
+                    super::migrate::start(rt, Arc::clone(&found.stats), rate);
+                }
+                None => set(
+                    &c.backend,
+                    &c.server,
+                    c.state,
+                    "another instance of the fleet",
+                ),
+            }
         }
         FleetEvent::Sync(all) => {
             // What Redis holds is the fleet's truth: a server the admin API set here and
