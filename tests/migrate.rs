@@ -21,6 +21,9 @@ enum Leave {
     Maint,
     /// node-1 killed with SIGKILL.
     Kill,
+    /// node-1 stopped with SIGTERM (socket.io's `io.close()`: every socket disconnected
+    /// as the server shuts down, which socket.io stores for recovery).
+    Term,
 }
 
 /// What became of the clients, node-1's (moved) and the others'.
@@ -118,10 +121,11 @@ async fn scenario(how: Leave, polling_ws: u64, polling_only: u64) -> Outcome {
             assert_eq!(r.status, 200, "{}", r.text());
         }
         Leave::Kill => nodes[0].signal("KILL"),
+        Leave::Term => nodes[0].signal("TERM"),
     }
     // node-1's own count, as it sees it, watched beside the clients.
     let node_1 = nodes[0].addr;
-    let node_empty = (!matches!(how, Leave::Kill)).then(|| {
+    let node_empty = matches!(how, Leave::Migrate(_) | Leave::Maint).then(|| {
         tokio::spawn(async move {
             loop {
                 let r = get(node_1, None, "/sessions", &[]).await;
@@ -288,7 +292,7 @@ async fn migrate_against_maint_and_kill() {
     let _heavy = HEAVY.lock().await;
     let mut rows = Vec::new();
     let only = std::env::var("LEAVE").unwrap_or_default();
-    for how in [Leave::Migrate(50.0), Leave::Maint, Leave::Kill] {
+    for how in [Leave::Migrate(50.0), Leave::Maint, Leave::Kill, Leave::Term] {
         if !only.is_empty() && !format!("{how:?}").starts_with(&only) {
             continue;
         }
