@@ -241,7 +241,8 @@ if st:
     rec = st["recovered_us"]
     cpu = st.get("cpu_us_per_recovered")
     print(f"  {'':8} {'':8} killed {st.get('killed_node')}: dropped {st['dropped']} "
-          f"(expected {st['orphans_expected']}) recovered {st['recovered']} "
+          f"(expected {st['orphans_expected']}, elsewhere {st.get('dropped_elsewhere')}, before the kill "
+          f"{st.get('dropped_before_kill')}) recovered {st['recovered']} "
           f"failed attempts {st['failed_attempts']}  p50 {rec['p50'] / 1e3:.0f} ms "
           f"p99 {rec['p99'] / 1e3:.0f} ms all {st['all_recovered_s']:.2f} s  "
           f"cpu/session {cpu if cpu is None else round(cpu)} us  landed {st['landed']}")

@@ -109,8 +109,10 @@ def metrics(rows):
                                         if st["recovered"]])
             put_median("storm_all", t, [st["all_recovered_s"] for st in storms])
             put_median("storm_cpu", t, [st.get("cpu_us_per_recovered") for st in storms])
-            put("storm_orphans", t, " ".join(f"{st['recovered']}/{st['dropped']}"
-                                             for st in storms))
+            put("storm_orphans", t, " ".join(
+                f"{st['recovered']}/{st['dropped']}"
+                + (f" ({st['dropped_elsewhere']} elsewhere)" if st.get("dropped_elsewhere")
+                   else "") for st in storms))
             put("storm_failed", t, sum(st["failed_attempts"] for st in storms))
 
     spec = [
@@ -147,7 +149,7 @@ def metrics(rows):
         ("storm_all", "Storm: last orphan recovered", "s", True, 2, False, False),
         ("storm_cpu", "Storm: proxy CPU per re-established session", "µs", True, 0, True,
          False),
-        ("storm_orphans", "Storm: orphans recovered/dropped, each run", "", None, 0, False,
+        ("storm_orphans", "Storm: sessions recovered/dropped, each run", "", None, 0, False,
          False),
         ("storm_failed", "Storm: failed reconnection attempts, all runs", "", None, 0, False,
          False),

@@ -263,7 +263,7 @@ struct Ctx {
 }
 
 /// Distinct error messages kept for the report.
-const MAX_ERROR_SAMPLES: usize = 8;
+const MAX_ERROR_SAMPLES: usize = 16;
 
 fn histogram() -> Histogram<u64> {
     // 1 µs to 10 min, 3 significant digits.
@@ -462,11 +462,13 @@ async fn one_client(
     if session.upgraded {
         ctx.upgraded.fetch_add(1, Ordering::Relaxed);
     }
+    let mut on_node = String::new();
     if ctx.args.whoami || ctx.args.mode == Mode::Storm {
         match tokio::time::timeout(ctx.args.timeout, session.whoami()).await {
             Ok(Ok(node)) => {
                 let node = node.unwrap_or_else(|| "unknown".to_owned());
-                *lock(&ctx.nodes).entry(node).or_insert(0) += 1;
+                *lock(&ctx.nodes).entry(node.clone()).or_insert(0) += 1;
+                on_node = node;
             }
             Ok(Err(f)) => return ctx.fail(&f, true),
             Err(_) => {
@@ -476,7 +478,7 @@ async fn one_client(
     }
     drop(finished);
     let result = match ctx.args.mode {
-        Mode::Storm => return storm::client(i, &ctx, session, phase).await,
+        Mode::Storm => return storm::client(i, &ctx, session, on_node, t0, phase).await,
         Mode::Connect => Ok(()),
         Mode::Idle => match wait_phase(&mut session, phase).await {
             Ok(p) => hold(&mut session, p.end).await,

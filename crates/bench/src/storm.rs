@@ -103,6 +103,8 @@ pub(super) struct State {
     failed_attempts: AtomicU64,
     /// Sessions that dropped before the kill (should be none).
     dropped_before_kill: AtomicU64,
+    /// Drops of sessions on a node other than the killed one.
+    elsewhere: AtomicU64,
     /// From the kill to each drop noticed by its client.
     notice: Mutex<Histogram<u64>>,
     /// From the kill to each recovery.
@@ -121,6 +123,7 @@ impl State {
             attempts: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
             dropped_before_kill: AtomicU64::new(0),
+            elsewhere: AtomicU64::new(0),
             notice: Mutex::new(histogram()),
             recovery: Mutex::new(histogram()),
             orphans: Mutex::new(Vec::new()),
@@ -145,6 +148,9 @@ pub struct StormReport {
     pub unrecovered: u64,
     /// Sessions that dropped before the kill (a broken setup, not the storm).
     pub dropped_before_kill: u64,
+    /// Drops (after the kill) of sessions held by another node than the killed one:
+    /// casualties the kill should not have made (counted in `dropped` too).
+    pub dropped_elsewhere: u64,
     /// Reconnection attempts, and those that failed (each one a whole new session).
     pub attempts: u64,
     pub failed_attempts: u64,
@@ -245,6 +251,7 @@ pub(super) async fn drive(ctx: &Ctx, phase_tx: &watch::Sender<Option<Phase>>) ->
         recovered,
         unrecovered,
         dropped_before_kill: s.dropped_before_kill.load(Ordering::Acquire),
+        dropped_elsewhere: s.elsewhere.load(Ordering::Acquire),
         attempts: s.attempts.load(Ordering::Acquire),
         failed_attempts: s.failed_attempts.load(Ordering::Acquire),
         notice_us: Latency::of(&lock(&s.notice)),
@@ -278,13 +285,22 @@ pub(super) async fn client(
     i: u64,
     ctx: &Ctx,
     mut session: Session,
+    mut node: String,
+    mut since: Instant,
     mut phase: watch::Receiver<Option<Phase>>,
 ) {
-    let Ok(p) = super::wait_phase(&mut session, phase.clone()).await else {
-        ctx.storm
-            .dropped_before_kill
-            .fetch_add(1, Ordering::Relaxed);
-        return;
+    let p = match super::wait_phase(&mut session, phase.clone()).await {
+        Ok(p) => p,
+        Err(f) => {
+            ctx.storm
+                .dropped_before_kill
+                .fetch_add(1, Ordering::Relaxed);
+            ctx.sample(&fail(
+                f.cause,
+                format!("dropped before the kill ({node}): {f}"),
+            ));
+            return;
+        }
     };
     let kill = p.start;
     let mut backoff = Backoff::new(i ^ u64::from(std::process::id()).rotate_left(32));
@@ -311,10 +327,10 @@ pub(super) async fn client(
                 }
             }
         };
-        drop_noted(ctx, &drop, kill);
+        drop_noted(ctx, &drop, kill, &node, since);
         // Reconnect as socket.io-client does, until connected or the storm is over.
         backoff.reset();
-        let (new, node, at) = loop {
+        let (new, landed, at) = loop {
             let delay = backoff.next_delay();
             let end = over(&phase).unwrap_or(p.end);
             if Instant::now() + delay >= end {
@@ -332,9 +348,11 @@ pub(super) async fn client(
             }
         };
         session = new;
+        since = at;
+        node = landed;
         let after = micros(at.saturating_duration_since(kill));
         lock(&s.recovery).saturating_record(after);
-        lock(&s.orphans).push((after, node));
+        lock(&s.orphans).push((after, node.clone()));
         {
             let mut last = lock(&s.last_recovery);
             if last.is_none_or(|l| l < at) {
@@ -347,14 +365,23 @@ pub(super) async fn client(
 }
 
 /// Counts a drop (after the kill: the storm's; before it: a broken session).
-fn drop_noted(ctx: &Ctx, f: &Failure, kill: Instant) {
+fn drop_noted(ctx: &Ctx, f: &Failure, kill: Instant, node: &str, since: Instant) {
     let s = &ctx.storm;
+    if ctx.args.kill_node.as_deref().is_some_and(|k| k != node) {
+        s.elsewhere.fetch_add(1, Ordering::Relaxed);
+    }
     s.reconnecting.fetch_add(1, Ordering::AcqRel);
     s.dropped.fetch_add(1, Ordering::AcqRel);
-    lock(&s.notice).saturating_record(micros(kill.elapsed()));
-    if f.cause != Cause::Closed {
-        ctx.sample(f);
-    }
+    let after = kill.elapsed();
+    lock(&s.notice).saturating_record(micros(after));
+    ctx.sample(&fail(
+        f.cause,
+        format!(
+            "dropped {:.0} s after the kill ({node}, session {:.0} s old): {f}",
+            after.as_secs_f64(),
+            since.elapsed().as_secs_f64()
+        ),
+    ));
 }
 
 /// One reconnection: a whole new session, then `whoami` to learn where it landed. The
