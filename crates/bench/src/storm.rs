@@ -202,10 +202,11 @@ pub(super) async fn drive(ctx: &Ctx, phase_tx: &watch::Sender<Option<Phase>>) ->
         .and_then(|n| lock(&ctx.nodes).get(n).copied())
         .unwrap_or(0);
     let cpu0 = args.cpu_pid.and_then(cpu_seconds);
+    // The phase goes out first, so that no client sees its drop before the phase.
     let start = Instant::now();
-    let killed = kill(pid);
     let end = start + args.duration;
     let _ = phase_tx.send(Some(Phase { start, end }));
+    let killed = kill(pid);
     if let Err(e) = killed {
         ctx.fail(&fail(Cause::Protocol, e), false);
     }
@@ -289,18 +290,23 @@ pub(super) async fn client(
     mut since: Instant,
     mut phase: watch::Receiver<Option<Phase>>,
 ) {
-    let p = match super::wait_phase(&mut session, phase.clone()).await {
-        Ok(p) => p,
-        Err(f) => {
-            ctx.storm
-                .dropped_before_kill
-                .fetch_add(1, Ordering::Relaxed);
-            ctx.sample(&fail(
-                f.cause,
-                format!("dropped before the kill ({node}): {f}"),
-            ));
-            return;
-        }
+    // A drop that races the phase's start is the storm's (the phase is sent before the
+    // kill), not a drop before the kill.
+    let (p, mut first_drop) = match super::wait_phase(&mut session, phase.clone()).await {
+        Ok(p) => (p, None),
+        Err(f) => match *phase.borrow() {
+            Some(p) => (p, Some(f)),
+            None => {
+                ctx.storm
+                    .dropped_before_kill
+                    .fetch_add(1, Ordering::Relaxed);
+                ctx.sample(&fail(
+                    f.cause,
+                    format!("dropped before the kill ({node}): {f}"),
+                ));
+                return;
+            }
+        },
     };
     let kill = p.start;
     let mut backoff = Backoff::new(i ^ u64::from(std::process::id()).rotate_left(32));
@@ -308,21 +314,25 @@ pub(super) async fn client(
     let s = &ctx.storm;
     loop {
         // Hold until the session drops or the storm ends.
-        let drop = loop {
-            let end = over(&phase).unwrap_or(p.end);
-            tokio::select! {
-                _ = tokio::time::sleep_until(end) => {
-                    session.close().await;
-                    return;
-                }
-                changed = phase.changed() => {
-                    if changed.is_err() {
+        let drop = if let Some(f) = first_drop.take() {
+            f
+        } else {
+            loop {
+                let end = over(&phase).unwrap_or(p.end);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(end) => {
+                        session.close().await;
                         return;
                     }
-                }
-                frame = session.read_frame() => {
-                    if let Err(f) = session.handle(frame).await {
-                        break f;
+                    changed = phase.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    frame = session.read_frame() => {
+                        if let Err(f) = session.handle(frame).await {
+                            break f;
+                        }
                     }
                 }
             }
