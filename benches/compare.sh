@@ -308,7 +308,7 @@ mkdir -p benches/results
 name="$date_s-$host${only:+-only-${only//,/-}}"
 python3 benches/compare/report.py --results "$results" --machine "$work/machine.txt" \
   --out-dir benches/results --date "$date_s" --host "$host" --quick "$quick" --name "$name" \
-  ${only:+--no-latest} \
+  ${only:+--no-latest --only "$only"} \
   --elapsed "$(( $(date +%s) - started_at ))" \
   --params "${access_log:+tether with an access log ($access_log, to a file); }echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions; storm: $storm_n sessions, node-1 killed, $storm_reps runs${only:+; only: $only}"
 cp "$results" "benches/results/$name.jsonl"

@@ -274,6 +274,7 @@ def main():
     ap.add_argument("--params", default="")
     ap.add_argument("--name", default=None)
     ap.add_argument("--no-latest", action="store_true")
+    ap.add_argument("--only", default="")
     a = ap.parse_args()
 
     m, spec = metrics(load(a.results))
@@ -285,7 +286,7 @@ def main():
     svg_name = f"{a.date}-ratios.svg"
     md = f"""# tether vs nginx vs HAProxy — {a.date}, {a.host}{' (--quick)' if quick else ''}
 
-Produced by `bash benches/compare.sh{' --quick' if quick else ''}` in {a.elapsed} s.
+Produced by `bash benches/compare.sh{' --quick' if quick else ''}{' --only ' + a.only if a.only else ''}` in {a.elapsed} s.
 Each proxy runs alone, pinned to core 0 with one worker (tether: `TOKIO_WORKER_THREADS=1`;
 nginx: `worker_processes 1`, `ip_hash`, keep-alive upstreams; HAProxy: `nbthread 1`,
 `balance source`, `hash-type consistent`); the three bundled nodes (`tether node`) and the
