@@ -23,8 +23,18 @@
 #                  proxied WebSocket
 #   balance        1000 WebSocket sessions from ONE address, each asking `whoami`
 #                  -> sessions per node, busiest node over the mean of all 3
+#   storm          4000 sessions the real client's way (polling, then upgrade) from 4000
+#                  source addresses, spread over the nodes by each proxy's stickiness;
+#                  then node-1 is SIGKILLed (by the load generator, which so knows the
+#                  instant) and every orphan reconnects with socket.io-client's back-off
+#                  (1 s x 2^n up to 5 s, randomization 0.5). Fresh nodes and proxy, with
+#                  the failure handling each one's Socket.IO guide gives (below), 3 runs
+#                  -> time from the kill to each orphan connected again (p50, p99), proxy
+#                  CPU from the kill until the last orphan is back / sessions re-made
 #
-# --quick halves durations and counts (a smoke run). --access-log FORMAT gives tether an
+# --quick halves durations and counts (a smoke run); --only SCENARIOS (comma-separated:
+# echo, setup, idle, balance, storm) runs just those, and its report goes to
+# <date>-<host>-only-SCENARIOS.md, leaving latest.md alone. --access-log FORMAT gives tether an
 # access log to a file in the work directory (nginx's and HAProxy's stay off, as always),
 # to weigh what it costs. Writes
 # benches/results/<date>-<host>.md, benches/results/<date>-ratios.svg and copies to
@@ -34,28 +44,38 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started_at=$(date +%s)
 
-quick=0 access_log=""
+quick=0 access_log="" only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --access-log) access_log=${2:-}; shift || true
       case "$access_log" in plain|json) ;; *) echo "--access-log takes plain or json" >&2; exit 2 ;; esac ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1 (--quick, --access-log plain|json)" >&2; exit 2 ;;
+    --only) only=${2:-}; shift || true ;;
+    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (--quick, --access-log plain|json, --only LIST)" >&2; exit 2 ;;
   esac
   shift
 done
 # Durations in seconds and client counts; --quick halves them.
 # The echo and polling scenarios run $reps times, interleaved; the report takes medians.
 echo_secs=5; reps=3; echo_clients=50; setup_n=2000; idle_n=9000; idle_hold=6; balance_n=1000
+storm_n=4000; storm_reps=3
 if [ "$quick" = 1 ]; then
   echo_secs=3; reps=1; echo_clients=25; setup_n=1000; idle_n=4500; idle_hold=3; balance_n=500
+  storm_n=1000; storm_reps=1
 fi
+# Whether a scenario runs (all of them without --only).
+wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 # The proxy holds two fds per idle WebSocket (client side, node side).
 fd_limit=$(ulimit -n)
 if [ "$fd_limit" != unlimited ] && [ $((idle_n * 2 + 200)) -gt "$fd_limit" ]; then
   idle_n=$(( (fd_limit - 200) / 2 ))
   echo "note: open-file limit $fd_limit: idle scenario reduced to $idle_n WebSockets" >&2
+fi
+# In the storm a reconnecting orphan holds up to 3 more (polling, upgrade) for a moment.
+if [ "$fd_limit" != unlimited ] && [ $((storm_n * 3 + 200)) -gt "$fd_limit" ]; then
+  storm_n=$(( (fd_limit - 200) / 3 ))
+  echo "note: open-file limit $fd_limit: storm reduced to $storm_n sessions" >&2
 fi
 
 if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
@@ -129,8 +149,24 @@ fill() { # template out: the template with @PORT@ @NODE1..3@ @WORK@ filled in
       -e "s|@WORK@|$work|g" "benches/compare/$1" > "$2"
 }
 
+# The storm's failure handling, as each proxy's guide for Socket.IO gives it. nginx: passive
+# (max_fails/fail_timeout as nginx's own guide writes them), and `hash $remote_addr
+# consistent`, the socket.io guide's first choice: ip_hash keys on the first three octets
+# only, which would put the storm's 127.1.x.y clients on a handful of keys. HAProxy:
+# active checks of GET /health, as the repo's fixture (and the socket.io guide) has them.
+# tether: its config as above (passive detection; a refused handshake goes to the next
+# server).
+storm_config() { # name file
+  case "$1" in
+    nginx) sed -i -e 's|^\(\s*\)ip_hash;|\1hash $remote_addr consistent;|' \
+                  -e 's|^\(\s*server 127.0.0.1:[0-9]*\);|\1 max_fails=3 fail_timeout=30s;|' "$2" ;;
+    haproxy) sed -i -e 's|^\(\s*\)hash-type consistent|&\n\1option httpchk GET /health\n\1http-check expect status 200\n\1default-server inter 2s fall 3 rise 2|' \
+                    -e 's|^\(\s*server node-[0-9] 127.0.0.1:[0-9]*\)$|\1 check|' "$2" ;;
+  esac
+}
+
 proxy_pid=""; proxy_port=""
-start_proxy() { # name
+start_proxy() { # name [storm]
   proxy_port=$(port)
   case "$1" in
     direct) proxy_pid=""; proxy_port=${node_ports[0]}; return 0 ;;
@@ -146,10 +182,12 @@ start_proxy() { # name
     nginx)
       mkdir -p "$work/nginx"
       fill nginx.conf.in "$work/nginx/nginx.conf"
+      [ "${2:-}" = storm ] && storm_config nginx "$work/nginx/nginx.conf"
       taskset -c 0 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" >"$work/nginx.log" 2>&1 &
       ;;
     haproxy)
       fill haproxy.cfg.in "$work/haproxy.cfg"
+      [ "${2:-}" = storm ] && storm_config haproxy "$work/haproxy.cfg"
       taskset -c 0 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
       ;;
   esac
@@ -198,6 +236,16 @@ print(f"  {r['target']:8} {r['scenario']:8} established {b.get('established', 0)
       f"failed {b.get('failed_total', '?'):>4}  acked {b.get('messages_acked', 0):7} "
       f"p99 {b.get('rtt_us', {}).get('p99', 0):6} us  setup/s {b.get('setup_rate', 0):8}  "
       f"proxy cpu {r['cpu_s']:.2f} s")
+st = b.get("storm")
+if st:
+    rec = st["recovered_us"]
+    cpu = st.get("cpu_us_per_recovered")
+    print(f"  {'':8} {'':8} killed {st.get('killed_node')}: dropped {st['dropped']} "
+          f"(expected {st['orphans_expected']}, elsewhere {st.get('dropped_elsewhere')}, before the kill "
+          f"{st.get('dropped_before_kill')}) recovered {st['recovered']} "
+          f"failed attempts {st['failed_attempts']}  p50 {rec['p50'] / 1e3:.0f} ms "
+          f"p99 {rec['p99'] / 1e3:.0f} ms all {st['all_recovered_s']:.2f} s  "
+          f"cpu/session {cpu if cpu is None else round(cpu)} us  landed {st['landed']}")
 PY
 }
 
@@ -209,6 +257,7 @@ run_target() { # name
   start_proxy "$t"
   local d="${echo_secs}s" rep
   for rep in $(seq "$reps"); do
+    wanted echo || break
     measure "$t" ws64 --transport websocket --mode echo --clients "$echo_clients" \
       --duration "$d" --payload-bytes 64
     measure "$t" ws4096 --transport websocket --mode echo --clients "$echo_clients" \
@@ -216,18 +265,33 @@ run_target() { # name
     measure "$t" poll --transport polling-only --mode echo --clients "$echo_clients" \
       --duration "$d" --payload-bytes 64
   done
-  measure "$t" setup --transport polling --mode connect --clients "$setup_n" --concurrency 64
-  if [ "$t" != direct ]; then
+  wanted setup && measure "$t" setup --transport polling --mode connect --clients "$setup_n" --concurrency 64
+  if [ "$t" != direct ] && wanted idle; then
     measure "$t" idle --transport websocket --mode idle --clients "$idle_n" \
       --duration "${idle_hold}s" --sources 127.0.0.2-127.0.0.100 --concurrency 128 --timeout 30s
+  fi
+  if [ "$t" != direct ] && wanted balance; then
     measure "$t" balance --transport websocket --mode connect --whoami --clients "$balance_n"
   fi
   if [ -n "$proxy_pid" ]; then stop TERM "$proxy_pid"; fi
   stop_nodes
+  if [ "$t" != direct ] && wanted storm; then
+    for rep in $(seq "$storm_reps"); do
+      start_nodes
+      start_proxy "$t" storm
+      measure "$t" storm --transport polling --mode storm --clients "$storm_n" \
+        --sources 127.1.0.0/16 --concurrency 64 --kill-pid "${node_pids[0]}" --kill-node node-1 \
+        --cpu-pid "$proxy_pid" --duration 60s --timeout 20s
+      stop TERM "$proxy_pid"
+      stop_nodes
+    done
+  fi
   echo "   ($t: $(( $(date +%s) - t0 )) s)" >&2
 }
 
-for t in direct tether nginx haproxy; do run_target "$t"; done
+targets="direct tether nginx haproxy"
+if [ -n "$only" ] && ! wanted echo && ! wanted setup; then targets="tether nginx haproxy"; fi
+for t in $targets; do run_target "$t"; done
 
 # Machine description and report.
 date_s=$(date +%F); host=$(hostname -s 2>/dev/null || hostname)
@@ -241,9 +305,11 @@ date_s=$(date +%F); host=$(hostname -s 2>/dev/null || hostname)
   echo "tether: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"
 } > "$work/machine.txt"
 mkdir -p benches/results
+name="$date_s-$host${only:+-only-${only//,/-}}"
 python3 benches/compare/report.py --results "$results" --machine "$work/machine.txt" \
-  --out-dir benches/results --date "$date_s" --host "$host" --quick "$quick" \
+  --out-dir benches/results --date "$date_s" --host "$host" --quick "$quick" --name "$name" \
+  ${only:+--no-latest --only "$only"} \
   --elapsed "$(( $(date +%s) - started_at ))" \
-  --params "${access_log:+tether with an access log ($access_log, to a file); }echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions"
-cp "$results" "benches/results/$date_s-$host.jsonl"
+  --params "${access_log:+tether with an access log ($access_log, to a file); }echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions; storm: $storm_n sessions, node-1 killed, $storm_reps runs${only:+; only: $only}"
+cp "$results" "benches/results/$name.jsonl"
 echo "total $(( $(date +%s) - started_at )) s" >&2

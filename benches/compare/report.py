@@ -3,11 +3,12 @@
 SVG bar chart of the ratios (drawn by hand: no packages needed).
 
     report.py --results R.jsonl --machine M.txt --out-dir DIR --date D --host H
-              [--quick 0|1] [--elapsed S] [--params TEXT]
+              [--quick 0|1] [--elapsed S] [--params TEXT] [--name NAME] [--no-latest]
 
 Each row of R.jsonl: {target, scenario, cpu_s, user_s, sys_s, rss_kib_before, bench: <tether bench
 --json>, sample: <sample.py output, idle only>}. Prints the tables on stdout; writes
-DIR/<date>-<host>.md, DIR/<date>-ratios.svg, DIR/latest.md and DIR/latest.svg.
+DIR/<name>.md (name: <date>-<host>), DIR/<date>-ratios.svg, and unless --no-latest
+DIR/latest.md and DIR/latest.svg.
 """
 import argparse
 import math
@@ -99,6 +100,21 @@ def metrics(rows):
                 put("balance_split", t, "/".join(str(c) for c in counts))
                 put("balance", t, max(counts) / (total / len(NODES)))
 
+        storms = [r["bench"]["storm"] for r in rows.get((t, "storm"), [])
+                  if r["bench"] and r["bench"].get("storm")]
+        if storms:
+            put_median("storm_p50", t, [st["recovered_us"]["p50"] / 1e3 for st in storms
+                                        if st["recovered"]])
+            put_median("storm_p99", t, [st["recovered_us"]["p99"] / 1e3 for st in storms
+                                        if st["recovered"]])
+            put_median("storm_all", t, [st["all_recovered_s"] for st in storms])
+            put_median("storm_cpu", t, [st.get("cpu_us_per_recovered") for st in storms])
+            put("storm_orphans", t, " ".join(
+                f"{st['recovered']}/{st['dropped']}"
+                + (f" ({st['dropped_elsewhere']} elsewhere)" if st.get("dropped_elsewhere")
+                   else "") for st in storms))
+            put("storm_failed", t, sum(st["failed_attempts"] for st in storms))
+
     spec = [
         ("ws64_cpu", "WS relay 64 B: proxy CPU per message", "µs", True, 2, True, False),
         ("ws64_user", "WS relay 64 B: of which user space", "µs", True, 2, False, False),
@@ -128,6 +144,15 @@ def metrics(rows):
         ("ws4096_failed", "WS echo 4 KiB: failed clients", "", None, 0, False, False),
         ("poll_failed", "Polling echo: failed clients", "", None, 0, False, False),
         ("setup_failed", "Session setup: failed sessions", "", None, 0, False, False),
+        ("storm_p50", "Storm: time to recovered p50", "ms", True, 0, True, False),
+        ("storm_p99", "Storm: time to recovered p99", "ms", True, 0, True, False),
+        ("storm_all", "Storm: last orphan recovered", "s", True, 2, False, False),
+        ("storm_cpu", "Storm: proxy CPU per re-established session", "µs", True, 0, True,
+         False),
+        ("storm_orphans", "Storm: sessions recovered/dropped, each run", "", None, 0, False,
+         False),
+        ("storm_failed", "Storm: failed reconnection attempts, all runs", "", None, 0, False,
+         False),
     ]
     return m, [s for s in spec if s[0] in m]
 
@@ -247,6 +272,9 @@ def main():
     ap.add_argument("--quick", default="0")
     ap.add_argument("--elapsed", default="?")
     ap.add_argument("--params", default="")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--no-latest", action="store_true")
+    ap.add_argument("--only", default="")
     a = ap.parse_args()
 
     m, spec = metrics(load(a.results))
@@ -258,7 +286,7 @@ def main():
     svg_name = f"{a.date}-ratios.svg"
     md = f"""# tether vs nginx vs HAProxy — {a.date}, {a.host}{' (--quick)' if quick else ''}
 
-Produced by `bash benches/compare.sh{' --quick' if quick else ''}` in {a.elapsed} s.
+Produced by `bash benches/compare.sh{' --quick' if quick else ''}{' --only ' + a.only if a.only else ''}` in {a.elapsed} s.
 Each proxy runs alone, pinned to core 0 with one worker (tether: `TOKIO_WORKER_THREADS=1`;
 nginx: `worker_processes 1`, `ip_hash`, keep-alive upstreams; HAProxy: `nbthread 1`,
 `balance source`, `hash-type consistent`); the three bundled nodes (`tether node`) and the
@@ -279,6 +307,15 @@ Scenarios: {a.params}.
   per established WebSocket (the proxy holds two sockets for each).
 - Balance: all sessions from 127.0.0.1; busiest node over the mean of the 3 nodes
   (3.00 = everything on one node, as `ip_hash`/`balance source` do by design).
+- Storm: sessions set up the real client's way from as many source addresses, node-1
+  SIGKILLed by the load generator; each orphan reconnects with socket.io-client's
+  back-off (1 s × 2^n up to 5 s, ±50 %), a new session each attempt. Time to recovered:
+  from the kill until the orphan's new session is set up (upgraded) on a live node;
+  median over the runs of each run's p50 / p99. Proxy CPU from the kill until the last
+  orphan is back, over the sessions re-made. Failure handling as each proxy's Socket.IO
+  guide gives it: nginx passive (`max_fails=3 fail_timeout=30s`, `hash $remote_addr
+  consistent`), HAProxy active (`option httpchk GET /health`, `inter 2s fall 3 rise 2`),
+  tether its config as is (passive).
 
 The echo and polling scenarios run several times each, interleaved (see above), and each
 of their figures is the median over those runs. Even so, on this shared virtual machine
@@ -305,13 +342,20 @@ several runs (the `.jsonl` next to this file holds every raw report).
 ```
 """
     os.makedirs(a.out_dir, exist_ok=True)
-    md_path = os.path.join(a.out_dir, f"{a.date}-{a.host}.md")
+    name = a.name or f"{a.date}-{a.host}"
+    if a.no_latest:
+        svg_name = f"{name}-ratios.svg"
+        md = md.replace(f"]({a.date}-ratios.svg)", f"]({svg_name})")
+    md_path = os.path.join(a.out_dir, f"{name}.md")
     svg_path = os.path.join(a.out_dir, svg_name)
     with open(md_path, "w") as f:
         f.write(md)
     with open(svg_path, "w") as f:
         f.write(svg(m, spec, f"tether relative to nginx and HAProxy ({a.date})",
                     f"one worker each on core 0; {a.host}{', --quick' if quick else ''}"))
+    if a.no_latest:
+        print(f"\nwrote {md_path}, {svg_path}")
+        return
     shutil.copyfile(svg_path, os.path.join(a.out_dir, "latest.svg"))
     with open(os.path.join(a.out_dir, "latest.md"), "w") as f:
         f.write(md.replace(f"]({svg_name})", "](latest.svg)"))

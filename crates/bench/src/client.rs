@@ -528,13 +528,29 @@ async fn upgrade(
         }
     }
     // Pause polling: wait for the pending poll to end. Its connection ending is fine
-    // (servers may close it); a status error is not.
+    // (servers may close it); a status error is not. What it carried counts: a server
+    // that pings as soon as the session opens (socketioxide does) may have flushed the
+    // ping to this poll, and a client that drops it is timed out 20 s later. The real
+    // client answers such a ping, its pong going out over the new transport.
     let mut pending = pending;
+    let mut pong = false;
     match (&mut pending.0).await {
         Ok(Err(f)) if f.cause != Cause::Connect => return Err(f),
+        Ok(Ok(body)) => {
+            for p in packet::split_payload(&body) {
+                match packet::parse_engine(p)? {
+                    Engine::Ping(_) => pong = true,
+                    Engine::Close => return Err(fail(Cause::Closed, "server closed the session")),
+                    _ => {}
+                }
+            }
+        }
         _ => {}
     }
     session.send_text("5").await?;
+    if pong {
+        session.send_text("3").await?;
+    }
     session.upgraded = true;
     Ok(session)
 }

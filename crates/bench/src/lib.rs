@@ -12,7 +12,9 @@
 //!   in flight) or paced at `--rate` per client (latency then measured from the
 //!   intended send time, so a slow server cannot hide queueing);
 //! - `idle`: holds the sessions open for `--duration` (memory measurements);
-//! - `connect`: only sets sessions up (setup rate), closing each once set up.
+//! - `connect`: only sets sessions up (setup rate), closing each once set up;
+//! - `storm`: kills a node (`--kill-pid`) once every session is set up and measures how
+//!   long each orphan takes to reconnect with socket.io-client's back-off ([`storm`]).
 //!
 //! Sessions are started as fast as `--concurrency` setups in flight allow, or at
 //! `--arrival-rate` per second; the traffic phase starts once every setup finished.
@@ -27,6 +29,7 @@ pub mod client;
 pub mod packet;
 pub mod report;
 pub mod sources;
+pub mod storm;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -55,6 +58,8 @@ pub enum Mode {
     Idle,
     /// Only set sessions up, then close them.
     Connect,
+    /// Set sessions up, SIGKILL `--kill-pid`, time every orphan's reconnection.
+    Storm,
 }
 
 /// The options of `tether bench`.
@@ -110,6 +115,16 @@ pub struct BenchArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Storm: the node process to SIGKILL once every session is set up.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    /// Storm: the id that node answers `whoami` with (to count its sessions, the
+    /// orphans).
+    #[arg(long)]
+    pub kill_node: Option<String>,
+    /// Storm: the proxy's pid, whose CPU time over the storm the report gives.
+    #[arg(long)]
+    pub cpu_pid: Option<u32>,
     /// Runtime worker threads (pin the generator with taskset).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: u32,
@@ -244,10 +259,11 @@ struct Ctx {
     setup: Mutex<Histogram<u64>>,
     nodes: Mutex<HashMap<String, u64>>,
     errors: Mutex<Vec<String>>,
+    storm: storm::State,
 }
 
 /// Distinct error messages kept for the report.
-const MAX_ERROR_SAMPLES: usize = 8;
+const MAX_ERROR_SAMPLES: usize = 16;
 
 fn histogram() -> Histogram<u64> {
     // 1 µs to 10 min, 3 significant digits.
@@ -264,6 +280,11 @@ impl Ctx {
         if after_setup {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+        self.sample(f);
+    }
+
+    /// Keeps the failure's message among the report's samples (not counted).
+    fn sample(&self, f: &Failure) {
         let mut errors = lock(&self.errors);
         if errors.len() < MAX_ERROR_SAMPLES {
             let text = f.to_string();
@@ -300,6 +321,9 @@ struct Phase {
 /// Runs a bench and returns its report.
 pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let target = target(&args.url, &args.path)?;
+    if args.mode == Mode::Storm && args.kill_pid.is_none() {
+        return Err(bad_target("--mode storm needs --kill-pid".to_owned()));
+    }
     let ctx = Arc::new(Ctx {
         target,
         args: args.clone(),
@@ -317,6 +341,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         setup: Mutex::new(histogram()),
         nodes: Mutex::new(HashMap::new()),
         errors: Mutex::new(Vec::new()),
+        storm: storm::State::new(),
     });
     let started = Instant::now();
     let progress = (!args.quiet).then(|| tokio::spawn(progress(Arc::clone(&ctx), started)));
@@ -355,10 +380,15 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     let setup_elapsed = started.elapsed();
     let traffic_start = Instant::now();
-    let _ = phase_tx.send(Some(Phase {
-        start: traffic_start,
-        end: traffic_start + args.duration,
-    }));
+    let storm = if args.mode == Mode::Storm {
+        Some(storm::drive(&ctx, &phase_tx).await)
+    } else {
+        let _ = phase_tx.send(Some(Phase {
+            start: traffic_start,
+            end: traffic_start + args.duration,
+        }));
+        None
+    };
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r {
             ctx.fail(
@@ -376,6 +406,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         setup_elapsed,
         traffic_elapsed,
         started.elapsed(),
+        storm,
     ))
 }
 
@@ -431,11 +462,13 @@ async fn one_client(
     if session.upgraded {
         ctx.upgraded.fetch_add(1, Ordering::Relaxed);
     }
-    if ctx.args.whoami {
+    let mut on_node = String::new();
+    if ctx.args.whoami || ctx.args.mode == Mode::Storm {
         match tokio::time::timeout(ctx.args.timeout, session.whoami()).await {
             Ok(Ok(node)) => {
                 let node = node.unwrap_or_else(|| "unknown".to_owned());
-                *lock(&ctx.nodes).entry(node).or_insert(0) += 1;
+                *lock(&ctx.nodes).entry(node.clone()).or_insert(0) += 1;
+                on_node = node;
             }
             Ok(Err(f)) => return ctx.fail(&f, true),
             Err(_) => {
@@ -445,6 +478,7 @@ async fn one_client(
     }
     drop(finished);
     let result = match ctx.args.mode {
+        Mode::Storm => return storm::client(i, &ctx, session, on_node, t0, phase).await,
         Mode::Connect => Ok(()),
         Mode::Idle => match wait_phase(&mut session, phase).await {
             Ok(p) => hold(&mut session, p.end).await,

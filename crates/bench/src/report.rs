@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::client::{Cause, Transport};
+use super::storm::StormReport;
 use super::{Ctx, Mode};
 use tether_kit::lock;
 
@@ -39,7 +40,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Latency {
+    pub(super) fn of(h: &Histogram<u64>) -> Latency {
         if h.is_empty() {
             return Latency::default();
         }
@@ -93,6 +94,8 @@ pub struct Report {
     pub elapsed_s: f64,
     /// A few distinct failure messages.
     pub errors: Vec<String>,
+    /// `--mode storm`: the kill and the reconnections (null otherwise).
+    pub storm: Option<StormReport>,
 }
 
 fn round2(x: f64) -> f64 {
@@ -123,7 +126,13 @@ pub fn max_over_mean(per_node: &BTreeMap<String, u64>) -> Option<f64> {
     Some((max as f64 / mean * 1000.0).round() / 1000.0)
 }
 
-pub(super) fn build(ctx: &Ctx, setup: Duration, traffic: Duration, elapsed: Duration) -> Report {
+pub(super) fn build(
+    ctx: &Ctx,
+    setup: Duration,
+    traffic: Duration,
+    elapsed: Duration,
+    storm: Option<StormReport>,
+) -> Report {
     let n = |c: Cause| ctx.failed[c.index()].load(Ordering::Relaxed);
     let per_node: BTreeMap<String, u64> = lock(&ctx.nodes)
         .iter()
@@ -164,6 +173,7 @@ pub(super) fn build(ctx: &Ctx, setup: Duration, traffic: Duration, elapsed: Dura
         traffic_elapsed_s: round3(traffic.as_secs_f64()),
         elapsed_s: round3(elapsed.as_secs_f64()),
         errors: lock(&ctx.errors).clone(),
+        storm,
     }
 }
 
@@ -224,6 +234,36 @@ impl Report {
                 nodes.join(", "),
                 self.max_over_mean.unwrap_or(0.0)
             );
+        }
+        if let Some(st) = &self.storm {
+            let _ = writeln!(
+                s,
+                "  storm         killed {}{}: dropped {} (expected {}), recovered {}, unrecovered {}, attempts {} (failed {})",
+                st.killed_pid,
+                st.killed_node.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
+                st.dropped,
+                st.orphans_expected,
+                st.recovered,
+                st.unrecovered,
+                st.attempts,
+                st.failed_attempts
+            );
+            let r = &st.recovered_us;
+            let _ = writeln!(
+                s,
+                "  recovered     p50 {} µs, p99 {} µs, max {} µs after the kill; all in {:.3} s; noticed p99 {} µs",
+                r.p50, r.p99, r.max, st.all_recovered_s, st.notice_us.p99
+            );
+            let landed: Vec<String> = st.landed.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(s, "  landed on     {}", landed.join(", "));
+            if let Some(c) = st.cpu_s {
+                let _ = writeln!(
+                    s,
+                    "  proxy cpu     {:.3} s over the storm, {:.1} µs per recovered session",
+                    c,
+                    st.cpu_us_per_recovered.unwrap_or(0.0)
+                );
+            }
         }
         let _ = writeln!(s, "  http requests {}", self.http_requests);
         let _ = writeln!(s, "  elapsed       {:.3} s", self.elapsed_s);

@@ -230,3 +230,23 @@ async fn nothing_listening_is_a_connect_failure() {
     );
     assert!(!r.errors.is_empty());
 }
+
+#[tokio::test]
+async fn storm_needs_a_pid_to_kill() {
+    let a = args(&["--mode", "storm", "--url", "http://127.0.0.1:9"]);
+    assert_eq!(a.mode, Mode::Storm);
+    let e = run(&a).await.unwrap_err();
+    assert!(e.to_string().contains("--kill-pid"), "{e}");
+    let a = args(&[
+        "--mode",
+        "storm",
+        "--kill-pid",
+        "1",
+        "--kill-node",
+        "node-1",
+    ]);
+    assert_eq!(
+        (a.kill_pid, a.kill_node.as_deref()),
+        (Some(1), Some("node-1"))
+    );
+}
