@@ -1,0 +1,72 @@
+//! Tunnel start latency: how soon a client's first WebSocket frame, written right after
+//! the `101`, reaches the node behind a proxy, and whether a polling request sent at once
+//! on another connection overtakes it.
+//!
+//!   cargo run --release --example tunnel_start -- NODE_PORTS PROXY_ADDR [RUNS]
+//!
+//! One process plays both ends, so both timestamps come from one clock: a raw Engine.IO
+//! node listening on each of `NODE_PORTS` (comma-separated; they share one table of
+//! sessions), and the client. Each run: a polling handshake on connection A (kept
+//! alive), the WebSocket upgrade on connection B, then, as soon as B's `101` has been
+//! read, the frames `2probe` and `5` written on B and at once a polling GET with the
+//! same sid on A. The node stamps the first bytes of B's frames and the poll's request
+//! head as they arrive. Blocking threads, no async runtime: a read returns the moment the
+//! kernel has the bytes.
+//!
+//! Prints one JSON line: runs, frame latency (client write -> node read) p50/p99/max in
+//! µs, and how many runs the node saw the poll before the frame. Used by
+//! `benches/tunnel_start.sh`, which runs it through tether and nginx. The node and the
+//! client are `tests/support/tunnel_probe.rs`, shared with the ordering test.
+
+#[path = "../tests/support/tunnel_probe.rs"]
+mod tunnel_probe;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use tunnel_probe::{one_run, serve_node};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 2 {
+        bail!("usage: tunnel_start NODE_PORTS PROXY_ADDR [RUNS]");
+    }
+    let mut listeners = Vec::new();
+    for p in args[0].split(',') {
+        let port: u16 = p.parse().context("NODE_PORTS")?;
+        listeners.push(TcpListener::bind(("127.0.0.1", port)).context("binding a node port")?);
+    }
+    let node = serve_node(listeners);
+    let proxy: SocketAddr = args[1].parse().context("PROXY_ADDR")?;
+    let runs: usize = args.get(2).map_or(Ok(200), |s| s.parse())?;
+    // The proxy may still be starting.
+    let up = Instant::now();
+    while TcpStream::connect(proxy).is_err() {
+        if up.elapsed() > Duration::from_secs(10) {
+            bail!("nothing listens at {proxy}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Warm up (first connections, pools), then measure.
+    for _ in 0..5 {
+        one_run(&node, proxy)?;
+    }
+    let mut lat = Vec::with_capacity(runs);
+    let mut poll_first = 0;
+    for _ in 0..runs {
+        let r = one_run(&node, proxy)?;
+        lat.push(r.latency.as_micros() as u64);
+        poll_first += usize::from(r.poll_first);
+    }
+    lat.sort_unstable();
+    let q = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    println!(
+        "{{\"runs\":{runs},\"frame_us\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"poll_first\":{poll_first}}}",
+        q(0.5),
+        q(0.99),
+        lat[lat.len() - 1]
+    );
+    Ok(())
+}
