@@ -9,24 +9,24 @@
 //! sessions), and the client. Each run: a polling handshake on connection A (kept
 //! alive), the WebSocket upgrade on connection B, then, as soon as B's `101` has been
 //! read, the frames `2probe` and `5` written on B and at once a polling GET with the
-//! same sid on A. The node stamps the first bytes of B's frames and the poll's request
-//! head as they arrive. Blocking threads, no async runtime: a read returns the moment the
-//! kernel has the bytes.
+//! same sid on A. The node stamps the frames' first bytes as they arrive (a blocking read
+//! returns the moment the kernel has them), and when the poll arrives it looks whether
+//! those bytes are in its socket yet: "the poll first" is read from the kernel, not from
+//! which of the node's threads happened to wake first.
 //!
 //! Prints one JSON line: runs, frame latency (client write -> node read) p50/p99/max in
 //! µs, and how many runs the node saw the poll before the frame. Used by
 //! `benches/tunnel_start.sh`, which runs it through tether and nginx. The node and the
-//! client are `tests/support/tunnel_probe.rs`, shared with the ordering test.
+//! client are in `probe.rs`.
 
-#[path = "../tests/support/tunnel_probe.rs"]
-mod tunnel_probe;
+mod probe;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use tunnel_probe::{one_run, serve_node};
+use probe::{one_run, serve_node};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,6 +1,6 @@
 //! A raw Engine.IO node and a raw client, to see in which order a proxy delivers a new
 //! tunnel's first frame and a polling request sent at once on another connection (see
-//! `examples/tunnel_start.rs`, which measures it, and `tests/tunnel.rs`, which checks it).
+//! `main.rs`, which measures it).
 //! Blocking threads, no async runtime: a read returns the moment the kernel has the
 //! bytes, and both ends' timestamps come from one clock.
 
@@ -15,32 +15,53 @@ use anyhow::{bail, Context};
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
-/// What the node saw of one session: (arrival order, arrival time) of each.
-#[derive(Default, Clone, Copy)]
-pub struct Seen {
-    frame: Option<(u64, Instant)>,
-    poll: Option<(u64, Instant)>,
+/// What the node saw of one session.
+#[derive(Default)]
+struct Seen {
+    /// When the tunnel's first bytes were seen (the WebSocket connection's thread woke).
+    frame: Option<Instant>,
+    /// Decided when the poll arrived: whether the frame had not arrived yet.
+    poll_first: Option<bool>,
+    /// The node's end of the session's WebSocket, to look into when the poll arrives.
+    ws: Option<TcpStream>,
 }
 
+/// The order is read from the kernel, not from which of the node's threads wakes first
+/// (on a busy machine either may lag by milliseconds): when the poll's thread has the
+/// poll, it looks whether the WebSocket's bytes are already in the node's socket
+/// (`MSG_PEEK`), or were already taken (its thread takes them only after stamping). "The
+/// poll first" is then exact: the frame was not there when the poll was. A poll thread
+/// that wakes late can only hide an overtaking, never invent one.
 #[derive(Default)]
 pub struct Node {
     sessions: Mutex<HashMap<String, Seen>>,
     changed: Condvar,
-    order: AtomicU64,
     next_sid: AtomicU64,
 }
 
 impl Node {
-    fn stamp(&self, sid: &str, frame: bool) {
-        let at = (self.order.fetch_add(1, Ordering::SeqCst), Instant::now());
+    fn websocket_opened(&self, sid: &str, ws: TcpStream) {
+        let mut s = self.sessions.lock().unwrap();
+        s.entry(sid.to_owned()).or_default().ws = Some(ws);
+    }
+
+    fn frame_arrived(&self, sid: &str) {
+        let now = Instant::now();
+        let mut s = self.sessions.lock().unwrap();
+        s.entry(sid.to_owned())
+            .or_default()
+            .frame
+            .get_or_insert(now);
+        self.changed.notify_all();
+    }
+
+    fn poll_arrived(&self, sid: &str) {
         let mut s = self.sessions.lock().unwrap();
         let seen = s.entry(sid.to_owned()).or_default();
-        let slot = if frame {
-            &mut seen.frame
-        } else {
-            &mut seen.poll
-        };
-        slot.get_or_insert(at);
+        if seen.poll_first.is_none() {
+            let frame_in = seen.frame.is_some() || seen.ws.as_ref().is_some_and(has_bytes);
+            seen.poll_first = Some(!frame_in);
+        }
         self.changed.notify_all();
     }
 
@@ -50,7 +71,7 @@ impl Node {
         let mut s = self.sessions.lock().unwrap();
         loop {
             if let Some(seen) = s.get(sid) {
-                if seen.frame.is_some() && seen.poll.is_some() {
+                if seen.frame.is_some() && seen.poll_first.is_some() {
                     return s.remove(sid);
                 }
             }
@@ -58,6 +79,14 @@ impl Node {
             s = self.changed.wait_timeout(s, left).unwrap().0;
         }
     }
+}
+
+/// Whether bytes wait in `s`'s receive queue (without taking them or blocking).
+fn has_bytes(s: &TcpStream) -> bool {
+    let mut one = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    socket2::SockRef::from(s)
+        .recv_with_flags(&mut one, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        .is_ok_and(|n| n > 0)
 }
 
 /// Reads a request or response head (through the blank line).
@@ -126,27 +155,21 @@ fn serve(node: Arc<Node>, stream: TcpStream) -> std::io::Result<()> {
                     .chain_update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
                     .finalize(),
             );
+            let sid = sid.unwrap_or_default();
+            node.websocket_opened(&sid, r.get_ref().try_clone()?);
             write!(
                 w,
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             )?;
-            let sid = sid.unwrap_or_default();
+            // Bytes read with the head (none expected: the client waits for the 101),
+            // or the first to come, looked at but left in the socket until stamped.
             let mut buf = [0u8; 4096];
-            // Bytes read with the head (none expected: the client waits for the 101).
-            let mut stamped = !r.buffer().is_empty();
-            if stamped {
-                node.stamp(&sid, true);
+            if r.buffer().is_empty() && r.get_ref().peek(&mut buf)? == 0 {
+                return Ok(());
             }
-            loop {
-                let n = r.get_mut().read(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                if !stamped {
-                    node.stamp(&sid, true);
-                    stamped = true;
-                }
-            }
+            node.frame_arrived(&sid);
+            while r.read(&mut buf)? > 0 {}
+            return Ok(());
         }
         let body = match (&sid, query(&head, "transport")) {
             (None, Some("polling")) => {
@@ -156,7 +179,7 @@ fn serve(node: Arc<Node>, stream: TcpStream) -> std::io::Result<()> {
                 )
             }
             (Some(sid), _) => {
-                node.stamp(sid, false);
+                node.poll_arrived(sid);
                 "6".to_owned()
             }
             _ => "ok".to_owned(),
@@ -238,9 +261,8 @@ pub fn one_run(node: &Node, proxy: SocketAddr) -> anyhow::Result<Run> {
         .wait_both(&sid, Duration::from_secs(5))
         .with_context(|| format!("the node did not see both the frame and the poll of {sid}"))?;
     let _ = read_response(&mut a_r)?;
-    let (frame, poll) = (seen.frame.unwrap(), seen.poll.unwrap());
     Ok(Run {
-        latency: frame.1.saturating_duration_since(written),
-        poll_first: poll.0 < frame.0,
+        latency: seen.frame.unwrap().saturating_duration_since(written),
+        poll_first: seen.poll_first.unwrap(),
     })
 }
