@@ -7,7 +7,10 @@
 # configs); the client and the node (examples/tunnel_start.rs, one process, one clock)
 # run on core 1.
 #
-#   bash benches/tunnel_start.sh [RUNS] [REPS]     (defaults: 200 runs, 3 reps)
+#   bash benches/tunnel_start.sh [RUNS] [REPS] [solo]   (defaults: 200 runs, 3 reps)
+#
+# solo: the poll is sent 5 ms after the frames, which measures the tunnel's own latency
+# with nothing competing with it.
 #
 # TETHER=/path/to/tether measures that build of tether instead (e.g. an older one).
 #
@@ -15,7 +18,7 @@
 # package) when missing. Loopback only; stops everything it started, by pid.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-runs="${1:-200}" reps="${2:-3}"
+runs="${1:-200}" reps="${2:-3}" mode="${3:-race}"
 
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -43,7 +46,7 @@ run() { # name
   mkdir -p "$work/nginx"
   # The probe binds the nodes first, then waits for the proxy.
   taskset -c 1 "$target_dir/release/examples/tunnel_start" "$n1,$n2,$n3" \
-    "127.0.0.1:$proxy_port" "$runs" > "$work/out" 2> "$work/err" &
+    "127.0.0.1:$proxy_port" "$runs" "$mode" > "$work/out" 2> "$work/err" &
   local probe=$!; pids+=("$probe")
   sleep 0.2
   case "$1" in

@@ -219,7 +219,9 @@ pub struct Run {
     pub poll_first: bool,
 }
 
-pub fn one_run(node: &Node, proxy: SocketAddr) -> anyhow::Result<Run> {
+/// One run; with `race` false the poll is written 5 ms after the frames instead of at
+/// once, which measures the tunnel's own latency, with no request competing with it.
+pub fn one_run(node: &Node, proxy: SocketAddr, race: bool) -> anyhow::Result<Run> {
     let a = TcpStream::connect(proxy).context("connecting to the proxy")?;
     a.set_nodelay(true)?;
     let mut a_w = a.try_clone()?;
@@ -256,6 +258,9 @@ pub fn one_run(node: &Node, proxy: SocketAddr) -> anyhow::Result<Run> {
     let written = Instant::now();
     b_w.write_all(&probe)?;
     b_w.write_all(&upgrade)?;
+    if !race {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     a_w.write_all(poll.as_bytes())?;
     let seen = node
         .wait_both(&sid, Duration::from_secs(5))
