@@ -861,6 +861,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_poll_pin_says_whether_the_session_s_tunnel_is_open() {
+        let t = table(100);
+        let s = stats("node-1");
+        t.insert("abc", s.clone(), Duration::from_secs(3), LOCAL)
+            .unwrap();
+        assert!(!t.pin_poll("abc").unwrap().tunnel_open(), "still polling");
+        let tunnel = t.pin_tunnel("abc").unwrap();
+        assert!(!tunnel.tunnel_open(), "no other tunnel before it");
+        assert!(t.pin_poll("abc").unwrap().tunnel_open(), "upgrading");
+        drop(tunnel);
+        assert!(
+            !t.pin_poll("abc").unwrap().tunnel_open(),
+            "the probe failed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn session_ends_soon_after_its_websocket_closes() {
         let t = table(100);
         let s = stats("node-1");
