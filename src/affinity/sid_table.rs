@@ -232,6 +232,8 @@ pub struct SessionPin {
     server: Arc<ServerStats>,
     ttl: Duration,
     kind: PinKind,
+    /// A tunnel of the session was open when this pin was taken.
+    tunnel_open: bool,
     /// How the tunnel holding it ended, when it knows.
     end: Option<SessionEnd>,
 }
@@ -254,6 +256,12 @@ impl SessionPin {
     /// How long the session may stay silent (its heartbeat plus margin).
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Whether a tunnel of the session was open when this pin was taken: for a polling
+    /// request, the session is upgrading (or upgraded) to WebSocket.
+    pub fn tunnel_open(&self) -> bool {
+        self.tunnel_open
     }
 
     /// Says how the tunnel holding this pin ended: the session ends with it.
@@ -394,6 +402,7 @@ impl SidTable {
             server,
             ttl,
             kind: PinKind::Tunnel,
+            tunnel_open: false,
             end: None,
         })
     }
@@ -495,6 +504,7 @@ impl SidTable {
         if entry.polls == 0 && entry.tunnels == 0 && entry.expires <= now {
             return None; // dead; the sweeper will take it out
         }
+        let tunnel_open = entry.tunnels > 0;
         match kind {
             PinKind::Poll => entry.polls += 1,
             PinKind::Tunnel => entry.tunnels += 1,
@@ -514,6 +524,7 @@ impl SidTable {
             server: Arc::clone(&entry.server),
             ttl: entry.ttl,
             kind,
+            tunnel_open,
             end: None,
         })
     }
@@ -847,6 +858,23 @@ mod tests {
         drop(poll);
         assert_eq!(s.sessions(Transport::Polling), 1);
         assert_eq!(s.load(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_pin_says_whether_the_session_s_tunnel_is_open() {
+        let t = table(100);
+        let s = stats("node-1");
+        t.insert("abc", s.clone(), Duration::from_secs(3), LOCAL)
+            .unwrap();
+        assert!(!t.pin_poll("abc").unwrap().tunnel_open(), "still polling");
+        let tunnel = t.pin_tunnel("abc").unwrap();
+        assert!(!tunnel.tunnel_open(), "no other tunnel before it");
+        assert!(t.pin_poll("abc").unwrap().tunnel_open(), "upgrading");
+        drop(tunnel);
+        assert!(
+            !t.pin_poll("abc").unwrap().tunnel_open(),
+            "the probe failed"
+        );
     }
 
     #[tokio::test(start_paused = true)]
