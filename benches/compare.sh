@@ -23,8 +23,14 @@
 #                  proxied WebSocket
 #   balance        1000 WebSocket sessions from ONE address, each asking `whoami`
 #                  -> sessions per node, busiest node over the mean of all 3
+#   burst          9000 idle WebSockets opened as a burst, 64 and then 2048 set-ups in
+#                  flight, each against a fresh proxy process, to the Socket.IO nodes
+#                  and to plain WebSocket nodes (`tether node --plain-websocket`)
+#                  -> VmRSS growth per WebSocket 10 s after the burst, still held: what
+#                  the set-up burst left behind in the proxy's allocator
 #
-# --quick halves durations and counts (a smoke run). --access-log FORMAT gives tether an
+# --quick halves durations and counts (a smoke run; the burst only at 2048 in flight,
+# Socket.IO nodes, memory 5 s after). --burst-only runs the burst scenario alone. --access-log FORMAT gives tether an
 # access log to a file in the work directory (nginx's and HAProxy's stay off, as always),
 # to weigh what it costs. Writes
 # benches/results/<date>-<host>.md, benches/results/<date>-ratios.svg and copies to
@@ -34,22 +40,27 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started_at=$(date +%s)
 
-quick=0 access_log=""
+quick=0 access_log="" burst_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
+    --burst-only) burst_only=1 ;;
     --access-log) access_log=${2:-}; shift || true
       case "$access_log" in plain|json) ;; *) echo "--access-log takes plain or json" >&2; exit 2 ;; esac ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1 (--quick, --access-log plain|json)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (--quick, --burst-only, --access-log plain|json)" >&2; exit 2 ;;
   esac
   shift
 done
 # Durations in seconds and client counts; --quick halves them.
 # The echo and polling scenarios run $reps times, interleaved; the report takes medians.
+# The burst scenario: set-ups in flight, upstream kinds, seconds from the burst's end
+# to the memory reading.
 echo_secs=5; reps=3; echo_clients=50; setup_n=2000; idle_n=9000; idle_hold=6; balance_n=1000
+burst_flights="64 2048"; burst_upstreams="socketio plain"; burst_after=10
 if [ "$quick" = 1 ]; then
   echo_secs=3; reps=1; echo_clients=25; setup_n=1000; idle_n=4500; idle_hold=3; balance_n=500
+  burst_flights="2048"; burst_upstreams="socketio"; burst_after=5
 fi
 # The proxy holds two fds per idle WebSocket (client side, node side).
 fd_limit=$(ulimit -n)
@@ -110,12 +121,13 @@ stop() { # SIG pid...
 results="$work/results.jsonl"
 : > "$results"
 node_ports=(); node_pids=()
-start_nodes() {
+start_nodes() { # [plain]: plain WebSocket echo nodes instead of Socket.IO ones
   node_ports=(); node_pids=()
-  local i p
+  local i p kind=()
+  [ "${1:-}" = plain ] && kind=(--plain-websocket)
   for i in 1 2 3; do
     p=$(port)
-    taskset -c 1 "$tether" node --port "$p" --id "node-$i" >"$work/node-$i.log" 2>&1 &
+    taskset -c 1 "$tether" node "${kind[@]}" --port "$p" --id "node-$i" >"$work/node-$i.log" 2>&1 &
     pids+=($!); node_pids+=($!); node_ports+=("$p")
   done
   for p in "${node_ports[@]}"; do wait_port "$p"; done
@@ -167,8 +179,8 @@ measure() { # target scenario bench-args...
   taskset -c 1 "$tether" bench --url "http://127.0.0.1:$proxy_port" --threads 1 --json --quiet \
     "$@" >"$out" 2>"$work/$target-$scenario.err" &
   bp=$!; pids+=("$bp")
-  if [ -n "$proxy_pid" ] && [ "$scenario" = idle ]; then
-    python3 benches/compare/sample.py "$proxy_pid" "$bp" >"$samp" &
+  if [ -n "$proxy_pid" ] && [[ "$scenario" = idle || "$scenario" = burst* ]]; then
+    python3 benches/compare/sample.py "$proxy_pid" "$bp" 0.25 "$burst_after" >"$samp" &
     sp=$!; pids+=("$sp")
   fi
   local rc=0
@@ -205,29 +217,52 @@ run_target() { # name
   local t=$1 t0
   t0=$(date +%s)
   echo "== $t" >&2
-  start_nodes
-  start_proxy "$t"
   local d="${echo_secs}s" rep
-  for rep in $(seq "$reps"); do
-    measure "$t" ws64 --transport websocket --mode echo --clients "$echo_clients" \
-      --duration "$d" --payload-bytes 64
-    measure "$t" ws4096 --transport websocket --mode echo --clients "$echo_clients" \
-      --duration "$d" --payload-bytes 4096
-    measure "$t" poll --transport polling-only --mode echo --clients "$echo_clients" \
-      --duration "$d" --payload-bytes 64
-  done
-  measure "$t" setup --transport polling --mode connect --clients "$setup_n" --concurrency 64
-  if [ "$t" != direct ]; then
-    measure "$t" idle --transport websocket --mode idle --clients "$idle_n" \
-      --duration "${idle_hold}s" --sources 127.0.0.2-127.0.0.100 --concurrency 128 --timeout 30s
-    measure "$t" balance --transport websocket --mode connect --whoami --clients "$balance_n"
+  if [ "$burst_only" = 0 ]; then
+    start_nodes
+    start_proxy "$t"
+    for rep in $(seq "$reps"); do
+      measure "$t" ws64 --transport websocket --mode echo --clients "$echo_clients" \
+        --duration "$d" --payload-bytes 64
+      measure "$t" ws4096 --transport websocket --mode echo --clients "$echo_clients" \
+        --duration "$d" --payload-bytes 4096
+      measure "$t" poll --transport polling-only --mode echo --clients "$echo_clients" \
+        --duration "$d" --payload-bytes 64
+    done
+    measure "$t" setup --transport polling --mode connect --clients "$setup_n" --concurrency 64
+    if [ "$t" != direct ]; then
+      measure "$t" idle --transport websocket --mode idle --clients "$idle_n" \
+        --duration "${idle_hold}s" --sources 127.0.0.2-127.0.0.100 --concurrency 128 --timeout 30s
+      measure "$t" balance --transport websocket --mode connect --whoami --clients "$balance_n"
+    fi
+    if [ -n "$proxy_pid" ]; then stop TERM "$proxy_pid"; fi
+    stop_nodes
   fi
-  if [ -n "$proxy_pid" ]; then stop TERM "$proxy_pid"; fi
-  stop_nodes
+  if [ "$t" != direct ]; then
+    local up flight transport suffix
+    for up in $burst_upstreams; do
+      transport=websocket suffix=""
+      [ "$up" = plain ] && transport=plain-websocket suffix=-plain
+      start_nodes "$up"
+      for flight in $burst_flights; do
+        # A fresh process each time: what a burst leaves depends on what came before.
+        start_proxy "$t"
+        sleep 0.5
+        measure "$t" "burst$flight$suffix" --transport "$transport" --mode idle \
+          --clients "$idle_n" --concurrency "$flight" --duration "$((burst_after + 2))s" \
+          --sources 127.0.0.2-127.0.0.100 --timeout 30s
+        stop TERM "$proxy_pid"
+      done
+      stop_nodes
+    done
+  fi
   echo "   ($t: $(( $(date +%s) - t0 )) s)" >&2
 }
 
-for t in direct tether nginx haproxy; do run_target "$t"; done
+for t in direct tether nginx haproxy; do
+  [ "$burst_only" = 1 ] && [ "$t" = direct ] && continue
+  run_target "$t"
+done
 
 # Machine description and report.
 date_s=$(date +%F); host=$(hostname -s 2>/dev/null || hostname)
@@ -244,6 +279,6 @@ mkdir -p benches/results
 python3 benches/compare/report.py --results "$results" --machine "$work/machine.txt" \
   --out-dir benches/results --date "$date_s" --host "$host" --quick "$quick" \
   --elapsed "$(( $(date +%s) - started_at ))" \
-  --params "${access_log:+tether with an access log ($access_log, to a file); }echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions"
+  --params "${access_log:+tether with an access log ($access_log, to a file); }echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions; burst: $idle_n WebSockets with $burst_flights set-ups in flight ($burst_upstreams upstreams), memory ${burst_after}s after"
 cp "$results" "benches/results/$date_s-$host.jsonl"
 echo "total $(( $(date +%s) - started_at )) s" >&2

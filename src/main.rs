@@ -121,6 +121,11 @@ enum Command {
         /// Engine.IO ping timeout in milliseconds (default 20000).
         #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
         ping_timeout: Option<u64>,
+        /// Serve plain WebSockets instead (no Socket.IO): any path, every message echoed.
+        /// A non-Socket.IO upstream for benchmarks (`tether bench --transport
+        /// plain-websocket`).
+        #[arg(long, conflicts_with_all = ["redis", "ping_interval", "ping_timeout"])]
+        plain_websocket: bool,
     },
     #[cfg(feature = "bundled")]
     /// Run N nodes as supervised child processes (restarted with back-off when they
@@ -265,8 +270,10 @@ fn main() -> ExitCode {
             adapter,
             ping_interval,
             ping_timeout,
+            plain_websocket,
         } => node(
             std::net::SocketAddr::new(bind, port),
+            plain_websocket,
             id,
             redis.map(|url| match adapter {
                 NodeAdapter::Redis => tether_node::node::AdapterChoice::RedisPubSub { url },
@@ -510,6 +517,7 @@ fn run(arg: ConfigArg, takeover: Option<PathBuf>) -> anyhow::Result<()> {
 #[cfg(feature = "bundled")]
 fn node(
     bind: std::net::SocketAddr,
+    plain_websocket: bool,
     id: Option<String>,
     adapter: Option<tether_node::node::AdapterChoice>,
     ping_interval: Option<std::time::Duration>,
@@ -527,7 +535,11 @@ fn node(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(tether_node::node::run_until_signal(opts))?;
+    if plain_websocket {
+        runtime.block_on(tether_node::plain::run_until_signal(bind, opts.id))?;
+    } else {
+        runtime.block_on(tether_node::node::run_until_signal(opts))?;
+    }
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(())
 }

@@ -129,6 +129,9 @@ pub enum BenchError {
     /// `--url` or `--path` is not a loopback target.
     #[error("{0}")]
     Target(String),
+    /// Options that cannot go together.
+    #[error("{0}")]
+    Options(&'static str),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("writing the report: {0}")]
@@ -300,6 +303,12 @@ struct Phase {
 /// Runs a bench and returns its report.
 pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let target = target(&args.url, &args.path)?;
+    // A plain WebSocket carries no Socket.IO: nothing to echo or ask.
+    if args.transport == Transport::PlainWebsocket && (args.mode == Mode::Echo || args.whoami) {
+        return Err(BenchError::Options(
+            "--transport plain-websocket takes --mode idle or connect, without --whoami",
+        ));
+    }
     let ctx = Arc::new(Ctx {
         target,
         args: args.clone(),
