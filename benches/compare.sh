@@ -276,9 +276,13 @@ date_s=$(date +%F); host=$(hostname -s 2>/dev/null || hostname)
   echo "tether: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"
 } > "$work/machine.txt"
 mkdir -p benches/results
+# A burst-only run is a partial report: written beside the others, latest.* untouched.
+out_dir=benches/results stem="$date_s-$host"
+if [ "$burst_only" = 1 ]; then out_dir="$work/report" stem="$date_s-$host-burst"; mkdir -p "$out_dir"; fi
 python3 benches/compare/report.py --results "$results" --machine "$work/machine.txt" \
-  --out-dir benches/results --date "$date_s" --host "$host" --quick "$quick" \
+  --out-dir "$out_dir" --date "$date_s" --host "$host" --quick "$quick" \
   --elapsed "$(( $(date +%s) - started_at ))" \
   --params "${access_log:+tether with an access log ($access_log, to a file); }echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions; burst: $idle_n WebSockets with $burst_flights set-ups in flight ($burst_upstreams upstreams), memory ${burst_after}s after"
-cp "$results" "benches/results/$date_s-$host.jsonl"
+[ "$burst_only" = 1 ] && cp "$out_dir/$date_s-$host.md" "benches/results/$stem.md"
+cp "$results" "benches/results/$stem.jsonl"
 echo "total $(( $(date +%s) - started_at )) s" >&2
