@@ -12,6 +12,8 @@
 FROM rust:1.94-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The allocator's build-time settings (jemalloc's decay, see .cargo/config.toml).
+COPY .cargo ./.cargo
 COPY src ./src
 COPY crates ./crates
 COPY benches ./benches

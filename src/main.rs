@@ -12,7 +12,10 @@ const DEFAULT_CONFIG: &str = "conf/tether.yaml";
 /// jemalloc rather than the system allocator: glibc keeps what a burst of connections
 /// (a flood, a reconnect storm) allocated in its per-thread arenas long after they are
 /// gone, while jemalloc's background thread returns unused pages to the system within
-/// seconds (its decay, see `main`), so a tether's memory follows the connections it holds.
+/// a second or two (its decay: 1 s, set at build time in .cargo/config.toml, where
+/// jemalloc's own 10 s kept a burst's set-up buffers resident that long; the background
+/// thread is also started in `main`), so a tether's memory follows the connections it
+/// holds.
 #[cfg(all(unix, not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -40,25 +40,28 @@ pub async fn run_until_signal(bind: SocketAddr, id: String) -> Result<(), NodeEr
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
-    let accept = async {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(echo(stream));
-                }
-                // Out of descriptors, a reset before accept: the next one may work.
-                Err(e) => {
-                    tracing::debug!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
-        }
-    };
     tokio::select! {
-        () = accept => {}
+        () = serve(listener) => {}
         _ = tether_kit::signal::first_signal() => {}
     }
     Ok(())
+}
+
+/// Serves plain WebSockets on `listener`, each connection in a task of its own, until
+/// dropped.
+pub async fn serve(listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(echo(stream));
+            }
+            // Out of descriptors, a reset before accept: the next one may work.
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 /// One connection: the handshake, then every message echoed until either side closes.
