@@ -2,7 +2,7 @@
 # tether against nginx and HAProxy in front of the same three Socket.IO nodes, plus a
 # "direct" run (the load generator straight at one node) as the floor.
 #
-#   bash benches/compare.sh [--quick] [--access-log plain|json]
+#   bash benches/compare.sh [--quick] [--access-log plain|json] [--only SCENARIOS | --burst-only]
 #
 # Each proxy runs alone, pinned to core 0 with one worker; the three bundled nodes
 # (`tether node`) and the load generator (`tether bench --threads 1`) share core 1.
@@ -31,10 +31,17 @@
 #                  the failure handling each one's Socket.IO guide gives (below), 3 runs
 #                  -> time from the kill to each orphan connected again (p50, p99), proxy
 #                  CPU from the kill until the last orphan is back / sessions re-made
+#   burst          9000 idle WebSockets opened as a burst, 64 and then 2048 set-ups in
+#                  flight, each against a fresh proxy process, to the Socket.IO nodes
+#                  and to plain WebSocket nodes (`tether node --plain-websocket`)
+#                  -> VmRSS growth per WebSocket 10 s after the burst, still held: what
+#                  the set-up burst left behind in the proxy's allocator
 #
-# --quick halves durations and counts (a smoke run); --only SCENARIOS (comma-separated:
-# echo, setup, idle, balance, storm) runs just those, and its report goes to
-# <date>-<host>-only-SCENARIOS.md, leaving latest.md alone. --access-log FORMAT gives tether an
+# --quick halves durations and counts (a smoke run; the burst only at 2048 in flight,
+# Socket.IO nodes, memory 5 s after); --only SCENARIOS (comma-separated: echo, setup,
+# idle, balance, storm, burst) runs just those, and its report goes to
+# <date>-<host>-only-SCENARIOS.md, leaving latest.md alone (--burst-only is --only
+# burst). --access-log FORMAT gives tether an
 # access log to a file in the work directory (nginx's and HAProxy's stay off, as always),
 # to weigh what it costs. Writes
 # benches/results/<date>-<host>.md, benches/results/<date>-ratios.svg and copies to
@@ -48,21 +55,26 @@ quick=0 access_log="" only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
+    --burst-only) only=burst ;;
     --access-log) access_log=${2:-}; shift || true
       case "$access_log" in plain|json) ;; *) echo "--access-log takes plain or json" >&2; exit 2 ;; esac ;;
     --only) only=${2:-}; shift || true ;;
-    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1 (--quick, --access-log plain|json, --only LIST)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,49p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (--quick, --access-log plain|json, --only LIST, --burst-only)" >&2; exit 2 ;;
   esac
   shift
 done
 # Durations in seconds and client counts; --quick halves them.
 # The echo and polling scenarios run $reps times, interleaved; the report takes medians.
+# The burst scenario: set-ups in flight, upstream kinds, seconds from the burst's end
+# to the memory reading.
 echo_secs=5; reps=3; echo_clients=50; setup_n=2000; idle_n=9000; idle_hold=6; balance_n=1000
 storm_n=4000; storm_reps=3
+burst_flights="64 2048"; burst_upstreams="socketio plain"; burst_after=10
 if [ "$quick" = 1 ]; then
   echo_secs=3; reps=1; echo_clients=25; setup_n=1000; idle_n=4500; idle_hold=3; balance_n=500
   storm_n=1000; storm_reps=1
+  burst_flights="2048"; burst_upstreams="socketio"; burst_after=5
 fi
 # Whether a scenario runs (all of them without --only).
 wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
@@ -130,12 +142,13 @@ stop() { # SIG pid...
 results="$work/results.jsonl"
 : > "$results"
 node_ports=(); node_pids=()
-start_nodes() {
+start_nodes() { # [plain]: plain WebSocket echo nodes instead of Socket.IO ones
   node_ports=(); node_pids=()
-  local i p
+  local i p kind=()
+  [ "${1:-}" = plain ] && kind=(--plain-websocket)
   for i in 1 2 3; do
     p=$(port)
-    taskset -c 1 "$tether" node --port "$p" --id "node-$i" >"$work/node-$i.log" 2>&1 &
+    taskset -c 1 "$tether" node "${kind[@]}" --port "$p" --id "node-$i" >"$work/node-$i.log" 2>&1 &
     pids+=($!); node_pids+=($!); node_ports+=("$p")
   done
   for p in "${node_ports[@]}"; do wait_port "$p"; done
@@ -205,8 +218,8 @@ measure() { # target scenario bench-args...
   taskset -c 1 "$tether" bench --url "http://127.0.0.1:$proxy_port" --threads 1 --json --quiet \
     "$@" >"$out" 2>"$work/$target-$scenario.err" &
   bp=$!; pids+=("$bp")
-  if [ -n "$proxy_pid" ] && [ "$scenario" = idle ]; then
-    python3 benches/compare/sample.py "$proxy_pid" "$bp" >"$samp" &
+  if [ -n "$proxy_pid" ] && [[ "$scenario" = idle || "$scenario" = burst* ]]; then
+    python3 benches/compare/sample.py "$proxy_pid" "$bp" 0.25 "$burst_after" >"$samp" &
     sp=$!; pids+=("$sp")
   fi
   local rc=0
@@ -253,28 +266,30 @@ run_target() { # name
   local t=$1 t0
   t0=$(date +%s)
   echo "== $t" >&2
-  start_nodes
-  start_proxy "$t"
   local d="${echo_secs}s" rep
-  for rep in $(seq "$reps"); do
-    wanted echo || break
-    measure "$t" ws64 --transport websocket --mode echo --clients "$echo_clients" \
-      --duration "$d" --payload-bytes 64
-    measure "$t" ws4096 --transport websocket --mode echo --clients "$echo_clients" \
-      --duration "$d" --payload-bytes 4096
-    measure "$t" poll --transport polling-only --mode echo --clients "$echo_clients" \
-      --duration "$d" --payload-bytes 64
-  done
-  wanted setup && measure "$t" setup --transport polling --mode connect --clients "$setup_n" --concurrency 64
-  if [ "$t" != direct ] && wanted idle; then
-    measure "$t" idle --transport websocket --mode idle --clients "$idle_n" \
-      --duration "${idle_hold}s" --sources 127.0.0.2-127.0.0.100 --concurrency 128 --timeout 30s
+  if wanted echo || wanted setup || wanted idle || wanted balance; then
+    start_nodes
+    start_proxy "$t"
+    for rep in $(seq "$reps"); do
+      wanted echo || break
+      measure "$t" ws64 --transport websocket --mode echo --clients "$echo_clients" \
+        --duration "$d" --payload-bytes 64
+      measure "$t" ws4096 --transport websocket --mode echo --clients "$echo_clients" \
+        --duration "$d" --payload-bytes 4096
+      measure "$t" poll --transport polling-only --mode echo --clients "$echo_clients" \
+        --duration "$d" --payload-bytes 64
+    done
+    wanted setup && measure "$t" setup --transport polling --mode connect --clients "$setup_n" --concurrency 64
+    if [ "$t" != direct ] && wanted idle; then
+      measure "$t" idle --transport websocket --mode idle --clients "$idle_n" \
+        --duration "${idle_hold}s" --sources 127.0.0.2-127.0.0.100 --concurrency 128 --timeout 30s
+    fi
+    if [ "$t" != direct ] && wanted balance; then
+      measure "$t" balance --transport websocket --mode connect --whoami --clients "$balance_n"
+    fi
+    if [ -n "$proxy_pid" ]; then stop TERM "$proxy_pid"; fi
+    stop_nodes
   fi
-  if [ "$t" != direct ] && wanted balance; then
-    measure "$t" balance --transport websocket --mode connect --whoami --clients "$balance_n"
-  fi
-  if [ -n "$proxy_pid" ]; then stop TERM "$proxy_pid"; fi
-  stop_nodes
   if [ "$t" != direct ] && wanted storm; then
     for rep in $(seq "$storm_reps"); do
       start_nodes
@@ -283,6 +298,24 @@ run_target() { # name
         --sources 127.1.0.0/16 --concurrency 64 --kill-pid "${node_pids[0]}" --kill-node node-1 \
         --cpu-pid "$proxy_pid" --duration 60s --timeout 20s
       stop TERM "$proxy_pid"
+      stop_nodes
+    done
+  fi
+  if [ "$t" != direct ] && wanted burst; then
+    local up flight transport suffix
+    for up in $burst_upstreams; do
+      transport=websocket suffix=""
+      [ "$up" = plain ] && transport=plain-websocket suffix=-plain
+      start_nodes "$up"
+      for flight in $burst_flights; do
+        # A fresh process each time: what a burst leaves depends on what came before.
+        start_proxy "$t"
+        sleep 0.5
+        measure "$t" "burst$flight$suffix" --transport "$transport" --mode idle \
+          --clients "$idle_n" --concurrency "$flight" --duration "$((burst_after + 2))s" \
+          --sources 127.0.0.2-127.0.0.100 --timeout 30s
+        stop TERM "$proxy_pid"
+      done
       stop_nodes
     done
   fi
@@ -310,6 +343,6 @@ python3 benches/compare/report.py --results "$results" --machine "$work/machine.
   --out-dir benches/results --date "$date_s" --host "$host" --quick "$quick" --name "$name" \
   ${only:+--no-latest --only "$only"} \
   --elapsed "$(( $(date +%s) - started_at ))" \
-  --params "${access_log:+tether with an access log ($access_log, to a file); }echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions; storm: $storm_n sessions, node-1 killed, $storm_reps runs${only:+; only: $only}"
+  --params "${access_log:+tether with an access log ($access_log, to a file); }echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions; storm: $storm_n sessions, node-1 killed, $storm_reps runs; burst: $idle_n WebSockets with $burst_flights set-ups in flight ($burst_upstreams upstreams), memory ${burst_after}s after${only:+; only: $only}"
 cp "$results" "benches/results/$name.jsonl"
 echo "total $(( $(date +%s) - started_at )) s" >&2

@@ -12,7 +12,9 @@ const DEFAULT_CONFIG: &str = "conf/tether.yaml";
 /// jemalloc rather than the system allocator: glibc keeps what a burst of connections
 /// (a flood, a reconnect storm) allocated in its per-thread arenas long after they are
 /// gone, while jemalloc's background thread returns unused pages to the system within
-/// seconds (its decay, see `main`), so a tether's memory follows the connections it holds.
+/// a second or two (its decay: 1 s, set in `main` through `tether-alloc`, where
+/// jemalloc's own 10 s kept a burst's set-up buffers resident that long), so a tether's
+/// memory follows the connections it holds.
 #[cfg(all(unix, not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -121,6 +123,11 @@ enum Command {
         /// Engine.IO ping timeout in milliseconds (default 20000).
         #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
         ping_timeout: Option<u64>,
+        /// Serve plain WebSockets instead (no Socket.IO): any path, every message echoed.
+        /// A non-Socket.IO upstream for benchmarks (`tether bench --transport
+        /// plain-websocket`).
+        #[arg(long, conflicts_with_all = ["redis", "ping_interval", "ping_timeout"])]
+        plain_websocket: bool,
     },
     #[cfg(feature = "bundled")]
     /// Run N nodes as supervised child processes (restarted with back-off when they
@@ -243,8 +250,16 @@ fn main() -> ExitCode {
     tether::telemetry::install_recorder();
     // Purge freed pages on jemalloc's clock, not only when a thread next allocates.
     #[cfg(all(unix, not(target_env = "msvc")))]
-    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-        tracing::debug!(error = %e, "jemalloc background thread not started");
+    {
+        if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+            tracing::debug!(error = %e, "jemalloc background thread not started");
+        }
+        // An operator's own jemalloc settings win.
+        if std::env::var_os("_RJEM_MALLOC_CONF").is_none() {
+            if let Err(e) = tether_alloc::set_dirty_decay(1000) {
+                tracing::debug!(error = %e, "jemalloc decay left at its default");
+            }
+        }
     }
     let result = match cli.command {
         Command::Check { config } => check(config),
@@ -265,8 +280,10 @@ fn main() -> ExitCode {
             adapter,
             ping_interval,
             ping_timeout,
+            plain_websocket,
         } => node(
             std::net::SocketAddr::new(bind, port),
+            plain_websocket,
             id,
             redis.map(|url| match adapter {
                 NodeAdapter::Redis => tether_node::node::AdapterChoice::RedisPubSub { url },
@@ -510,6 +527,7 @@ fn run(arg: ConfigArg, takeover: Option<PathBuf>) -> anyhow::Result<()> {
 #[cfg(feature = "bundled")]
 fn node(
     bind: std::net::SocketAddr,
+    plain_websocket: bool,
     id: Option<String>,
     adapter: Option<tether_node::node::AdapterChoice>,
     ping_interval: Option<std::time::Duration>,
@@ -527,7 +545,11 @@ fn node(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(tether_node::node::run_until_signal(opts))?;
+    if plain_websocket {
+        runtime.block_on(tether_node::plain::run_until_signal(bind, opts.id))?;
+    } else {
+        runtime.block_on(tether_node::node::run_until_signal(opts))?;
+    }
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(())
 }

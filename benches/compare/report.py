@@ -21,6 +21,8 @@ TARGETS = ["direct", "tether", "nginx", "haproxy"]
 PROXIES = ["tether", "nginx", "haproxy"]
 NAMES = {"direct": "direct", "tether": "tether", "nginx": "nginx", "haproxy": "HAProxy"}
 NODES = ["node-1", "node-2", "node-3"]
+# Set-ups in flight of the burst scenarios (benches/compare.sh).
+BURST_FLIGHTS = [64, 2048]
 
 
 def load(path):
@@ -91,6 +93,14 @@ def metrics(rows):
             put("idle_established", t, est)
             if est:
                 put("idle_rss", t, (s["rss_kib_at_fds_max"] - r["rss_kib_before"]) * 1024 / est)
+        for flight in BURST_FLIGHTS:
+            for suffix in ("", "-plain"):
+                r = (rows.get((t, f"burst{flight}{suffix}")) or [None])[-1]
+                if r and r["bench"] and r.get("sample", {}).get("rss_kib_after"):
+                    est = r["bench"].get("established", 0)
+                    if est:
+                        put(f"burst{flight}{suffix}_rss", t,
+                            (r["sample"]["rss_kib_after"] - r["rss_kib_before"]) * 1024 / est)
         r = (rows.get((t, "balance")) or [None])[-1]
         if r and r["bench"]:
             per = r["bench"].get("per_node", {}) or {}
@@ -138,6 +148,10 @@ def metrics(rows):
         ("setup_p99", "Session setup: p99", "µs", True, 0, False, True),
         ("idle_rss", "Idle WebSocket: proxy RSS per connection", "B", True, 0, True, False),
         ("idle_established", "Idle WebSockets held", "", False, 0, False, False),
+        *[(f"burst{f}{sfx}_rss",
+           f"Burst, {f} set-ups in flight{up}: RSS per WebSocket after", "B", True, 0,
+           f == BURST_FLIGHTS[-1], False)
+          for f in BURST_FLIGHTS for sfx, up in (("", ""), ("-plain", ", plain WS upstream"))],
         ("balance", "One client IP: busiest node / mean", "×", True, 2, True, False),
         ("balance_split", "One client IP: sessions per node", "", None, 0, False, False),
         ("ws64_failed", "WS echo 64 B: failed clients", "", None, 0, False, False),
@@ -305,6 +319,10 @@ Scenarios: {a.params}.
   pending GET poll while the WebSocket upgrade is probed): proxy CPU per session.
 - Idle memory: VmRSS once every WebSocket is up (most open fds) minus VmRSS before,
   per established WebSocket (the proxy holds two sockets for each).
+- Burst memory: the same WebSockets opened as a burst (64 or 2048 set-ups in flight) on a
+  fresh proxy process, to the Socket.IO nodes or to plain WebSocket nodes; VmRSS some
+  seconds after the burst ended (all still held) minus VmRSS before, per WebSocket: the
+  set-up buffers an allocator kept after the burst show there.
 - Balance: all sessions from 127.0.0.1; busiest node over the mean of the 3 nodes
   (3.00 = everything on one node, as `ip_hash`/`balance source` do by design).
 - Storm: sessions set up the real client's way from as many source addresses, node-1

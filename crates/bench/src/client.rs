@@ -58,6 +58,10 @@ pub enum Transport {
     /// a GET always pending on one keep-alive connection, POSTs on another.
     #[serde(rename = "polling-only")]
     PollingOnly,
+    /// A plain WebSocket to `--path`, no Engine.IO at all (a plain WebSocket upstream,
+    /// such as `tether node --plain-websocket`): `--mode idle` or `connect` only.
+    #[serde(rename = "plain-websocket")]
+    PlainWebsocket,
 }
 
 /// Why a client failed.
@@ -329,6 +333,11 @@ pub async fn setup(
             stay_polling(target, source, requests, polling).await
         }
         Transport::Websocket => setup_websocket(target, source, requests).await,
+        Transport::PlainWebsocket => {
+            let stream = tcp(target, source).await?;
+            let ws = ws_handshake(target, requests, &target.path, None, stream).await?;
+            Ok(Session::over(Link::Ws(ws)))
+        }
     }
 }
 

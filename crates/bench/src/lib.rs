@@ -144,6 +144,9 @@ pub enum BenchError {
     /// `--url` or `--path` is not a loopback target.
     #[error("{0}")]
     Target(String),
+    /// Options that cannot go together.
+    #[error("{0}")]
+    Options(&'static str),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("writing the report: {0}")]
@@ -323,6 +326,14 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let target = target(&args.url, &args.path)?;
     if args.mode == Mode::Storm && args.kill_pid.is_none() {
         return Err(bad_target("--mode storm needs --kill-pid".to_owned()));
+    }
+    // A plain WebSocket carries no Socket.IO: nothing to echo or ask.
+    if args.transport == Transport::PlainWebsocket
+        && (matches!(args.mode, Mode::Echo | Mode::Storm) || args.whoami)
+    {
+        return Err(BenchError::Options(
+            "--transport plain-websocket takes --mode idle or connect, without --whoami",
+        ));
     }
     let ctx = Arc::new(Ctx {
         target,

@@ -88,6 +88,28 @@ async fn bench_against_node(transport: &str, mode: &str) -> (Report, String) {
     (report, id)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_websockets_against_a_plain_node() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(tether_node::plain::serve(listener));
+    let plain = ["--url", &url, "--transport", "plain-websocket", "--quiet"];
+    let mut idle = plain.to_vec();
+    idle.extend_from_slice(&["--clients", "20", "--mode", "idle", "--duration", "1s"]);
+    let r = run(&args(&idle)).await.expect("bench runs");
+    assert_clean(&r);
+    // No Socket.IO to echo through or ask.
+    for extra in [
+        &["--mode", "echo"][..],
+        &["--mode", "connect", "--whoami"][..],
+    ] {
+        let mut a = plain.to_vec();
+        a.extend_from_slice(extra);
+        assert!(matches!(run(&args(&a)).await, Err(BenchError::Options(_))));
+    }
+    server.abort();
+}
+
 fn assert_clean(r: &Report) {
     assert_eq!(r.established, 20, "{r:#?}");
     assert_eq!(r.failed_total, 0, "{r:#?}");

@@ -9,10 +9,12 @@
 //! - [`node`] one Socket.IO node served with hyper: `/health`, `/metrics`, the demo
 //!   application ([`app`]) and the chat page ([`assets`]).
 //! - [`drivers`] adapter drivers of our own: an in-process bus, Redis Streams.
+//! - [`plain`] a plain WebSocket echo server (no Engine.IO), for benchmarks.
 //! - [`supervisor`] `tether pool`: nodes as child processes, restarted when they die.
 
 pub mod app;
 pub mod assets;
 pub mod drivers;
 pub mod node;
+pub mod plain;
 pub mod supervisor;
