@@ -85,6 +85,20 @@ async fn registry(t: &TetherHandle) -> serde_json::Value {
     t.status().await["registry"].clone()
 }
 
+/// Two instances of `yaml`, each subscribed to the fleet's admin channel (so an
+/// announcement made through one reaches the other).
+async fn two_subscribed(yaml: &str) -> (TetherHandle, TetherHandle) {
+    let a = TetherHandle::start(yaml).await;
+    let b = TetherHandle::start(yaml).await;
+    for t in [&a, &b] {
+        until_registry(t, Duration::from_secs(10), "subscribed", |r| {
+            r["subscribed"] == true
+        })
+        .await;
+    }
+    (a, b)
+}
+
 /// Waits (up to `limit`) until `check` holds for `t`'s registry status.
 async fn until_registry(
     t: &TetherHandle,
@@ -292,14 +306,7 @@ async fn a_drain_set_through_one_instance_is_in_force_on_the_others_within_a_sec
     let redis = TestRedis::start().await;
     let nodes = nodes(None).await;
     let yaml = config(&nodes, Some((&redis, "fleet-c")));
-    let a = TetherHandle::start(&yaml).await;
-    let b = TetherHandle::start(&yaml).await;
-    for t in [&a, &b] {
-        until_registry(t, Duration::from_secs(10), "subscribed", |r| {
-            r["subscribed"] == true
-        })
-        .await;
-    }
+    let (a, b) = two_subscribed(&yaml).await;
 
     let mut took = Vec::new();
     for (action, state) in [
@@ -528,14 +535,7 @@ async fn a_migration_called_on_one_instance_empties_the_node_through_every_insta
     let redis = TestRedis::start().await;
     let nodes = recovery_nodes(&redis).await;
     let yaml = config(&nodes, Some((&redis, "fleet-f")));
-    let a = TetherHandle::start(&yaml).await;
-    let b = TetherHandle::start(&yaml).await;
-    for t in [&a, &b] {
-        until_registry(t, Duration::from_secs(10), "subscribed", |r| {
-            r["subscribed"] == true
-        })
-        .await;
-    }
+    let (a, b) = two_subscribed(&yaml).await;
     // Each client is pinned to one instance (no cookie, one URL), so the sessions of
     // node-1 are split between the two instances, each holding only its own.
     let mut soaks = recovering_clients(&a, 15).await;
@@ -645,14 +645,7 @@ async fn ready_set_through_one_instance_calls_off_a_migration_on_every_instance(
     let redis = TestRedis::start().await;
     let nodes = nodes(None).await;
     let yaml = config(&nodes, Some((&redis, "fleet-g")));
-    let a = TetherHandle::start(&yaml).await;
-    let b = TetherHandle::start(&yaml).await;
-    for t in [&a, &b] {
-        until_registry(t, Duration::from_secs(10), "subscribed", |r| {
-            r["subscribed"] == true
-        })
-        .await;
-    }
+    let (a, b) = two_subscribed(&yaml).await;
     // Sessions that stay (polling handshakes, never polled again) through B, two of them
     // on node-1 (least sessions spreads six over three nodes).
     for i in 0..6 {
