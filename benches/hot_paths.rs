@@ -1,5 +1,5 @@
 //! The request path's per-request work besides placement: recognising an Engine.IO
-//! request and finding its sid, reading the sid out of a handshake answer, and the sid
+//! request and finding its sid (or only whether it names one), reading the sid out of a handshake answer, and the sid
 //! table's lookup (pin + unpin) and insert.
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tether::affinity::SidTable;
 use tether::backends::ServerStats;
-use tether::engineio::{parse_open_packet, parse_query};
+use tether::engineio::{names_sid, parse_open_packet, parse_query};
 
 /// The client every benchmark session belongs to.
 const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -23,6 +23,18 @@ fn engineio(c: &mut Criterion) {
                 .flatten()
                 .and_then(|q| q.sid)
         })
+    });
+    // Asked of every request (may it start a session?): one substring search, against
+    // the walk over the parameters it replaced.
+    let handshake = "EIO=4&transport=polling&t=PZ3cQ8f";
+    for (name, q) in [
+        ("names_sid/with_sid", query),
+        ("names_sid/handshake", handshake),
+    ] {
+        g.bench_function(name, |b| b.iter(|| names_sid(black_box(q))));
+    }
+    g.bench_function("names_sid/walk_replaced", |b| {
+        b.iter(|| black_box(query).split('&').any(|kv| kv.starts_with("sid=")))
     });
     let open = br#"0{"sid":"fUvk3y5PQy1b8aqfAAAB","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
     g.bench_function("open_packet", |b| {

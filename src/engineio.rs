@@ -73,6 +73,14 @@ pub const TRANSPORT_UNKNOWN_BODY: &str = r#"{"code":0,"message":"Transport unkno
 /// Engine.IO's answer to an unsupported protocol version (`code` 5).
 pub const UNSUPPORTED_VERSION_BODY: &str = r#"{"code":5,"message":"Unsupported protocol version"}"#;
 
+/// Whether a query names a sid (any value), without parsing it: one substring search,
+/// for a question asked of every request, where a walk over the parameters costs several
+/// times as much (`benches/hot_paths.rs`). A parameter is `sid` when it opens the query
+/// or follows `&`.
+pub fn names_sid(query: &str) -> bool {
+    query.starts_with("sid=") || query.contains("&sid=")
+}
+
 /// Parses the query of a request: `Ok(None)` when it is not Engine.IO (no `EIO`), `Err`
 /// when it says it is but could be read two ways or names what no server speaks.
 ///
@@ -298,6 +306,17 @@ pub fn parse_ws_open_frame(buf: &[u8]) -> Option<OpenPacket<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The substring search says what a walk over the parameters would.
+        #[test]
+        fn a_query_names_a_sid_exactly_when_one_of_its_parameters_is_sid(
+            q in "[sid=&a-z%0-9]{0,24}"
+        ) {
+            let walked = q.split('&').any(|kv| kv.starts_with("sid="));
+            proptest::prop_assert_eq!(names_sid(&q), walked);
+        }
+    }
 
     #[test]
     fn config_warnings_assume_this_ping_interval() {
