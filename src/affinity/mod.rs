@@ -12,6 +12,7 @@ pub mod client_ip;
 pub mod cookie;
 pub mod learn;
 pub mod pick;
+pub mod sid_key;
 pub mod sid_table;
 
 use std::net::IpAddr;

@@ -17,13 +17,14 @@
 //! critical section on one of 64 shards, and the key is borrowed as `&str` for lookups
 //! so the request path does not allocate.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use ahash::RandomState;
 use tokio::time::Instant;
 
+use super::sid_key::SidKey;
 use crate::backends::{ServerStats, SessionEnd};
 use crate::engineio::Transport;
 use crate::fleet::{Ack, Fleet};
@@ -35,57 +36,144 @@ const SHARDS: usize = 64;
 /// client whose upgrade probe failed to resume polling.
 pub const TUNNEL_END_LINGER: Duration = Duration::from_secs(2);
 
+/// A moment as an entry keeps it: milliseconds since its table was made (signed: a
+/// session handed over by a takeover was born before). 8 bytes where an `Instant` takes
+/// 16, and an entry holds four: the table holds an entry per live session, in maps that
+/// are up to half empty, so every byte of an entry costs nearly two per session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Ms(i64);
+
+impl Ms {
+    /// `published` of an entry never written to the registry.
+    const NEVER: Ms = Ms(i64::MIN);
+
+    /// How long after `earlier` this is (zero if it is not after it).
+    fn since(self, earlier: Ms) -> Duration {
+        Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+    }
+
+    fn plus(self, d: Duration) -> Ms {
+        Ms(self.0.saturating_add(millis(d)))
+    }
+
+    fn minus(self, d: Duration) -> Ms {
+        Ms(self.0.saturating_sub(millis(d)))
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The table's clock: when it was made, by the monotonic clock (what [`Ms`] counts
+/// from) and by the wall clock (for a session's start as operators read it).
+#[derive(Debug, Clone, Copy)]
+struct Epoch {
+    at: Instant,
+    wall: SystemTime,
+}
+
+impl Epoch {
+    fn new() -> Epoch {
+        Epoch {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn now(&self) -> Ms {
+        self.of(Instant::now())
+    }
+
+    fn of(&self, t: Instant) -> Ms {
+        if t >= self.at {
+            Ms(millis(t.duration_since(self.at)))
+        } else {
+            Ms(-millis(self.at.duration_since(t)))
+        }
+    }
+
+    fn wall_of(&self, t: Ms) -> SystemTime {
+        let offset = Duration::from_millis(t.0.unsigned_abs());
+        let wall = if t.0 >= 0 {
+            self.wall.checked_add(offset)
+        } else {
+            self.wall.checked_sub(offset)
+        };
+        wall.unwrap_or(self.wall)
+    }
+}
+
+/// A session's entry: 72 bytes (the key beside it 24), the fields laid out to leave no
+/// padding.
 #[derive(Debug)]
 struct Entry {
     server: Arc<ServerStats>,
-    ttl: Duration,
+    expires: Ms,
+    /// When the handshake was answered (for the session's duration; its wall-clock
+    /// start, for operators, is the table's epoch plus this).
+    born: Ms,
+    /// When it ended, while `end` is set.
+    ended_at: Ms,
+    /// When the registry was last told of it ([`Ms::NEVER`]: never): refreshed at half
+    /// its liveness window while the session is heard from.
+    published: Ms,
+    /// How long it may stay silent, in milliseconds (a heartbeat plus a margin; held to
+    /// `u32::MAX`, 49 days).
+    ttl_ms: u32,
     /// Requests and tunnels of this session in flight: while non-zero the entry never
     /// expires (a long poll may be held for a whole `pingInterval`).
     polls: u32,
     tunnels: u32,
-    expires: Instant,
+    /// Whose session it is: an IPv4 client as its IPv4-mapped IPv6 address (16 bytes
+    /// where an `IpAddr` takes 17, and so 24 with alignment).
+    client: Ipv6Addr,
     /// The session is over as far as anyone can tell (see the module doc); a request of
     /// it that its server may take revives it.
     ended: bool,
     /// What this entry adds to its server's session counts now; kept apart from
     /// `ended` and `transport()` so that [`Entry::recount`] moves exactly what was added.
     counted: Option<Transport>,
-    /// Why and when it ended, while `ended`.
-    end: Option<(SessionEnd, Instant)>,
+    /// Why it ended, while `ended`.
+    end: Option<SessionEnd>,
     /// Its end is counted in the metrics already.
     end_counted: bool,
-    /// When the handshake was answered (for the session's duration) and by the wall
-    /// clock (for operators), and whose session it is.
-    born: Instant,
-    started: SystemTime,
-    client: IpAddr,
-    /// When the registry was last told of it (`None`: never): refreshed at half its
-    /// liveness window while the session is heard from.
-    published: Option<Instant>,
+}
+
+/// A client address as an entry keeps it.
+fn compact_ip(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
 }
 
 impl Entry {
     /// A session of `server` just learned (born `age` ago), counted as a live session of
     /// its server; ended at once when its server no longer serves it (a handshake
     /// answered by a server put in maintenance meanwhile: its requests will be refused).
-    fn new(server: Arc<ServerStats>, ttl: Duration, client: IpAddr, age: Duration) -> Entry {
-        let now = Instant::now();
+    fn new(
+        server: Arc<ServerStats>,
+        ttl: Duration,
+        client: IpAddr,
+        age: Duration,
+        now: Ms,
+    ) -> Entry {
+        let ttl_ms = u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX);
         let mut entry = Entry {
             server,
-            ttl,
+            expires: now.plus(Duration::from_millis(u64::from(ttl_ms))),
+            born: now.minus(age),
+            ended_at: now,
+            published: Ms::NEVER,
+            ttl_ms,
             polls: 0,
             tunnels: 0,
-            expires: now + ttl,
+            client: compact_ip(client),
             ended: false,
             counted: None,
             end: None,
             end_counted: false,
-            born: now.checked_sub(age).unwrap_or(now),
-            started: SystemTime::now()
-                .checked_sub(age)
-                .unwrap_or_else(SystemTime::now),
-            client,
-            published: None,
         };
         entry.recount();
         if !entry.server.condition.serves_pinned() {
@@ -95,19 +183,27 @@ impl Entry {
         entry
     }
 
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(u64::from(self.ttl_ms))
+    }
+
+    fn client(&self) -> IpAddr {
+        self.client.to_canonical()
+    }
+
     /// The session is over for `cause` (a later request its server takes revives it).
-    fn end(&mut self, cause: SessionEnd, now: Instant) {
+    fn end(&mut self, cause: SessionEnd, now: Ms) {
         if !self.ended {
             self.ended = true;
-            self.end = Some((cause, now));
+            self.end = Some(cause);
+            self.ended_at = now;
             // Its server no longer serves it: over for good, whatever request of it is
             // still in flight (which would otherwise hold the entry, and the count,
             // until the server answers it). A closed WebSocket is counted when the
             // entry goes, since a failed upgrade probe's session resumes polling.
             if matches!(cause, SessionEnd::Maint | SessionEnd::ServerDown) && !self.end_counted {
                 self.end_counted = true;
-                self.server
-                    .session_ended(cause, now.saturating_duration_since(self.born));
+                self.server.session_ended(cause, now.since(self.born));
             }
         }
         self.recount();
@@ -121,17 +217,19 @@ impl Entry {
 
     /// The entry leaves the table: out of the counts, and its session's end counted —
     /// one that never ended otherwise went silent until its liveness window passed.
-    fn finish(&mut self, now: Instant) {
+    fn finish(&mut self, now: Ms) {
         self.uncount();
         if self.end_counted {
             return;
         }
-        let (cause, at) = self.end.unwrap_or_else(|| {
-            let last_heard = self.expires.checked_sub(self.ttl).unwrap_or(self.born);
-            (SessionEnd::IdleTimeout, last_heard.min(now))
-        });
-        self.server
-            .session_ended(cause, at.saturating_duration_since(self.born));
+        let (cause, at) = match self.end {
+            Some(cause) => (cause, self.ended_at),
+            None => {
+                let last_heard = self.expires.minus(self.ttl());
+                (SessionEnd::IdleTimeout, last_heard.min(now))
+            }
+        };
+        self.server.session_ended(cause, at.since(self.born));
     }
 
     /// Whether its end is certain (its client closed its WebSocket, its server said it
@@ -139,29 +237,25 @@ impl Entry {
     fn ended_for_sure(&self) -> bool {
         matches!(
             self.end,
-            Some((SessionEnd::ClientClosed | SessionEnd::ServerClosed, _))
+            Some(SessionEnd::ClientClosed | SessionEnd::ServerClosed)
         )
     }
 
     /// How long the registry should keep it now, if it is due a refresh: a session still
     /// heard from (pinned, or heard since it was last written) whose key is half way
     /// through its time. `None` otherwise.
-    fn refresh_due(&self, now: Instant) -> Option<Duration> {
+    fn refresh_due(&self, now: Ms) -> Option<Duration> {
         if self.ended {
             return None;
         }
         let pinned = self.polls > 0 || self.tunnels > 0;
-        let heard = self.expires.checked_sub(self.ttl).unwrap_or(self.born);
-        let due = match self.published {
-            None => true,
-            Some(at) => (pinned || heard > at) && now.saturating_duration_since(at) >= self.ttl / 2,
-        };
+        let heard = self.expires.minus(self.ttl());
+        let due = self.published == Ms::NEVER
+            || ((pinned || heard > self.published) && now.since(self.published) >= self.ttl() / 2);
         match (due, pinned) {
             (false, _) => None,
-            (true, true) => Some(self.ttl),
-            (true, false) => {
-                Some(self.expires.saturating_duration_since(now)).filter(|d| !d.is_zero())
-            }
+            (true, true) => Some(self.ttl()),
+            (true, false) => Some(self.expires.since(now)).filter(|d| !d.is_zero()),
         }
     }
 
@@ -195,7 +289,7 @@ impl Entry {
     }
 }
 
-type Shard = ahash::AHashMap<Arc<str>, Entry>;
+type Shard = ahash::AHashMap<SidKey, Entry>;
 
 /// Why a sid could not be recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -211,6 +305,8 @@ pub struct SidTable {
     per_shard: usize,
     /// Where learned sids are shared with other instances (when a registry is set).
     fleet: Option<Arc<Fleet>>,
+    /// What the entries' moments count from.
+    epoch: Epoch,
 }
 
 /// How a new entry is shared with the fleet.
@@ -228,9 +324,11 @@ enum Share {
 #[derive(Debug)]
 pub struct SessionPin {
     table: Arc<SidTable>,
-    sid: Arc<str>,
+    sid: SidKey,
     server: Arc<ServerStats>,
-    ttl: Duration,
+    /// The session's `ttl` in milliseconds, as its entry keeps it: a WebSocket's pin is
+    /// held in its tunnel's session for the tunnel's life.
+    ttl_ms: u32,
     kind: PinKind,
     /// A tunnel of the session was open when this pin was taken.
     tunnel_open: bool,
@@ -255,7 +353,7 @@ impl SessionPin {
 
     /// How long the session may stay silent (its heartbeat plus margin).
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        Duration::from_millis(u64::from(self.ttl_ms))
     }
 
     /// Whether a tunnel of the session was open when this pin was taken: for a polling
@@ -291,14 +389,14 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
-    fn of(sid: &Arc<str>, e: &Entry) -> SessionInfo {
+    fn of(sid: &SidKey, e: &Entry, epoch: &Epoch) -> SessionInfo {
         SessionInfo {
-            sid: Arc::clone(sid),
+            sid: sid.to_arc(),
             backend: Arc::clone(&e.server.backend),
             server: Arc::clone(&e.server.id),
             transport: e.transport(),
-            started: e.started,
-            client: e.client,
+            started: epoch.wall_of(e.born),
+            client: e.client(),
             live: !e.ended,
         }
     }
@@ -312,6 +410,7 @@ impl SidTable {
             hasher: RandomState::new(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             fleet: None,
+            epoch: Epoch::new(),
         }
     }
 
@@ -354,7 +453,7 @@ impl SidTable {
         client: IpAddr,
     ) -> Result<Option<Ack>, InsertError> {
         self.insert_entry(sid, server, ttl, client, 0, Share::Acked)
-            .map(|(_, ack)| ack)
+            .map(|(_, _, ack)| ack)
     }
 
     /// Records a session another instance learned, as the registry names it; not written
@@ -378,7 +477,7 @@ impl SidTable {
     /// Whether `sid` is in the table and alive (what [`pin_poll`](Self::pin_poll) would
     /// find).
     pub fn knows(&self, sid: &str) -> bool {
-        let now = Instant::now();
+        let now = self.epoch.now();
         self.shard(sid)
             .get(sid)
             .is_some_and(|e| e.polls > 0 || e.tunnels > 0 || e.expires > now)
@@ -395,12 +494,13 @@ impl SidTable {
         ttl: Duration,
         client: IpAddr,
     ) -> Result<SessionPin, InsertError> {
-        let (key, _) = self.insert_entry(sid, Arc::clone(&server), ttl, client, 1, Share::Quiet)?;
+        let (key, ttl_ms, _) =
+            self.insert_entry(sid, Arc::clone(&server), ttl, client, 1, Share::Quiet)?;
         Ok(SessionPin {
             table: Arc::clone(self),
             sid: key,
             server,
-            ttl,
+            ttl_ms,
             kind: PinKind::Tunnel,
             tunnel_open: false,
             end: None,
@@ -415,8 +515,8 @@ impl SidTable {
         client: IpAddr,
         tunnels: u32,
         share: Share,
-    ) -> Result<(Arc<str>, Option<Ack>), InsertError> {
-        let now = Instant::now();
+    ) -> Result<(SidKey, u32, Option<Ack>), InsertError> {
+        let now = self.epoch.now();
         let mut shard = self.shard(sid);
         if shard.len() >= self.per_shard && !shard.contains_key(sid) {
             sweep_shard(&mut shard, now, None);
@@ -425,11 +525,11 @@ impl SidTable {
                 return Err(InsertError::Full(self.per_shard * SHARDS));
             }
         }
-        let mut entry = Entry::new(server, ttl, client, Duration::ZERO);
+        let mut entry = Entry::new(server, ttl, client, Duration::ZERO, now);
         entry.tunnels = tunnels;
         entry.recount();
         if share == Share::Recalled {
-            entry.published = Some(now);
+            entry.published = now;
         } else {
             entry
                 .server
@@ -438,24 +538,26 @@ impl SidTable {
                 .sessions_started
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let key: Arc<str> = sid.into();
+        let key = SidKey::new(sid);
         let mut ack = None;
         if let Some(fleet) = self.fleet.as_ref().filter(|_| share != Share::Recalled) {
             let stats = &entry.server;
-            ack = fleet.publish(&stats.backend, &key, &stats.id, ttl, share == Share::Acked);
-            entry.published = Some(now);
+            let sid = key.to_arc();
+            ack = fleet.publish(&stats.backend, &sid, &stats.id, ttl, share == Share::Acked);
+            entry.published = now;
         }
-        if let Some(mut old) = shard.insert(Arc::clone(&key), entry) {
+        let ttl_ms = entry.ttl_ms;
+        if let Some(mut old) = shard.insert(key.clone(), entry) {
             old.finish(now);
         }
-        Ok((key, ack))
+        Ok((key, ttl_ms, ack))
     }
 
     /// The session `sid`, if the table knows it.
     pub fn info(&self, sid: &str) -> Option<SessionInfo> {
         let shard = self.shard(sid);
         let (key, entry) = shard.get_key_value(sid)?;
-        Some(SessionInfo::of(key, entry))
+        Some(SessionInfo::of(key, entry, &self.epoch))
     }
 
     /// Up to `limit` sessions, of `backend` and `server` when given, live ones only
@@ -478,7 +580,7 @@ impl SidTable {
                     && backend.is_none_or(|b| *e.server.backend == *b)
                     && server.is_none_or(|s| *e.server.id == *s);
                 if wanted {
-                    out.push(SessionInfo::of(key, e));
+                    out.push(SessionInfo::of(key, e, &self.epoch));
                 }
             }
         }
@@ -497,9 +599,9 @@ impl SidTable {
     }
 
     fn pin(self: &Arc<Self>, sid: &str, kind: PinKind) -> Option<SessionPin> {
-        let now = Instant::now();
+        let now = self.epoch.now();
         let mut shard = self.shard(sid);
-        let key = Arc::clone(shard.get_key_value(sid)?.0);
+        let key = shard.get_key_value(sid)?.0.clone();
         let entry = shard.get_mut(sid)?;
         if entry.polls == 0 && entry.tunnels == 0 && entry.expires <= now {
             return None; // dead; the sweeper will take it out
@@ -522,7 +624,7 @@ impl SidTable {
             table: Arc::clone(self),
             sid: key,
             server: Arc::clone(&entry.server),
-            ttl: entry.ttl,
+            ttl_ms: entry.ttl_ms,
             kind,
             tunnel_open,
             end: None,
@@ -530,7 +632,7 @@ impl SidTable {
     }
 
     fn unpin(&self, sid: &str, kind: PinKind, how: Option<SessionEnd>) {
-        let now = Instant::now();
+        let now = self.epoch.now();
         let mut shard = self.shard(sid);
         let Some(entry) = shard.get_mut(sid) else {
             return;
@@ -553,20 +655,20 @@ impl SidTable {
             entry.end(how.unwrap_or(SessionEnd::ClientClosed), now);
         }
         let linger = if entry.ended {
-            entry.ttl.min(TUNNEL_END_LINGER)
+            entry.ttl().min(TUNNEL_END_LINGER)
         } else {
-            entry.ttl
+            entry.ttl()
         };
-        entry.expires = now + linger;
+        entry.expires = now.plus(linger);
     }
 
     /// Ends a session moved elsewhere by a migration: over here at once, its entry kept a
     /// moment (as for a closed WebSocket) and then counted out as `migrated`.
     pub fn end_migrated(&self, sid: &str) {
-        let now = Instant::now();
+        let now = self.epoch.now();
         if let Some(e) = self.shard(sid).get_mut(sid) {
             e.end(SessionEnd::Migrated, now);
-            e.expires = e.expires.min(now + e.ttl.min(TUNNEL_END_LINGER));
+            e.expires = e.expires.min(now.plus(e.ttl().min(TUNNEL_END_LINGER)));
         }
     }
 
@@ -574,11 +676,11 @@ impl SidTable {
     pub fn remove(&self, sid: &str) {
         let removed = self.shard(sid).remove_entry(sid);
         if let Some((key, mut entry)) = removed {
-            let now = Instant::now();
+            let now = self.epoch.now();
             entry.end(SessionEnd::ServerClosed, now);
             entry.finish(now);
             if let Some(fleet) = &self.fleet {
-                fleet.forget(&entry.server.backend, &key);
+                fleet.forget(&entry.server.backend, &key.to_arc());
             }
         }
     }
@@ -606,7 +708,7 @@ impl SidTable {
     /// refuses their requests and has closed their tunnels, so they are over.
     /// Returns how many were dropped.
     pub fn sweep(&self) -> usize {
-        let now = Instant::now();
+        let now = self.epoch.now();
         self.shards
             .iter()
             .map(|s| sweep_shard(&mut tether_kit::lock(s), now, self.fleet.as_deref()))
@@ -634,7 +736,7 @@ impl SidTable {
 
 /// Sweeps one shard; with a `fleet` on, also refreshes the registry keys of sessions
 /// still heard from and deletes those of sessions that certainly ended.
-fn sweep_shard(shard: &mut Shard, now: Instant, fleet: Option<&Fleet>) -> usize {
+fn sweep_shard(shard: &mut Shard, now: Ms, fleet: Option<&Fleet>) -> usize {
     let before = shard.len();
     let fleet = fleet.filter(|f| f.is_on());
     shard.retain(|key, e| {
@@ -648,10 +750,10 @@ fn sweep_shard(shard: &mut Shard, now: Instant, fleet: Option<&Fleet>) -> usize 
         }
         if let Some(fleet) = fleet {
             if !alive && e.ended_for_sure() {
-                fleet.forget(&e.server.backend, key);
+                fleet.forget(&e.server.backend, &key.to_arc());
             } else if let Some(keep) = e.refresh_due(now).filter(|_| alive) {
-                fleet.publish(&e.server.backend, key, &e.server.id, keep, false);
-                e.published = Some(now);
+                fleet.publish(&e.server.backend, &key.to_arc(), &e.server.id, keep, false);
+                e.published = now;
             }
         }
         alive
@@ -688,7 +790,8 @@ impl SidTable {
     /// where its tunnel is (it never polls again), so it is left out, unless a poll
     /// of it is in flight too (an upgrade probe that may fail back to polling).
     pub fn export_live(&self, since: Option<Instant>) -> Vec<HandedSession> {
-        let now = Instant::now();
+        let now = self.epoch.now();
+        let since = since.map(|t| self.epoch.of(t));
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = tether_kit::lock(shard);
@@ -703,16 +806,16 @@ impl SidTable {
                 }
                 out.push(HandedSession {
                     backend: Arc::clone(&e.server.backend),
-                    sid: Arc::clone(sid),
+                    sid: sid.to_arc(),
                     server: Arc::clone(&e.server.id),
-                    ttl: e.ttl,
+                    ttl: e.ttl(),
                     remaining: if pinned {
-                        e.ttl
+                        e.ttl()
                     } else {
-                        e.expires.saturating_duration_since(now)
+                        e.expires.since(now)
                     },
-                    client: e.client,
-                    age: now.saturating_duration_since(e.born),
+                    client: e.client(),
+                    age: now.since(e.born),
                 });
             }
         }
@@ -724,7 +827,7 @@ impl SidTable {
     /// is left as it is (what this process learned itself is newer); returns whether it
     /// was added. Not counted as a started session: it started in the old process.
     pub fn import(&self, s: &HandedSession, server: Arc<ServerStats>) -> Result<bool, InsertError> {
-        let now = Instant::now();
+        let now = self.epoch.now();
         let mut shard = self.shard(&s.sid);
         if shard.contains_key(&*s.sid) {
             return Ok(false);
@@ -736,11 +839,11 @@ impl SidTable {
                 return Err(InsertError::Full(self.per_shard * SHARDS));
             }
         }
-        let mut entry = Entry::new(server, s.ttl, s.client, s.age);
+        let mut entry = Entry::new(server, s.ttl, s.client, s.age, now);
         // What was left of its window (shared with the fleet, if any, at the next sweep,
         // as a learned one).
-        entry.expires = now + s.remaining.min(s.ttl);
-        shard.insert(Arc::clone(&s.sid), entry);
+        entry.expires = now.plus(s.remaining.min(s.ttl));
+        shard.insert(SidKey::new(&s.sid), entry);
         Ok(true)
     }
 }
@@ -782,11 +885,11 @@ mod tests {
             t.shard("abc")
                 .get("abc")
                 .unwrap()
-                .refresh_due(Instant::now())
+                .refresh_due(t.epoch.now())
         };
         // Never written (no registry when it was learned): due at once, for what is left.
         assert_eq!(due(&t), Some(ttl));
-        t.shard("abc").get_mut("abc").unwrap().published = Some(Instant::now());
+        t.shard("abc").get_mut("abc").unwrap().published = t.epoch.now();
         // Heard from (a request came and went) but written less than half a window ago.
         tokio::time::advance(Duration::from_secs(10)).await;
         drop(t.pin_poll("abc").unwrap());
@@ -795,7 +898,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(15)).await;
         assert_eq!(due(&t), Some(Duration::from_secs(25)));
         // Written again; then silent: never due again, the key runs out with the session.
-        t.shard("abc").get_mut("abc").unwrap().published = Some(Instant::now());
+        t.shard("abc").get_mut("abc").unwrap().published = t.epoch.now();
         tokio::time::advance(Duration::from_secs(24)).await;
         assert_eq!(due(&t), None);
         // A pinned session (a WebSocket) is due each half window, for a whole window.
@@ -805,7 +908,7 @@ mod tests {
         // Its client closed its WebSocket: over for sure, no refresh, its key goes.
         let e = t.shard("abc");
         assert!(e.get("abc").unwrap().ended_for_sure());
-        assert_eq!(e.get("abc").unwrap().refresh_due(Instant::now()), None);
+        assert_eq!(e.get("abc").unwrap().refresh_due(t.epoch.now()), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1035,5 +1138,58 @@ mod tests {
         assert_eq!(new.sweep(), 0, "the idle one was re-armed by its poll");
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(new.sweep(), 2);
+    }
+
+    #[test]
+    fn an_entry_and_its_key_take_96_bytes_of_a_shard() {
+        // What a held session costs in its shard's map, bucket for bucket (maps run up
+        // to half empty after growing): 160 bytes with `Instant`s, an `Arc<str>` key
+        // (itself 48 bytes more on the heap) and the wall-clock start.
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(std::mem::size_of::<(SidKey, Entry)>(), 96);
+        }
+    }
+
+    #[test]
+    fn moments_before_the_epoch_and_far_after_it_are_kept() {
+        let epoch = Epoch::new();
+        let later = epoch.at + Duration::from_millis(1500);
+        assert_eq!(epoch.of(later), Ms(1500));
+        assert_eq!(epoch.of(later).since(Ms(500)), Duration::from_secs(1));
+        assert_eq!(Ms(500).since(Ms(1500)), Duration::ZERO, "never negative");
+        // A session handed over at a takeover was born before this table.
+        let born = epoch.of(epoch.at).minus(Duration::from_secs(3600));
+        assert_eq!(born, Ms(-3_600_000));
+        assert_eq!(
+            epoch.wall_of(born),
+            epoch.wall - Duration::from_secs(3600),
+            "its wall-clock start"
+        );
+        assert_eq!(Ms(i64::MAX - 1).plus(Duration::MAX), Ms(i64::MAX));
+        assert_eq!(Ms(0).minus(Duration::MAX), Ms(-i64::MAX));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_shows_its_client_and_start_as_they_were_given() {
+        let t = table(100);
+        let s = stats("node-1");
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        let v4: IpAddr = "192.0.2.9".parse().unwrap();
+        t.insert("six", s.clone(), Duration::from_secs(3), v6)
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        t.insert("four", s.clone(), Duration::from_secs(3), v4)
+            .unwrap();
+        let (six, four) = (t.info("six").unwrap(), t.info("four").unwrap());
+        assert_eq!((six.client, four.client), (v6, v4));
+        assert_eq!(
+            four.started.duration_since(six.started).unwrap(),
+            Duration::from_secs(2)
+        );
+        // A heartbeat beyond what an entry keeps (49 days) is held to it.
+        let pin = t
+            .insert_tunnel("long", s, Duration::from_secs(100 * 86_400), v4)
+            .unwrap();
+        assert_eq!(pin.ttl(), Duration::from_millis(u64::from(u32::MAX)));
     }
 }
