@@ -60,6 +60,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started_at=$(date +%s)
+# The machine is shared: how busy it was when the run started and ended goes in the report.
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 quick=0 access_log="" only=""
 while [ $# -gt 0 ]; do
@@ -395,6 +397,7 @@ date_s=$(date +%F); host=$(hostname -s 2>/dev/null || hostname)
   echo "nproc: $(nproc)"
   lscpu | head -n 15
   echo "kernel: $(uname -srm)"
+  echo "load average (1, 5, 15 min): $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
   echo "nginx: $(nginx -v 2>&1)"
   echo "haproxy: $(haproxy -v 2>&1 | head -n 1)"
   echo "rustc: $(rustc -V)"
