@@ -5,7 +5,8 @@
 #   bash benches/compare.sh [--quick] [--access-log plain|json] [--only SCENARIOS | --burst-only]
 #
 # Each proxy runs alone, pinned to core 0 with one worker; the three bundled nodes
-# (`tether node`) and the load generator (`tether bench --threads 1`) share core 1.
+# (`tether node`) and the load generator (`tether bench --threads 1`) share core 1
+# (all but the multicore scenario, which unpins everything).
 # Costs are the proxy's own CPU time (utime+stime from /proc/PID/stat) and resident
 # memory (VmRSS), read around each scenario:
 #
@@ -36,10 +37,19 @@
 #                  and to plain WebSocket nodes (`tether node --plain-websocket`)
 #                  -> VmRSS growth per WebSocket 10 s after the burst, still held: what
 #                  the set-up burst left behind in the proxy's allocator
+#   multicore      each proxy with 2 workers (tether TOKIO_WORKER_THREADS=2, nginx
+#                  worker_processes 2 with a master and `listen ... reuseport`, HAProxy
+#                  nbthread 2), and again with 1 worker, nothing pinned: proxy, nodes and
+#                  load generator (`--threads 2`) share both cores. 200 clients from 99
+#                  source addresses (nginx hashes $remote_addr, as in the storm, so every
+#                  proxy spreads them over the nodes): WebSocket echo 64 B, polling echo
+#                  (5 s each) and 2000 session set-ups, 3 runs interleaved (2 workers, then
+#                  1) -> messages, HTTP requests and sessions per proxy CPU-second (CPU of
+#                  every process of the proxy), per second, and 2 workers over 1
 #
 # --quick halves durations and counts (a smoke run; the burst only at 2048 in flight,
 # Socket.IO nodes, memory 5 s after); --only SCENARIOS (comma-separated: echo, setup,
-# idle, balance, storm, burst) runs just those, and its report goes to
+# idle, balance, storm, burst, multicore) runs just those, and its report goes to
 # <date>-<host>-only-SCENARIOS.md, leaving latest.md alone (--burst-only is --only
 # burst). --access-log FORMAT gives tether an
 # access log to a file in the work directory (nginx's and HAProxy's stay off, as always),
@@ -50,6 +60,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started_at=$(date +%s)
+# The machine is shared: how busy it was when the run started and ended goes in the report.
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 quick=0 access_log="" only=""
 while [ $# -gt 0 ]; do
@@ -59,7 +71,7 @@ while [ $# -gt 0 ]; do
     --access-log) access_log=${2:-}; shift || true
       case "$access_log" in plain|json) ;; *) echo "--access-log takes plain or json" >&2; exit 2 ;; esac ;;
     --only) only=${2:-}; shift || true ;;
-    -h|--help) sed -n '2,49p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,59p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (--quick, --access-log plain|json, --only LIST, --burst-only)" >&2; exit 2 ;;
   esac
   shift
@@ -71,11 +83,17 @@ done
 echo_secs=5; reps=3; echo_clients=50; setup_n=2000; idle_n=9000; idle_hold=6; balance_n=1000
 storm_n=4000; storm_reps=3
 burst_flights="64 2048"; burst_upstreams="socketio plain"; burst_after=10
+# The multicore scenario: clients, seconds, sessions set up, workers compared.
+mc_clients=200; mc_secs=5; mc_setup_n=2000; mc_workers="2 1"
 if [ "$quick" = 1 ]; then
   echo_secs=3; reps=1; echo_clients=25; setup_n=1000; idle_n=4500; idle_hold=3; balance_n=500
   storm_n=1000; storm_reps=1
   burst_flights="2048"; burst_upstreams="socketio"; burst_after=5
+  mc_clients=100; mc_secs=3; mc_setup_n=1000
 fi
+# Where the proxy, the nodes and the load generator run, the load generator's threads and
+# the proxy's workers: the multicore scenario changes them while it runs.
+proxy_cpus=0 node_cpus=1 bench_cpus=1 bench_threads=1 workers=1
 # Whether a scenario runs (all of them without --only).
 wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 # The proxy holds two fds per idle WebSocket (client side, node side).
@@ -117,7 +135,15 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 # CPU seconds (user+system) a process has used.
 # "user system" CPU seconds so far, kept apart: on loopback most of a proxy's time is the
 # kernel's (the same system calls for every proxy), and user time is what a proxy controls.
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{print $14/hz "," $15/hz}' "/proc/$1/stat"; }
+# Summed over the process and its children (nginx's workers under a master); the
+# process's own figure covers all its threads.
+cpu() {
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } |
+    awk -v hz="$(getconf CLK_TCK)" -v p="$1" '
+      { pid = $1; sub(/^.*\) /, "") }  # past "(comm) ": $2 is the ppid, $12 utime, $13 stime
+      pid == p || $2 == p { u += $12; s += $13 }
+      END { print u / hz "," s / hz }'
+}
 rss() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 wait_port() {
   for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
@@ -148,7 +174,7 @@ start_nodes() { # [plain]: plain WebSocket echo nodes instead of Socket.IO ones
   [ "${1:-}" = plain ] && kind=(--plain-websocket)
   for i in 1 2 3; do
     p=$(port)
-    taskset -c 1 "$tether" node "${kind[@]}" --port "$p" --id "node-$i" >"$work/node-$i.log" 2>&1 &
+    taskset -c "$node_cpus" "$tether" node "${kind[@]}" --port "$p" --id "node-$i" >"$work/node-$i.log" 2>&1 &
     pids+=($!); node_pids+=($!); node_ports+=("$p")
   done
   for p in "${node_ports[@]}"; do wait_port "$p"; done
@@ -178,8 +204,23 @@ storm_config() { # name file
   esac
 }
 
+# The multicore scenario's config: $workers workers; nginx under a master (a worker
+# process each; as root the workers stay root, to write where the master can), a listen
+# socket per worker (`reuseport`: the kernel spreads connections, where one shared socket
+# lets the busiest worker take most), and `hash $remote_addr consistent` as in the storm
+# (ip_hash keys on 127.0.0, one node for every source).
+multicore_config() { # name file
+  case "$1" in
+    nginx) sed -i -e "s|^worker_processes 1;|worker_processes $workers;|" \
+                  -e "s|^master_process off;|master_process on;\nuser $(id -un);|" \
+                  -e 's|^\(\s*listen 127.0.0.1:[0-9]*\) backlog=4096;|\1 backlog=4096 reuseport;|' \
+                  -e 's|^\(\s*\)ip_hash;|\1hash $remote_addr consistent;|' "$2" ;;
+    haproxy) sed -i -e "s|^\(\s*\)nbthread 1$|\1nbthread $workers|" "$2" ;;
+  esac
+}
+
 proxy_pid=""; proxy_port=""
-start_proxy() { # name [storm]
+start_proxy() { # name [storm|multicore]
   proxy_port=$(port)
   case "$1" in
     direct) proxy_pid=""; proxy_port=${node_ports[0]}; return 0 ;;
@@ -189,33 +230,36 @@ start_proxy() { # name [storm]
       if [ -n "$access_log" ]; then
         printf 'access_log: { path: "%s/access.log", format: %s }\n' "$work" "$access_log" >> "$work/tether.yaml"
       fi
-      TOKIO_WORKER_THREADS=1 taskset -c 0 "$tether" run --config "$work/tether.yaml" \
+      TOKIO_WORKER_THREADS=$workers taskset -c "$proxy_cpus" "$tether" run --config "$work/tether.yaml" \
         >"$work/tether.log" 2>&1 &
       ;;
     nginx)
       mkdir -p "$work/nginx"
       fill nginx.conf.in "$work/nginx/nginx.conf"
       [ "${2:-}" = storm ] && storm_config nginx "$work/nginx/nginx.conf"
-      taskset -c 0 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" >"$work/nginx.log" 2>&1 &
+      [ "${2:-}" = multicore ] && multicore_config nginx "$work/nginx/nginx.conf"
+      taskset -c "$proxy_cpus" nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" >"$work/nginx.log" 2>&1 &
       ;;
     haproxy)
       fill haproxy.cfg.in "$work/haproxy.cfg"
       [ "${2:-}" = storm ] && storm_config haproxy "$work/haproxy.cfg"
-      taskset -c 0 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+      [ "${2:-}" = multicore ] && multicore_config haproxy "$work/haproxy.cfg"
+      taskset -c "$proxy_cpus" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
       ;;
   esac
   proxy_pid=$!; pids+=("$proxy_pid")
   wait_port "$proxy_port" || { cat "$work/$1.log" "$work/nginx/error.log" 2>/dev/null >&2; return 1; }
 }
 
-# One scenario against the current target: runs the load generator on core 1 and
+# One scenario against the current target: runs the load generator ($bench_cpus) and
 # appends {target, scenario, cpu_s, user_s, sys_s, rss..., bench} to $results.
 measure() { # target scenario bench-args...
   local target=$1 scenario=$2; shift 2
   local out="$work/$target-$scenario.json" samp="$work/$target-$scenario.sample.json"
   local c0=0,0 c1=0,0 r0=0 bp sp=""
   if [ -n "$proxy_pid" ]; then c0=$(cpu "$proxy_pid"); r0=$(rss "$proxy_pid"); fi
-  taskset -c 1 "$tether" bench --url "http://127.0.0.1:$proxy_port" --threads 1 --json --quiet \
+  taskset -c "$bench_cpus" "$tether" bench --url "http://127.0.0.1:$proxy_port" \
+    --threads "$bench_threads" --json --quiet \
     "$@" >"$out" 2>"$work/$target-$scenario.err" &
   bp=$!; pids+=("$bp")
   if [ -n "$proxy_pid" ] && [[ "$scenario" = idle || "$scenario" = burst* ]]; then
@@ -319,6 +363,27 @@ run_target() { # name
       stop_nodes
     done
   fi
+  if [ "$t" != direct ] && wanted multicore; then
+    local w src=127.0.0.2-127.0.0.100
+    proxy_cpus=0,1 node_cpus=0,1 bench_cpus=0,1 bench_threads=2
+    start_nodes
+    for rep in $(seq "$reps"); do
+      for w in $mc_workers; do
+        workers=$w
+        start_proxy "$t" multicore
+        sleep 0.3 # nginx's master forks its workers after it listens
+        measure "$t" "w$w-ws64" --transport websocket --mode echo --clients "$mc_clients" \
+          --duration "${mc_secs}s" --payload-bytes 64 --sources "$src"
+        measure "$t" "w$w-poll" --transport polling-only --mode echo --clients "$mc_clients" \
+          --duration "${mc_secs}s" --payload-bytes 64 --sources "$src"
+        measure "$t" "w$w-setup" --transport polling --mode connect --clients "$mc_setup_n" \
+          --concurrency 64 --sources "$src"
+        stop TERM "$proxy_pid"
+      done
+    done
+    stop_nodes
+    proxy_cpus=0 node_cpus=1 bench_cpus=1 bench_threads=1 workers=1
+  fi
   echo "   ($t: $(( $(date +%s) - t0 )) s)" >&2
 }
 
@@ -332,6 +397,7 @@ date_s=$(date +%F); host=$(hostname -s 2>/dev/null || hostname)
   echo "nproc: $(nproc)"
   lscpu | head -n 15
   echo "kernel: $(uname -srm)"
+  echo "load average (1, 5, 15 min): $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
   echo "nginx: $(nginx -v 2>&1)"
   echo "haproxy: $(haproxy -v 2>&1 | head -n 1)"
   echo "rustc: $(rustc -V)"
@@ -343,6 +409,6 @@ python3 benches/compare/report.py --results "$results" --machine "$work/machine.
   --out-dir benches/results --date "$date_s" --host "$host" --quick "$quick" --name "$name" \
   ${only:+--no-latest --only "$only"} \
   --elapsed "$(( $(date +%s) - started_at ))" \
-  --params "${access_log:+tether with an access log ($access_log, to a file); }echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions; storm: $storm_n sessions, node-1 killed, $storm_reps runs; burst: $idle_n WebSockets with $burst_flights set-ups in flight ($burst_upstreams upstreams), memory ${burst_after}s after${only:+; only: $only}"
+  --params "${access_log:+tether with an access log ($access_log, to a file); }echo and polling: $echo_clients clients x ${echo_secs}s, $reps runs each; setup: $setup_n sessions; idle: $idle_n WebSockets held ${idle_hold}s; balance: $balance_n sessions; storm: $storm_n sessions, node-1 killed, $storm_reps runs; burst: $idle_n WebSockets with $burst_flights set-ups in flight ($burst_upstreams upstreams), memory ${burst_after}s after; multicore: $mc_clients clients x ${mc_secs}s and $mc_setup_n sessions, $mc_workers workers, $reps runs each${only:+; only: $only}"
 cp "$results" "benches/results/$name.jsonl"
 echo "total $(( $(date +%s) - started_at )) s" >&2

@@ -23,6 +23,11 @@ NAMES = {"direct": "direct", "tether": "tether", "nginx": "nginx", "haproxy": "H
 NODES = ["node-1", "node-2", "node-3"]
 # Set-ups in flight of the burst scenarios (benches/compare.sh).
 BURST_FLIGHTS = [64, 2048]
+# The multicore scenario's loads: (scenario suffix, bench field counted, units counted
+# per unit of that field, what is counted, label).
+MULTICORE = [("ws64", "messages_acked", 2, "messages", "WS relay 64 B"),
+             ("poll", "http_requests", 1, "HTTP requests", "Polling echo"),
+             ("setup", "established", 1, "sessions", "Session setup")]
 
 
 def load(path):
@@ -110,6 +115,33 @@ def metrics(rows):
                 put("balance_split", t, "/".join(str(c) for c in counts))
                 put("balance", t, max(counts) / (total / len(NODES)))
 
+        # Multicore: throughput per proxy CPU-second (every process of the proxy), per
+        # second, the proxy's cores busy, and 2 workers over 1.
+        for sc, field, per, _what, _label in MULTICORE:
+            for w in (1, 2):
+                reps = [r for r in rows.get((t, f"w{w}-{sc}"), [])
+                        if r["bench"] and r["bench"].get(field) and r.get("cpu_s")]
+                if not reps or t == "direct":
+                    continue
+                b = [r["bench"] for r in reps]
+                put_median(f"mc{w}_{sc}_per_cpu", t,
+                           [per * r["bench"][field] / r["cpu_s"] for r in reps])
+                put_median(f"mc{w}_{sc}_rate", t,
+                           [x.get("setup_rate") if sc == "setup"
+                            else x.get("messages_per_sec") for x in b])
+                put_median(f"mc{w}_{sc}_cores", t,
+                           [r["cpu_s"] / r["bench"]["elapsed_s"] for r in reps
+                            if r["bench"].get("elapsed_s")])
+                put(f"mc{w}_{sc}_failed", t, sum(x.get("failed_total", 0) for x in b))
+            per_cpu = m.get(f"mc2_{sc}_per_cpu", {}).get(t)
+            if per_cpu:
+                put(f"mc2_{sc}_cpu", t, 1e6 / per_cpu)
+            for kind in ("per_cpu", "rate"):
+                one = m.get(f"mc1_{sc}_{kind}", {}).get(t)
+                two = m.get(f"mc2_{sc}_{kind}", {}).get(t)
+                if one and two:
+                    put(f"mc_{sc}_{kind}_scale", t, two / one)
+
         storms = [r["bench"]["storm"] for r in rows.get((t, "storm"), [])
                   if r["bench"] and r["bench"].get("storm")]
         if storms:
@@ -167,6 +199,31 @@ def metrics(rows):
          False),
         ("storm_failed", "Storm: failed reconnection attempts, all runs", "", None, 0, False,
          False),
+        *[row for sc, _f, _p, what, label in MULTICORE for row in (
+            (f"mc2_{sc}_per_cpu", f"2 workers, {label}: {what} per proxy CPU-second", "/s",
+             False, 0, False, False),
+            # The same, as the chart draws it (lower is better there).
+            (f"mc2_{sc}_cpu", f"2 workers, {label}: proxy CPU per {what[:-1]}", "µs", True,
+             2 if sc != "setup" else 0, True, False),
+            (f"mc2_{sc}_rate", f"2 workers, {label}: "
+             + ("sessions per second" if sc == "setup" else "acks per second"), "/s", False, 0,
+             False, False),
+            (f"mc2_{sc}_cores", f"2 workers, {label}: proxy CPU-seconds per second", "", None,
+             2, False, False),
+            (f"mc1_{sc}_per_cpu", f"1 worker, unpinned, {label}: {what} per proxy CPU-second",
+             "/s", False, 0, False, False),
+            (f"mc1_{sc}_rate", f"1 worker, unpinned, {label}: "
+             + ("sessions per second" if sc == "setup" else "acks per second"), "/s", False, 0,
+             False, False),
+            (f"mc1_{sc}_cores", f"1 worker, unpinned, {label}: proxy CPU-seconds per second",
+             "", None, 2, False, False),
+            (f"mc_{sc}_rate_scale", f"{label}: throughput, 2 workers over 1", "×", False, 2,
+             False, False),
+            (f"mc_{sc}_per_cpu_scale", f"{label}: per proxy CPU-second, 2 workers over 1", "×",
+             False, 2, False, False),
+            (f"mc2_{sc}_failed", f"2 workers, {label}: failed clients", "", None, 0, False,
+             False),
+        )],
     ]
     return m, [s for s in spec if s[0] in m]
 
@@ -325,6 +382,14 @@ Scenarios: {a.params}.
   set-up buffers an allocator kept after the burst show there.
 - Balance: all sessions from 127.0.0.1; busiest node over the mean of the 3 nodes
   (3.00 = everything on one node, as `ip_hash`/`balance source` do by design).
+- Multicore (rows "2 workers", "1 worker, unpinned"): each proxy with 2 workers
+  (tether `TOKIO_WORKER_THREADS=2`; nginx `worker_processes 2` under a master, `listen
+  ... reuseport`; HAProxy `nbthread 2`) and then 1, nothing pinned: the proxy, the nodes
+  and the load generator (`--threads 2`) share both cores, so a proxy cannot have 2
+  cores to itself and the figure that compares is throughput per proxy CPU-second (CPU of
+  every process of the proxy, nginx's master and workers). Clients come from 99 source
+  addresses and nginx hashes `$remote_addr` (as in the storm): every proxy spreads them
+  over the 3 nodes. "CPU-seconds per second": how much of the 2 cores the proxy used.
 - Storm: sessions set up the real client's way from as many source addresses, node-1
   SIGKILLed by the load generator; each orphan reconnects with socket.io-client's
   back-off (1 s × 2^n up to 5 s, ±50 %), a new session each attempt. Time to recovered:
@@ -370,7 +435,9 @@ several runs (the `.jsonl` next to this file holds every raw report).
         f.write(md)
     with open(svg_path, "w") as f:
         f.write(svg(m, spec, f"tether relative to nginx and HAProxy ({a.date})",
-                    f"one worker each on core 0; {a.host}{', --quick' if quick else ''}"))
+                    f"one worker each on core 0"
+                    f"{' (multicore rows: 2 workers, unpinned)' if 'mc2_ws64_cpu' in m else ''}"
+                    f"; {a.host}{', --quick' if quick else ''}"))
     if a.no_latest:
         print(f"\nwrote {md_path}, {svg_path}")
         return
