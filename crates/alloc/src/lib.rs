@@ -14,17 +14,10 @@
 //! `mallctl`, behind one small safe function; the workspace forbids unsafe code
 //! everywhere else.
 
-/// What [`set_dirty_decay`] could not do.
-#[derive(Debug)]
+/// What [`set_dirty_decay`] could not do: the setting named, and jemalloc's answer.
+#[derive(Debug, thiserror::Error)]
+#[error("jemalloc's dirty-page decay not set: {0}")]
 pub struct DecayError(String);
-
-impl std::fmt::Display for DecayError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "jemalloc's dirty-page decay not set: {}", self.0)
-    }
-}
-
-impl std::error::Error for DecayError {}
 
 /// Sets how long jemalloc keeps freed pages before handing them back to the system, in
 /// milliseconds (0: at once; -1: never), for the arenas made from now on and for those

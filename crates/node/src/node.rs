@@ -684,22 +684,24 @@ fn serve<A: socketioxide::adapter::Adapter>(
 
 // ---- the `tether node` command ----
 
+/// The line a node prints once it listens, which the supervisor and tests read its port
+/// from; keys in the order tests/node/server.js prints them.
+pub(crate) fn print_listening(port: u16, id: &str) {
+    use std::io::Write;
+    let line = format!(
+        r#"{{"event":"listening","port":{port},"id":{}}}"#,
+        serde_json::Value::from(id)
+    );
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// How `tether node` runs: [`start`], print the listening line, then on SIGTERM drain and
 /// stop, on SIGINT stop; a second signal exits at once.
 pub async fn run_until_signal(opts: NodeOptions) -> Result<(), NodeError> {
     let node = start(opts).await?;
-    // Keys in the order tests/node/server.js prints them.
-    let line = format!(
-        r#"{{"event":"listening","port":{},"id":{}}}"#,
-        node.addr().port(),
-        serde_json::Value::from(node.id())
-    );
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
+    print_listening(node.addr().port(), node.id());
     match tether_kit::signal::first_signal().await {
         Some(Signal::Terminate) => {
             node.drain();

@@ -29,17 +29,7 @@ pub async fn run_until_signal(bind: SocketAddr, id: String) -> Result<(), NodeEr
     } else {
         id
     };
-    {
-        use std::io::Write;
-        let line = format!(
-            r#"{{"event":"listening","port":{},"id":{}}}"#,
-            addr.port(),
-            serde_json::Value::from(id)
-        );
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
+    crate::node::print_listening(addr.port(), &id);
     tokio::select! {
         () = serve(listener) => {}
         _ = tether_kit::signal::first_signal() => {}
@@ -50,18 +40,11 @@ pub async fn run_until_signal(bind: SocketAddr, id: String) -> Result<(), NodeEr
 /// Serves plain WebSockets on `listener`, each connection in a task of its own, until
 /// dropped.
 pub async fn serve(listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(echo(stream));
-            }
-            // Out of descriptors, a reset before accept: the next one may work.
-            Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let never = tokio_util::sync::CancellationToken::new();
+    tether_kit::accept::accept_loop(&listener, &never, "plain-node", &[], |stream, _, _| {
+        tokio::spawn(echo(stream));
+    })
+    .await;
 }
 
 /// One connection: the handshake, then every message echoed until either side closes.
